@@ -1,0 +1,391 @@
+"""The one config object of the platform.
+
+Structured dataclasses hold every default (the single source of truth); the YAML presets under
+`configs/` only say how a preset differs from these defaults. `load_config(preset, overrides)`
+merges defaults <- preset <- dotlist overrides and validates keys and types, so a typo or a wrong
+type fails here, naming the key, instead of deep inside training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key and what is allowed."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+class BackboneSharing(str, Enum):
+    specific = "specific"  # one backbone per modality (BBS / MBS / LBS)
+    agnostic = "agnostic"  # one shared Transformer for all modalities (VATT-MA)
+
+
+class DropTokenSampling(str, Enum):
+    batch = "batch"  # reference code: one random permutation shared by the whole batch
+    sample = "sample"  # an independent subset per sample
+
+
+@dataclass
+class EncoderConfig:
+    """A Transformer stack. `size` picks a named row of vatt.model.SIZES; a field set here
+    overrides that row (e.g. `model.video.num_layers=6`)."""
+
+    size: str = "base"
+    num_layers: Optional[int] = None
+    d_model: Optional[int] = None
+    mlp_dim: Optional[int] = None
+    num_heads: Optional[int] = None
+
+
+@dataclass
+class VideoModelConfig(EncoderConfig):
+    size: str = "medium"
+    patch_size: list[int] = field(default_factory=lambda: [4, 16, 16])  # (t, h, w)
+    drop_rate: float = 0.5  # DropToken: share of patch tokens *dropped* in training
+
+
+@dataclass
+class AudioModelConfig(EncoderConfig):
+    size: str = "base"
+    patch_size: int = 128  # waveform samples per token
+    drop_rate: float = 0.5
+
+
+@dataclass
+class TextModelConfig(EncoderConfig):
+    size: str = "small"
+    embedding_dim: int = 300
+    # word2vec-format file (text or binary) for the frozen table; None trains the embeddings
+    word2vec_path: Optional[str] = None
+    relative_num_buckets: int = 32
+    relative_max_distance: int = 64
+
+
+@dataclass
+class HeadsConfig:
+    """MMV "fine and coarse" common-space projection (spec section 5)."""
+
+    va_dim: int = 512
+    vt_dim: int = 256
+    # paper: BN after the audio/text heads; reference code: none (spec default: code)
+    bn_after_audio_text: bool = False
+    bn_momentum: float = 0.1
+    bn_eps: float = 1e-5
+
+
+@dataclass
+class ModelConfig:
+    sharing: BackboneSharing = BackboneSharing.specific
+    video: VideoModelConfig = field(default_factory=VideoModelConfig)
+    audio: AudioModelConfig = field(default_factory=AudioModelConfig)
+    text: TextModelConfig = field(default_factory=TextModelConfig)
+    # the one Transformer of the modality-agnostic model (sharing=agnostic)
+    shared: EncoderConfig = field(default_factory=lambda: EncoderConfig(size="medium"))
+    agnostic_output_dim: int = 1024  # MA post-projection width
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
+    dropout: float = 0.1  # residual, MLP and position dropout
+    attention_dropout: float = 0.1
+    droptoken_sampling: DropTokenSampling = DropTokenSampling.batch
+    layer_norm_eps: float = 1e-6
+    init_std: float = 0.02
+
+
+@dataclass
+class LossConfig:
+    temperature: float = 0.07
+    va_weight: float = 1.0
+    vt_weight: float = 1.0
+    # paper: plain sum NCE + MIL-NCE; reference code divides the sum by 2
+    average_pair_losses: bool = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: input geometry is read by the model too (position tables follow the input grid)
+
+
+class CropStyle(str, Enum):
+    inception = "inception"  # paper: random resized crop (area 0.08-1, aspect 0.5-2)
+    vgg = "vgg"  # reference code: resize + scale jitter
+
+
+@dataclass
+class IngestConfig:
+    """`vatt ingest`: how raw sources become shards (vatt/data/ingest.py)."""
+
+    # stored clip length in seconds; None: twice the model window (room for temporal jitter)
+    clip_seconds: Optional[float] = None
+    # stored frames are resized to this short side (aspect kept); None: data.frame_size
+    short_side: Optional[int] = None
+    video_crf: int = 20  # libx264 quality of the stored clips
+    media_per_shard: int = 16  # raw media files per shard (a shard is the unit of re-use)
+    num_workers: int = 2  # processes decoding and encoding
+    max_bad_fraction: float = 0.1  # fail the run when a larger share of items is quarantined
+    ucf101_split: int = 1  # trainlist0N/testlist0N
+    esc50_test_fold: int = 5  # the other folds train
+    synthetic_seed: int = 0
+    synthetic_scale: float = 1.0  # multiplies the default number of generated clips
+
+
+@dataclass
+class DataConfig:
+    num_frames: int = 32
+    fps: float = 10.0
+    frame_size: int = 224
+    sample_rate: int = 48000
+    max_text_tokens: int = 16
+    num_text_candidates: int = 5
+    vocab_size: int = 65536  # 2^16 words, pad id 0
+    crop: CropStyle = CropStyle.inception
+    crop_area: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_aspect: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    color_jitter_prob: float = 0.8
+    brightness: float = 32.0 / 255.0
+    saturation: float = 0.4
+    contrast: float = 0.4
+    hue: float = 0.2
+    audio_noise_std: float = 0.01  # times the clip's max abs amplitude
+    path: str = "data"  # ingested shards: a folder or s3:// prefix
+    eval_num_windows: int = 4  # evaluation windows per clip, spread evenly over it
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+
+    @property
+    def clip_seconds(self) -> float:
+        return self.num_frames / self.fps
+
+    @property
+    def audio_samples(self) -> int:
+        return int(round(self.sample_rate * self.clip_seconds))
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class OptimConfig:
+    lr_peak: float = 1e-4
+    lr_end: float = 5e-5
+    warmup_steps: int = 10000  # paper; the reference code uses 5000
+    total_steps: int = 500000
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-7
+    weight_decay: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Pretraining with Ray Train (vatt.train). The per-worker batch is derived:
+    global_batch_size / (num_workers * grad_accum), and must divide evenly."""
+
+    global_batch_size: int = 2048
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    seed: int = 0
+    # Ray Train ScalingConfig
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0  # only read when use_gpu
+    # Ray Train RunConfig: run folder = <storage_path>/<run_name>; a local folder or s3://bucket/prefix
+    storage_path: str = "runs"
+    run_name: Optional[str] = None  # None: "<preset>-<timestamp>"; the same name again resumes
+    checkpoint_every: int = 1000  # steps; a checkpoint is always written at the last step too
+    keep_checkpoints: int = 3
+    max_failures: int = 3  # worker-group restarts from the last checkpoint before giving up
+    log_every: int = 50  # steps between ray.train.report of loss, lr, clips/s, data-wait share
+    grad_accum: int = 1  # micro-batches per optimiser step
+    bf16: bool = True  # bf16 autocast (GPU only; CPU trains in fp32)
+    compile: bool = False  # torch.compile the model
+    dataset_split: str = "train"  # split of the ingested dataset at data.path
+
+
+@dataclass
+class EvalConfig:
+    """Downstream evaluation (spec section 7, vatt.evaluate) and the promotion gate."""
+
+    # any of vatt.evaluate.runner.TASKS
+    tasks: list[str] = field(default_factory=lambda: [
+        "action_linear", "audio_linear", "text_video_retrieval", "video_audio_retrieval"])
+    # linear probe: the reference's low-rank classifier, Adam
+    probe_rank: int = 128
+    probe_lr: float = 5e-4
+    probe_epochs: int = 100
+    probe_batch_size: int = 256
+    probe_weight_decay: float = 0.0
+    seed: int = 0
+    batch_size: int = 32  # clips per forward pass when extracting features
+    output_path: str = "artifacts/eval"  # reports: <output_path>/<run id>/; a folder or s3://
+    registry_path: str = "artifacts/registry"  # the model registry; a folder or s3://
+    # promote when this metric ("<task>.<metric>") is not worse than the promoted model's
+    promotion_metric: str = "text_video_retrieval.R@10"
+
+
+# ---------------------------------------------------------------------------------------------
+# Storage: object store access (vatt.storage) and data versioning (vatt.data.versioning)
+
+
+@dataclass
+class StorageConfig:
+    """S3-compatible object storage. Credentials are never config: boto3 reads them from the
+    environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, a mounted Secret)."""
+
+    # None: env AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL, then AWS itself
+    endpoint_url: Optional[str] = None
+    region: str = "us-east-1"
+    max_attempts: int = 5  # boto3 "standard" retries of transient faults (throttling, 5xx, resets)
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 60.0
+    dvc_remote: Optional[str] = None  # DVC remote for push/pull; None: the default in .dvc/config
+
+
+@dataclass
+class Config:
+    name: str = "custom"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def _allowed_keys(schema: DictConfig, dotted: str) -> list[str]:
+    """Keys allowed at the parent of `dotted` (for error messages)."""
+    node: Any = schema
+    for part in dotted.split(".")[:-1]:
+        if isinstance(node, DictConfig) and part in node:
+            node = node[part]
+        else:
+            break
+    return sorted(node.keys()) if isinstance(node, DictConfig) else []
+
+
+def _explain(err: OmegaConfBaseException, schema: DictConfig, source: str) -> ConfigError:
+    key = getattr(err, "full_key", None) or "?"
+    if isinstance(err, ConfigKeyError):
+        allowed = _allowed_keys(schema, key)
+        return ConfigError(
+            f"{source}: unknown config key '{key}'. Allowed keys here: {', '.join(allowed)}"
+        )
+    msg = str(err).splitlines()[0]
+    node = OmegaConf.select(schema, key, throw_on_missing=False) if key != "?" else None
+    expected = ""
+    if isinstance(node, Enum):
+        expected = f" Allowed values: {', '.join(m.value for m in type(node))}."
+    elif node is not None:
+        expected = f" Expected a value of type {type(node).__name__} (default {node!r})."
+    return ConfigError(f"{source}: bad value for config key '{key}': {msg}.{expected}")
+
+
+def _check_values(cfg: Config) -> None:
+    for modality in ("video", "audio"):
+        rate = getattr(cfg.model, modality).drop_rate
+        if not 0.0 <= rate < 1.0:
+            raise ConfigError(
+                f"model.{modality}.drop_rate={rate} is outside [0, 1): it is the share of "
+                "tokens dropped (0.5 keeps half); use e.g. 0.0, 0.25, 0.5 or 0.75"
+            )
+    from vatt.model.sizes import SIZES  # local import: config must not pull torch at import
+
+    encoders = {"model.video": cfg.model.video, "model.audio": cfg.model.audio,
+                "model.text": cfg.model.text, "model.shared": cfg.model.shared}
+    for key, enc in encoders.items():
+        if enc.size not in SIZES:
+            raise ConfigError(
+                f"{key}.size='{enc.size}' is not a known size. Allowed: {', '.join(SIZES)}"
+            )
+    t, h, w = cfg.model.video.patch_size
+    if cfg.data.num_frames % t or cfg.data.frame_size % h or cfg.data.frame_size % w:
+        raise ConfigError(
+            f"data.num_frames={cfg.data.num_frames} / data.frame_size={cfg.data.frame_size} "
+            f"do not divide into model.video.patch_size={[t, h, w]}; pick multiples of the patch"
+        )
+    if cfg.data.audio_samples % cfg.model.audio.patch_size:
+        raise ConfigError(
+            f"audio of {cfg.data.audio_samples} samples (data.sample_rate x clip length) is not "
+            f"a multiple of model.audio.patch_size={cfg.model.audio.patch_size}"
+        )
+
+
+def load_config(preset: str | Path = "tiny", overrides: list[str] | None = None) -> Config:
+    """Build the validated config: defaults <- preset YAML <- dotlist overrides.
+
+    `preset` is a name under configs/ (`tiny`, `mbs`, ...) or a path to a YAML file.
+    Returns a `Config` dataclass instance (attribute access, typed).
+    """
+    schema = OmegaConf.structured(Config)
+    path = Path(preset)
+    if path.suffix not in (".yaml", ".yml"):
+        path = CONFIG_DIR / f"{preset}.yaml"
+    if not path.exists():
+        raise ConfigError(
+            f"unknown preset '{preset}': no file {path}. Available presets: "
+            f"{', '.join(available_presets())}, or give the path of a YAML file"
+        )
+    merged = schema
+    try:
+        merged = OmegaConf.merge(merged, OmegaConf.load(path))
+    except OmegaConfBaseException as err:
+        raise _explain(err, schema, f"preset {path.name}") from None
+    try:
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides or [])))
+    except OmegaConfBaseException as err:
+        raise _explain(err, schema, "override") from None
+    cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    _check_values(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain, JSON/YAML-serialisable dict (enums as their values)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)  # type: ignore
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Inverse of `to_dict` (e.g. the config saved beside a checkpoint), validated."""
+    schema = OmegaConf.structured(Config)
+    try:
+        cfg: Config = OmegaConf.to_object(OmegaConf.merge(schema, data))  # type: ignore
+    except OmegaConfBaseException as err:
+        raise _explain(err, schema, "saved config") from None
+    _check_values(cfg)
+    return cfg
+
+
+def replace(cfg: Config, overrides: list[str]) -> Config:
+    """A copy of `cfg` with dotlist overrides applied (used by sweeps and flows)."""
+    return from_dict(OmegaConf.to_container(
+        OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(overrides)),
+        enum_to_str=True))  # type: ignore[arg-type]
+
+
+__all__ = [
+    "Config", "ConfigError", "ModelConfig", "DataConfig", "TrainConfig", "LossConfig",
+    "EncoderConfig", "BackboneSharing", "DropTokenSampling", "CropStyle", "load_config",
+    "available_presets", "to_dict", "to_yaml", "from_dict", "replace",
+    "StorageConfig",
+]
