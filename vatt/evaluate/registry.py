@@ -12,9 +12,11 @@ not worse than the promoted model's (direction from vatt.evaluate.metrics.LOWER_
 first candidate is promoted. Every decision is appended with both numbers, promoted or not.
 
 Safety: the candidate's checkpoint is checked (present, weights readable, hash) before anything is
-written, and the document is replaced atomically (write a temporary file, then rename), so a
-failed evaluation or a corrupt checkpoint leaves the registry exactly as it was. Writers on one
-machine are serialised by an exclusive lock file.
+written, and the document is replaced atomically (locally: a temporary file renamed over it; on
+S3: a single PUT), so a failed evaluation or a corrupt checkpoint leaves the registry exactly as
+it was. Both the registry and the checkpoint may be local folders or s3:// prefixes (through
+vatt.storage.ObjectStore). Writers to a local registry are serialised by an exclusive lock file;
+an S3 registry has no lock, so run one evaluation flow at a time against it (last writer wins).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from vatt.evaluate.metrics import is_better_or_equal
+from vatt.storage import ObjectStore, is_s3_uri
 
 REGISTRY_FILE = "registry.json"
 LOCK_FILE = "registry.lock"
@@ -63,12 +67,20 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def verify_checkpoint(checkpoint: str | Path) -> str:
-    """Check that `checkpoint` is a folder whose weights file loads; return the weights' SHA-256.
-
-    Raises CheckpointError naming the missing or corrupt file.
+def verify_checkpoint(checkpoint: str | Path, store: Optional[ObjectStore] = None) -> str:
+    """Check that `checkpoint` (folder or s3:// prefix) holds weights that load; return their
+    SHA-256. Raises CheckpointError naming the missing or corrupt file.
     """
-    import torch  # local: the registry reader does not need torch
+    if is_s3_uri(str(checkpoint)):
+        store = store or ObjectStore()
+        remote = f"{str(checkpoint).rstrip('/')}/{MODEL_FILE}"
+        if not store.exists(remote):
+            raise CheckpointError(f"checkpoint {checkpoint} has no {MODEL_FILE}: it is missing, "
+                                  "incomplete or not a vatt checkpoint")
+        with tempfile.TemporaryDirectory() as tmp:
+            store.download_file(remote, Path(tmp) / MODEL_FILE)
+            return verify_checkpoint(tmp)
+    import torch  # local: reading the registry does not need torch
 
     folder = Path(checkpoint)
     weights = folder / MODEL_FILE
@@ -102,22 +114,20 @@ def lookup_metric(metrics: dict[str, Any], name: str) -> float:
 
 
 class Registry:
-    """The registry at a local folder (`eval.registry_path`)."""
+    """The registry at a local folder or s3:// prefix (`eval.registry_path`)."""
 
-    def __init__(self, root: str | Path):
-        if str(root).startswith("s3://"):
-            raise RegistryError(
-                f"registry path {root}: object storage needs vatt.storage, which this registry "
-                "does not use yet; set eval.registry_path to a local folder")
-        self.root = Path(root)
-        self.path = self.root / REGISTRY_FILE
+    def __init__(self, root: str | Path, store: Optional[ObjectStore] = None):
+        self.is_s3 = is_s3_uri(str(root))
+        self.store = store or ObjectStore()
+        self.root = str(root).rstrip("/") if self.is_s3 else Path(root)
+        self.path = f"{self.root}/{REGISTRY_FILE}" if self.is_s3 else self.root / REGISTRY_FILE
 
     def read(self) -> dict[str, Any]:
         """The registry document; an empty one if none was written yet."""
-        if not self.path.exists():
+        if not self.store.exists(self.path):
             return {"promoted": None, "decisions": []}
         try:
-            doc = json.loads(self.path.read_text())
+            doc = json.loads(self.store.read_text(self.path))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise RegistryError(f"registry {self.path} is not valid JSON ({err}); restore it from "
                                 "a backup or move it away to start a new registry") from None
@@ -131,6 +141,9 @@ class Registry:
 
     @contextmanager
     def _lock(self, timeout_s: float = 60.0) -> Iterator[None]:
+        if self.is_s3:  # no lock on object storage (see the module docstring)
+            yield
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         lock = self.root / LOCK_FILE
         deadline = time.monotonic() + timeout_s
@@ -152,9 +165,8 @@ class Registry:
             lock.unlink(missing_ok=True)
 
     def _write(self, doc: dict[str, Any]) -> None:
-        tmp = self.path.with_name(f".{REGISTRY_FILE}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)  # atomic on POSIX: readers see the old or the new document
+        # ObjectStore writes atomically: temporary file + rename locally, one PUT on S3
+        self.store.write_text(self.path, json.dumps(doc, indent=1, sort_keys=True))
 
     def consider(self, checkpoint: str | Path, *, config: dict[str, Any],
                  data_version: Any, metrics: dict[str, Any], metric: str) -> Decision:
@@ -164,7 +176,7 @@ class Registry:
         RegistryError (and leaves the registry unchanged) when the candidate or the registry is
         unusable.
         """
-        weights_sha256 = verify_checkpoint(checkpoint)
+        weights_sha256 = verify_checkpoint(checkpoint, self.store)
         value = lookup_metric(metrics, metric)
         with self._lock():
             doc = self.read()

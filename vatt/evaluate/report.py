@@ -15,7 +15,10 @@ import json
 import math
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vatt.storage import ObjectStore
 
 import matplotlib
 
@@ -119,20 +122,20 @@ def write_report_folder(results: dict[str, Any], folder: str | Path) -> dict[str
     return written
 
 
-def write_report(results: dict[str, Any], destination: str) -> str:
+def write_report(results: dict[str, Any], destination: str,
+                 store: "ObjectStore | None" = None) -> str:
     """Write the report to `destination`, a local folder or an s3:// prefix; returns it.
 
     For s3://, the files are written to a temporary folder and uploaded with vatt.storage.
     """
-    if not destination.startswith("s3://"):
+    from vatt.storage import ObjectStore, is_s3_uri
+
+    if not is_s3_uri(destination):
         write_report_folder(results, destination)
         return destination
-    from vatt import storage  # boto3 layer, only needed for object storage
-
     with tempfile.TemporaryDirectory() as tmp:
-        paths = write_report_folder(results, tmp)
-        for path in paths.values():
-            storage.write_bytes(f"{destination.rstrip('/')}/{path.name}", path.read_bytes())
+        write_report_folder(results, tmp)
+        (store or ObjectStore()).upload_dir(tmp, destination)
     return destination
 
 
