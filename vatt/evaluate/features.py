@@ -1,0 +1,107 @@
+"""Frozen-feature extraction: run the model in eval mode (no DropToken, no dropout) over batches
+and keep, per window, the pooled backbone features and common-space embeddings, and per caption
+its S_vt embedding.
+
+Batches are dicts as the loader yields them (torch tensors or numpy arrays): any of `video`,
+`audio`, `text` + `text_mask` and the metadata `label` (int, -1 if none), `labels` (multi-hot),
+`video_id`, `clip_id`, `fold`. Windows of one video share its `video_id`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional
+
+import numpy as np
+import torch
+
+from vatt.model import MODALITIES
+
+METADATA_KEYS = ("label", "labels", "video_id", "clip_id", "fold")
+
+
+@dataclass
+class Features:
+    """windows[key]: [N, ...] per window (video_pooled, video_va, video_vt, audio_pooled,
+    audio_va and the metadata keys present); captions[key]: [Nc, ...] per distinct caption
+    (text_vt, text_pooled, video_id)."""
+
+    windows: dict[str, np.ndarray] = field(default_factory=dict)
+    captions: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.windows.get("video_id", ()))
+
+    def require(self, key: str, what: str) -> np.ndarray:
+        if key in self.windows:
+            return self.windows[key]
+        if key in self.captions:
+            return self.captions[key]
+        raise KeyError(f"{what} needs '{key}' but the extracted features hold only "
+                       f"{sorted(self.windows) + sorted(self.captions)}; the batches must carry "
+                       "the modality or metadata it comes from")
+
+
+def _numpy(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+@torch.no_grad()
+def extract_features(model: torch.nn.Module, batches: Iterable[dict[str, Any]],
+                     modalities: Iterable[str] = MODALITIES, device: str | torch.device = "cpu",
+                     max_batches: Optional[int] = None) -> Features:
+    """Run `model` over `batches` and gather features (see `Features`)."""
+    wanted = [m for m in MODALITIES if m in set(modalities)]
+    model.eval()
+    windows: dict[str, list[np.ndarray]] = {}
+    captions: dict[str, list[np.ndarray]] = {}
+    seen_captions: set[tuple[Any, bytes]] = set()
+    num_windows = 0
+    for index, batch in enumerate(batches):
+        if max_batches is not None and index >= max_batches:
+            break
+        size = len(_numpy(batch["video_id"])) if "video_id" in batch else None
+        if size is None:
+            raise KeyError("a batch has no 'video_id': windows cannot be grouped into videos")
+        inputs = {m: torch.as_tensor(_numpy(batch[m])).to(device) for m in wanted if m in batch}
+        text_mask = None
+        if "text" in inputs:
+            text_mask = _numpy(batch["text_mask"]).astype(bool) if "text_mask" in batch else \
+                np.ones(tuple(inputs["text"].shape[:2]), dtype=bool)
+            if not text_mask.any():
+                del inputs["text"]  # no caption in this batch (e.g. an audio-only source)
+            else:
+                inputs["text_mask"] = torch.as_tensor(text_mask).to(device)
+        missing = [m for m in wanted if m not in inputs and not (m == "text" and text_mask is not None)]
+        if missing:
+            raise KeyError(f"batches lack {missing}: give a loader split that carries them or "
+                           "evaluate tasks that do not need them")
+        outputs = model(inputs)
+        for modality in ("video", "audio"):
+            for kind, value in outputs.get(modality, {}).items():
+                windows.setdefault(f"{modality}_{kind}", []).append(_numpy(value.float()))
+        for key in METADATA_KEYS:
+            if key in batch:
+                windows.setdefault(key, []).append(_numpy(batch[key]))
+        if "text" in outputs:
+            vt = _numpy(outputs["text"]["vt"].float())  # (B, L, D)
+            tokens = _numpy(batch["text"])  # (B, L, n)
+            video_ids = _numpy(batch["video_id"])
+            for b, slot in zip(*np.nonzero(text_mask)):
+                key = (video_ids[b].item() if hasattr(video_ids[b], "item") else video_ids[b],
+                       tokens[b, slot].tobytes())
+                if key in seen_captions:  # the same caption arrives with every window
+                    continue
+                seen_captions.add(key)
+                captions.setdefault("text_vt", []).append(vt[b, slot][None])
+                captions.setdefault("video_id", []).append(video_ids[b:b + 1])
+        num_windows += size
+    if num_windows == 0:
+        raise ValueError("no batches to extract features from: the split is empty")
+    return Features({k: np.concatenate(v) for k, v in windows.items()},
+                    {k: np.concatenate(v) for k, v in captions.items()})
+
+
+__all__ = ["Features", "extract_features", "METADATA_KEYS"]

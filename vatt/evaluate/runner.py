@@ -1,0 +1,152 @@
+"""Evaluate a model on the downstream tasks (spec section 7) and collect one results dict.
+
+    evaluate_features(features, cfg, tasks)   protocols on extracted features
+    evaluate_model(model, cfg, tasks, data)   extract features with the model, then the above
+
+`data[task][split]` (split "train" / "test") is an iterable of batches (see
+vatt.evaluate.features). Tasks:
+
+    action_linear           linear probe on pooled video features, top-1/top-5 (train -> test)
+    audio_linear            linear probe on pooled audio features: mAP/AUC/d-prime when the
+                            batches carry multi-hot `labels`; top-1 averaged over folds when they
+                            carry `fold` (ESC-50 style, test split only); else top-1/top-5
+    text_video_retrieval    zero-shot, test split: captions (S_vt) -> videos (S_vt)
+    video_audio_retrieval   zero-shot, test split: videos (S_va) -> audio (S_va)
+
+The results dict: {"metrics": {"<task>.<metric>": float}, "tasks": {task: {"metrics", ...}}}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Optional
+
+import numpy as np
+import torch
+
+from vatt.config import Config, ConfigError
+from vatt.evaluate import probes, retrieval
+from vatt.evaluate.features import Features, extract_features
+
+# task -> (modalities its batches must carry, splits it reads)
+TASKS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "action_linear": (("video",), ("train", "test")),
+    "audio_linear": (("audio",), ("train", "test")),
+    "text_video_retrieval": (("video", "text"), ("test",)),
+    "video_audio_retrieval": (("video", "audio"), ("test",)),
+}
+
+
+def check_tasks(tasks: Iterable[str]) -> list[str]:
+    tasks = list(tasks)
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise ConfigError(f"eval.tasks: unknown or no task(s) {unknown}; allowed: "
+                          f"{', '.join(TASKS)}")
+    return tasks
+
+
+def _labelled(features: Features, task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows with a label, their labels, their video ids); clips with label -1 are left out."""
+    labels = features.require("label", task).astype(np.int64)
+    keep = labels >= 0
+    if not keep.any():
+        raise ValueError(f"{task}: no clip of this split has a label (all -1)")
+    return keep, labels[keep], features.require("video_id", task)[keep]
+
+
+def _classification(task: str, modality: str, train: Features, test: Features,
+                    settings: probes.ProbeSettings) -> probes.ClassificationResult:
+    key = f"{modality}_pooled"
+    if "labels" in test.windows and "labels" in train.windows:  # multi-label (AudioSet style)
+        train_targets, test_targets = train.windows["labels"], test.windows["labels"]
+        return probes.linear_probe(
+            train.require(key, task), train_targets, train.require("video_id", task),
+            test.require(key, task), test_targets, test.require("video_id", task),
+            int(test_targets.shape[1]), multilabel=True, settings=settings, task=task)
+    if "fold" in test.windows and len(np.unique(test.windows["fold"])) > 1:  # ESC-50 style
+        keep, labels, ids = _labelled(test, task)
+        return probes.cross_validated_probe(
+            test.require(key, task)[keep], labels, ids, test.windows["fold"][keep],
+            int(labels.max()) + 1, settings=settings, task=task)
+    train_keep, train_labels, train_ids = _labelled(train, task)
+    test_keep, test_labels, test_ids = _labelled(test, task)
+    # classes are numbered 0..C-1 by the dataset; the largest id seen bounds C
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    return probes.linear_probe(
+        train.require(key, task)[train_keep], train_labels, train_ids,
+        test.require(key, task)[test_keep], test_labels, test_ids, num_classes,
+        settings=settings, task=task)
+
+
+def run_task(task: str, features: Mapping[str, Features], cfg: Config) -> dict[str, Any]:
+    """One task on its extracted features ({"train": ..., "test": ...}); a JSON-ready dict."""
+    test = features["test"]
+    if task in ("action_linear", "audio_linear"):
+        modality = "video" if task == "action_linear" else "audio"
+        settings = probes.ProbeSettings.from_config(cfg.eval)
+        result = _classification(task, modality, features["train"], test, settings)
+        return {"metrics": result.metrics, "per_class": result.per_class,
+                "confusion": result.confusion}
+    if task == "text_video_retrieval":
+        if "text_vt" not in test.captions:
+            raise ValueError(f"{task}: the test split has no caption (text_mask is 0 everywhere)")
+        found = retrieval.text_to_video(test.require("video_vt", task),
+                                        test.require("video_id", task),
+                                        test.captions["text_vt"], test.captions["video_id"])
+    elif task == "video_audio_retrieval":
+        found = retrieval.video_to_audio(test.require("video_va", task),
+                                         test.require("audio_va", task),
+                                         test.require("video_id", task))
+    else:
+        check_tasks([task])
+        raise AssertionError(task)
+    return {"metrics": found.metrics, "ranks": found.ranks}
+
+
+def evaluate_features(features: Mapping[str, Mapping[str, Features]], cfg: Config,
+                      tasks: Optional[Iterable[str]] = None) -> dict[str, Any]:
+    """Run `tasks` (default cfg.eval.tasks) on features[task][split]."""
+    results: dict[str, Any] = {"metrics": {}, "tasks": {}}
+    for task in check_tasks(tasks or cfg.eval.tasks):
+        body = run_task(task, features[task], cfg)
+        results["tasks"][task] = body
+        for name, value in body["metrics"].items():
+            if isinstance(value, (int, float)):
+                results["metrics"][f"{task}.{name}"] = float(value)
+    return results
+
+
+def evaluate_model(model: torch.nn.Module, cfg: Config, tasks: Optional[Iterable[str]] = None,
+                   data: Optional[Mapping[str, Mapping[str, Iterable[dict]]]] = None,
+                   device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Extract features with `model` (eval mode) from data[task][split] and run the tasks.
+
+    A source object shared by several tasks is read once, so sources must be re-iterable
+    (lists of batches, datasets), not one-shot generators.
+    Deterministic: the model runs without DropToken or dropout and the probes are seeded.
+    """
+    tasks = check_tasks(tasks or cfg.eval.tasks)
+    if data is None:
+        raise ValueError("evaluate_model needs data[task][split] batches; build them with the "
+                         "evaluation loader")
+    # one pass per distinct source, with every modality the tasks reading it need
+    needs: dict[int, tuple[Iterable[dict], set[str]]] = {}
+    for task in tasks:
+        modalities, splits = TASKS[task]
+        if task not in data:
+            raise KeyError(f"no data for task '{task}'; data has {sorted(data)}")
+        for split in splits:
+            if split not in data[task]:
+                raise KeyError(f"task '{task}' needs split '{split}'; got {sorted(data[task])}")
+            source = data[task][split]
+            needs.setdefault(id(source), (source, set()))[1].update(modalities)
+    extracted = {key: extract_features(model, source, sorted(modalities), device=device)
+                 for key, (source, modalities) in needs.items()}
+    features = {task: {split: extracted[id(data[task][split])] for split in TASKS[task][1]}
+                for task in tasks}
+    results = evaluate_features(features, cfg, tasks)
+    results["seed"] = cfg.eval.seed
+    return results
+
+
+__all__ = ["TASKS", "check_tasks", "run_task", "evaluate_features", "evaluate_model"]
