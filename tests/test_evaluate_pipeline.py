@@ -1,0 +1,65 @@
+"""Checkpoint written by vatt.train -> evaluate -> report -> registry, on the real tiny model."""
+
+import json
+
+import pytest
+import torch
+
+from vatt.config import load_config
+from vatt.evaluate.pipeline import evaluate_checkpoint, resolve_checkpoint
+from vatt.evaluate.registry import CheckpointError, Registry
+from vatt.model import build_model
+from vatt.train.checkpoint import TrainState, save_checkpoint
+from test_evaluate_runner import OVERRIDES, _batches
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    cfg = load_config("tiny", OVERRIDES + [f"eval.output_path={root}/eval",
+                                           f"eval.registry_path={root}/registry",
+                                           "eval.promotion_metric=action_linear.top1"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    folder = root / "runs" / "exp1" / "checkpoint_00000007"
+    save_checkpoint(folder, rank=0, state=TrainState(step=7), model=model,
+                    optimizer=torch.optim.Adam(model.parameters()), cfg=cfg,
+                    data_version={"md5": "d41d8cd9"})
+    return root, folder
+
+
+def test_evaluate_checkpoint_twice_same_numbers_and_registry(checkpoint):
+    root, folder = checkpoint
+    data = {"train": _batches(1, 9), "test": _batches(2, 6)}
+    tasks = {t: data for t in ("action_linear", "text_video_retrieval")}
+    assert resolve_checkpoint("latest", str(root / "runs")) == str(folder)
+    first = evaluate_checkpoint(str(folder), tasks, ["action_linear", "text_video_retrieval"])
+    second = evaluate_checkpoint(str(folder), tasks, ["action_linear", "text_video_retrieval"])
+    assert first.results["metrics"] == second.results["metrics"]
+    assert first.decision.promoted and second.decision.promoted  # equal is "not worse"
+    assert second.decision.promoted_value == first.decision.candidate_value
+    report = json.loads((root / "eval").glob("*/results.json").__next__().read_text())
+    assert report["step"] == 7 and report["data_version"] == {"md5": "d41d8cd9"}
+    promoted = Registry(root / "registry").promoted
+    assert promoted["checkpoint"] == str(folder) and promoted["data_version"]["md5"] == "d41d8cd9"
+    assert promoted["config"]["model"]["video"]["num_layers"] == 1
+
+
+def test_corrupt_checkpoint_is_clear_and_registry_unchanged(checkpoint, tmp_path):
+    root, folder = checkpoint
+    registry = Registry(root / "registry")
+    if not registry.path.exists():  # make sure there is a registry to protect
+        test_evaluate_checkpoint_twice_same_numbers_and_registry(checkpoint)
+    before = registry.path.read_bytes()
+    broken = tmp_path / "exp2" / "checkpoint_00000009"
+    broken.mkdir(parents=True)
+    for name in ("config.yaml", "state.json"):
+        (broken / name).write_bytes((folder / name).read_bytes())
+    (broken / "model.pt").write_bytes((folder / "model.pt").read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        evaluate_checkpoint(str(broken), {}, ["action_linear"])
+    with pytest.raises(CheckpointError, match="does not exist"):
+        evaluate_checkpoint(str(tmp_path / "missing"), {}, ["action_linear"])
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        resolve_checkpoint("latest", str(tmp_path / "empty"))
+    assert registry.path.read_bytes() == before

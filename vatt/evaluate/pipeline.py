@@ -1,0 +1,140 @@
+"""Checkpoint -> evaluation -> report -> promotion decision, the whole `vatt evaluate` job.
+
+    folder = resolve_checkpoint("latest", cfg.train.storage_path)
+    outcome = evaluate_checkpoint(folder, data, tasks)      # data[task][split]: batches
+
+A checkpoint is a folder written by vatt.train (model.pt, config.yaml, state.json,
+data_version.json); a local folder or an s3:// prefix (downloaded to a temporary folder).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional
+
+import torch
+from omegaconf import OmegaConf
+
+from vatt.config import Config, ConfigError, from_dict, replace, to_dict
+from vatt.evaluate.registry import CheckpointError, Decision, Registry, verify_checkpoint
+from vatt.evaluate.report import write_report
+from vatt.evaluate.runner import evaluate_model
+from vatt.model import build_model
+from vatt.storage import ObjectStore, is_s3_uri
+
+CONFIG_FILE, STATE_FILE, DATA_VERSION_FILE = "config.yaml", "state.json", "data_version.json"
+
+
+def _checkpoint_folders_local(root: Path) -> list[tuple[float, str]]:
+    return [((path / STATE_FILE).stat().st_mtime, str(path))
+            for path in root.glob("*/checkpoint_*") if (path / STATE_FILE).is_file()]
+
+
+def resolve_checkpoint(ref: str, storage_path: str, store: Optional[ObjectStore] = None) -> str:
+    """`ref` as given, or for "latest" the most recently written checkpoint of any run under
+    `storage_path` (train.storage_path: <storage_path>/<run>/checkpoint_*/)."""
+    if ref != "latest":
+        return ref
+    store = store or ObjectStore()
+    if is_s3_uri(storage_path):
+        found = []
+        for name in store.list(storage_path):
+            parts = name.split("/")
+            if len(parts) == 3 and parts[1].startswith("checkpoint_") and parts[2] == STATE_FILE:
+                uri = f"{storage_path.rstrip('/')}/{name}"
+                bucket, key = uri[len("s3://"):].split("/", 1)
+                head = store.client.head_object(Bucket=bucket, Key=key)
+                found.append((head["LastModified"].timestamp(), uri.rsplit("/", 1)[0]))
+    else:
+        found = _checkpoint_folders_local(Path(storage_path))
+    if not found:
+        raise CheckpointError(f"--checkpoint latest: no checkpoint under {storage_path} "
+                              "(train.storage_path); pretrain first or give a checkpoint folder")
+    return max(found)[1]
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: torch.nn.Module
+    config: Config
+    data_version: Any
+    step: Optional[int]
+
+
+def load_checkpoint_for_eval(folder: str | Path, overrides: Iterable[str] = ()) -> LoadedCheckpoint:
+    """Build the model of the checkpoint's own config and load its weights (strict).
+
+    `overrides` (dotlist) change evaluation settings only (e.g. eval.probe_epochs=20); the model
+    keys come from the checkpoint. Raises CheckpointError naming the missing or corrupt file.
+    """
+    folder = Path(folder)
+    verify_checkpoint(folder)
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointError(f"checkpoint {folder} has no {CONFIG_FILE}; it cannot be rebuilt "
+                              "without the config it was trained with")
+    try:
+        cfg = from_dict(OmegaConf.to_container(OmegaConf.load(config_path)))  # type: ignore
+    except (ConfigError, Exception) as err:
+        raise CheckpointError(f"checkpoint config {config_path} is unusable: {err}") from None
+    if overrides:
+        cfg = replace(cfg, list(overrides))
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu",
+                                         weights_only=True))
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint weights {folder / 'model.pt'} do not fit the model of "
+                              f"its {CONFIG_FILE}: {str(err).splitlines()[0]}") from None
+    model.eval()
+    data_version = None
+    if (folder / DATA_VERSION_FILE).is_file():
+        data_version = json.loads((folder / DATA_VERSION_FILE).read_text())
+    step = None
+    if (folder / STATE_FILE).is_file():
+        step = json.loads((folder / STATE_FILE).read_text()).get("step")
+    return LoadedCheckpoint(model, cfg, data_version, step)
+
+
+@dataclass
+class EvaluationOutcome:
+    results: dict[str, Any]
+    report_uri: str
+    decision: Optional[Decision]
+
+
+def evaluate_checkpoint(checkpoint: str, data: Mapping[str, Mapping[str, Iterable[dict]]],
+                        tasks: Optional[Iterable[str]] = None, overrides: Iterable[str] = (),
+                        promote: bool = True, store: Optional[ObjectStore] = None,
+                        device: str | torch.device = "cpu") -> EvaluationOutcome:
+    """Load, evaluate, write the report to <eval.output_path>/<run id>/ and, if `promote`,
+    put the result through the registry's promotion gate."""
+    store = store or ObjectStore()
+    with tempfile.TemporaryDirectory() as tmp:
+        local = checkpoint
+        if is_s3_uri(checkpoint):
+            store.download_dir(checkpoint, tmp)
+            local = tmp
+        loaded = load_checkpoint_for_eval(local, overrides)
+        cfg = loaded.config
+        results = evaluate_model(loaded.model, cfg, tasks, data, device=device)
+        results.update(checkpoint=str(checkpoint), step=loaded.step, config_name=cfg.name,
+                       data_version=loaded.data_version)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        run_id = f"{Path(str(checkpoint).rstrip('/')).parent.name}-step{loaded.step}-{stamp}"
+        report_uri = write_report(results, f"{cfg.eval.output_path.rstrip('/')}/{run_id}", store)
+        decision = None
+        if promote:
+            decision = Registry(cfg.eval.registry_path, store).consider(
+                local if not is_s3_uri(checkpoint) else checkpoint, config=to_dict(cfg),
+                data_version=loaded.data_version, metrics=results["metrics"],
+                metric=cfg.eval.promotion_metric)
+    return EvaluationOutcome(results, report_uri, decision)
+
+
+__all__ = ["resolve_checkpoint", "load_checkpoint_for_eval", "evaluate_checkpoint",
+           "LoadedCheckpoint", "EvaluationOutcome"]
