@@ -40,13 +40,19 @@ class S3Server:
     bucket: str
     region: str = "us-east-1"
     log_path: Path | None = None
+    empty_aws_file: Path | None = None  # stands in for ~/.aws/{config,credentials}
 
     @property
     def env(self) -> dict[str, str]:
         """What a process needs in its environment to use this server (boto3, pyarrow, DVC)."""
-        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
-                "AWS_ENDPOINT_URL": self.endpoint_url, "AWS_ENDPOINT_URL_S3": self.endpoint_url,
-                "AWS_DEFAULT_REGION": self.region, "AWS_REGION": self.region}
+        env = {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
+               "AWS_ENDPOINT_URL": self.endpoint_url, "AWS_ENDPOINT_URL_S3": self.endpoint_url,
+               "AWS_DEFAULT_REGION": self.region, "AWS_REGION": self.region,
+               # no instance-metadata lookups: these keys are the only source
+               "AWS_EC2_METADATA_DISABLED": "true"}
+        if self.empty_aws_file:  # no ~/.aws profile can override them either
+            env["AWS_CONFIG_FILE"] = env["AWS_SHARED_CREDENTIALS_FILE"] = str(self.empty_aws_file)
+        return env
 
     def client(self, **overrides: Any) -> Any:
         """A plain boto3 client for test set-up (uploading raw fixtures, inspecting keys)."""
@@ -114,8 +120,11 @@ def _start_weed(weed: str, root: Path, access_key: str, secret_key: str) -> tupl
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=root,
                                 start_new_session=True)
+    empty_aws_file = root / "empty-aws-config"
+    empty_aws_file.write_text("")
     server = S3Server(endpoint_url=f"http://127.0.0.1:{ports['s3.port']}", access_key=access_key,
-                      secret_key=secret_key, bucket=S3_BUCKET, log_path=log_path)
+                      secret_key=secret_key, bucket=S3_BUCKET, log_path=log_path,
+                      empty_aws_file=empty_aws_file)
     return proc, server, list(ports.values())
 
 
@@ -188,10 +197,6 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
     profile settings that could override them are removed."""
     for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(var, raising=False)
-    # no ~/.aws files or instance metadata: the environment below is the only source
-    for var in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
-        monkeypatch.setenv(var, os.devnull)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     for var, value in s3_server.env.items():
         monkeypatch.setenv(var, value)
     return s3_server

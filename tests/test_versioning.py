@@ -1,0 +1,150 @@
+"""vatt.data.versioning: real DVC in a temporary git repository that carries this project's
+.dvc/config (both remotes), pushing to a local folder and to a real SeaweedFS S3 server."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from vatt.config import StorageConfig
+from vatt.data.versioning import VersioningError, data_version, pull, push, track
+from vatt.storage import ObjectStore
+
+from conftest import _free_ports
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def _write_data(root: Path, seed: int) -> dict[str, str]:
+    """A small stand-in for ingested shards: a manifest and a few binary "shards"."""
+    rng = random.Random(seed)
+    data = root / "data"
+    shutil.rmtree(data, ignore_errors=True)
+    for i in range(3):
+        (data / "shards").mkdir(parents=True, exist_ok=True)
+        (data / "shards" / f"train-{i:06d}.tar").write_bytes(rng.randbytes(50_000 + i))
+    (data / "manifest.json").write_text(f'{{"seed": {seed}}}')
+    return _checksums(data)
+
+
+def _checksums(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _forget_local_copies(root: Path) -> None:
+    """As on a fresh clone: no data/ and no DVC cache, only what git and the remote hold."""
+    shutil.rmtree(root / "data")
+    shutil.rmtree(root / ".dvc" / "cache", ignore_errors=True)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    (root / ".dvc").mkdir(parents=True)
+    _git(root, "init", "-q", "-b", "main")
+    _git(root, "config", "user.email", "tests@vatt.invalid")
+    _git(root, "config", "user.name", "vatt tests")
+    for name in (".dvc/config", ".dvc/.gitignore", ".dvcignore"):
+        shutil.copyfile(PROJECT / name, root / name)
+    _git(root, "add", ".dvc", ".dvcignore")
+    _git(root, "commit", "-q", "-m", "dvc")
+    return root
+
+
+def _commit_version(root: Path, seed: int, tag: str) -> dict[str, str]:
+    expected = _write_data(root, seed)
+    assert track("data", repo_root=root) == root / "data.dvc"
+    _git(root, "add", "data.dvc", ".gitignore")
+    _git(root, "commit", "-q", "-m", f"data {tag}")
+    _git(root, "tag", tag)
+    return expected
+
+
+def test_track_writes_data_dvc_and_version_is_the_content_hash(repo):
+    _commit_version(repo, seed=1, tag="v1")
+    version = data_version(repo)
+    assert len(version) == 32 and f"md5: {version}.dir" in (repo / "data.dvc").read_text()
+    assert "/data" in (repo / ".gitignore").read_text()  # git ignores the data, tracks data.dvc
+    _commit_version(repo, seed=2, tag="v2")
+    assert data_version(repo) != version
+    assert data_version(repo, rev="v1") == version
+    _commit_version(repo, seed=1, tag="v1-again")  # same bytes, same version
+    assert data_version(repo) == version
+
+
+def test_local_remote_push_pull_round_trip(repo):
+    expected = _commit_version(repo, seed=3, tag="v1")
+    assert push(repo_root=repo) > 0  # default remote: the local folder .dvc/storage
+    assert (repo / ".dvc" / "storage").is_dir()
+    _forget_local_copies(repo)
+    assert pull(repo_root=repo) == data_version(repo)
+    assert _checksums(repo / "data") == expected
+
+
+def test_s3_push_pull_round_trip_of_a_named_revision(repo, s3_env):
+    v1 = _commit_version(repo, seed=4, tag="v1")
+    v1_version = data_version(repo)
+    assert push(remote="s3", repo_root=repo) > 0
+    v2 = _commit_version(repo, seed=5, tag="v2")
+    assert push(remote="s3", repo_root=repo) > 0
+    # the objects are in the bucket the s3 remote names, under its prefix
+    assert any(name.startswith("files/md5/") for name in ObjectStore().list(f"s3://{s3_env.bucket}/dvc"))
+
+    _forget_local_copies(repo)
+    assert pull(rev="v1", remote="s3", repo_root=repo) == v1_version
+    assert _checksums(repo / "data") == v1
+    assert data_version(repo) == v1_version
+
+    _forget_local_copies(repo)
+    pull(rev="v2", remote="s3", repo_root=repo)
+    assert _checksums(repo / "data") == v2
+
+
+def test_s3_wrong_credentials_fail_clearly(repo, s3_env, monkeypatch):
+    _commit_version(repo, seed=6, tag="v1")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with pytest.raises(VersioningError) as err:
+        push(remote="s3", repo_root=repo)
+    message = str(err.value)
+    for needed in ("remote 's3'", "s3://vatt-data/dvc", s3_env.endpoint_url,
+                   "rejected the credentials", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert needed in message, (needed, message)
+    with pytest.raises(VersioningError, match="rejected the credentials"):
+        pull(remote="s3", repo_root=repo)
+
+
+def test_s3_unreachable_endpoint_fails_clearly(repo, s3_env, monkeypatch):
+    _commit_version(repo, seed=7, tag="v1")
+    (port,) = _free_ports(1)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{port}")
+    with pytest.raises(VersioningError, match=f"127.0.0.1:{port}.*unreachable"):
+        push(remote="s3", repo_root=repo, storage=StorageConfig(max_attempts=1))
+
+
+def test_missing_pieces_are_named(repo, tmp_path):
+    with pytest.raises(VersioningError, match="no data.dvc in .*vatt data track"):
+        data_version(repo)
+    with pytest.raises(VersioningError, match="no data.dvc"):
+        push(repo_root=repo)
+    with pytest.raises(VersioningError, match="not a folder with files"):
+        track("data", repo_root=repo)
+    _commit_version(repo, seed=8, tag="v1")
+    with pytest.raises(VersioningError, match="revision 'no-such-tag' has no data.dvc"):
+        pull(rev="no-such-tag", repo_root=repo)
+    with pytest.raises(VersioningError, match="local DVC remote 'local' folder .* does not exist"):
+        pull(repo_root=repo)
+    with pytest.raises(VersioningError, match="unknown DVC remote 'nope'.*local, s3"):
+        push(remote="nope", repo_root=repo)
+    with pytest.raises(VersioningError, match="no DVC repository"):
+        data_version(tmp_path / "elsewhere")

@@ -1,0 +1,218 @@
+"""Data versioning with DVC: `data/` (the ingested shards) is tracked by the top-level `data.dvc`.
+
+    track("data")            # dvc add data      -> data.dvc (commit it with git)
+    push()                   # dvc push          -> the default remote in .dvc/config
+    pull(rev="v1")           # data.dvc as of git revision v1, then dvc pull
+    data_version()           # the md5 in data.dvc: what a training run records
+
+`.dvc/config` holds two remotes and no credentials:
+- `local` (default): the folder `.dvc/storage` inside the project (git-ignored), so push/pull work
+  on a fresh clone with no server;
+- `s3`: `s3://vatt-data/dvc` through dvc-s3. Its endpoint is `remote.s3.endpointurl` if set
+  (`dvc remote modify --local s3 endpointurl URL`, kept out of git in .dvc/config.local), else
+  `storage.endpoint_url` / `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` as for vatt.storage; keys
+  come from the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
+
+Before DVC talks to an S3 remote, the bucket is checked with vatt.storage, so wrong keys, a missing
+bucket or an unreachable endpoint fail at once with a message that names them (DVC itself would
+retry for minutes and then report only "N files failed to upload").
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Optional
+
+from vatt.storage import ObjectStore, StorageError
+
+if TYPE_CHECKING:
+    from dvc.repo import Repo
+
+    from vatt.config import StorageConfig
+
+DATA_DVC = "data.dvc"
+
+
+class VersioningError(RuntimeError):
+    """A DVC operation that cannot be done; the message says what to do."""
+
+
+def find_repo_root(start: "str | os.PathLike[str] | None" = None) -> Path:
+    """The nearest folder at or above `start` (default: cwd) holding a `.dvc/` folder."""
+    here = Path(start or os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / ".dvc").is_dir():
+            return folder
+    raise VersioningError(f"no DVC repository at or above {here}: run from the project (where "
+                          ".dvc/config is) or pass repo_root")
+
+
+def _root(repo_root: "str | os.PathLike[str] | None") -> Path:
+    return find_repo_root(repo_root)
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# data.dvc
+
+
+def _read_dvc_file(root: Path, rev: Optional[str]) -> dict[str, Any]:
+    import yaml
+
+    if rev is None:
+        path = root / DATA_DVC
+        if not path.exists():
+            raise VersioningError(
+                f"no {DATA_DVC} in {root}: the data is not versioned yet. Ingest first (`vatt "
+                f"ingest` ends with dvc add), or run `vatt data track data`, and commit {DATA_DVC}")
+        text = path.read_text()
+    else:
+        shown = _git(root, "show", f"{rev}:{DATA_DVC}")
+        if shown.returncode:
+            raise VersioningError(
+                f"git revision '{rev}' has no {DATA_DVC} in {root} ({shown.stderr.strip()}): "
+                f"name a commit, tag or branch where {DATA_DVC} was committed")
+        text = shown.stdout
+    try:
+        outs = yaml.safe_load(text)["outs"]
+        return outs[0]
+    except (yaml.YAMLError, KeyError, IndexError, TypeError) as err:
+        raise VersioningError(f"{DATA_DVC} in {root} (rev {rev or 'workspace'}) is not a DVC file "
+                              f"with an 'outs' entry ({err}); re-create it with `vatt data track`")
+
+
+def data_version(repo_root: "str | os.PathLike[str] | None" = None, rev: Optional[str] = None) -> str:
+    """The content hash of the dataset: the md5 in data.dvc (without DVC's ".dir" suffix).
+
+    Equal hashes mean byte-identical data; `rev` reads data.dvc as of a git revision.
+    """
+    out = _read_dvc_file(_root(repo_root), rev)
+    digest = out.get("md5")
+    if not digest:
+        raise VersioningError(f"{DATA_DVC} has no md5 for '{out.get('path')}': it was added with "
+                              "--no-commit; run `vatt data track data` again")
+    return str(digest).removesuffix(".dir")
+
+
+# ---------------------------------------------------------------------------------------------
+# DVC repository with the remote resolved
+
+
+@contextmanager
+def _dvc_errors(action: str, remote: Optional[str] = None) -> Iterator[None]:
+    from dvc.exceptions import DvcException
+
+    try:
+        yield
+    except DvcException as err:
+        cause = err.__cause__ or err.__context__
+        detail = f"{err}" + (f" (cause: {type(cause).__name__}: {cause})" if cause else "")
+        where = f" with remote '{remote}'" if remote else ""
+        raise VersioningError(f"dvc {action}{where} failed: {detail}") from err
+
+
+def _remote_settings(root: Path, remote: Optional[str]) -> tuple[str, dict[str, Any]]:
+    from dvc.config import Config as DvcConfig
+
+    config = DvcConfig(dvc_dir=str(root / ".dvc"))
+    name = remote or config["core"].get("remote")
+    if not name:
+        raise VersioningError(f"no DVC remote given and no default in {root}/.dvc/config; pass "
+                              "remote= (e.g. 'local' or 's3')")
+    if name not in config["remote"]:
+        raise VersioningError(f"unknown DVC remote '{name}'. Remotes in {root}/.dvc/config: "
+                              f"{', '.join(sorted(config['remote'])) or 'none'}")
+    return name, dict(config["remote"][name])
+
+
+@contextmanager
+def _open(root: Path, remote: Optional[str], storage: "StorageConfig | None",
+          action: str) -> Iterator[tuple["Repo", str]]:
+    """The DVC repo, with the S3 endpoint filled in and the remote checked before use."""
+    from dvc.repo import Repo
+
+    name, settings = _remote_settings(root, remote)
+    url = str(settings.get("url", ""))
+    overrides: dict[str, Any] = {}
+    if url.startswith("s3://"):
+        store = ObjectStore.from_config(storage) if storage else ObjectStore()
+        endpoint = settings.get("endpointurl")
+        if endpoint:
+            store = ObjectStore(endpoint_url=endpoint, region=store.region,
+                                max_attempts=store.max_attempts)
+            store.endpoint_source = f"remote.{name}.endpointurl in .dvc/config(.local)"
+        elif store.endpoint_url:
+            overrides = {"remote": {name: {"endpointurl": store.endpoint_url}}}
+        try:
+            store.check_bucket(url)
+        except StorageError as err:
+            raise VersioningError(f"dvc {action}: DVC remote '{name}' ({url}) is not usable: {err}") from None
+    else:
+        local = Path(url) if os.path.isabs(url) else (root / ".dvc" / url)
+        if action == "pull" and not local.is_dir():
+            raise VersioningError(
+                f"dvc pull: the local DVC remote '{name}' folder {local.resolve()} does not exist: "
+                "nothing was pushed to it from this machine; push first, or pull from the S3 "
+                "remote (remote='s3')")
+    with Repo(str(root), config=overrides or None) as repo:
+        yield repo, name
+
+
+# ---------------------------------------------------------------------------------------------
+# The operations
+
+
+def track(data_dir: "str | os.PathLike[str]" = "data",
+          repo_root: "str | os.PathLike[str] | None" = None) -> Path:
+    """`dvc add data_dir`: hash it into the cache and write `<data_dir>.dvc` beside it
+    (for `data`, the top-level data.dvc). Returns that file; commit it with git."""
+    from dvc.repo import Repo
+
+    root = _root(repo_root)
+    target = Path(data_dir)
+    target = target if target.is_absolute() else root / target
+    if not target.is_dir() or not any(target.iterdir()):
+        raise VersioningError(f"cannot track {target}: not a folder with files in it (ingest first)")
+    try:
+        relative = target.resolve().relative_to(root)
+    except ValueError:
+        raise VersioningError(f"cannot track {target}: it is outside the repository {root}") from None
+    with Repo(str(root)) as repo, _dvc_errors("add"):
+        repo.add(str(root / relative))  # absolute: DVC resolves relative targets against cwd
+    return root / f"{relative}.dvc"
+
+
+def push(remote: Optional[str] = None, repo_root: "str | os.PathLike[str] | None" = None,
+         storage: "StorageConfig | None" = None) -> int:
+    """`dvc push data.dvc` to `remote` (default: core.remote). Returns the number of files sent."""
+    root = _root(repo_root)
+    _read_dvc_file(root, None)  # a clear error if there is nothing to push
+    with _open(root, remote, storage, "push") as (repo, name), _dvc_errors("push", name):
+        return int(repo.push(targets=[str(root / DATA_DVC)], remote=name) or 0)
+
+
+def pull(rev: Optional[str] = None, remote: Optional[str] = None,
+         repo_root: "str | os.PathLike[str] | None" = None,
+         storage: "StorageConfig | None" = None) -> str:
+    """Make `data/` what data.dvc says at git revision `rev` (default: the workspace data.dvc),
+    fetching from `remote`. With `rev`, data.dvc is first restored from that revision
+    (`git checkout rev -- data.dvc`). Returns the data version (see `data_version`)."""
+    root = _root(repo_root)
+    if rev is not None:
+        _read_dvc_file(root, rev)  # clear error for an unknown rev or one without data.dvc
+        checkout = _git(root, "checkout", rev, "--", DATA_DVC)
+        if checkout.returncode:
+            raise VersioningError(f"cannot restore {DATA_DVC} from '{rev}': {checkout.stderr.strip()}")
+    version = data_version(root)
+    with _open(root, remote, storage, "pull") as (repo, name), _dvc_errors("pull", name):
+        repo.pull(targets=[str(root / DATA_DVC)], remote=name, force=True)
+    return version
+
+
+__all__ = ["track", "push", "pull", "data_version", "find_repo_root", "VersioningError", "DATA_DVC"]
