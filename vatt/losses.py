@@ -20,17 +20,32 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+class _GatherWithGradient(torch.autograd.Function):
+    """all_gather whose backward sums every worker's gradient for this worker's slice.
+
+    Written out (rather than torch.distributed.nn's all_gather) because the gradients reaching
+    it are often non-contiguous (einsum, transposes), which gloo's all-to-all then misreads.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.batch = dist.get_rank(), x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)  # (world * B, ...)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad)  # sum over workers of d(loss_w)/d(gathered)
+        return grad[ctx.rank * ctx.batch:(ctx.rank + 1) * ctx.batch]
+
+
 def gather(x: torch.Tensor) -> torch.Tensor:
     """Concatenate `x` from every worker along dim 0; gradients flow back to each worker."""
     if not _distributed():
         return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x.contiguous()), dim=0)
-
-
-def _rank_offset(batch_size: int) -> int:
-    return dist.get_rank() * batch_size if _distributed() else 0
+    return _GatherWithGradient.apply(x)
 
 
 def mil_nce(video: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None = None,

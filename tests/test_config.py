@@ -1,0 +1,66 @@
+"""Config loading: presets, dotlist overrides, and errors that name the key."""
+
+import pytest
+
+from vatt.config import (BackboneSharing, ConfigError, available_presets, from_dict, load_config,
+                         to_dict)
+
+
+def test_presets_exist_and_load():
+    assert {"tiny", "bbs", "mbs", "lbs", "ma-medium"} <= set(available_presets())
+    for name in ("tiny", "bbs", "mbs", "lbs", "ma-medium"):
+        assert load_config(name).name == name
+
+
+def test_spec_defaults_in_full_presets():
+    cfg = load_config("mbs")
+    assert cfg.model.video.size == "medium" and cfg.model.audio.size == "base"
+    assert cfg.model.video.drop_rate == 0.5 and cfg.model.audio.drop_rate == 0.5
+    assert cfg.data.num_frames == 32 and cfg.data.fps == 10 and cfg.data.frame_size == 224
+    assert cfg.data.audio_samples == 153_600
+    assert cfg.train.optim.warmup_steps == 10_000  # paper, not the code's 5k
+    assert cfg.loss.average_pair_losses is False  # paper: plain sum
+    assert cfg.model.heads.bn_after_audio_text is False  # code: no BN
+    assert cfg.model.droptoken_sampling.value == "batch"
+    assert load_config("ma-medium").model.sharing == BackboneSharing.agnostic
+
+
+def test_dotlist_override():
+    cfg = load_config("tiny", ["model.video.drop_rate=0.25", "model.sharing=agnostic"])
+    assert cfg.model.video.drop_rate == 0.25
+    assert cfg.model.sharing == BackboneSharing.agnostic
+
+
+def test_unknown_key_names_key_and_allowed():
+    with pytest.raises(ConfigError, match=r"model\.video\.dropout_rate.*drop_rate"):
+        load_config("tiny", ["model.video.dropout_rate=0.1"])
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(ConfigError, match=r"model\.video\.drop_rate.*float"):
+        load_config("tiny", ["model.video.drop_rate=half"])
+
+
+def test_bad_enum_lists_allowed_values():
+    with pytest.raises(ConfigError, match=r"specific, agnostic"):
+        load_config("tiny", ["model.sharing=shared"])
+
+
+def test_drop_rate_is_a_drop_rate():
+    with pytest.raises(ConfigError, match=r"drop_rate=1\.0 .*share of tokens dropped"):
+        load_config("tiny", ["model.audio.drop_rate=1.0"])
+
+
+def test_unknown_preset_lists_presets(tmp_path):
+    with pytest.raises(ConfigError, match=r"Available presets: .*mbs"):
+        load_config("nope")
+
+
+def test_unknown_size():
+    with pytest.raises(ConfigError, match=r"model\.video\.size='huge'.*medium"):
+        load_config("tiny", ["model.video.size=huge"])
+
+
+def test_round_trip_dict():
+    cfg = load_config("tiny", ["model.video.drop_rate=0.75"])
+    assert from_dict(to_dict(cfg)) == cfg
