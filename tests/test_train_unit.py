@@ -1,0 +1,153 @@
+"""vatt.train pieces that need no Ray: schedule, optimiser, checkpoint round trip, preflight,
+global-batch BatchNorm (2 real gloo processes)."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from vatt.config import load_config
+from vatt.train.checkpoint import (DataPosition, TrainState, load_checkpoint, save_checkpoint,
+                                   seed_everything)
+from vatt.train.preflight import PreflightError, check_config, check_resources
+from vatt.train.schedule import build_optimizer, learning_rate
+from vatt.train.sync_batchnorm import GlobalBatchNorm1d, convert_batchnorm
+
+
+def test_learning_rate_warmup_then_quarter_cosine():
+    optim = load_config("tiny", ["train.optim.warmup_steps=10", "train.optim.total_steps=110",
+                                 "train.optim.lr_peak=1e-3", "train.optim.lr_end=2e-4"]).train.optim
+    assert learning_rate(0, optim) == 0.0
+    assert learning_rate(5, optim) == pytest.approx(5e-4)
+    assert learning_rate(10, optim) == pytest.approx(1e-3)
+    # halfway through the decay a quarter-period cosine is at cos(pi/4)
+    assert learning_rate(60, optim) == pytest.approx(2e-4 + 8e-4 * math.cos(math.pi / 4))
+    assert learning_rate(110, optim) == pytest.approx(2e-4)
+    assert learning_rate(500, optim) == pytest.approx(2e-4)  # held at lr_end past total_steps
+    decay = [learning_rate(step, optim) for step in range(10, 111)]
+    assert all(a >= b for a, b in zip(decay, decay[1:]))
+
+
+def test_optimizer_is_the_spec_adam():
+    cfg = load_config("tiny")
+    optimizer = build_optimizer(nn.Linear(3, 2).parameters(), cfg.train.optim)
+    group = optimizer.param_groups[0]
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert group["betas"] == (0.9, 0.999) and group["eps"] == 1e-7 and group["weight_decay"] == 0
+
+
+def test_checkpoint_round_trip_restores_model_optimizer_rng_and_position(tmp_path):
+    cfg = load_config("tiny")
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    optimizer = build_optimizer(model.parameters(), cfg.train.optim)
+    model(torch.randn(6, 4)).sum().backward()
+    optimizer.step()
+    state = TrainState(step=7, learning_rate=1e-4, world_size=2, data=DataPosition(3, 5),
+                       started_from=[0], history=[{"step": 5, "loss_total": 1.0}])
+    seed_everything(123)
+    for rank in (1, 0):  # each worker writes its own RNG and data position
+        save_checkpoint(tmp_path, rank=rank, state=state, model=model, optimizer=optimizer,
+                        cfg=cfg, data_version={"md5": "abc"})
+    expected_draw = torch.rand(3)  # what rank 0's restored RNG must produce next
+
+    fresh = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    fresh_optimizer = build_optimizer(fresh.parameters(), cfg.train.optim)
+    seed_everything(999)
+    restored = load_checkpoint(tmp_path, rank=0, model=fresh, optimizer=fresh_optimizer)
+    assert torch.equal(torch.rand(3), expected_draw)
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+    assert fresh_optimizer.state_dict()["state"][0]["step"] == 1
+    assert (restored.step, restored.data, restored.started_from) == (7, DataPosition(3, 5), [0])
+    assert restored.history == state.history
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "model.pt", "optimizer.pt", "state.json", "history.json", "config.yaml",
+        "data_version.json", "worker_0.pt", "worker_1.pt"}
+
+
+def test_checkpoint_that_is_not_ours_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model.pt"):
+        load_checkpoint(tmp_path, rank=0, model=nn.Linear(1, 1), optimizer=None)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["train.num_workers=3"], "train.global_batch_size=32"),
+    (["train.grad_accum=0"], "train.grad_accum=0"),
+    (["train.log_every=0"], "train.log_every"),
+    (["train.max_failures=-5"], "train.max_failures"),
+])
+def test_preflight_config_names_the_key(overrides, key):
+    with pytest.raises(PreflightError, match=key):
+        check_config(load_config("tiny", overrides))
+
+
+def test_preflight_more_workers_than_cpus():
+    cfg = load_config("tiny", ["train.num_workers=8", "train.cpus_per_worker=1"])
+    with pytest.raises(PreflightError, match=r"train.num_workers=8 .* 8 CPUs, but .* has 2"):
+        check_resources(cfg, {"CPU": 2.0})
+
+
+def test_preflight_gpu_where_none_exist():
+    cfg = load_config("tiny", ["train.use_gpu=true"])
+    with pytest.raises(PreflightError, match="train.use_gpu=true but .* no GPU"):
+        check_resources(cfg, {"CPU": 16.0})
+    with pytest.raises(PreflightError, match="2 GPUs, but .* has 1"):
+        check_resources(cfg, {"CPU": 16.0, "GPU": 1.0})
+    check_resources(cfg, {"CPU": 16.0, "GPU": 2.0})
+
+
+def test_preflight_unwritable_storage(tmp_path):
+    from vatt.train.pretrain import resolve_storage
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    cfg = load_config("tiny", [f"train.storage_path={blocker}/runs"])
+    with pytest.raises(PreflightError, match="train.storage_path=.* is not writable"):
+        resolve_storage(cfg)
+    with pytest.raises(PreflightError, match="only local folders and s3://"):
+        resolve_storage(load_config("tiny", ["train.storage_path=gs://bucket/runs"]))
+
+
+def _global_bn_worker(rank: int, port: int, inputs: torch.Tensor, results) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        norm = convert_batchnorm(nn.Sequential(nn.BatchNorm1d(5)), torch.device("cpu"))[0]
+        assert isinstance(norm, GlobalBatchNorm1d)
+        local = inputs[rank * 4:(rank + 1) * 4].clone().requires_grad_(True)
+        out = norm(local)
+        (out * torch.arange(5.0)).sum().backward()
+        # summed over workers, as DDP's averaged gradient times the world size would be
+        results[rank] = (out.detach(), local.grad, norm.running_mean.clone(),
+                         norm.running_var.clone())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_global_batchnorm_equals_batchnorm_on_the_whole_batch():
+    inputs = torch.randn(8, 5) * 3 + 1
+    reference = nn.BatchNorm1d(5)
+    whole = inputs.clone().requires_grad_(True)
+    expected = reference(whole)
+    (expected * torch.arange(5.0)).sum().backward()
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.spawn(_global_bn_worker, args=(port, inputs, results), nprocs=2, join=True)
+    out = torch.cat([results[0][0], results[1][0]])
+    grad = torch.cat([results[0][1], results[1][1]])
+    torch.testing.assert_close(out, expected.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad, whole.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results[0][2], reference.running_mean)
+    torch.testing.assert_close(results[1][3], reference.running_var)

@@ -1,0 +1,139 @@
+"""What a pretraining checkpoint holds, and how it is written and read back.
+
+One checkpoint is one folder, `<storage_path>/<run_name>/checkpoint_<step:08d>/`, merged by Ray
+Train from what every worker wrote:
+
+    model.pt          state_dict of the bare model (no DDP / compile wrapper)      rank 0
+    optimizer.pt      Adam state                                                   rank 0
+    state.json        step, LR-schedule position and value, data position, world   rank 0
+    history.json      every logged metrics row so far                              rank 0
+    config.yaml       the full config the run trains with                          rank 0
+    data_version.json the data version (data.dvc hash) of the dataset trained on   rank 0
+    worker_<r>.pt     RNG states (python, numpy, torch, cuda) + data position       each rank r
+
+The LR schedule is a pure function of the step and `train.optim` (both saved), so restoring the
+step restores the schedule.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from vatt.config import Config, to_yaml
+
+MODEL_FILE = "model.pt"
+OPTIMIZER_FILE = "optimizer.pt"
+STATE_FILE = "state.json"
+HISTORY_FILE = "history.json"
+CONFIG_FILE = "config.yaml"
+DATA_VERSION_FILE = "data_version.json"
+
+
+def checkpoint_dir_name(step: int) -> str:
+    return f"checkpoint_{step:08d}"
+
+
+def worker_file(rank: int) -> str:
+    return f"worker_{rank}.pt"
+
+
+@dataclass
+class DataPosition:
+    """Where a worker is in its data stream: `batches` micro-batches consumed in `epoch`."""
+
+    epoch: int = 0
+    batches: int = 0
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimiser updates done; the next update uses learning_rate(step)
+    learning_rate: float = 0.0  # the rate the last update used
+    world_size: int = 1
+    data: DataPosition = field(default_factory=DataPosition)
+    # the step each attempt started from: [0] for a fresh run, [0, 40] after one resume at 40
+    started_from: list[int] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def save_checkpoint(folder: str | Path, *, rank: int, state: TrainState, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, cfg: Config,
+                    data_version: Optional[dict[str, Any]]) -> None:
+    """Write this worker's share of a checkpoint into `folder` (see the module docstring)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"rng": rng_state(), "data": asdict(state.data)}, folder / worker_file(rank))
+    if rank != 0:
+        return
+    torch.save(model.state_dict(), folder / MODEL_FILE)
+    torch.save(optimizer.state_dict(), folder / OPTIMIZER_FILE)
+    meta = asdict(state)
+    history = meta.pop("history")
+    (folder / STATE_FILE).write_text(json.dumps(meta, indent=2))
+    (folder / HISTORY_FILE).write_text(json.dumps(history, indent=1))
+    (folder / CONFIG_FILE).write_text(to_yaml(cfg))
+    (folder / DATA_VERSION_FILE).write_text(json.dumps(data_version, indent=2))
+
+
+def load_checkpoint(folder: str | Path, *, rank: int, model: torch.nn.Module,
+                    optimizer: Optional[torch.optim.Optimizer],
+                    map_location: str | torch.device = "cpu") -> TrainState:
+    """Restore model, optimiser and this worker's RNG and data position from `folder`.
+
+    A worker rank that has no file of its own (the run resumes with more workers than wrote the
+    checkpoint) keeps the RNG it has and takes rank 0's data position.
+    """
+    folder = Path(folder)
+    missing = [name for name in (MODEL_FILE, STATE_FILE, HISTORY_FILE) if not (folder / name).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"checkpoint {folder} lacks {', '.join(missing)}: it was not written by vatt.train "
+            "or is incomplete; delete it (or pick another train.run_name) to start afresh"
+        )
+    model.load_state_dict(torch.load(folder / MODEL_FILE, map_location=map_location))
+    if optimizer is not None:
+        optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, map_location=map_location))
+    meta = json.loads((folder / STATE_FILE).read_text())
+    state = TrainState(step=meta["step"], learning_rate=meta["learning_rate"],
+                       world_size=meta["world_size"], data=DataPosition(**meta["data"]),
+                       started_from=list(meta["started_from"]),
+                       history=json.loads((folder / HISTORY_FILE).read_text()))
+    own = folder / worker_file(rank)
+    if own.exists():
+        worker = torch.load(own, weights_only=False)
+        set_rng_state(worker["rng"])
+        state.data = DataPosition(**worker["data"])
+    return state
+
+
+def read_history(folder: str | Path) -> list[dict[str, Any]]:
+    return json.loads((Path(folder) / HISTORY_FILE).read_text())

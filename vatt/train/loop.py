@@ -1,0 +1,245 @@
+"""The training loop that runs on every Ray Train worker.
+
+`train_loop_per_worker(loop_config)` reads everything from its config dict, keeps no global state
+and talks to Ray only through `ray.train.get_context`, `get_checkpoint`, `get_dataset_shard` and
+`report`, so the same function runs under `TorchTrainer` with N workers, and in Ray Train's local
+mode (`ScalingConfig(num_workers=0)`) in one process for unit tests.
+
+One step: `grad_accum` micro-batches of `train.global_batch_size / (num_workers * grad_accum)` clips
+each, forward + VATT loss (negatives gathered across workers by the loss), backward (DDP averages
+gradients), one Adam update at `learning_rate(step)`. Every `log_every` steps the window's mean
+losses (over workers), the learning rate, clips/s and data-wait share are reported; every
+`checkpoint_every` steps (and at the last step) a checkpoint is reported with them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from vatt.config import Config, from_dict
+from vatt.train.checkpoint import (DataPosition, TrainState, checkpoint_dir_name, load_checkpoint,
+                                   save_checkpoint, seed_everything)
+from vatt.train.schedule import build_optimizer, set_learning_rate
+from vatt.train.sync_batchnorm import convert_batchnorm
+
+MODEL_INPUTS = ("video", "audio", "text", "text_mask")
+LOSS_KEYS = ("total", "video_audio", "video_text")
+
+
+def micro_batch_size(cfg: Config, world_size: int) -> int:
+    """Clips per worker per forward pass; the split of the global batch must be exact."""
+    parts = world_size * cfg.train.grad_accum
+    if cfg.train.global_batch_size % parts:
+        raise ValueError(
+            f"train.global_batch_size={cfg.train.global_batch_size} does not split evenly over "
+            f"{world_size} workers x train.grad_accum={cfg.train.grad_accum}; pick a multiple of "
+            f"{parts} or change train.num_workers / train.grad_accum"
+        )
+    return cfg.train.global_batch_size // parts
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def build_training(cfg: Config, device: torch.device) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer]:
+    """(bare model, model to call for training (DDP / compiled), optimiser). Same init on all ranks."""
+    from vatt.model import build_model
+
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg)
+    if is_distributed():
+        # the heads' BatchNorm statistics over the global batch, as in the paper
+        model = convert_batchnorm(model, device)
+    model.to(device)
+    optimizer = build_optimizer(model.parameters(), cfg.train.optim)
+    train_model: nn.Module = model
+    if is_distributed():
+        device_ids = [device.index] if device.type == "cuda" else None
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if cfg.train.compile:
+        train_model = torch.compile(train_model)
+    return model, train_model, optimizer
+
+
+def autocast(cfg: Config, device: torch.device):
+    if device.type == "cuda" and cfg.train.bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_step(cfg: Config, train_model: nn.Module, optimizer: torch.optim.Optimizer,
+               micro_batches: list[dict[str, torch.Tensor]], step: int,
+               device: torch.device) -> tuple[dict[str, torch.Tensor], float]:
+    """One optimiser update over `micro_batches`; returns (summed detached losses, lr)."""
+    from vatt.losses import vatt_loss
+
+    train_model.train()
+    lr = set_learning_rate(optimizer, step, cfg.train.optim)
+    optimizer.zero_grad(set_to_none=True)
+    sums = {key: torch.zeros((), device=device) for key in LOSS_KEYS}
+    for index, batch in enumerate(micro_batches):
+        last = index == len(micro_batches) - 1
+        # DDP: all-reduce gradients only on the last micro-batch of an accumulated step
+        sync = contextlib.nullcontext() if last or not hasattr(train_model, "no_sync") \
+            else train_model.no_sync()
+        with sync:
+            with autocast(cfg, device):
+                outputs = train_model(batch)
+                losses = vatt_loss(outputs, batch["text_mask"], cfg.loss)
+            (losses["total"] / len(micro_batches)).backward()
+        for key in LOSS_KEYS:
+            sums[key] += losses[key].detach().float() / len(micro_batches)
+    optimizer.step()
+    return sums, lr
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    missing = [key for key in MODEL_INPUTS if key not in batch]
+    if missing:
+        raise KeyError(f"training batch lacks {missing}; the data loader must yield {MODEL_INPUTS}")
+    return {key: batch[key].to(device, non_blocking=True) for key in MODEL_INPUTS}
+
+
+def batch_stream(shard: Any, batch_size: int, position: DataPosition) -> Iterator[dict[str, Any]]:
+    """Endless micro-batches from a Ray Data shard, epoch after epoch, keeping `position` current.
+
+    Resuming at `position` skips the micro-batches of that epoch already trained on, so no clip
+    is seen twice in an epoch across a restart.
+    """
+    while True:
+        skip, seen = position.batches, 0
+        for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True):
+            seen += 1
+            if seen <= skip:
+                continue
+            position.batches = seen
+            yield batch
+        if seen == 0:
+            raise RuntimeError(
+                f"the training dataset gave no full batch of {batch_size} clips in epoch "
+                f"{position.epoch}: it has fewer clips per worker than that; ingest more data "
+                "or lower train.global_batch_size"
+            )
+        position.epoch += 1
+        position.batches = 0
+
+
+@dataclass
+class Window:
+    """Accumulates what happened since the last report."""
+
+    steps: int = 0
+    clips: int = 0
+    data_wait: float = 0.0
+    start: float = 0.0
+    loss_sums: Optional[dict[str, torch.Tensor]] = None
+
+    def reset(self) -> None:
+        self.steps, self.clips, self.data_wait, self.loss_sums = 0, 0, 0.0, None
+        self.start = time.perf_counter()
+
+    def add(self, losses: dict[str, torch.Tensor], clips: int, data_wait: float) -> None:
+        self.steps += 1
+        self.clips += clips
+        self.data_wait += data_wait
+        if self.loss_sums is None:
+            self.loss_sums = {key: value.clone() for key, value in losses.items()}
+        else:
+            for key, value in losses.items():
+                self.loss_sums[key] += value
+
+    def metrics(self, device: torch.device) -> dict[str, float]:
+        """Means over the window and over all workers (one all-reduce)."""
+        elapsed = time.perf_counter() - self.start
+        assert self.loss_sums is not None
+        packed = torch.stack([self.loss_sums[key] for key in LOSS_KEYS] + [
+            torch.tensor(float(self.clips), device=device),
+            torch.tensor(self.data_wait, device=device),
+            torch.tensor(elapsed, device=device)]).to(device)
+        world = 1
+        if is_distributed():
+            dist.all_reduce(packed)
+            world = dist.get_world_size()
+        losses, clips, wait, elapsed_sum = packed[:3] / (self.steps * world), packed[3], packed[4], packed[5]
+        mean_elapsed = float(elapsed_sum) / world
+        return {f"loss_{key}": float(value) for key, value in zip(LOSS_KEYS, losses)} | {
+            "clips_per_s": float(clips) / max(mean_elapsed, 1e-9),
+            "data_wait_share": float(wait) / max(float(elapsed_sum), 1e-9),
+        }
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train entry: `loop_config = {"config": to_dict(cfg), "data_version": {...} | None}`."""
+    import ray.train
+
+    cfg = from_dict(loop_config["config"])
+    data_version = loop_config.get("data_version")
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    if cfg.train.use_gpu:
+        import ray.train.torch
+        device = ray.train.torch.get_device()
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    batch_size = micro_batch_size(cfg, world)
+
+    model, train_model, optimizer = build_training(cfg, device)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = load_checkpoint(folder, rank=rank, model=model, optimizer=optimizer,
+                                    map_location=device)
+    else:
+        state = TrainState()
+        seed_everything(cfg.train.seed + 1000 * rank + 1)  # distinct augmentation/DropToken per rank
+    state.started_from.append(state.step)
+    state.world_size = world
+
+    total = cfg.train.optim.total_steps
+    batches = batch_stream(ray.train.get_dataset_shard("train"), batch_size, state.data)
+    window = Window()
+    window.reset()
+    while state.step < total:
+        micro: list[dict[str, torch.Tensor]] = []
+        wait = 0.0
+        for _ in range(cfg.train.grad_accum):
+            before = time.perf_counter()
+            batch = next(batches)
+            wait += time.perf_counter() - before
+            micro.append(to_device(batch, device))
+        losses, state.learning_rate = train_step(cfg, train_model, optimizer, micro, state.step, device)
+        state.step += 1
+        window.add(losses, clips=batch_size * len(micro), data_wait=wait)
+
+        save = state.step % cfg.train.checkpoint_every == 0 or state.step == total
+        if not (save or state.step % cfg.train.log_every == 0):
+            continue
+        row = {"step": state.step, "lr": state.learning_rate, "epoch": state.data.epoch,
+               "attempt": len(state.started_from) - 1, "time": time.time()}
+        row |= window.metrics(device)
+        if any(value != value for value in row.values()):  # NaN
+            raise FloatingPointError(
+                f"loss became NaN at step {state.step} ({row}); lower train.optim.lr_peak or "
+                "check the input data"
+            )
+        state.history.append(row)
+        if save:
+            with tempfile.TemporaryDirectory(prefix="vatt-ckpt-") as folder:
+                save_checkpoint(folder, rank=rank, state=state, model=model, optimizer=optimizer,
+                                cfg=cfg, data_version=data_version)
+                ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(folder),
+                                 checkpoint_dir_name=checkpoint_dir_name(state.step))
+        else:
+            ray.train.report(row)
+        window.reset()
+    return {"step": state.step, "started_from": state.started_from}

@@ -1,0 +1,231 @@
+"""Pretraining driver: config -> preflight -> Ray Data dataset -> TorchTrainer.fit() -> run folder.
+
+    python -m vatt.train.pretrain --preset tiny train.num_workers=2     # what a KubeRay RayJob runs
+    vatt pretrain --preset tiny train.run_name=exp1                    # the same, from the CLI
+
+Ray: with RAY_ADDRESS set (or a Ray already initialised in this process) the run goes to that
+cluster; otherwise a local Ray is started for the run. The run folder is
+`<train.storage_path>/<train.run_name>/`; running again with the same run name resumes from its
+latest checkpoint. At the end the folder also holds `history.json` (every logged row) and
+`loss_curve.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, replace as dc_replace
+from pathlib import Path
+from typing import Any, Optional
+
+from vatt.config import Config, ConfigError, load_config, to_dict
+from vatt.train.checkpoint import read_history
+from vatt.train.preflight import PreflightError, check_config, check_resources, check_storage
+
+HISTORY_JSON = "history.json"
+LOSS_CURVE_PNG = "loss_curve.png"
+
+
+@dataclass
+class Storage:
+    """Where runs go: `uri` as the user wrote it; `path` and `filesystem` as pyarrow/Ray take them."""
+
+    uri: str
+    path: str
+    filesystem: Any  # pyarrow.fs.FileSystem
+
+    def run_uri(self, run_name: str) -> str:
+        return f"{self.uri.rstrip('/')}/{run_name}"
+
+    def run_path(self, run_name: str) -> str:
+        return f"{self.path.rstrip('/')}/{run_name}"
+
+
+def resolve_storage(cfg: Config) -> Storage:
+    """`train.storage_path` as pyarrow sees it, after checking that the run can write there."""
+    from vatt.storage import ObjectStore, StorageError, is_s3_uri
+
+    uri = cfg.train.storage_path
+    if "://" in uri and not is_s3_uri(uri):
+        raise PreflightError(
+            f"train.storage_path='{uri}': only local folders and s3://bucket/prefix are supported"
+        )
+    store = ObjectStore.from_config(cfg.storage)
+    try:
+        store.check_bucket(uri)
+        filesystem, path = store.pyarrow_filesystem(uri)
+    except StorageError as err:
+        raise PreflightError(f"train.storage_path='{uri}' cannot be used: {err}") from None
+    check_storage(filesystem, path, uri)
+    return Storage(uri=uri.rstrip("/"), path=path, filesystem=filesystem)
+
+
+def resolve(cfg: Config) -> Config:
+    """Absolute local paths and a run name, so every worker reads the same thing."""
+    train = cfg.train
+    run_name = train.run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage = train.storage_path
+    if "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve())
+    data_path = cfg.data.path
+    if "://" not in data_path:
+        data_path = str(Path(data_path).expanduser().resolve())
+    return dc_replace(cfg, train=dc_replace(train, run_name=run_name, storage_path=storage),
+                      data=dc_replace(cfg.data, path=data_path))
+
+
+def connect_ray() -> str:
+    """Use the Ray of this process, the cluster at RAY_ADDRESS, or start a local one."""
+    import ray
+
+    if not ray.is_initialized():
+        # ray.init() itself connects to RAY_ADDRESS when set, else starts a local Ray
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+    return os.environ.get("RAY_ADDRESS") or "the local Ray started for this run"
+
+
+def data_version_of(cfg: Config) -> dict[str, Any]:
+    """The DVC version (data.dvc md5) of the dataset at data.path, saved with every checkpoint.
+
+    Data that DVC does not track (a scratch folder, an s3:// prefix) trains all the same; the
+    record then says why there is no version, and a warning is printed.
+    """
+    from vatt.data.versioning import VersioningError, data_version
+
+    record: dict[str, Any] = {"data_path": cfg.data.path, "split": cfg.train.dataset_split}
+    try:
+        if "://" in cfg.data.path:
+            raise VersioningError(f"data.path={cfg.data.path} is not a local DVC-tracked folder")
+        record["md5"] = data_version(Path(cfg.data.path).parent)
+    except VersioningError as err:
+        record["md5"] = None
+        record["unversioned_because"] = str(err)
+        print(f"warning: training on unversioned data: {err}", file=sys.stderr)
+    return record
+
+
+def build_dataset(cfg: Config):
+    from vatt.data.loader import build_dataset as build
+
+    return build(cfg, split=cfg.train.dataset_split, train=True)
+
+
+def build_trainer(cfg: Config, storage: Storage, datasets: dict[str, Any],
+                  data_version: Optional[dict[str, Any]]):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from vatt.train.loop import train_loop_per_worker
+
+    train = cfg.train
+    resources = {"CPU": train.cpus_per_worker}
+    if train.use_gpu:
+        resources["GPU"] = train.gpus_per_worker
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": to_dict(cfg), "data_version": data_version},
+        scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=train.run_name, storage_path=storage.path, storage_filesystem=storage.filesystem,
+            checkpoint_config=CheckpointConfig(num_to_keep=train.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=train.max_failures)),
+        datasets=datasets,
+    )
+
+
+@dataclass
+class PretrainResult:
+    run_uri: str  # the run folder
+    checkpoint_uri: Optional[str]  # the latest checkpoint folder
+    history: list[dict[str, Any]]
+    config: Config
+
+
+def write_run_summary(storage: Storage, run_name: str, history: list[dict[str, Any]]) -> None:
+    """history.json and loss_curve.png into the run folder (local or object store)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_path = storage.run_path(run_name)
+    with storage.filesystem.open_output_stream(f"{run_path}/{HISTORY_JSON}") as stream:
+        stream.write(json.dumps(history, indent=1).encode())
+    figure, axis = plt.subplots(figsize=(7, 4))
+    steps = [row["step"] for row in history]
+    for key, label in (("loss_total", "total"), ("loss_video_audio", "video-audio NCE"),
+                       ("loss_video_text", "video-text MIL-NCE")):
+        axis.plot(steps, [row[key] for row in history], label=label)
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss")
+    axis.set_title(f"VATT pretraining: {run_name}")
+    axis.legend()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    with storage.filesystem.open_output_stream(f"{run_path}/{LOSS_CURVE_PNG}") as stream:
+        stream.write(buffer.getvalue())
+
+
+def pretrain(cfg: Config, datasets: Optional[dict[str, Any]] = None) -> PretrainResult:
+    """Run (or resume) pretraining as configured; `datasets` overrides the ingested dataset."""
+    cfg = resolve(cfg)
+    check_config(cfg)
+    storage = resolve_storage(cfg)
+    where = connect_ray()
+    import ray
+
+    check_resources(cfg, ray.cluster_resources(), where)
+    version = data_version_of(cfg)
+    if datasets is None:
+        datasets = {"train": build_dataset(cfg)}
+    result = build_trainer(cfg, storage, datasets, version).fit()
+    checkpoint = result.checkpoint
+    history: list[dict[str, Any]] = []
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            history = read_history(folder)
+        write_run_summary(storage, cfg.train.run_name, history)
+    checkpoint_uri = None
+    if checkpoint is not None:
+        checkpoint_uri = (f"s3://{checkpoint.path}" if storage.uri.startswith("s3://")
+                          else checkpoint.path)
+    return PretrainResult(run_uri=storage.run_uri(cfg.train.run_name),
+                          checkpoint_uri=checkpoint_uri, history=history, config=cfg)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vatt.train.pretrain", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny", help="config preset under configs/ or a YAML path")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="dotlist overrides, e.g. train.num_workers=2 train.run_name=exp1")
+    args = parser.parse_args(argv)
+    return run_cli(args.preset, args.overrides, prog="pretrain")
+
+
+def run_cli(preset: str, overrides: list[str], prog: str = "vatt pretrain") -> int:
+    try:
+        result = pretrain(load_config(preset, overrides))
+    except ConfigError as err:
+        kind = "cannot start" if isinstance(err, PreflightError) else "config error"
+        print(f"{prog}: {kind}: {err}", file=sys.stderr)
+        return 2
+    last = result.history[-1] if result.history else {}
+    print(f"run folder: {result.run_uri}")
+    print(f"checkpoint: {result.checkpoint_uri}")
+    if last:
+        print(f"step {last['step']}: loss {last['loss_total']:.4f} "
+              f"(video-audio {last['loss_video_audio']:.4f}, video-text {last['loss_video_text']:.4f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
