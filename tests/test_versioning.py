@@ -148,3 +148,21 @@ def test_missing_pieces_are_named(repo, tmp_path):
         push(remote="nope", repo_root=repo)
     with pytest.raises(VersioningError, match="no DVC repository"):
         data_version(tmp_path / "elsewhere")
+
+
+def test_cli_data_commands(repo, s3_env, monkeypatch, capsys):
+    from vatt.cli import main
+
+    monkeypatch.chdir(repo)
+    assert main(["data", "version"]) == 1
+    assert "no data.dvc" in capsys.readouterr().err
+    expected = _write_data(repo, seed=9)
+    assert main(["data", "track"]) == 0
+    version = data_version(repo)
+    assert main(["data", "version"]) == 0 and capsys.readouterr().out.strip().endswith(version)
+    assert main(["data", "push", "storage.dvc_remote=s3"]) == 0
+    assert f"data version {version}" in capsys.readouterr().out
+    _forget_local_copies(repo)
+    assert main(["data", "pull", "--remote", "s3"]) == 0
+    assert capsys.readouterr().out.strip() == version
+    assert _checksums(repo / "data") == expected
