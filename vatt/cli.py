@@ -29,6 +29,30 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return run_cli(args.preset, args.overrides)
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    from vatt.data import versioning
+
+    try:
+        if args.action == "track":
+            print(versioning.track(args.path))
+        elif args.action == "version":
+            print(versioning.data_version(rev=args.rev))
+        else:
+            from vatt.config import load_config
+
+            storage = load_config(args.preset, args.overrides).storage
+            remote = args.remote or storage.dvc_remote
+            if args.action == "push":
+                count = versioning.push(remote=remote, storage=storage)
+                print(f"pushed {count} files; data version {versioning.data_version()}")
+            else:
+                print(versioning.pull(rev=args.rev, remote=remote, storage=storage))
+    except versioning.VersioningError as err:
+        print(f"vatt data {args.action}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vatt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -43,6 +67,22 @@ def build_parser() -> argparse.ArgumentParser:
                                                "cluster at RAY_ADDRESS); same run name resumes")
     _add_config_args(pretrain)
     pretrain.set_defaults(handler=_cmd_pretrain)
+
+    data = sub.add_parser("data", help="version data/ with DVC: track, push, pull, version")
+    data_sub = data.add_subparsers(dest="action", required=True)
+    track = data_sub.add_parser("track", help="dvc add: hash the folder into data.dvc")
+    track.add_argument("path", nargs="?", default="data", help="folder to track (default: data)")
+    version = data_sub.add_parser("version", help="print the data version (md5 in data.dvc)")
+    version.add_argument("--rev", default=None, help="git revision to read data.dvc from")
+    for action, text in (("push", "dvc push data.dvc to a remote"),
+                         ("pull", "dvc pull data.dvc (of --rev) from a remote; prints the version")):
+        cmd = data_sub.add_parser(action, help=text)
+        _add_config_args(cmd)  # storage.endpoint_url=..., storage.dvc_remote=...
+        cmd.add_argument("--remote", default=None,
+                         help="DVC remote: local or s3 (default: storage.dvc_remote, else .dvc/config's)")
+        if action == "pull":
+            cmd.add_argument("--rev", default=None, help="git revision (tag, branch, commit) of data.dvc")
+    data.set_defaults(handler=_cmd_data)
     return parser
 
 
