@@ -29,6 +29,18 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return run_cli(args.preset, args.overrides)
 
 
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from vatt.config import load_config
+    from vatt.data.ingest import IngestError, ingest
+
+    try:
+        ingest(load_config(args.preset, args.overrides), args.source, args.path, args.out)
+    except IngestError as err:
+        print(f"vatt ingest: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from vatt.data import versioning
 
@@ -62,6 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(info)
     info.add_argument("--no-forward", action="store_true", help="count only, skip the forward pass")
     info.set_defaults(handler=_cmd_info)
+
+    ingest = sub.add_parser("ingest", help="raw dataset (local folder or s3:// prefix) -> tar "
+                                           "shards, manifest, report and vocabulary under --out")
+    _add_config_args(ingest)
+    ingest.add_argument("--source", required=True,
+                        help="howto100m, audioset, kinetics, ucf101, esc50, msrvtt, youcook2, "
+                             "or synthetic (the generated default dataset)")
+    ingest.add_argument("--path", default=None,
+                        help="the source folder in its published layout, or s3://bucket/prefix "
+                             "(synthetic: where the raw media are generated)")
+    ingest.add_argument("--out", default="data", help="output folder (default: data)")
+    ingest.set_defaults(handler=_cmd_ingest)
 
     pretrain = sub.add_parser("pretrain", help="pretrain VATT with Ray Train (local Ray, or the "
                                                "cluster at RAY_ADDRESS); same run name resumes")

@@ -1,0 +1,367 @@
+"""`vatt ingest`: raw sources -> WebDataset-style tar shards + manifest + report + vocabulary.
+
+Output, for a source NAME ingested into OUT:
+
+    OUT/NAME/shards/<split>-<NNNNNN>.tar   per clip: <key>.mp4 (video, if any), <key>.wav (mono
+                                           16-bit audio, if any), <key>.json (clip record below)
+    OUT/NAME/shards/<split>-<NNNNNN>.json  that shard's records, checksums and input fingerprint
+    OUT/NAME/manifest.json                 source, ingest parameters, label names, splits, and
+                                           every clip (record + sha256 of each member)
+    OUT/NAME/report.json                   quarantined rows and media with reasons, summary
+    OUT/NAME/vocab.json                    word vocabulary of NAME's training captions
+    OUT/vocab.json                         word vocabulary of all sources' training captions
+                                           under OUT (the one the model uses)
+
+Clip record (<key>.json): clip_id, video_id, source, split, media (raw path), start/end (s, in
+the raw media), fps, num_frames, sample_rate, num_samples, has_video, has_audio, captions (list,
+narrated sources: the `data.num_text_candidates` narrations nearest in time), caption_times,
+label (class index or -1), labels (multi-label class indices).
+
+A shard holds the clips of up to `data.ingest.media_per_shard` raw files of one split, so its
+content depends on those files only: a re-run re-uses every shard whose inputs and parameters
+are unchanged (same fingerprint and checksum) and rewrites only the others; encoding and tar
+headers are deterministic, so rewritten shards are byte-identical too. The raw input is only read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import tarfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from vatt.config import Config
+from vatt.data.media import MediaError, encode_video, encode_wav, load_media
+from vatt.data.sources import READERS, ClipSpec, LayoutError, SourceIndex, WorkItem
+
+FORMAT_VERSION = 1  # bump when the shard content changes for the same input
+SOURCES = sorted(READERS) + ["synthetic"]
+
+
+class IngestError(RuntimeError):
+    """An ingestion run that must fail (too much bad input, an unusable layout)."""
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def ingest_params(cfg: Config) -> dict[str, Any]:
+    """Everything besides the raw bytes that decides a shard's content."""
+    d, ing = cfg.data, cfg.data.ingest
+    return {
+        "format_version": FORMAT_VERSION,
+        "fps": d.fps,
+        "short_side": ing.short_side or d.frame_size,
+        "sample_rate": d.sample_rate,
+        "clip_seconds": ing.clip_seconds or 2 * d.clip_seconds,
+        "min_seconds": d.clip_seconds / 2,
+        "video_crf": ing.video_crf,
+        "num_text_candidates": d.num_text_candidates,
+    }
+
+
+def _safe_key(text: str) -> str:
+    # WebDataset splits a member name at its first dot: keys carry no dots or slashes
+    return re.sub(r"[^A-Za-z0-9_\-]", "_", text)
+
+
+def _nearest_captions(narration: list[tuple[float, float, str]], start: float, end: float,
+                      count: int) -> list[tuple[float, float, str]]:
+    """The `count` narrations nearest in time to [start, end], returned in time order."""
+    def distance(n: tuple[float, float, str]) -> tuple[float, float]:
+        return (max(0.0, n[0] - end, start - n[1]), n[0])
+    return sorted(sorted(narration, key=distance)[:count], key=lambda n: n[0])
+
+
+def _cut(item: WorkItem, duration: float, params: dict) -> list[tuple[ClipSpec, list]]:
+    """Clip specs (with their narration windows) to cut from a media of `duration` seconds."""
+    if item.clips is not None:
+        return [(c, []) for c in item.clips]
+    length = params["clip_seconds"]
+    count = int(duration // length)
+    bounds = [(k * length, (k + 1) * length) for k in range(count)]
+    if not bounds and duration >= params["min_seconds"]:
+        bounds = [(0.0, duration)]
+    out = []
+    for start, end in bounds:
+        near = _nearest_captions(item.narration, start, end, params["num_text_candidates"])
+        out.append((ClipSpec(start, end, [n[2] for n in near]), [[n[0], n[1]] for n in near]))
+    return out
+
+
+def _process_item(root: Path, source: str, item: WorkItem, params: dict
+                  ) -> tuple[list[tuple[str, bytes]], list[dict], list[dict]]:
+    """Decode one raw file and encode its clips: (tar members, clip records, bad entries)."""
+    try:
+        media = load_media(root / item.media, fps=params["fps"], short_side=params["short_side"],
+                           sample_rate=params["sample_rate"], video=item.video, audio=item.audio)
+    except MediaError as err:
+        return [], [], [{"item": item.media, "kind": "media", "reason": str(err)}]
+    except Exception as err:  # a decoder fault on one file must not stop the whole run
+        return [], [], [{"item": item.media, "kind": "media",
+                         "reason": f"unreadable: {type(err).__name__}: {err}"}]
+    fps, rate = params["fps"], params["sample_rate"]
+    members, records, bad = [], [], []
+    for index, (spec, caption_times) in enumerate(_cut(item, media.duration, params)):
+        end = media.duration if spec.end is None else min(spec.end, media.duration)
+        where = f"{item.media}[{spec.start:.2f}-{end:.2f}s]"
+        if end - spec.start < params["min_seconds"]:
+            bad.append({"item": where, "kind": "segment", "reason": f"segment shorter than {params['min_seconds']} s "
+                                                 f"(media lasts {media.duration:.2f} s)"})
+            continue
+        key = _safe_key(f"{item.key}_{index:04d}")
+        record: dict[str, Any] = {
+            "clip_id": f"{source}/{key}", "video_id": item.key, "source": source,
+            "split": item.split, "media": item.media, "start": round(spec.start, 4),
+            "end": round(end, 4), "fps": fps, "sample_rate": rate,
+            "captions": spec.captions, "caption_times": caption_times,
+            "label": spec.label, "labels": list(spec.labels),
+            "has_video": media.frames is not None, "has_audio": media.audio is not None,
+            "num_frames": 0, "num_samples": 0,
+        }
+        if media.frames is not None:
+            frames = media.frames[int(round(spec.start * fps)):int(round(end * fps))]
+            record["num_frames"] = len(frames)
+            members.append((f"{key}.mp4", encode_video(frames, fps, params["video_crf"])))
+        if media.audio is not None:
+            audio = media.audio[int(round(spec.start * rate)):int(round(end * rate))]
+            record["num_samples"] = len(audio)
+            members.append((f"{key}.wav", encode_wav(audio, rate)))
+        payload = json.dumps(record, sort_keys=True).encode()
+        members.append((f"{key}.json", payload))
+        record["sha256"] = {name.split(".", 1)[1]: _sha256(data)
+                            for name, data in members if name.startswith(key + ".")}
+        records.append(record)
+    return members, records, bad
+
+
+def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
+    """Tar with fixed headers (mtime 0, uid/gid 0, no user names) so equal content gives equal
+    bytes; written to a temporary name and renamed, so a killed run leaves no half shard."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))
+    os.replace(tmp, path)
+
+
+def _process_shard(task: dict) -> dict:
+    """Worker: ingest the raw files of one shard, write the tar and its sidecar."""
+    import torch
+
+    torch.set_num_threads(1)
+    root, shard_path = Path(task["root"]), Path(task["shard"])
+    members, records, bad = [], [], []
+    for item in task["items"]:
+        m, r, b = _process_item(root, task["source"], item, task["params"])
+        members += m
+        records += r
+        bad += b
+    _write_tar(shard_path, members)
+    sidecar = {"fingerprint": task["fingerprint"], "sha256": _file_sha256(shard_path),
+               "clips": records, "bad": bad}
+    shard_path.with_suffix(".json").write_text(json.dumps(sidecar, sort_keys=True, indent=1))
+    return sidecar
+
+
+def _fingerprint(root: Path, items: list[WorkItem], params: dict) -> str:
+    parts = []
+    for item in items:
+        stat = (root / item.media).stat()
+        parts.append([asdict(item), stat.st_size, stat.st_mtime_ns])
+    return _sha256(json.dumps([params, parts], sort_keys=True, default=str).encode())
+
+
+def _reusable(shard: Path, fingerprint: str) -> Optional[dict]:
+    sidecar = shard.with_suffix(".json")
+    if not (shard.exists() and sidecar.exists()):
+        return None
+    try:
+        data = json.loads(sidecar.read_text())
+    except ValueError:
+        return None
+    if data.get("fingerprint") != fingerprint or data.get("sha256") != _file_sha256(shard):
+        return None
+    return data
+
+
+def _local_source(src: str, out: Path) -> Path:
+    """A local folder for SRC: itself, or a download of an s3:// prefix into a cache folder
+    beside OUT (kept out of OUT so that DVC does not version raw media)."""
+    from vatt.storage import default_store, is_s3_uri
+
+    if not is_s3_uri(src):
+        root = Path(src)
+        if not root.is_dir():
+            raise IngestError(f"--path {src}: no such folder")
+        return root
+    cache = out.resolve().parent / ".cache" / "raw" / _safe_key(src[len("s3://"):])
+    count = default_store().download_dir(src, cache)
+    print(f"downloaded {count} files from {src} to {cache}")
+    return cache
+
+
+def build_vocabulary(out: Path, max_size: int) -> Optional[Path]:
+    """OUT/vocab.json from the training captions of every source under OUT (sorted, so the
+    result does not depend on ingestion order)."""
+    from vatt.text import Vocabulary
+
+    texts: list[str] = []
+    for manifest in sorted(out.glob("*/manifest.json")):
+        for clip in json.loads(manifest.read_text())["clips"]:
+            if clip["split"] == "train":
+                texts += clip["captions"]
+    if not texts:
+        return None
+    path = out / "vocab.json"
+    Vocabulary.build(texts, max_size).save(path)
+    return path
+
+
+def ingest_index(cfg: Config, index: SourceIndex, root: Path, out: Path, name: str,
+                 progress: bool = True) -> dict:
+    """Write shards, manifest, report and vocabularies for an indexed source; returns the
+    summary. Raises IngestError when the quarantined share exceeds the threshold."""
+    from tqdm import tqdm
+
+    from vatt.text import Vocabulary
+
+    started = time.perf_counter()
+    params = ingest_params(cfg)
+    target = out / name
+    shard_dir = target / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    per_shard = max(1, cfg.data.ingest.media_per_shard)
+    items = sorted(index.items, key=lambda it: (it.split, it.key))
+    tasks, reused = [], []
+    for split in sorted({it.split for it in items}):
+        split_items = [it for it in items if it.split == split]
+        for n, first in enumerate(range(0, len(split_items), per_shard)):
+            group = split_items[first:first + per_shard]
+            shard = shard_dir / f"{split}-{n:06d}.tar"
+            fingerprint = _fingerprint(root, group, params)
+            done = _reusable(shard, fingerprint)
+            if done is not None:
+                reused.append((shard, done))
+            else:
+                tasks.append({"root": str(root), "source": name, "shard": str(shard),
+                              "items": group, "params": params, "fingerprint": fingerprint})
+    results = list(reused)
+    bar = tqdm(total=len(tasks), desc=f"ingest {name}", unit="shard", disable=not progress)
+    workers = min(cfg.data.ingest.num_workers, len(tasks))
+    if workers > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            for task, sidecar in zip(tasks, pool.imap(_process_shard, tasks)):
+                results.append((Path(task["shard"]), sidecar))
+                bar.update()
+    else:
+        for task in tasks:
+            results.append((Path(task["shard"]), _process_shard(task)))
+            bar.update()
+    bar.close()
+    keep = {p.name for p, _ in results} | {p.with_suffix(".json").name for p, _ in results}
+    for stale in shard_dir.iterdir():  # shards of an earlier, different input
+        if stale.name not in keep:
+            stale.unlink()
+    results.sort(key=lambda r: r[0].name)
+
+    clips, bad = [], [{"kind": "row", **b} for b in index.bad]
+    for shard, sidecar in results:
+        for record in sidecar["clips"]:
+            clips.append({**record, "shard": f"shards/{shard.name}"})
+        bad += sidecar["bad"]
+    splits: dict[str, dict] = {}
+    for shard, sidecar in results:
+        split = shard.name.split("-")[0]
+        entry = splits.setdefault(split, {"shards": [], "clips": 0, "hours": 0.0})
+        entry["shards"].append(f"shards/{shard.name}")
+        for record in sidecar["clips"]:
+            entry["clips"] += 1
+            entry["hours"] += (record["end"] - record["start"]) / 3600.0
+    for entry in splits.values():
+        entry["hours"] = round(entry["hours"], 4)
+    manifest = {"source": name, "params": params, "label_names": index.label_names,
+                "multi_label": index.multi_label, "splits": splits, "clips": clips}
+    (target / "manifest.json").write_text(json.dumps(manifest, sort_keys=True, indent=1))
+
+    train_texts = [t for c in clips if c["split"] == "train" for t in c["captions"]]
+    if train_texts:
+        Vocabulary.build(train_texts, cfg.data.vocab_size).save(target / "vocab.json")
+    build_vocabulary(out, cfg.data.vocab_size)
+
+    # the share counts rows and media files; a bad segment of a good file counts as one item more
+    bad_items = len(bad)
+    total = len(index.items) + len(index.bad) + sum(1 for b in bad if b.get("kind") == "segment")
+    share = bad_items / max(1, total)
+    summary = {
+        "source": name, "clips": len(clips),
+        "hours": round(sum(s["hours"] for s in splits.values()), 4),
+        "per_split": {k: v["clips"] for k, v in sorted(splits.items())},
+        "media": len(index.items), "quarantined": bad_items, "bad_share": round(share, 4),
+        "shards_written": len(tasks), "shards_reused": len(reused),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    report = {"summary": summary, "quarantined": bad,
+              "max_bad_fraction": cfg.data.ingest.max_bad_fraction}
+    (target / "report.json").write_text(json.dumps(report, sort_keys=True, indent=1))
+    if progress:
+        print(f"{name}: {summary['clips']} clips ({summary['hours'] * 60:.1f} min) "
+              f"per split {summary['per_split']}; {bad_items} quarantined; shards: "
+              f"{len(tasks)} written, {len(reused)} up to date; {summary['seconds']} s")
+    if share > cfg.data.ingest.max_bad_fraction:
+        raise IngestError(
+            f"{name}: {bad_items} of {total} items ({share:.0%}) were quarantined, more than "
+            f"data.ingest.max_bad_fraction={cfg.data.ingest.max_bad_fraction}; the reasons are "
+            f"in {target / 'report.json'}. Fix or remove the bad input, or raise the threshold")
+    return summary
+
+
+def ingest(cfg: Config, source: str, src: Optional[str], out: str | Path,
+           progress: bool = True) -> list[dict]:
+    """Ingest SOURCE from SRC (local folder or s3:// prefix) into OUT; returns the summaries."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if source == "synthetic":
+        from vatt.data.synthetic import LAYOUTS, generate
+
+        raw = Path(src) if src else out.resolve().parent / ".cache" / "synthetic-raw"
+        generate(cfg, raw, progress=progress)
+        return [ingest_index(cfg, READERS[layout](raw / layout, cfg.data.ingest),
+                             raw / layout, out, f"synthetic-{layout}", progress)
+                for layout in LAYOUTS]
+    if source not in READERS:
+        raise IngestError(f"unknown --source {source!r}; choose one of {', '.join(SOURCES)}")
+    if not src:
+        raise IngestError(f"--source {source} needs --path (a local folder or s3:// prefix)")
+    root = _local_source(src, out)
+    try:
+        index = READERS[source](root, cfg.data.ingest)
+    except LayoutError as err:
+        raise IngestError(str(err)) from None
+    return [ingest_index(cfg, index, root, out, source, progress)]
+
+
+__all__ = ["ingest", "ingest_index", "ingest_params", "build_vocabulary", "IngestError", "SOURCES"]

@@ -1,0 +1,567 @@
+"""The embedded default dataset: generated clips of moving shapes, written in published layouts.
+
+A *scene* has one sounding actor (shape, colour, motion, tempo), one to three silent distractor
+shapes drifting over a cluttered background, and a soundtrack: the actor's sound kind follows its
+shape and its events follow the motion (a bounce sounds at each floor contact, an orbit once per
+turn, a fall at each ever closer impact, a shake at each random jolt), mixed with background
+noise and sometimes an unrelated quieter sound. Captions name the actor with paraphrases
+(synonyms, eight templates, attributes sometimes left out, distractors sometimes mentioned);
+HowTo100M-style videos add narration unrelated to the picture and caption timing that drifts
+from the scenes. So video-audio agreement holds in rhythm and timbre, video-text agreement in
+attributes, and neither is readable from a single frame or a spectrum bin.
+
+`generate(cfg, root)` writes, deterministically for `data.ingest.synthetic_seed`:
+  root/howto100m/  videos/<id>.mp4 (16 s, 4 scenes) + caption.json   (pretraining)
+  root/ucf101/     UCF-101/<Class>/v_<Class>_gGG_cCC.avi + ucfTrainTestlist/  (label = motion)
+  root/esc50/      audio/<fold>-<id>-A-<target>.wav + meta/esc50.csv  (label = sound kind)
+  root/msrvtt/     videos/video<i>.mp4 + MSRVTT_data.json + MSRVTT_JSFUSION_test.csv (retrieval)
+Raw media are 128x96 at 10 fps with 16 kHz stereo audio, larger and longer than the tiny
+preset's input, so that ingestion's resizing, resampling, down-mixing and cutting all run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import multiprocessing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+import numpy as np
+
+from vatt.config import Config
+
+LAYOUTS = ("howto100m", "ucf101", "esc50", "msrvtt")
+WIDTH, HEIGHT, FPS, RATE = 128, 96, 10, 16000
+GENERATOR_VERSION = 1
+
+SHAPES = ["circle", "square", "triangle", "diamond", "ring", "cross"]
+SOUNDS = ["beep", "buzz", "chirp", "hiss", "bell", "knock"]  # SOUNDS[i] is the sound of SHAPES[i]
+MOTIONS = ["bounce", "slide", "orbit", "zigzag", "pulse", "shake", "spin", "fall"]
+COLOURS = {"red": (0.9, 0.15, 0.1), "green": (0.1, 0.75, 0.2), "blue": (0.15, 0.3, 0.95),
+           "yellow": (0.95, 0.85, 0.1), "purple": (0.6, 0.2, 0.8), "orange": (1.0, 0.55, 0.05),
+           "white": (0.95, 0.95, 0.95), "cyan": (0.1, 0.85, 0.9)}
+COLOUR_NAMES = list(COLOURS)
+
+SHAPE_WORDS = {"circle": ["circle", "ball", "disc", "round shape", "dot"],
+               "square": ["square", "box", "block", "cube"],
+               "triangle": ["triangle", "wedge", "three sided shape"],
+               "diamond": ["diamond", "rhombus", "tilted square"],
+               "ring": ["ring", "hoop", "donut"],
+               "cross": ["cross", "plus sign", "plus shape"]}
+COLOUR_WORDS = {"red": ["red", "crimson", "scarlet"], "green": ["green", "emerald", "lime"],
+                "blue": ["blue", "navy", "azure"], "yellow": ["yellow", "golden", "lemon"],
+                "purple": ["purple", "violet", "lilac"], "orange": ["orange", "amber", "tangerine"],
+                "white": ["white", "pale", "snowy"], "cyan": ["cyan", "turquoise", "aqua"]}
+MOTION_WORDS = {"bounce": ["bounces", "is bouncing up and down", "hops", "keeps bouncing"],
+                "slide": ["slides across", "glides sideways", "moves from one side to the other"],
+                "orbit": ["circles around", "goes round in a loop", "orbits the middle"],
+                "zigzag": ["zigzags", "moves in a zigzag", "weaves up and down across"],
+                "pulse": ["pulses", "grows and shrinks", "swells and contracts"],
+                "shake": ["shakes", "jolts around", "trembles and jerks"],
+                "spin": ["spins", "rotates in place", "turns round and round"],
+                "fall": ["falls down", "drops and bounces to a stop", "tumbles to the floor"]}
+SOUND_VERBS = {"beep": ["beeps", "gives a pure tone", "whistles"],
+               "buzz": ["buzzes", "makes a harsh buzz", "hums roughly"],
+               "chirp": ["chirps", "makes rising chirps", "sweeps up in pitch"],
+               "hiss": ["hisses", "makes a noisy shush", "sounds like static"],
+               "bell": ["rings like a bell", "chimes", "dings"],
+               "knock": ["knocks", "thuds", "makes dull knocks"]}
+SOUND_NOUNS = {"beep": ["beeps", "a pure tone", "a whistle"],
+               "buzz": ["a buzz", "a rough hum", "buzzing"],
+               "chirp": ["chirps", "a rising whistle", "chirping"],
+               "hiss": ["a hiss", "static noise", "hissing"],
+               "bell": ["a bell", "chimes", "ringing"],
+               "knock": ["knocks", "dull thuds", "knocking"]}
+TEMPO_WORDS = [["slowly", "calmly", "at a slow pace"], ["steadily", "regularly", "at a medium pace"],
+               ["quickly", "rapidly", "fast"]]
+CHATTER = [
+    "okay so let's get started", "don't forget to like and subscribe", "now add a pinch of salt",
+    "i bought this at the store last week", "this is the part everyone gets wrong",
+    "let me zoom in a little bit", "we will come back to this later", "thanks for watching",
+    "you can see the difference here", "make sure everything is clean first",
+    "my cat usually sits right there", "hold on let me check the settings",
+    "last time we had a blue triangle here", "a green ring would also work for this",
+    "put the red box on the shelf", "the yellow one is my favourite", "now stir it slowly",
+    "the music in the background is from my friend", "this takes about five minutes",
+    "if you have questions leave a comment", "remember to turn off the oven",
+    "some people prefer the square version", "it gets louder if you press harder",
+]
+UCF_CLASSES = ["Bounce", "Slide", "Orbit", "Zigzag", "Pulse", "Shake", "Spin", "Fall"]
+
+
+@dataclass
+class Thing:
+    shape: str
+    colour: str
+    rgb: np.ndarray
+    radius: float
+    x: float
+    y: float
+    vx: float = 0.0
+    vy: float = 0.0
+    angle: float = 0.0
+
+
+@dataclass
+class Scene:
+    actor: Thing
+    motion: str
+    rate: float  # motion events per second (tempo)
+    loudness: float
+    distractors: list[Thing] = field(default_factory=list)
+    jolts: np.ndarray = field(default_factory=lambda: np.zeros(0))  # shake event times
+
+    @property
+    def tempo(self) -> int:
+        return 0 if self.rate < 1.2 else 1 if self.rate < 1.9 else 2
+
+
+def _thing(rng: np.random.Generator, small: bool = False) -> Thing:
+    colour = COLOUR_NAMES[rng.integers(len(COLOURS))]
+    rgb = np.clip(np.array(COLOURS[colour]) + rng.normal(0, 0.06, 3), 0, 1)
+    radius = rng.uniform(6, 9) if small else rng.uniform(10, 15)
+    return Thing(SHAPES[rng.integers(len(SHAPES))], colour, rgb, radius,
+                 rng.uniform(20, WIDTH - 20), rng.uniform(20, HEIGHT - 20),
+                 rng.uniform(-6, 6), rng.uniform(-4, 4), rng.uniform(0, np.pi))
+
+
+def make_scene(rng: np.random.Generator, duration: float, motion: str | None = None,
+               shape: str | None = None) -> Scene:
+    actor = _thing(rng)
+    if shape is not None:
+        actor.shape = shape
+    motion = motion or MOTIONS[rng.integers(len(MOTIONS))]
+    rate = rng.uniform(0.8, 2.6)
+    distractors = [_thing(rng, small=rng.random() < 0.6) for _ in range(rng.integers(1, 4))]
+    jolts = np.sort(rng.uniform(0.1, duration - 0.1, max(1, rng.poisson(rate * duration))))
+    return Scene(actor, motion, rate, rng.uniform(0.25, 0.5), distractors, jolts)
+
+
+# ---------------------------------------------------------------------------------------------
+# motion: where the actor is at time t, and when its sound events happen
+
+
+def _actor_state(scene: Scene, t: float, duration: float) -> tuple[float, float, float, float]:
+    """(x, y, radius, angle) of the actor at time t (seconds from the scene start)."""
+    a, f = scene.actor, scene.rate
+    x, y, r, angle = a.x, a.y, a.radius, a.angle
+    floor = HEIGHT - r - 4
+    if scene.motion == "bounce":
+        y = floor - 40 * abs(np.sin(np.pi * f * t))
+    elif scene.motion == "slide":
+        direction = 1 if a.vx >= 0 else -1
+        span = WIDTH - 2 * r
+        x = r + (span * (0.5 + direction * (t / duration - 0.5)))
+        y = a.y + 3 * np.sin(2 * np.pi * f * t)  # a step wobble at the tempo
+    elif scene.motion == "orbit":
+        x = WIDTH / 2 + 30 * np.cos(2 * np.pi * f * t / 2)
+        y = HEIGHT / 2 + 22 * np.sin(2 * np.pi * f * t / 2)
+    elif scene.motion == "zigzag":
+        phase = (f * t / 2) % 1.0
+        y = HEIGHT / 2 + 28 * (4 * abs(phase - 0.5) - 1)
+        x = 20 + (WIDTH - 40) * (t / duration)
+    elif scene.motion == "pulse":
+        r = r * (1.0 + 0.45 * np.sin(2 * np.pi * f * t))
+    elif scene.motion == "shake":
+        since = t - scene.jolts[scene.jolts <= t]
+        kick = np.exp(-since / 0.08).sum() if len(since) else 0.0
+        x = a.x + 7 * kick * np.sin(37 * t)
+        y = a.y + 7 * kick * np.cos(23 * t)
+    elif scene.motion == "spin":
+        angle = a.angle + 2 * np.pi * (f / 4) * t
+    elif scene.motion == "fall":
+        y = floor - (floor - 12) * _fall_height(t)
+    return x, y, r, angle
+
+
+_FALL_IMPACTS = np.cumsum([0.55, 0.45, 0.34, 0.26, 0.2, 0.15, 0.11, 0.08])
+
+
+def _fall_height(t: float) -> float:
+    """Height (1 = top, 0 = floor) of a dropped ball bouncing ever lower."""
+    if t < _FALL_IMPACTS[0]:
+        return 1.0 - (t / _FALL_IMPACTS[0]) ** 2
+    for k in range(1, len(_FALL_IMPACTS)):
+        if t < _FALL_IMPACTS[k]:
+            span = _FALL_IMPACTS[k] - _FALL_IMPACTS[k - 1]
+            u = (t - _FALL_IMPACTS[k - 1]) / span
+            return 0.6 ** k * 4 * u * (1 - u)
+    return 0.0
+
+
+def sound_events(scene: Scene, duration: float) -> list[tuple[float, float]]:
+    """(time, amplitude) of the actor's sound events: they follow what is seen."""
+    f = scene.rate
+    if scene.motion == "shake":
+        return [(t, 1.0) for t in scene.jolts]
+    if scene.motion == "fall":
+        return [(t, 0.8 ** k) for k, t in enumerate(_FALL_IMPACTS) if t < duration]
+    period = {"bounce": 1 / f, "slide": 1 / f, "orbit": 2 / f, "zigzag": 1 / f,
+              "pulse": 1 / f, "spin": 1 / f}[scene.motion]
+    offset = {"bounce": 0.0, "slide": 0.25 / f, "orbit": 0.0, "zigzag": 0.0,
+              "pulse": 0.25 / f, "spin": 0.0}[scene.motion]
+    return [(t, 1.0) for t in np.arange(offset, duration, period)]
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering
+
+
+_YY, _XX = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+
+
+def _mask(shape: str, x: float, y: float, r: float, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """Soft-free boolean masks of a shape and of the stripe that makes its rotation visible."""
+    dx, dy = (_XX - x) / r, (_YY - y) / r
+    c, s = np.cos(angle), np.sin(angle)
+    u, v = c * dx + s * dy, -s * dx + c * dy
+    if shape == "circle":
+        inside = u * u + v * v < 1
+    elif shape == "square":
+        inside = np.maximum(abs(u), abs(v)) < 0.85
+    elif shape == "triangle":
+        inside = (v < 0.6) & (abs(u) < (v + 0.9) * 0.65)
+    elif shape == "diamond":
+        inside = abs(u) + abs(v) < 1
+    elif shape == "ring":
+        d = u * u + v * v
+        inside = (d < 1) & (d > 0.3)
+    else:  # cross
+        inside = ((abs(u) < 0.3) & (abs(v) < 1)) | ((abs(v) < 0.3) & (abs(u) < 1))
+    return inside, inside & (abs(v) < 0.18)
+
+
+def _background(rng: np.random.Generator) -> np.ndarray:
+    """A cluttered backdrop: a colour gradient plus static blobs and lines."""
+    top, bottom = rng.uniform(0.05, 0.6, 3), rng.uniform(0.05, 0.6, 3)
+    w = (_YY / HEIGHT)[..., None]
+    image = top * (1 - w) + bottom * w
+    for _ in range(rng.integers(4, 9)):
+        cx, cy, rad = rng.uniform(0, WIDTH), rng.uniform(0, HEIGHT), rng.uniform(4, 18)
+        blob = (_XX - cx) ** 2 + (_YY - cy) ** 2 < rad ** 2
+        image[blob] = image[blob] * 0.5 + rng.uniform(0, 0.8, 3) * 0.5
+    for _ in range(rng.integers(1, 4)):
+        row = rng.integers(0, HEIGHT)
+        image[row:row + 2] = rng.uniform(0, 0.8, 3)
+    return image.astype(np.float32)
+
+
+def render(scene: Scene, background: np.ndarray, t0: float, duration: float,
+           rng: np.random.Generator) -> np.ndarray:
+    """Frames (N, H, W, 3) uint8 at FPS for [t0, t0 + duration) of the scene clock."""
+    frames = []
+    for k in range(int(round(duration * FPS))):
+        t = t0 + k / FPS
+        image = background.copy()
+        for d in scene.distractors:  # silent, drifting, drawn behind the actor
+            x = (d.x + d.vx * t) % WIDTH
+            y = (d.y + d.vy * t) % HEIGHT
+            inside, stripe = _mask(d.shape, x, y, d.radius, d.angle)
+            image[inside] = d.rgb
+            image[stripe] = d.rgb * 0.55
+        x, y, r, angle = _actor_state(scene, t, duration + t0)
+        inside, stripe = _mask(scene.actor.shape, x, y, r, angle)
+        image[inside] = scene.actor.rgb
+        image[stripe] = scene.actor.rgb * 0.55
+        image += rng.normal(0, 0.03, image.shape).astype(np.float32)  # sensor noise
+        frames.append((np.clip(image, 0, 1) * 255).astype(np.uint8))
+    return np.stack(frames)
+
+
+def _event_sound(kind: str, pitch: float, rng: np.random.Generator) -> np.ndarray:
+    n = int(0.22 * RATE)
+    t = np.arange(n) / RATE
+    if kind == "beep":
+        wave = np.sin(2 * np.pi * pitch * t) * np.minimum(1, (0.22 - t) / 0.05)
+    elif kind == "buzz":
+        wave = np.sign(np.sin(2 * np.pi * pitch * t)) * 0.6 * np.exp(-t / 0.12)
+    elif kind == "chirp":
+        wave = np.sin(2 * np.pi * (pitch * t + pitch * t * t / 0.22)) * np.exp(-t / 0.15)
+    elif kind == "hiss":
+        noise = rng.normal(0, 1, n)
+        wave = np.diff(noise, prepend=0) * 0.45 * np.exp(-t / 0.07)
+    elif kind == "bell":
+        wave = sum(a * np.sin(2 * np.pi * pitch * m * t) for m, a in
+                   ((1, 1.0), (2.76, 0.5), (5.4, 0.25))) * np.exp(-t / 0.09) * 0.6
+    else:  # knock
+        wave = (np.sin(2 * np.pi * pitch / 4 * t) * np.exp(-t / 0.03)
+                + rng.normal(0, 0.3, n) * np.exp(-t / 0.004))
+    return wave * np.minimum(1, t / 0.003)  # no click at the onset
+
+
+def soundtrack(scene: Scene, duration: float, rng: np.random.Generator,
+               distractor_sound: bool = True) -> np.ndarray:
+    """Mono float32 audio at RATE: the actor's events over noise and unrelated sounds."""
+    n = int(round(duration * RATE))
+    audio = np.zeros(n + RATE, dtype=np.float64)
+    kind = SOUNDS[SHAPES.index(scene.actor.shape)]
+    pitch = rng.uniform(300, 1400)  # overlapping ranges: the kind is timbre, not pitch
+    for t, amp in sound_events(scene, duration):
+        event = _event_sound(kind, pitch * rng.uniform(0.97, 1.03), rng)
+        start = int(t * RATE)
+        audio[start:start + len(event)] += scene.loudness * amp * event
+    if distractor_sound and rng.random() < 0.6:  # an unrelated, quieter sound at random times
+        other = SOUNDS[rng.integers(len(SOUNDS))]
+        for t in rng.uniform(0, duration, rng.integers(1, 5)):
+            event = _event_sound(other, rng.uniform(300, 1400), rng)
+            start = int(t * RATE)
+            audio[start:start + len(event)] += rng.uniform(0.05, 0.15) * event
+    noise = np.cumsum(rng.normal(0, 1, n + RATE)) * 0.02  # brown-ish rumble
+    noise -= np.convolve(noise, np.ones(400) / 400, mode="same")
+    audio += noise * rng.uniform(0.3, 1.0) + rng.normal(0, rng.uniform(0.005, 0.03), n + RATE)
+    return np.clip(audio[:n], -1, 1).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# captions
+
+
+def _pick(rng: np.random.Generator, words: list[str]) -> str:
+    return words[rng.integers(len(words))]
+
+
+def _a(phrase: str) -> str:
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def describe(scene: Scene, rng: np.random.Generator) -> str:
+    """One paraphrased, possibly partial description of the scene's actor."""
+    a = scene.actor
+    shape, colour = _pick(rng, SHAPE_WORDS[a.shape]), _pick(rng, COLOUR_WORDS[a.colour])
+    motion = _pick(rng, MOTION_WORDS[scene.motion])
+    kind = SOUNDS[SHAPES.index(a.shape)]
+    verb, noun = _pick(rng, SOUND_VERBS[kind]), _pick(rng, SOUND_NOUNS[kind])
+    tempo = _pick(rng, TEMPO_WORDS[scene.tempo])
+    d = scene.distractors[rng.integers(len(scene.distractors))]
+    other = _a(f"{_pick(rng, COLOUR_WORDS[d.colour])} {_pick(rng, SHAPE_WORDS[d.shape])}")
+    thing = _a(f"{colour} {shape}")
+    templates = [
+        f"{thing} {motion} {tempo}",
+        f"{thing} {motion} and {verb}",
+        f"the {shape} {motion}, it {verb}",
+        f"there is {thing} that {verb} {tempo}",
+        f"watch the {colour} {shape} as it {motion}",
+        f"you can hear {noun} {tempo} while {thing} {motion}",
+        f"{thing} {motion} next to {other}",
+        f"the {shape} is {colour} and it {motion}",
+    ]
+    return templates[rng.integers(len(templates))]
+
+
+# ---------------------------------------------------------------------------------------------
+# writing media
+
+
+def write_video(path: Path, frames: np.ndarray, audio: np.ndarray | None,
+                container: str = "mp4") -> None:
+    """Raw media as the public sources ship it: H.264 + AAC in MP4, or MPEG-4 + PCM in AVI;
+    stereo audio (the two channels differ slightly) so that ingestion has to down-mix."""
+    vcodec, acodec = ("libx264", "aac") if container == "mp4" else ("mpeg4", "pcm_s16le")
+    with av.open(str(path), "w", format=container,
+                 options={"fflags": "+bitexact"}) as out:
+        vs = out.add_stream(vcodec, rate=FPS)
+        vs.width, vs.height, vs.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        vs.codec_context.thread_count = 1
+        if vcodec == "libx264":
+            vs.options = {"preset": "ultrafast", "crf": "18"}
+        else:
+            vs.bit_rate = 800_000
+        ast = out.add_stream(acodec, rate=RATE, layout="stereo") if audio is not None else None
+        for image in frames:
+            for packet in vs.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                out.mux(packet)
+        for packet in vs.encode():
+            out.mux(packet)
+        if ast is None:
+            return
+        stereo = np.stack([audio, np.roll(audio, 3) * 0.9]).astype(np.float32)
+        fmt = "fltp" if acodec == "aac" else "s16"
+        step = 1024
+        for start in range(0, stereo.shape[1], step):
+            chunk = stereo[:, start:start + step]
+            if fmt == "s16":
+                data = np.round(chunk.T * 32767).astype(np.int16).reshape(1, -1)
+            else:
+                data = np.ascontiguousarray(chunk)
+            frame = av.AudioFrame.from_ndarray(data, format=fmt, layout="stereo")
+            frame.sample_rate, frame.pts = RATE, start
+            for packet in ast.encode(frame):
+                out.mux(packet)
+        for packet in ast.encode():
+            out.mux(packet)
+
+
+def write_wav(path: Path, audio: np.ndarray) -> None:
+    from vatt.data.media import encode_wav
+
+    path.write_bytes(encode_wav(audio, RATE))
+
+
+# ---------------------------------------------------------------------------------------------
+# one generated file per task, each with its own seed (order and parallelism do not matter)
+
+
+def _rng(seed: int, layout: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, LAYOUTS.index(layout), index])
+
+
+def _howto_video(task: dict) -> dict:
+    rng = _rng(task["seed"], "howto100m", task["index"])
+    scene_seconds, num_scenes = 4.0, 4
+    background = _background(rng)
+    distractors = make_scene(rng, scene_seconds).distractors
+    frames, audio, narration = [], [], []
+    for k in range(num_scenes):
+        scene = make_scene(rng, scene_seconds)
+        scene.distractors = distractors  # the same room throughout the video
+        frames.append(render(scene, background, 0.0, scene_seconds, rng))
+        audio.append(soundtrack(scene, scene_seconds, rng))
+        for _ in range(rng.integers(1, 3)):  # narration drifts around its scene
+            start = max(0.0, k * scene_seconds + rng.uniform(-1.0, 2.5))
+            narration.append((start, start + rng.uniform(1.5, 3.0), describe(scene, rng)))
+    total = scene_seconds * num_scenes
+    for _ in range(rng.integers(3, 7)):  # talk unrelated to the picture
+        start = rng.uniform(0, total - 1)
+        narration.append((start, start + rng.uniform(1.0, 3.0), _pick(rng, CHATTER)))
+    narration.sort()
+    vid = f"synth{task['index']:05d}"
+    write_video(Path(task["root"]) / "videos" / f"{vid}.mp4", np.concatenate(frames),
+                np.concatenate(audio))
+    return {vid: {"start": [round(n[0], 2) for n in narration],
+                  "end": [round(n[1], 2) for n in narration],
+                  "text": [n[2] for n in narration]}}
+
+
+def _ucf_video(task: dict) -> dict:
+    rng = _rng(task["seed"], "ucf101", task["index"])
+    motion = MOTIONS[task["class"]]
+    scene = make_scene(rng, 4.0, motion=motion)
+    name = UCF_CLASSES[task["class"]]
+    rel = f"UCF-101/{name}/v_{name}_g{task['group']:02d}_c{task['clip']:02d}.avi"
+    write_video(Path(task["root"]) / rel, render(scene, _background(rng), 0.0, 4.0, rng),
+                soundtrack(scene, 4.0, rng), container="avi")
+    return {"rel": rel, "class": task["class"], "group": task["group"]}
+
+
+def _esc_clip(task: dict) -> dict:
+    rng = _rng(task["seed"], "esc50", task["index"])
+    scene = make_scene(rng, 5.0, shape=SHAPES[task["target"]])
+    name = f"{task['fold']}-{100000 + task['index']}-A-{task['target']}.wav"
+    write_wav(Path(task["root"]) / "audio" / name, soundtrack(scene, 5.0, rng))
+    return {"filename": name, "fold": task["fold"], "target": task["target"],
+            "category": SOUNDS[task["target"]]}
+
+
+def _msrvtt_video(task: dict) -> dict:
+    rng = _rng(task["seed"], "msrvtt", task["index"])
+    scene = make_scene(rng, 4.0)
+    vid = f"video{task['index']}"
+    write_video(Path(task["root"]) / "videos" / f"{vid}.mp4",
+                render(scene, _background(rng), 0.0, 4.0, rng), soundtrack(scene, 4.0, rng))
+    return {"video_id": vid, "captions": [describe(scene, rng) for _ in range(5)]}
+
+
+def _run(fn, tasks: list[dict], workers: int, desc: str, progress: bool) -> list[dict]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(tasks), desc=desc, unit="file", disable=not progress)
+    out = []
+    if workers > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            for result in pool.imap(fn, tasks, chunksize=4):
+                out.append(result)
+                bar.update()
+    else:
+        for task in tasks:
+            out.append(fn(task))
+            bar.update()
+    bar.close()
+    return out
+
+
+def default_counts(scale: float) -> dict[str, int]:
+    """Files per layout at `data.ingest.synthetic_scale`."""
+    return {"howto100m": max(4, int(120 * scale)), "ucf101_per_class": max(5, int(25 * scale)),
+            "esc50_per_class": max(5, int(40 * scale)), "msrvtt": max(10, int(160 * scale))}
+
+
+def generate(cfg: Config, root: str | Path, progress: bool = True) -> Path:
+    """Write the four layouts under `root` (skipped when a finished copy for the same seed,
+    scale and generator version is there). Returns `root`."""
+    ing = cfg.data.ingest
+    root = Path(root)
+    stamp = {"version": GENERATOR_VERSION, "seed": ing.synthetic_seed, "scale": ing.synthetic_scale}
+    done = root / "generated.json"
+    if done.exists() and json.loads(done.read_text()) == stamp:
+        return root
+    counts = default_counts(ing.synthetic_scale)
+    seed, workers = ing.synthetic_seed, ing.num_workers
+    for layout in LAYOUTS:
+        (root / layout).mkdir(parents=True, exist_ok=True)
+
+    howto = root / "howto100m"
+    (howto / "videos").mkdir(exist_ok=True)
+    captions: dict = {}
+    for entry in _run(_howto_video, [{"seed": seed, "index": i, "root": str(howto)}
+                                     for i in range(counts["howto100m"])],
+                      workers, "synthetic howto100m", progress):
+        captions.update(entry)
+    (howto / "caption.json").write_text(json.dumps(captions, sort_keys=True))
+
+    ucf = root / "ucf101"
+    for name in UCF_CLASSES:
+        (ucf / "UCF-101" / name).mkdir(parents=True, exist_ok=True)
+    per_class = counts["ucf101_per_class"]
+    tasks = [{"seed": seed, "index": c * per_class + j, "class": c, "group": 1 + j * 5 // per_class,
+              "clip": 1 + j, "root": str(ucf)} for c in range(len(UCF_CLASSES))
+             for j in range(per_class)]
+    videos = _run(_ucf_video, tasks, workers, "synthetic ucf101", progress)
+    lists = ucf / "ucfTrainTestlist"
+    lists.mkdir(exist_ok=True)
+    (lists / "classInd.txt").write_text("".join(f"{i + 1} {n}\n" for i, n in enumerate(UCF_CLASSES)))
+    # as in UCF101, whole groups are held out (groups 1-2 test), so no near-duplicate leaks
+    (lists / "trainlist01.txt").write_text("".join(
+        f"{v['rel'].split('/', 1)[1]} {v['class'] + 1}\n" for v in videos if v["group"] > 2))
+    (lists / "testlist01.txt").write_text("".join(
+        f"{v['rel'].split('/', 1)[1]}\n" for v in videos if v["group"] <= 2))
+
+    esc = root / "esc50"
+    (esc / "audio").mkdir(exist_ok=True)
+    (esc / "meta").mkdir(exist_ok=True)
+    per_class = counts["esc50_per_class"]
+    tasks = [{"seed": seed, "index": t * per_class + j, "target": t, "fold": 1 + j % 5,
+              "root": str(esc)} for t in range(len(SOUNDS)) for j in range(per_class)]
+    rows = _run(_esc_clip, tasks, workers, "synthetic esc50", progress)
+    with open(esc / "meta" / "esc50.csv", "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["filename", "fold", "target", "category", "esc10", "src_file", "take"])
+        for r in sorted(rows, key=lambda r: r["filename"]):
+            writer.writerow([r["filename"], r["fold"], r["target"], r["category"], "False",
+                             r["filename"].split("-")[1], "A"])
+
+    msr = root / "msrvtt"
+    (msr / "videos").mkdir(exist_ok=True)
+    count = counts["msrvtt"]
+    entries = _run(_msrvtt_video, [{"seed": seed, "index": i, "root": str(msr)}
+                                   for i in range(count)], workers, "synthetic msrvtt", progress)
+    num_test = count * 3 // 8
+    test_ids = {e["video_id"] for e in entries[count - num_test:]}
+    data = {"videos": [{"video_id": e["video_id"], "id": i, "category": 0,
+                        "split": "test" if e["video_id"] in test_ids else "train"}
+                       for i, e in enumerate(entries)],
+            "sentences": [{"video_id": e["video_id"], "caption": c, "sen_id": 5 * i + k}
+                          for i, e in enumerate(entries) for k, c in enumerate(e["captions"])]}
+    (msr / "MSRVTT_data.json").write_text(json.dumps(data))
+    with open(msr / "MSRVTT_JSFUSION_test.csv", "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["key", "vid_key", "video_id", "sentence"])
+        for i, e in enumerate(e for e in entries if e["video_id"] in test_ids):
+            writer.writerow([f"ret{i}", f"msr{e['video_id'][5:]}", e["video_id"], e["captions"][0]])
+    done.write_text(json.dumps(stamp))
+    return root
+
+
+__all__ = ["generate", "LAYOUTS", "SHAPES", "SOUNDS", "MOTIONS", "make_scene", "render",
+           "soundtrack", "describe", "sound_events", "default_counts"]
