@@ -73,6 +73,7 @@ def find_weed() -> str:
     candidates = [os.environ.get(WEED_ENV_VAR, ""),
                   str(Path(sysconfig.get_path("scripts")) / "weed"),
                   str(Path(sys.executable).parent / "weed"),
+                  str(Path(sysconfig.get_path("scripts", f"{os.name}_user")) / "weed"),  # pip --user
                   shutil.which("weed") or ""]
     for candidate in candidates:
         if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):

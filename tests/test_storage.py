@@ -178,3 +178,13 @@ def test_pyarrow_filesystem_uses_the_same_endpoint_and_keys(s3_env):
     local_fs, local_path = store.pyarrow_filesystem("runs")
     assert isinstance(local_fs, pyarrow.fs.LocalFileSystem)
     assert local_path == os.path.abspath("runs")
+
+
+def test_default_store_follows_the_environment(s3_env, monkeypatch):
+    from vatt.storage import default_store
+
+    default_store().write_bytes(f"s3://{s3_env.bucket}/tests/default.txt", b"1")
+    assert default_store() is default_store()
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "changed")
+    with pytest.raises(StorageAuthError):
+        default_store().read_bytes(f"s3://{s3_env.bucket}/tests/default.txt")

@@ -435,15 +435,19 @@ def _local_existing(loc: Location) -> Path:
     return path
 
 
-_default_store: Optional[ObjectStore] = None
+_STORE_ENV_VARS = (*ENDPOINT_ENV_VARS, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                   "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION")
+_default_store: Optional[tuple[tuple[Optional[str], ...], ObjectStore]] = None
 
 
 def default_store() -> ObjectStore:
-    """A process-wide store built from the environment and StorageConfig defaults."""
+    """A process-wide store built from the environment and StorageConfig defaults; rebuilt
+    when the AWS_* environment changes (so a changed key or endpoint is never served stale)."""
     global _default_store
-    if _default_store is None:
-        _default_store = ObjectStore.from_config()
-    return _default_store
+    env = tuple(os.environ.get(var) for var in _STORE_ENV_VARS)
+    if _default_store is None or _default_store[0] != env:
+        _default_store = (env, ObjectStore.from_config())
+    return _default_store[1]
 
 
 def pyarrow_filesystem(uri: str, cfg: "StorageConfig | None" = None) -> tuple["pyarrow.fs.FileSystem", str]:
