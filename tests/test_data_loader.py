@@ -1,0 +1,167 @@
+"""Ray Data loader on a small ingested folder (local Ray, 2 CPUs): the batch contract, aligned
+windows, deterministic evaluation windows, training-only augmentation, audio-only and
+multi-label sources."""
+
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+from vatt.config import load_config
+from vatt.data.ingest import ingest
+from vatt.data.loader import DataError, _spatial, build_dataset, clip_spec, torch_batches
+from vatt.data.media import decode_video, decode_wav
+from vatt.data.synthetic import RATE, write_video, write_wav
+from vatt.text import Vocabulary
+
+
+
+def _frames(seconds, seed=0):
+    rng = np.random.default_rng(seed)
+    n = int(seconds * 10)
+    frames = rng.integers(0, 60, (n, 96, 128, 3)).astype(np.uint8)
+    for k in range(n):  # a bar moving right over noise
+        frames[k, :, (4 * k) % 128:(4 * k) % 128 + 8] = 255
+    return frames
+
+
+def _audio(seconds):
+    t = np.arange(int(seconds * RATE)) / RATE
+    return (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+
+OVERRIDES = ["data.ingest.num_workers=1", "data.ingest.media_per_shard=1"]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loader")
+    cfg = load_config("tiny", OVERRIDES)
+    howto = root / "raw" / "howto"
+    (howto / "videos").mkdir(parents=True)
+    t = np.arange(int(7.0 * RATE)) / RATE
+    chirp = (0.5 * np.sin(2 * np.pi * 200 * t) * (t % 1.0 < 0.1)).astype(np.float32)  # 1 Hz ticks
+    write_video(howto / "videos" / "v1.mp4", _frames(7.0), chirp)
+    write_video(howto / "videos" / "v2.mp4", _frames(3.4, seed=1), _audio(3.4))
+    captions = {"v1": {"start": [0, 1, 2, 3, 4, 5, 6], "end": [1, 2, 3, 4, 5, 6, 7],
+                       "text": [f"a red ball number {i}" for i in range(7)]},
+                "v2": {"start": [0.5], "end": [2.0], "text": ["the blue box spins"]}}
+    (howto / "caption.json").write_text(json.dumps(captions))
+    ingest(cfg, "howto100m", str(howto), root / "data", progress=False)
+
+    esc = root / "raw" / "esc"
+    (esc / "audio").mkdir(parents=True)
+    (esc / "meta").mkdir()
+    write_wav(esc / "audio" / "5-1-A-1.wav", _audio(5.0))
+    (esc / "meta" / "esc50.csv").write_text(
+        "filename,fold,target,category,esc10,src_file,take\n5-1-A-1.wav,5,1,bell,False,1,A\n")
+    ingest(cfg, "esc50", str(esc), root / "data", progress=False)
+
+    aset = root / "raw" / "aset"
+    aset.mkdir()
+    write_video(aset / "Yabc.mp4", _frames(2.0), _audio(2.0))
+    (aset / "class_labels_indices.csv").write_text("index,mid,display_name\n0,/m/a,A\n1,/m/b,B\n"
+                                                   "2,/m/c,C\n")
+    (aset / "eval_segments.csv").write_text('abc, 0.000, 10.000, "/m/a,/m/c"\n')
+    ingest(cfg, "audioset", str(aset), root / "data", progress=False)
+    return root / "data"
+
+
+def _cfg(root, *extra):
+    return load_config("tiny", [f"data.path={root}", *OVERRIDES, *extra])
+
+
+def _collect(ds, batch_size, training):
+    return list(torch_batches(ds, batch_size, training))
+
+
+def test_training_batches_follow_the_contract(ray_local, data_root):
+    cfg = _cfg(data_root)
+    ds = build_dataset(cfg, "train", training=True, dataset="howto100m")
+    assert len(_collect(ds, 2, True)) == 1  # 3 clips (v1: 2 x 3.2 s, v2: 1); partial dropped
+    batches = _collect(ds, 3, True)
+    b = batches[0]
+    assert b["video"].shape == (3, 8, 64, 64, 3) and b["video"].dtype == torch.float32
+    assert b["audio"].shape == (3, 12800) and b["audio"].dtype == torch.float32
+    assert b["text"].shape == (3, 5, 16) and b["text"].dtype == torch.int64
+    assert b["text_mask"].shape == (3, 5) and b["label"].dtype == torch.int64
+    assert -1.0 <= b["video"].min() and b["video"].max() <= 1.0
+    assert b["audio"].abs().max() <= 1.0
+    assert isinstance(b["clip_id"], list) and isinstance(b["video_id"][0], str)
+    vocab = Vocabulary.load(data_root / "vocab.json")
+    rows = [(cid, text, mask) for batch in batches
+            for cid, text, mask in zip(batch["clip_id"], batch["text"], batch["text_mask"])]
+    for cid, text, mask in rows:
+        if cid == "howto100m/v2_0000":  # one narration: one real candidate, four masked
+            assert mask.tolist() == [1, 0, 0, 0, 0]
+            assert text[0].tolist() == vocab.encode("the blue box spins", 16)
+            assert text[1:].abs().sum() == 0
+        else:
+            assert mask.sum() == 5
+
+
+def test_eval_windows_are_deterministic_and_aligned(ray_local, data_root):
+    cfg = _cfg(data_root, "data.eval_num_windows=3")
+    ds = build_dataset(cfg, "train", training=False, dataset="howto100m")
+    first, second = _collect(ds, 4, False), _collect(ds, 4, False)
+    assert sum(len(b["window"]) for b in first) == 3 * 3  # every clip, every window
+    for a, b in zip(first, second):
+        assert torch.equal(a["video"], b["video"]) and torch.equal(a["audio"], b["audio"])
+    rows = {(cid, int(w)): (v, a) for batch in first for cid, w, v, a in
+            zip(batch["clip_id"], batch["window"], batch["video"], batch["audio"])}
+    manifest = json.loads((data_root / "howto100m" / "manifest.json").read_text())
+    clip = [c for c in manifest["clips"] if c["clip_id"] == "howto100m/v1_0001"][0]
+    with tarfile.open(data_root / "howto100m" / clip["shard"]) as tar:
+        frames = decode_video(tar.extractfile("v1_0001.mp4").read())  # (16, 64, 86, 3)
+        audio, _ = decode_wav(tar.extractfile("v1_0001.wav").read())
+    # windows start at frames 0, 4 and 8 of 16; the audio covers the same 1.6 s
+    for window, start in enumerate((0, 4, 8)):
+        video, wave = rows[("howto100m/v1_0001", window)]
+        expect = frames[start:start + 8, :, 11:75].astype(np.float32) / 127.5 - 1.0
+        np.testing.assert_allclose(video.numpy(), expect, atol=1e-5)
+        a0 = start * 8000 // 5
+        np.testing.assert_allclose(wave.numpy(), audio[a0:a0 + 12800], atol=1e-6)
+
+
+def test_augmentation_only_in_training():
+    cfg = load_config("tiny", ["data.color_jitter_prob=1.0"])
+    manifest = {"label_names": [], "multi_label": False}
+    frames = np.random.default_rng(0).integers(0, 255, (8, 64, 86, 3), dtype=np.uint8)
+    train = clip_spec(cfg, manifest, True, ("<pad>", "<unk>"))
+    evaluation = clip_spec(cfg, manifest, False, ("<pad>", "<unk>"))
+    centre = _spatial(frames, None, evaluation)
+    assert centre.shape == (8, 64, 64, 3)
+    a = _spatial(frames, np.random.default_rng(1), train)
+    b = _spatial(frames, np.random.default_rng(2), train)
+    assert a.shape == centre.shape and a.min() >= -1 and a.max() <= 1
+    assert not np.allclose(a, b) and not np.allclose(a, centre)
+    # the same crop for every frame: a static video stays static after augmentation
+    still = np.repeat(frames[:1], 8, axis=0)
+    out = _spatial(still, np.random.default_rng(3), train)
+    assert np.allclose(out, out[:1])
+
+
+def test_audio_only_and_multi_label_sources(ray_local, data_root):
+    cfg = _cfg(data_root, "data.eval_num_windows=1")
+    [esc] = _collect(build_dataset(cfg, "test", False, dataset="esc50"), 4, False)
+    assert esc["has_video"].tolist() == [0.0] and esc["video"].abs().sum() == 0
+    assert esc["label"].tolist() == [1] and esc["text_mask"].sum() == 0
+    assert esc["audio"].abs().max() > 0.2
+    [aset] = _collect(build_dataset(cfg, "test", False, dataset="audioset"), 4, False)
+    assert aset["labels"].tolist() == [[1.0, 0.0, 1.0]] and aset["label"].tolist() == [-1]
+
+
+def test_missing_split_and_folder_name_the_problem(data_root, tmp_path):
+    with pytest.raises(DataError, match="no split 'val'.*'train'"):
+        build_dataset(_cfg(data_root), "val", False, dataset="howto100m")
+    with pytest.raises(DataError, match="manifest.json: no such file; run `vatt ingest`"):
+        build_dataset(_cfg(tmp_path), "train", True, dataset="howto100m")

@@ -1,0 +1,359 @@
+"""Ray Data loader: ingested shards -> decoded, windowed, augmented, tokenised torch batches.
+
+    ds = build_dataset(cfg, "train", training=True)             # ray.data.Dataset
+    for batch in torch_batches(ds, batch_size=32, training=True):  # or a Train dataset shard
+        model(batch["video"], batch["audio"], batch["text"], batch["text_mask"])
+
+`build_dataset(cfg, split, training, dataset=...)` reads `<cfg.data.path>/<dataset>/manifest.json`
+(a local folder or an s3:// prefix), lists that split's shards, reads them on Ray workers
+(`flat_map`, one row per clip) and decodes each clip on CPU workers (`map`/`flat_map`). Datasets
+are the folder names `vatt ingest` writes: a source name (`howto100m`, `kinetics`, ...) or
+`synthetic-<layout>` for the generated default (`synthetic-howto100m` for pretraining,
+`synthetic-ucf101` action labels, `synthetic-esc50` sound events, `synthetic-msrvtt` retrieval).
+
+Row / batch schema (B = batch size, T = data.num_frames, H = W = data.frame_size,
+S = data.audio_samples, L = data.num_text_candidates, K = data.max_text_tokens, C = classes):
+
+    video        float32 [B, T, H, W, 3]  in [-1, 1], channels last; zeros when has_video is 0
+    audio        float32 [B, S]           in [-1, 1], mono, the same time span as the video
+    text         int64   [B, L, K]        word ids (pad 0, unk 1) of up to L captions
+    text_mask    float32 [B, L]           1 for a real caption, 0 for a missing one
+    label        int64   [B]              class index, -1 when the clip has none
+    labels       float32 [B, C]           multi-hot, only for multi-label sources (AudioSet)
+    has_video    float32 [B]              0 for audio-only sources (ESC-50)
+    has_audio    float32 [B]              0 for clips without sound
+    clip_index   int64   [B]              index of the clip in manifest["clips"]
+    window       int64   [B]              window number within its clip (0 in training)
+    clip_id      str     [B] (list)       "<dataset>/<key>", stable across re-ingestion
+    video_id     str     [B] (list)       the raw video's id (several clips may share it)
+
+Training (training=True): a random window (T frames at data.fps and the audio of the same span),
+Inception-style random resized crop (data.crop_area, data.crop_aspect) or VGG-style scale jitter
+(data.crop=vgg), horizontal flip (p 0.5), colour jitter with p = data.color_jitter_prob
+(brightness, contrast, saturation, hue), Gaussian audio noise (std data.audio_noise_std x max abs
+amplitude), and L captions drawn from the clip's candidates. Evaluation (training=False) is
+deterministic: `num_windows` (default data.eval_num_windows) windows spread evenly over each clip,
+one row each (average over rows with the same clip_index), centre crop, no augmentation, the
+first L captions.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tarfile
+from dataclasses import dataclass
+from functools import lru_cache, partial
+from typing import Any, Iterable, Iterator, Optional
+
+import numpy as np
+
+from vatt.config import Config, CropStyle
+from vatt.data.media import decode_video, decode_wav
+
+STRING_COLUMNS = ("clip_id", "video_id")
+
+
+class DataError(RuntimeError):
+    """Shards that cannot be loaded; the message names the file and what to do."""
+
+
+def _join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *parts])
+
+
+def _read_bytes(uri: str) -> bytes:
+    if uri.startswith("s3://"):
+        from vatt.storage import default_store
+
+        return default_store().read_bytes(uri)
+    try:
+        with open(uri, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise DataError(f"{uri}: no such file; run `vatt ingest` (or `dvc pull`) first, or point "
+                        "data.path at the ingested folder") from None
+
+
+def read_manifest(root: str, dataset: str) -> dict:
+    return json.loads(_read_bytes(_join(root, dataset, "manifest.json")))
+
+
+@dataclass
+class ClipSpec:
+    """What a decoding worker needs (picklable, small)."""
+
+    num_frames: int
+    fps: float
+    frame_size: int
+    sample_rate: int
+    audio_samples: int
+    num_captions: int
+    max_tokens: int
+    vocab_words: tuple[str, ...]
+    num_classes: int
+    multi_label: bool
+    training: bool
+    num_windows: int
+    crop: str
+    crop_area: tuple[float, float]
+    crop_aspect: tuple[float, float]
+    jitter_prob: float
+    brightness: float
+    contrast: float
+    saturation: float
+    hue: float
+    noise_std: float
+
+
+@lru_cache(maxsize=4)
+def _vocabulary(words: tuple[str, ...]):
+    from vatt.text import Vocabulary
+
+    return Vocabulary(words[2:])
+
+
+# ---------------------------------------------------------------------------------------------
+# shard -> rows
+
+
+def _read_shard(row: dict, root: str, dataset: str, clip_index: dict) -> list[dict]:
+    data = _read_bytes(_join(root, dataset, row["shard"]))
+    clips: dict[str, dict] = {}
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for member in tar.getmembers():
+            key, ext = member.name.split(".", 1)
+            clips.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    rows = []
+    for key, parts in clips.items():
+        record = json.loads(parts["json"])
+        rows.append({"record": json.dumps(record), "mp4": parts.get("mp4", b""),
+                     "wav": parts.get("wav", b""),
+                     "clip_index": clip_index.get(record["clip_id"], -1)})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# augmentations (numpy/torch on the CPU worker)
+
+
+def _crop_box(rng: np.random.Generator, h: int, w: int, spec: ClipSpec) -> tuple[int, int, int, int]:
+    """Inception-style random resized crop box (top, left, height, width)."""
+    area = h * w
+    for _ in range(10):
+        target = area * rng.uniform(*spec.crop_area)
+        aspect = math.exp(rng.uniform(math.log(spec.crop_aspect[0]), math.log(spec.crop_aspect[1])))
+        cw, ch = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
+    side = min(h, w)
+    return (h - side) // 2, (w - side) // 2, side, side
+
+
+def _resize(frames, size: int):
+    import torch.nn.functional as F
+
+    # frames: (T, 3, h, w) float -> (T, 3, size, size)
+    return F.interpolate(frames, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=True)
+
+
+def _colour_jitter(video, rng: np.random.Generator, spec: ClipSpec):
+    """video (T, 3, H, W) in [0, 1]; brightness, contrast, saturation, hue as in the spec."""
+    import torch
+
+    video = video + float(rng.uniform(-spec.brightness, spec.brightness))
+    mean = video.mean(dim=(1, 2, 3), keepdim=True)
+    video = (video - mean) * float(rng.uniform(1 - spec.contrast, 1 + spec.contrast)) + mean
+    gray = (0.299 * video[:, 0] + 0.587 * video[:, 1] + 0.114 * video[:, 2]).unsqueeze(1)
+    video = (video - gray) * float(rng.uniform(1 - spec.saturation, 1 + spec.saturation)) + gray
+    # hue: rotate the chroma plane of YIQ by delta of a full turn (delta in [-hue, hue])
+    theta = 2 * math.pi * float(rng.uniform(-spec.hue, spec.hue))
+    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    c, s = math.cos(theta), math.sin(theta)
+    rot = torch.tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+    matrix = torch.linalg.inv(to_yiq) @ rot @ to_yiq  # (3, 3)
+    video = torch.einsum("ij,tjhw->tihw", matrix, video)
+    return video.clamp(0.0, 1.0)
+
+
+def _spatial(frames: np.ndarray, rng: Optional[np.random.Generator], spec: ClipSpec) -> np.ndarray:
+    """(T, h, w, 3) uint8 -> (T, S, S, 3) float32 in [-1, 1]."""
+    import torch
+
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, h, w)
+    _, _, h, w = video.shape
+    size = spec.frame_size
+    if rng is None:  # evaluation: centre crop of the short side
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        video = video[:, :, top:top + side, left:left + side]
+        if side != size:
+            video = _resize(video, size)
+    else:
+        if spec.crop == CropStyle.vgg.value:  # resize + scale jitter, then a random crop
+            scale = rng.uniform(1.0, 1.25) * size / min(h, w)
+            nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+            import torch.nn.functional as F
+
+            video = F.interpolate(video, size=(nh, nw), mode="bilinear", align_corners=False)
+            top, left = int(rng.integers(0, nh - size + 1)), int(rng.integers(0, nw - size + 1))
+            video = video[:, :, top:top + size, left:left + size]
+        else:
+            top, left, ch, cw = _crop_box(rng, h, w, spec)
+            video = _resize(video[:, :, top:top + ch, left:left + cw], size)
+        if rng.random() < 0.5:
+            video = video.flip(-1)
+        if rng.random() < spec.jitter_prob:
+            video = _colour_jitter(video, rng, spec)
+    return (video.permute(0, 2, 3, 1) * 2.0 - 1.0).contiguous().numpy()  # (T, S, S, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# row -> model inputs
+
+
+def _window_starts(num_frames: int, spec: ClipSpec, rng: Optional[np.random.Generator]) -> list[int]:
+    last = max(0, num_frames - spec.num_frames)
+    if rng is not None:
+        return [int(rng.integers(0, last + 1))]
+    if spec.num_windows <= 1:
+        return [last // 2]
+    return [int(round(x)) for x in np.linspace(0, last, spec.num_windows)]
+
+
+def decode_clip(row: dict, spec: ClipSpec) -> list[dict]:
+    """One stored clip -> one row per window with the model's inputs (schema: module doc)."""
+    record = json.loads(row["record"])
+    rng = np.random.default_rng() if spec.training else None
+    fps_ratio = spec.fps / float(record["fps"])
+    frames = decode_video(row["mp4"]) if len(row["mp4"]) else None
+    audio = None
+    if len(row["wav"]):
+        audio, rate = decode_wav(row["wav"])
+        if rate != spec.sample_rate:
+            raise DataError(f"{record['clip_id']}: audio stored at {rate} Hz but data.sample_rate"
+                            f" is {spec.sample_rate}; re-ingest with the same data config")
+    if frames is not None and fps_ratio != 1.0:
+        pick = np.arange(int(len(frames) * fps_ratio)) / fps_ratio
+        frames = frames[np.minimum(len(frames) - 1, pick.astype(int))]
+    stored_frames = len(frames) if frames is not None else int(
+        (len(audio) if audio is not None else 0) / spec.sample_rate * spec.fps)
+
+    vocab = _vocabulary(spec.vocab_words)
+    captions = list(record["captions"])
+    if spec.training and len(captions) > spec.num_captions:
+        captions = [captions[i] for i in sorted(rng.choice(len(captions), spec.num_captions,
+                                                           replace=False))]
+    captions = captions[:spec.num_captions]
+    text = np.zeros((spec.num_captions, spec.max_tokens), dtype=np.int64)
+    mask = np.zeros(spec.num_captions, dtype=np.float32)
+    for i, caption in enumerate(captions):
+        text[i] = vocab.encode(caption, spec.max_tokens)
+        mask[i] = 1.0
+
+    out = []
+    for window, start in enumerate(_window_starts(stored_frames, spec, rng)):
+        if frames is not None:
+            idx = np.minimum(np.arange(start, start + spec.num_frames), len(frames) - 1)
+            video = _spatial(frames[idx], rng, spec)
+        else:
+            video = np.zeros((spec.num_frames, spec.frame_size, spec.frame_size, 3), np.float32)
+        wave = np.zeros(spec.audio_samples, dtype=np.float32)
+        if audio is not None:
+            a0 = int(round(start / spec.fps * spec.sample_rate))
+            piece = audio[a0:a0 + spec.audio_samples]
+            wave[:len(piece)] = piece
+            if spec.training and spec.noise_std > 0:
+                peak = float(np.abs(wave).max())
+                wave = wave + rng.normal(0.0, spec.noise_std * peak, wave.shape).astype(np.float32)
+                wave = np.clip(wave, -1.0, 1.0)
+        item = {
+            "video": video, "audio": wave, "text": text, "text_mask": mask,
+            "label": np.int64(record.get("label", -1)),
+            "has_video": np.float32(frames is not None), "has_audio": np.float32(audio is not None),
+            "clip_index": np.int64(row["clip_index"]), "window": np.int64(window),
+            "clip_id": record["clip_id"], "video_id": record["video_id"],
+        }
+        if spec.multi_label:
+            hot = np.zeros(spec.num_classes, dtype=np.float32)
+            hot[list(record.get("labels", []))] = 1.0
+            item["labels"] = hot
+        out.append(item)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def clip_spec(cfg: Config, manifest: dict, training: bool, vocab_words: tuple[str, ...],
+              num_windows: Optional[int] = None) -> ClipSpec:
+    d = cfg.data
+    return ClipSpec(
+        num_frames=d.num_frames, fps=d.fps, frame_size=d.frame_size, sample_rate=d.sample_rate,
+        audio_samples=d.audio_samples, num_captions=d.num_text_candidates,
+        max_tokens=d.max_text_tokens, vocab_words=vocab_words,
+        num_classes=len(manifest.get("label_names", [])),
+        multi_label=bool(manifest.get("multi_label")), training=training,
+        num_windows=1 if training else (num_windows or d.eval_num_windows),
+        crop=d.crop.value if hasattr(d.crop, "value") else str(d.crop),
+        crop_area=tuple(d.crop_area), crop_aspect=tuple(d.crop_aspect),
+        jitter_prob=d.color_jitter_prob, brightness=d.brightness, contrast=d.contrast,
+        saturation=d.saturation, hue=d.hue, noise_std=d.audio_noise_std)
+
+
+def load_vocab_words(root: str) -> tuple[str, ...]:
+    uri = _join(root, "vocab.json")
+    try:
+        words = json.loads(_read_bytes(uri))["words"]
+    except DataError:
+        raise DataError(f"{uri}: no word vocabulary; `vatt ingest` writes it from the training "
+                        "captions of the sources under data.path") from None
+    return tuple(words)
+
+
+def build_dataset(cfg: Config, split: str, training: bool, dataset: str = "synthetic-howto100m",
+                  root: Optional[str] = None, num_windows: Optional[int] = None):
+    """A `ray.data.Dataset` of model-ready rows (schema: module doc) for one split."""
+    import ray
+
+    root = str(root or cfg.data.path)
+    manifest = read_manifest(root, dataset)
+    if split not in manifest["splits"]:
+        raise DataError(f"{_join(root, dataset, 'manifest.json')}: no split {split!r}; this "
+                        f"dataset has {sorted(manifest['splits'])}")
+    shards = manifest["splits"][split]["shards"]
+    index = {c["clip_id"]: i for i, c in enumerate(manifest["clips"])}
+    spec = clip_spec(cfg, manifest, training, load_vocab_words(root), num_windows)
+    ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
+    if training:
+        ds = ds.randomize_block_order()
+    ds = ds.flat_map(partial(_read_shard, root=root, dataset=dataset, clip_index=index))
+    return ds.flat_map(partial(decode_clip, spec=spec))
+
+
+def _collate(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    import torch
+
+    out: dict[str, Any] = {}
+    for name, values in batch.items():
+        if name in STRING_COLUMNS:
+            out[name] = [str(v) for v in values]
+        else:
+            out[name] = torch.from_numpy(np.require(values, requirements=["C", "W"]))
+    return out
+
+
+def torch_batches(source, batch_size: int, training: bool, shuffle_buffer: int = 256,
+                  prefetch_batches: int = 2) -> Iterator[dict[str, Any]]:
+    """Batches as torch tensors (strings as lists) from a Dataset or a Ray Train dataset shard
+    (`ray.train.get_dataset_shard(...)`): training shuffles locally and drops the last partial
+    batch, evaluation keeps the order and every row."""
+    return source.iter_torch_batches(
+        batch_size=batch_size, collate_fn=_collate, prefetch_batches=prefetch_batches,
+        drop_last=training, local_shuffle_buffer_size=shuffle_buffer if training else None)
+
+
+__all__ = ["build_dataset", "torch_batches", "decode_clip", "read_manifest", "clip_spec",
+           "load_vocab_words", "DataError", "ClipSpec"]
