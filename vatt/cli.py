@@ -41,6 +41,29 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from vatt.config import load_config
+    from vatt.data.loader import DataError
+    from vatt.evaluate.pipeline import run_evaluation
+    from vatt.evaluate.registry import CheckpointError, RegistryError
+
+    datasets = dict(item.split("=", 1) for item in args.dataset)
+    try:
+        outcome = run_evaluation(args.checkpoint, load_config(args.preset, args.overrides),
+                                 args.overrides, args.tasks, datasets, promote=not args.no_promote)
+    except (CheckpointError, RegistryError, DataError) as err:
+        print(f"vatt evaluate: {err}", file=sys.stderr)
+        return 1
+    for name, value in sorted(outcome.results["metrics"].items()):
+        print(f"{name:40s} {value:.4f}")
+    print(f"report: {outcome.report_uri}")
+    if outcome.decision is not None:
+        d = outcome.decision
+        print(f"{'promoted' if d.promoted else 'not promoted'}: {d.metric} {d.candidate_value:.4f}"
+              f" vs promoted {d.promoted_value} ({d.reason})")
+    return 0
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from vatt.data import versioning
 
@@ -91,6 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
                                                "cluster at RAY_ADDRESS); same run name resumes")
     _add_config_args(pretrain)
     pretrain.set_defaults(handler=_cmd_pretrain)
+
+    evaluate = sub.add_parser("evaluate", help="downstream evaluation of a checkpoint (probes, "
+                                               "zero-shot retrieval), report, promotion gate")
+    _add_config_args(evaluate)  # eval.*, data.path=... (applied to the checkpoint's config)
+    evaluate.add_argument("--checkpoint", default="latest",
+                          help="checkpoint folder or s3:// prefix, or 'latest' (newest under "
+                               "train.storage_path)")
+    evaluate.add_argument("--tasks", nargs="+", default=None,
+                          help="action_linear audio_linear text_video_retrieval "
+                               "video_audio_retrieval (default: eval.tasks)")
+    evaluate.add_argument("--dataset", action="append", default=[], metavar="TASK=NAME",
+                          help="ingested dataset under data.path for a task, e.g. "
+                               "action_linear=ucf101 (default: the first ingested of "
+                               "vatt.evaluate.data.DEFAULT_DATASETS)")
+    evaluate.add_argument("--no-promote", action="store_true",
+                          help="report only; leave the registry alone")
+    evaluate.set_defaults(handler=_cmd_evaluate)
 
     data = sub.add_parser("data", help="version data/ with DVC: track, push, pull, version")
     data_sub = data.add_subparsers(dest="action", required=True)

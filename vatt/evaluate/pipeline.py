@@ -65,6 +65,29 @@ class LoadedCheckpoint:
     step: Optional[int]
 
 
+def checkpoint_config(checkpoint: str | Path, overrides: Iterable[str] = (),
+                      store: Optional[ObjectStore] = None) -> Config:
+    """The config a checkpoint (folder or s3:// prefix) was trained with, plus `overrides`.
+    Raises CheckpointError naming the missing or unusable config file."""
+    config_uri = f"{str(checkpoint).rstrip('/')}/{CONFIG_FILE}"
+    try:
+        if is_s3_uri(str(checkpoint)):
+            text = (store or ObjectStore()).read_bytes(config_uri).decode()
+        else:
+            text = Path(config_uri).read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        raise CheckpointError(f"checkpoint {checkpoint} has no {CONFIG_FILE}: it does not exist "
+                              "or it cannot be rebuilt without the config it was trained with"
+                              ) from None
+    except Exception as err:  # an object store error: no such key, no access
+        raise CheckpointError(f"checkpoint config {config_uri} cannot be read: {err}") from None
+    try:
+        cfg = from_dict(OmegaConf.to_container(OmegaConf.create(text)))  # type: ignore
+    except Exception as err:
+        raise CheckpointError(f"checkpoint config {config_uri} is unusable: {err}") from None
+    return replace(cfg, list(overrides)) if overrides else cfg
+
+
 def load_checkpoint_for_eval(folder: str | Path, overrides: Iterable[str] = ()) -> LoadedCheckpoint:
     """Build the model of the checkpoint's own config and load its weights (strict).
 
@@ -136,5 +159,25 @@ def evaluate_checkpoint(checkpoint: str, data: Mapping[str, Mapping[str, Iterabl
     return EvaluationOutcome(results, report_uri, decision)
 
 
+def run_evaluation(checkpoint: str, cfg: Config, overrides: Iterable[str] = (),
+                   tasks: Optional[Iterable[str]] = None,
+                   datasets: Optional[Mapping[str, str]] = None, promote: bool = True,
+                   log=print) -> EvaluationOutcome:
+    """The `vatt evaluate` job: resolve `checkpoint` ("latest" looks under cfg.train.storage_path),
+    read its config (+ `overrides`: eval.*, data.path, ...), build data[task][split] from the
+    ingested datasets (vatt.evaluate.data) and evaluate, report and (if `promote`) gate it."""
+    from vatt.evaluate.data import build_eval_data, describe_data
+
+    folder = resolve_checkpoint(checkpoint, cfg.train.storage_path)
+    run_cfg = checkpoint_config(folder, overrides)
+    tasks = list(tasks or run_cfg.eval.tasks)
+    log(f"checkpoint: {folder}")
+    data = build_eval_data(run_cfg, tasks, datasets)
+    for line in describe_data(data):
+        log(f"  {line}")
+    return evaluate_checkpoint(folder, data, tasks, overrides=overrides, promote=promote)
+
+
 __all__ = ["resolve_checkpoint", "load_checkpoint_for_eval", "evaluate_checkpoint",
+           "checkpoint_config", "run_evaluation",
            "LoadedCheckpoint", "EvaluationOutcome"]

@@ -54,6 +54,24 @@ def _labelled(features: Features, task: str) -> tuple[np.ndarray, np.ndarray, np
     return keep, labels[keep], features.require("video_id", task)[keep]
 
 
+def _num_classes(task: str, train_labels: np.ndarray, test_labels: np.ndarray,
+                 *features: Features) -> int:
+    """The dataset's class count (its manifest's label names) when the source says it, else
+    the largest class id seen + 1 (classes are numbered 0..C-1)."""
+    seen = int(max(train_labels.max(), test_labels.max())) + 1
+    declared = {f.num_classes for f in features if f.num_classes}
+    if not declared:
+        return seen
+    if len(declared) > 1:
+        raise ValueError(f"{task}: train and test splits declare different class counts "
+                         f"{sorted(declared)}; they must come from the same dataset")
+    (count,) = declared
+    if seen > count:
+        raise ValueError(f"{task}: label {seen - 1} is outside the dataset's {count} classes "
+                         "(manifest label_names); re-ingest the dataset")
+    return count
+
+
 def _classification(task: str, modality: str, train: Features, test: Features,
                     settings: probes.ProbeSettings) -> probes.ClassificationResult:
     key = f"{modality}_pooled"
@@ -67,11 +85,10 @@ def _classification(task: str, modality: str, train: Features, test: Features,
         keep, labels, ids = _labelled(test, task)
         return probes.cross_validated_probe(
             test.require(key, task)[keep], labels, ids, test.windows["fold"][keep],
-            int(labels.max()) + 1, settings=settings, task=task)
+            _num_classes(task, labels, labels, test), settings=settings, task=task)
     train_keep, train_labels, train_ids = _labelled(train, task)
     test_keep, test_labels, test_ids = _labelled(test, task)
-    # classes are numbered 0..C-1 by the dataset; the largest id seen bounds C
-    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    num_classes = _num_classes(task, train_labels, test_labels, train, test)
     return probes.linear_probe(
         train.require(key, task)[train_keep], train_labels, train_ids,
         test.require(key, task)[test_keep], test_labels, test_ids, num_classes,
@@ -142,6 +159,8 @@ def evaluate_model(model: torch.nn.Module, cfg: Config, tasks: Optional[Iterable
             needs.setdefault(id(source), (source, set()))[1].update(modalities)
     extracted = {key: extract_features(model, source, sorted(modalities), device=device)
                  for key, (source, modalities) in needs.items()}
+    for key, (source, _) in needs.items():  # e.g. vatt.evaluate.data.EvalSplit: the manifest's
+        extracted[key].num_classes = getattr(source, "num_classes", None)
     features = {task: {split: extracted[id(data[task][split])] for split in TASKS[task][1]}
                 for task in tasks}
     results = evaluate_features(features, cfg, tasks)

@@ -1,0 +1,175 @@
+"""Evaluation data: the ingested datasets -> `data[task][split]` for `evaluate_model`.
+
+    data = build_eval_data(cfg, tasks)                 # reads cfg.data.path (local or s3://)
+    outcome = evaluate_checkpoint(folder, data, tasks)
+
+Which dataset feeds which task: the first of these folders that `vatt ingest` wrote under
+data.path (real sources before the generated default); `datasets={task: name}` overrides it.
+
+    action_linear          kinetics, ucf101, synthetic-ucf101          (train -> test)
+    audio_linear           audioset, esc50, synthetic-esc50            (train -> test; ESC-50:
+                                                                        folds 1-4 -> fold 5)
+    text_video_retrieval   msrvtt, youcook2, synthetic-msrvtt          (test)
+    video_audio_retrieval  the same as text_video_retrieval            (test)
+
+Each split is read through the loader in evaluation mode (`num_windows` evenly spread windows
+per clip, centre crop, no augmentation, the first captions), then held in memory sorted by
+(clip, window): Ray Data may deliver blocks in any order, and the probes' results depend on the
+order of their training rows, so sorting is what makes two evaluations give the same numbers.
+Only the columns a task needs are kept (audio-only sources carry no video tensor).
+
+A split is an `EvalSplit`: a list of batches (re-iterable) that also carries the dataset's
+`num_classes` and `label_names` from its manifest, which the probes use instead of
+"largest label seen + 1".
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Optional
+
+import numpy as np
+
+from vatt.config import Config
+from vatt.data.loader import DataError, read_manifest
+from vatt.evaluate.runner import TASKS, check_tasks
+
+# task -> datasets to look for under data.path, in order of preference
+DEFAULT_DATASETS: dict[str, tuple[str, ...]] = {
+    "action_linear": ("kinetics", "ucf101", "synthetic-ucf101"),
+    "audio_linear": ("audioset", "esc50", "synthetic-esc50"),
+    "text_video_retrieval": ("msrvtt", "youcook2", "synthetic-msrvtt"),
+    "video_audio_retrieval": ("msrvtt", "youcook2", "synthetic-msrvtt"),
+}
+# the split names a test split may have in a manifest, in order of preference
+TEST_SPLITS = ("test", "val", "validation")
+METADATA = ("label", "labels", "video_id", "clip_id", "fold")
+
+
+class EvalSplit(list):
+    """Batches of one dataset split (a list, so evaluate_model can read it more than once),
+    with the manifest's class vocabulary."""
+
+    def __init__(self, batches: Iterable[dict], dataset: str, split: str,
+                 label_names: Optional[list[str]] = None):
+        super().__init__(batches)
+        self.dataset, self.split = dataset, split
+        self.label_names = list(label_names or [])
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        return len(self.label_names) or None
+
+
+def _has_manifest(root: str, dataset: str) -> bool:
+    try:
+        read_manifest(root, dataset)
+    except DataError:
+        return False
+    return True
+
+
+def choose_datasets(cfg: Config, tasks: Iterable[str],
+                    datasets: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+    """task -> dataset folder under data.path (see the module doc)."""
+    root = str(cfg.data.path)
+    chosen: dict[str, str] = {}
+    for task in check_tasks(tasks):
+        if datasets and task in datasets:
+            if not _has_manifest(root, datasets[task]):
+                raise DataError(f"{task}: no ingested dataset {datasets[task]!r} under data.path="
+                                f"{root} (no manifest.json); run `vatt ingest` for it first")
+            chosen[task] = datasets[task]
+            continue
+        found = [name for name in DEFAULT_DATASETS[task] if _has_manifest(root, name)]
+        if not found:
+            raise DataError(
+                f"{task}: none of {', '.join(DEFAULT_DATASETS[task])} is ingested under "
+                f"data.path={root}; run `vatt ingest --source synthetic` (the default dataset) "
+                "or ingest one of them, or point data.path at the ingested folder")
+        chosen[task] = found[0]
+    return chosen
+
+
+def _split_name(manifest: dict, wanted: str, dataset: str) -> str:
+    splits = manifest["splits"]
+    names = (wanted,) if wanted == "train" else TEST_SPLITS
+    for name in names:
+        if name in splits and splits[name]["shards"]:
+            return name
+    raise DataError(f"dataset {dataset}: no {' / '.join(names)} split with clips (it has "
+                    f"{sorted(splits)}); evaluation needs it")
+
+
+def read_split(cfg: Config, dataset: str, split: str, columns: Iterable[str],
+               num_windows: Optional[int] = None, batch_size: Optional[int] = None) -> EvalSplit:
+    """One split of `dataset`, decoded in evaluation mode, sorted by (clip, window), in batches
+    of `batch_size` (default eval.batch_size) holding `columns` plus the metadata."""
+    import torch
+
+    from vatt.data.loader import build_dataset
+
+    root = str(cfg.data.path)
+    manifest = read_manifest(root, dataset)
+    name = _split_name(manifest, split, dataset)
+    keep = set(columns) | set(METADATA) | {"clip_index", "window"}
+    if "text" in keep:
+        keep.add("text_mask")
+    ds = build_dataset(cfg, name, training=False, dataset=dataset, root=root,
+                       num_windows=num_windows)
+    parts: dict[str, list] = {}
+    for batch in ds.iter_batches(batch_size=256, batch_format="numpy"):
+        for key, value in batch.items():
+            if key in keep:
+                parts.setdefault(key, []).append(value)
+    if not parts:
+        raise DataError(f"dataset {dataset}, split {name}: no clip could be read")
+    rows = {key: np.concatenate(value) for key, value in parts.items()}
+    order = np.lexsort((rows["window"], rows["clip_index"]))  # by clip, then window
+    size = batch_size or cfg.eval.batch_size
+    batches = []
+    for start in range(0, len(order), size):
+        pick = order[start:start + size]
+        batch: dict[str, Any] = {}
+        for key, value in rows.items():
+            value = value[pick]
+            batch[key] = [str(v) for v in value] if value.dtype == object or value.dtype.kind in "US" \
+                else torch.from_numpy(np.ascontiguousarray(value))
+        batches.append(batch)
+    return EvalSplit(batches, dataset, name, manifest.get("label_names"))
+
+
+def build_eval_data(cfg: Config, tasks: Optional[Iterable[str]] = None,
+                    datasets: Optional[Mapping[str, str]] = None,
+                    num_windows: Optional[int] = None) -> dict[str, dict[str, EvalSplit]]:
+    """data[task][split] for `tasks` (default cfg.eval.tasks). A (dataset, split) used by
+    several tasks is read once, with every column they need, and shared (so evaluate_model
+    extracts its features once)."""
+    tasks = check_tasks(tasks or cfg.eval.tasks)
+    chosen = choose_datasets(cfg, tasks, datasets)
+    columns: dict[tuple[str, str], set[str]] = {}
+    for task in tasks:
+        modalities, splits = TASKS[task]
+        for split in splits:
+            columns.setdefault((chosen[task], split), set()).update(modalities)
+    read = {key: read_split(cfg, key[0], key[1], cols, num_windows)
+            for key, cols in sorted(columns.items())}
+    return {task: {split: read[(chosen[task], split)] for split in TASKS[task][1]}
+            for task in tasks}
+
+
+def describe_data(data: Mapping[str, Mapping[str, EvalSplit]]) -> list[str]:
+    """One line per task: which dataset and split feed it, how many windows and videos."""
+    lines = []
+    for task, splits in data.items():
+        parts = []
+        for split, source in splits.items():
+            windows = sum(len(b["video_id"]) for b in source)
+            videos = len({v for b in source for v in b["video_id"]})
+            parts.append(f"{split}={getattr(source, 'dataset', '?')}/{getattr(source, 'split', split)}"
+                         f" ({videos} videos, {windows} windows)")
+        lines.append(f"{task}: {', '.join(parts)}")
+    return lines
+
+
+__all__ = ["build_eval_data", "read_split", "choose_datasets", "describe_data", "EvalSplit",
+           "DEFAULT_DATASETS"]
