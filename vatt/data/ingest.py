@@ -97,7 +97,7 @@ def _cut(item: WorkItem, duration: float, params: dict) -> list[tuple[ClipSpec, 
     if item.clips is not None:
         return [(c, []) for c in item.clips]
     length = params["clip_seconds"]
-    count = int(duration // length)
+    count = int(duration / length + 1e-3)  # 15.9999 s of decoded media holds five 3.2 s clips
     bounds = [(k * length, (k + 1) * length) for k in range(count)]
     if not bounds and duration >= params["min_seconds"]:
         bounds = [(0.0, duration)]

@@ -15,7 +15,7 @@ attributes, and neither is readable from a single frame or a spectrum bin.
   root/ucf101/     UCF-101/<Class>/v_<Class>_gGG_cCC.avi + ucfTrainTestlist/  (label = motion)
   root/esc50/      audio/<fold>-<id>-A-<target>.wav + meta/esc50.csv  (label = sound kind)
   root/msrvtt/     videos/video<i>.mp4 + MSRVTT_data.json + MSRVTT_JSFUSION_test.csv (retrieval)
-Raw media are 128x96 at 10 fps with 16 kHz stereo audio, larger and longer than the tiny
+Raw media are 128x96 at 10 fps with 16 kHz audio (stereo in the AVI files), larger and longer than the tiny
 preset's input, so that ingestion's resizing, resampling, down-mixing and cutting all run.
 """
 
@@ -356,8 +356,8 @@ def describe(scene: Scene, rng: np.random.Generator) -> str:
 
 def write_video(path: Path, frames: np.ndarray, audio: np.ndarray | None,
                 container: str = "mp4") -> None:
-    """Raw media as the public sources ship it: H.264 + AAC in MP4, or MPEG-4 + PCM in AVI;
-    stereo audio (the two channels differ slightly) so that ingestion has to down-mix."""
+    """Raw media as the public sources ship them: H.264 + AAC (mono) in MP4, or MPEG-4 + PCM
+    in AVI with stereo audio (the two channels differ slightly) so ingestion has to down-mix."""
     vcodec, acodec = ("libx264", "aac") if container == "mp4" else ("mpeg4", "pcm_s16le")
     with av.open(str(path), "w", format=container,
                  options={"fflags": "+bitexact"}) as out:
@@ -368,7 +368,9 @@ def write_video(path: Path, frames: np.ndarray, audio: np.ndarray | None,
             vs.options = {"preset": "ultrafast", "crf": "18"}
         else:
             vs.bit_rate = 800_000
-        ast = out.add_stream(acodec, rate=RATE, layout="stereo") if audio is not None else None
+        # AAC is the costliest part of generation: mono in MP4; the AVI files carry stereo
+        layout = "stereo" if container == "avi" else "mono"
+        ast = out.add_stream(acodec, rate=RATE, layout=layout) if audio is not None else None
         for image in frames:
             for packet in vs.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                 out.mux(packet)
@@ -376,7 +378,8 @@ def write_video(path: Path, frames: np.ndarray, audio: np.ndarray | None,
             out.mux(packet)
         if ast is None:
             return
-        stereo = np.stack([audio, np.roll(audio, 3) * 0.9]).astype(np.float32)
+        channels = [audio, np.roll(audio, 3) * 0.9] if layout == "stereo" else [audio]
+        stereo = np.stack(channels).astype(np.float32)
         fmt = "fltp" if acodec == "aac" else "s16"
         step = 1024
         for start in range(0, stereo.shape[1], step):
@@ -385,7 +388,7 @@ def write_video(path: Path, frames: np.ndarray, audio: np.ndarray | None,
                 data = np.round(chunk.T * 32767).astype(np.int16).reshape(1, -1)
             else:
                 data = np.ascontiguousarray(chunk)
-            frame = av.AudioFrame.from_ndarray(data, format=fmt, layout="stereo")
+            frame = av.AudioFrame.from_ndarray(data, format=fmt, layout=layout)
             frame.sample_rate, frame.pts = RATE, start
             for packet in ast.encode(frame):
                 out.mux(packet)
@@ -483,8 +486,8 @@ def _run(fn, tasks: list[dict], workers: int, desc: str, progress: bool) -> list
 
 def default_counts(scale: float) -> dict[str, int]:
     """Files per layout at `data.ingest.synthetic_scale`."""
-    return {"howto100m": max(4, int(120 * scale)), "ucf101_per_class": max(5, int(25 * scale)),
-            "esc50_per_class": max(5, int(40 * scale)), "msrvtt": max(10, int(160 * scale))}
+    return {"howto100m": max(2, int(120 * scale)), "ucf101_per_class": max(5, int(25 * scale)),
+            "esc50_per_class": max(5, int(40 * scale)), "msrvtt": max(8, int(160 * scale))}
 
 
 def generate(cfg: Config, root: str | Path, progress: bool = True) -> Path:
