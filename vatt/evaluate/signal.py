@@ -1,0 +1,91 @@
+"""The learning-signal check of issue 5: a pretrained model against a randomly initialised model
+of the same config, evaluated the same way on the same data, and both against chance.
+
+    rows = compare_with_random(trained_model, cfg, data, tasks)   # {metric: {trained, random, chance}}
+    failures = signal_failures(rows)                              # [] when the signal is there
+    print(signal_table(rows))                                     # Markdown, for BENCHMARKS.md
+
+Criteria (issue 5, "Must show"): zero-shot text->video R@10 >= 3x chance and >= 2x the random
+model's; linear-probe top-1 (action and audio) >= 3x chance and clearly above the random
+model's (here: at least RANDOM_MARGIN x the random model's).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Optional
+
+import torch
+
+from vatt.config import Config
+from vatt.evaluate.runner import evaluate_model
+from vatt.model import build_model
+
+# metric -> (its chance key in the results, min x chance, min x random)
+RANDOM_MARGIN = 1.25
+CRITERIA: dict[str, tuple[str, float, float]] = {
+    "text_video_retrieval.R@10": ("text_video_retrieval.chance_R@10", 3.0, 2.0),
+    "action_linear.top1": ("action_linear.chance_top1", 3.0, RANDOM_MARGIN),
+    "audio_linear.top1": ("audio_linear.chance_top1", 3.0, RANDOM_MARGIN),
+}
+# reported alongside, without a threshold
+EXTRA = ("text_video_retrieval.R@1", "text_video_retrieval.R@5", "text_video_retrieval.MedR",
+         "video_audio_retrieval.R@1", "video_audio_retrieval.R@10", "video_audio_retrieval.MedR",
+         "action_linear.top5")
+EXTRA_CHANCE = {"video_audio_retrieval.R@10": "video_audio_retrieval.chance_R@10"}
+
+
+def random_model(cfg: Config) -> torch.nn.Module:
+    """The model pretraining starts from: same config, same seed, no update."""
+    from vatt.train.checkpoint import seed_everything
+
+    seed_everything(cfg.train.seed)
+    return build_model(cfg)
+
+
+def compare_with_random(trained: torch.nn.Module, cfg: Config,
+                        data: Mapping[str, Mapping[str, Iterable[dict]]],
+                        tasks: Optional[Iterable[str]] = None,
+                        random: Optional[torch.nn.Module] = None) -> dict[str, dict[str, Any]]:
+    """{metric: {"trained", "random", "chance"}} for the criteria's and the extra metrics."""
+    tasks = list(tasks or cfg.eval.tasks)
+    found = {"trained": evaluate_model(trained, cfg, tasks, data)["metrics"],
+             "random": evaluate_model(random or random_model(cfg), cfg, tasks, data)["metrics"]}
+    rows: dict[str, dict[str, Any]] = {}
+    chance_keys = {name: key for name, (key, _, _) in CRITERIA.items()} | EXTRA_CHANCE
+    for name in [*CRITERIA, *EXTRA]:
+        if name in found["trained"]:
+            rows[name] = {"trained": found["trained"][name], "random": found["random"][name],
+                          "chance": found["trained"].get(chance_keys.get(name, ""))}
+    return rows
+
+
+def signal_failures(rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """What falls short of the criteria (empty: the learning signal is shown)."""
+    failures = []
+    for name, (_, times_chance, times_random) in CRITERIA.items():
+        if name not in rows:
+            continue
+        row = rows[name]
+        if row["trained"] < times_chance * row["chance"]:
+            failures.append(f"{name}: trained {row['trained']:.3f} < {times_chance:g} x chance "
+                            f"{row['chance']:.3f}")
+        if row["trained"] < times_random * row["random"] or row["trained"] <= row["random"]:
+            failures.append(f"{name}: trained {row['trained']:.3f} < {times_random:g} x random "
+                            f"{row['random']:.3f}")
+    return failures
+
+
+def signal_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
+    """A Markdown table: metric | trained | random | chance | trained/chance | trained/random."""
+    lines = ["| metric | trained | random init | chance | trained / chance | trained / random |",
+             "|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        chance = row.get("chance")
+        ratio_chance = f"{row['trained'] / chance:.2f}" if chance else "-"
+        ratio_random = f"{row['trained'] / row['random']:.2f}" if row["random"] else "-"
+        lines.append(f"| {name} | {row['trained']:.4f} | {row['random']:.4f} | "
+                     f"{f'{chance:.4f}' if chance else '-'} | {ratio_chance} | {ratio_random} |")
+    return "\n".join(lines)
+
+
+__all__ = ["compare_with_random", "signal_failures", "signal_table", "random_model", "CRITERIA"]
