@@ -7,6 +7,9 @@
     runner     evaluate_model(model, cfg, tasks, data) -> results dict
     report     results.json, report.md and PNG plots into a folder or s3:// prefix
     registry   the model registry and its promotion gate (atomic, every decision logged)
+    data       data[task][split] from the ingested datasets through the loader (eval windows,
+               sorted, manifest class counts): which dataset feeds which task
     pipeline   checkpoint -> evaluation -> report -> promotion (the `vatt evaluate` job)
+    signal     the learning-signal check: a model vs a random init of its config vs chance
 
 Submodules import torch; import them directly (`from vatt.evaluate.metrics import ...`)."""
