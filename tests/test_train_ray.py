@@ -1,0 +1,177 @@
+"""Pretraining under Ray Train on a local Ray (2 CPUs), on the ingested default dataset:
+2 gloo workers make the loss go down; a killed worker is replaced and the run resumes from the
+last checkpoint; checkpoints go to and come back from s3:// on the real SeaweedFS server; a run
+that cannot start fails before training with a message naming the key."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from vatt.config import load_config
+from vatt.train.preflight import PreflightError
+
+pytestmark = pytest.mark.slow
+
+# small and fast: 2 workers x 4 clips, short warm-up, tiny model of the `tiny` preset
+BASE = ["train.num_workers=2", "train.cpus_per_worker=0.5", "train.global_batch_size=8",
+        "train.optim.warmup_steps=4", "train.optim.lr_peak=5e-4", "train.optim.lr_end=1e-4"]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory) -> Path:
+    """The default (synthetic) dataset, ingested small, as `vatt ingest --source synthetic` does."""
+    from vatt.data.ingest import ingest
+
+    out = tmp_path_factory.mktemp("ingested") / "data"
+    ingest(load_config("tiny", ["data.ingest.synthetic_scale=0.1"]), "synthetic", None, out,
+           progress=False)
+    return out
+
+
+def config(data: Path, storage, run_name: str, *overrides: str):
+    return load_config("tiny", [*BASE, f"data.path={data}", f"train.storage_path={storage}",
+                                f"train.run_name={run_name}", *overrides])
+
+
+def steps_of(history):
+    return [row["step"] for row in history]
+
+
+def test_two_cpu_workers_loss_goes_down(ray_cluster, train_data, tmp_path):
+    from vatt.train.pretrain import pretrain
+
+    cfg = config(train_data, tmp_path, "loss-down", "train.optim.total_steps=40",
+                 "train.log_every=5", "train.checkpoint_every=20")
+    result = pretrain(cfg)
+    history = result.history
+    assert steps_of(history) == list(range(5, 41, 5))
+    first, last = history[0]["loss_total"], min(row["loss_total"] for row in history[-2:])
+    assert last < first - 0.1, f"loss did not go down: {[r['loss_total'] for r in history]}"
+    for row in history:
+        assert row["clips_per_s"] > 0 and 0 <= row["data_wait_share"] <= 1
+        assert row["loss_total"] == pytest.approx(row["loss_video_audio"] + row["loss_video_text"],
+                                                  rel=1e-4)
+    run = Path(result.run_uri)
+    assert (run / "history.json").exists() and (run / "loss_curve.png").stat().st_size > 1000
+    checkpoint = run / "checkpoint_00000040"
+    saved = json.loads((checkpoint / "state.json").read_text())
+    assert saved["step"] == 40 and saved["world_size"] == 2
+    assert {"worker_0.pt", "worker_1.pt", "config.yaml", "data_version.json"} <= {
+        p.name for p in checkpoint.iterdir()}
+    assert json.loads((checkpoint / "data_version.json").read_text())["data_path"] == str(train_data)
+
+
+def _train_worker_processes() -> list[psutil.Process]:
+    """Ray Train worker processes of the Ray this test process started (its descendants)."""
+    workers = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(proc.cmdline()):
+                workers.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    return workers
+
+
+def _latest_registered_checkpoint(run: Path):
+    """The checkpoint Ray Train has committed (all workers reported it), from its run snapshot."""
+    try:
+        snapshot = json.loads((run / "checkpoint_manager_snapshot.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):  # not yet written, or being written
+        return None
+    latest = snapshot.get("latest_checkpoint_result")
+    return latest and latest["checkpoint_dir_name"]
+
+
+def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, train_data, tmp_path):
+    from vatt.train.pretrain import pretrain
+
+    total, every = 24, 8
+    cfg = config(train_data, tmp_path, "killed", f"train.optim.total_steps={total}",
+                 "train.log_every=1", f"train.checkpoint_every={every}", "train.max_failures=1")
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.update(result=pretrain(cfg)), daemon=True)
+    runner.start()
+    deadline = time.time() + 300
+    while _latest_registered_checkpoint(tmp_path / "killed") is None:
+        assert runner.is_alive() and time.time() < deadline, "no checkpoint was registered"
+        time.sleep(0.05)
+    workers = _train_worker_processes()
+    assert len(workers) == 2, f"expected 2 RayTrainWorker processes, found {workers}"
+    os.kill(workers[1].pid, signal.SIGKILL)
+    runner.join(timeout=600)
+    assert not runner.is_alive()
+    history = outcome["result"].history
+
+    # every step exactly once: nothing trained twice after the checkpoint, nothing lost before it
+    assert steps_of(history) == list(range(1, total + 1))
+    state = json.loads((Path(outcome["result"].checkpoint_uri) / "state.json").read_text())
+    assert len(state["started_from"]) == 2, state["started_from"]
+    resumed_at = state["started_from"][1]
+    assert resumed_at % every == 0 and every <= resumed_at < total
+    assert all(row["attempt"] == 0 for row in history if row["step"] <= resumed_at)
+    assert all(row["attempt"] == 1 for row in history if row["step"] > resumed_at)
+    # the data stream continued where it was (its epoch never goes back)
+    epochs = [row["epoch"] for row in history]
+    assert epochs == sorted(epochs)
+    # the killed worker really was replaced
+    assert workers[1].pid not in {p.pid for p in _train_worker_processes()}
+
+
+def test_checkpoints_to_and_from_s3_and_same_run_name_resumes(ray_cluster, train_data, s3_env):
+    from vatt.storage import ObjectStore
+    from vatt.train.pretrain import pretrain
+
+    storage = "s3://vatt-data/train-test-runs"
+    run_name = f"s3-{int(time.time())}"
+    first = pretrain(config(train_data, storage, run_name, "train.num_workers=1",
+                            "train.cpus_per_worker=1", "train.optim.total_steps=4",
+                            "train.log_every=2", "train.checkpoint_every=2"))
+    assert first.checkpoint_uri == f"{storage}/{run_name}/checkpoint_00000004"
+    names = ObjectStore().list(first.checkpoint_uri)
+    assert {"model.pt", "optimizer.pt", "state.json", "worker_0.pt"} <= set(names)
+
+    # same run name, more steps: restored from s3://, continues at step 4 (not from zero)
+    second = pretrain(config(train_data, storage, run_name, "train.num_workers=1",
+                             "train.cpus_per_worker=1", "train.optim.total_steps=8",
+                             "train.log_every=2", "train.checkpoint_every=2"))
+    assert steps_of(second.history) == [2, 4, 6, 8]
+    assert [row["attempt"] for row in second.history] == [0, 0, 1, 1]
+    state = json.loads(ObjectStore().read_text(f"{second.checkpoint_uri}/state.json"))
+    assert state["started_from"] == [0, 4]
+    run_files = set(ObjectStore().list(f"{storage}/{run_name}"))
+    assert {"history.json", "loss_curve.png"} <= run_files
+
+    with pytest.raises(PreflightError, match="train.storage_path='s3://no-such-bucket-vatt/runs'"):
+        pretrain(config(train_data, "s3://no-such-bucket-vatt/runs", "no-bucket"))
+
+
+def test_run_that_cannot_start_fails_before_training(ray_cluster, train_data, tmp_path):
+    from vatt.train.pretrain import pretrain
+
+    with pytest.raises(PreflightError, match="train.num_workers=4 .* but .* has 2"):
+        pretrain(config(train_data, tmp_path, "too-many", "train.num_workers=4",
+                        "train.cpus_per_worker=1"))
+    with pytest.raises(PreflightError, match="train.use_gpu=true but .* no GPU"):
+        pretrain(config(train_data, tmp_path, "no-gpu", "train.use_gpu=true"))
+    assert not (tmp_path / "too-many").exists() and not (tmp_path / "no-gpu").exists()
