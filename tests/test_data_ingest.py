@@ -114,7 +114,7 @@ def test_howto100m_ingest_quarantines_bad_input_and_keeps_the_rest(cfg, howto, t
 
     members = _members(out / second["shard"])
     frames = decode_video(members["good1_0001.mp4"])
-    assert frames.shape == (16, 64, 86, 3)  # short side 64, aspect kept (even width)
+    assert frames.shape == (16, 64, 80, 3)  # short side 64, aspect kept (sides multiples of 16)
     audio, rate = decode_wav(members["good1_0001.wav"])
     assert rate == 8000 and audio.shape == (25600,)
     assert 0.2 < np.abs(audio).max() <= 0.32  # the 0.3 sine survived down-mix and resampling

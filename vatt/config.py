@@ -128,7 +128,9 @@ class IngestConfig:
     clip_seconds: Optional[float] = None
     # stored frames are resized to this short side (aspect kept); None: data.frame_size
     short_side: Optional[int] = None
-    video_crf: int = 20  # libx264 quality of the stored clips
+    # stored clips are MJPEG (x264 output varies with heap contents: not byte-reproducible);
+    # quantiser ceiling, 1 (best, largest) to 31
+    video_qmax: int = 4
     media_per_shard: int = 16  # raw media files per shard (a shard is the unit of re-use)
     num_workers: int = 2  # processes decoding and encoding
     max_bad_fraction: float = 0.1  # fail the run when a larger share of items is quarantined
@@ -208,7 +210,8 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimiser step
     bf16: bool = True  # bf16 autocast (GPU only; CPU trains in fp32)
     compile: bool = False  # torch.compile the model
-    dataset_split: str = "train"  # split of the ingested dataset at data.path
+    dataset: str = "synthetic-howto100m"  # ingested dataset (folder under data.path) to pretrain on
+    dataset_split: str = "train"  # split of that dataset
 
 
 @dataclass

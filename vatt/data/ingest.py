@@ -2,7 +2,7 @@
 
 Output, for a source NAME ingested into OUT:
 
-    OUT/NAME/shards/<split>-<NNNNNN>.tar   per clip: <key>.mp4 (video, if any), <key>.wav (mono
+    OUT/NAME/shards/<split>-<NNNNNN>.tar   per clip: <key>.mp4 (MJPEG video, if any), <key>.wav (mono
                                            16-bit audio, if any), <key>.json (clip record below)
     OUT/NAME/shards/<split>-<NNNNNN>.json  that shard's records, checksums and input fingerprint
     OUT/NAME/manifest.json                 source, ingest parameters, label names, splits, and
@@ -74,7 +74,7 @@ def ingest_params(cfg: Config) -> dict[str, Any]:
         "sample_rate": d.sample_rate,
         "clip_seconds": ing.clip_seconds or 2 * d.clip_seconds,
         "min_seconds": d.clip_seconds / 2,
-        "video_crf": ing.video_crf,
+        "video_qmax": ing.video_qmax,
         "num_text_candidates": d.num_text_candidates,
     }
 
@@ -141,7 +141,7 @@ def _process_item(root: Path, source: str, item: WorkItem, params: dict
         if media.frames is not None:
             frames = media.frames[int(round(spec.start * fps)):int(round(end * fps))]
             record["num_frames"] = len(frames)
-            members.append((f"{key}.mp4", encode_video(frames, fps, params["video_crf"])))
+            members.append((f"{key}.mp4", encode_video(frames, fps, params["video_qmax"])))
         if media.audio is not None:
             audio = media.audio[int(round(spec.start * rate)):int(round(end * rate))]
             record["num_samples"] = len(audio)

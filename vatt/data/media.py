@@ -2,7 +2,7 @@
 
 Ingestion decodes a raw file once (`load_media`: frames resampled to the configured fps and
 short side, audio down-mixed to mono and resampled with torchaudio), cuts clips from it and
-stores each clip as an H.264 MP4 (video) and a 16-bit PCM WAV (audio), both encoded
+stores each clip as an MJPEG MP4 (video) and a 16-bit PCM WAV (audio), both encoded
 deterministically so that re-runs give byte-identical shards. The loader decodes those clip
 files back with `decode_video` / `decode_wav`.
 """
@@ -40,8 +40,10 @@ class Media:
         return self.audio is not None
 
 
-def _even(x: float) -> int:
-    return max(2, int(round(x / 2.0)) * 2)
+def _aligned(x: float) -> int:
+    """Stored frame sides are multiples of 16: with unaligned rows (e.g. 86 px) the RGB -> YUV
+    conversion reads varying padding bytes and the encoded clips stop being byte-identical."""
+    return max(16, int(round(x / 16.0)) * 16)
 
 
 def _pick_frames(times: list[float], frames: list[np.ndarray], fps: float) -> tuple[np.ndarray, float]:
@@ -117,7 +119,7 @@ def load_media(path: str | Path, *, fps: float, short_side: int, sample_rate: in
                     if packet.stream is v_stream:
                         if size is None:
                             scale = short_side / min(frame.width, frame.height)
-                            size = (_even(frame.width * scale), _even(frame.height * scale))
+                            size = (_aligned(frame.width * scale), _aligned(frame.height * scale))
                         times.append(frame.time - t0)
                         images.append(frame.to_ndarray(width=size[0], height=size[1],
                                                        format="rgb24", interpolation="AREA"))
@@ -141,17 +143,22 @@ def load_media(path: str | Path, *, fps: float, short_side: int, sample_rate: in
     return Media(frames, audio, fps, sample_rate, duration)
 
 
-def encode_video(frames: np.ndarray, fps: float, crf: int = 20) -> bytes:
-    """(N, H, W, 3) uint8 -> H.264 MP4 bytes, deterministic (single-threaded x264, bitexact)."""
+def encode_video(frames: np.ndarray, fps: float, qmax: int = 4) -> bytes:
+    """(N, H, W, 3) uint8 -> MJPEG-in-MP4 bytes, byte-reproducible.
+
+    MJPEG, not H.264: libx264's output was seen to change with the process's heap contents
+    (same frames, different bytes), which breaks identical re-runs; MJPEG is intra-only,
+    deterministic and fast to decode, at about 1.5x the size of H.264 for these clips."""
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4", options={"fflags": "+bitexact"}) as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream = container.add_stream("mjpeg", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
-        stream.pix_fmt = "yuv420p"
+        stream.pix_fmt = "yuvj420p"
         stream.codec_context.thread_count = 1
-        stream.options = {"crf": str(crf), "preset": "veryfast", "tune": "fastdecode"}
+        stream.options = {"qmin": "1", "qmax": str(qmax)}
         for image in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuvj420p")
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
