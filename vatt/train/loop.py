@@ -115,9 +115,11 @@ def batch_stream(shard: Any, batch_size: int, position: DataPosition) -> Iterato
     Resuming at `position` skips the micro-batches of that epoch already trained on, so no clip
     is seen twice in an epoch across a restart.
     """
+    from vatt.data.loader import torch_batches
+
     while True:
         skip, seen = position.batches, 0
-        for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True):
+        for batch in torch_batches(shard, batch_size, training=True):
             seen += 1
             if seen <= skip:
                 continue

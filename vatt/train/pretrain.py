@@ -95,7 +95,8 @@ def data_version_of(cfg: Config) -> dict[str, Any]:
     """
     from vatt.data.versioning import VersioningError, data_version
 
-    record: dict[str, Any] = {"data_path": cfg.data.path, "split": cfg.train.dataset_split}
+    record: dict[str, Any] = {"data_path": cfg.data.path, "dataset": cfg.train.dataset,
+                              "split": cfg.train.dataset_split}
     try:
         if "://" in cfg.data.path:
             raise VersioningError(f"data.path={cfg.data.path} is not a local DVC-tracked folder")
@@ -110,7 +111,7 @@ def data_version_of(cfg: Config) -> dict[str, Any]:
 def build_dataset(cfg: Config):
     from vatt.data.loader import build_dataset as build
 
-    return build(cfg, split=cfg.train.dataset_split, train=True)
+    return build(cfg, cfg.train.dataset_split, training=True, dataset=cfg.train.dataset)
 
 
 def build_trainer(cfg: Config, storage: Storage, datasets: dict[str, Any],
