@@ -211,7 +211,7 @@ def _reusable(shard: Path, fingerprint: str) -> Optional[dict]:
 def _local_source(src: str, out: Path) -> Path:
     """A local folder for SRC: itself, or a download of an s3:// prefix into a cache folder
     beside OUT (kept out of OUT so that DVC does not version raw media)."""
-    from vatt.storage import default_store, is_s3_uri
+    from vatt.storage import ObjectStore, is_s3_uri
 
     if not is_s3_uri(src):
         root = Path(src)
@@ -219,7 +219,7 @@ def _local_source(src: str, out: Path) -> Path:
             raise IngestError(f"--path {src}: no such folder")
         return root
     cache = out.resolve().parent / ".cache" / "raw" / _safe_key(src[len("s3://"):])
-    count = default_store().download_dir(src, cache)
+    count = ObjectStore.from_config().download_dir(src, cache)  # endpoint/keys: environment
     print(f"downloaded {count} files from {src} to {cache}")
     return cache
 

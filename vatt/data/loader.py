@@ -63,11 +63,21 @@ def _join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *parts])
 
 
+@lru_cache(maxsize=4)
+def _store(endpoint: Optional[str], key_id: Optional[str]):
+    from vatt.storage import ObjectStore
+
+    return ObjectStore.from_config()
+
+
 def _read_bytes(uri: str) -> bytes:
     if uri.startswith("s3://"):
-        from vatt.storage import default_store
+        import os
 
-        return default_store().read_bytes(uri)
+        # one client per process and environment (endpoint and keys come from the environment)
+        store = _store(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
+                       os.environ.get("AWS_ACCESS_KEY_ID"))
+        return store.read_bytes(uri)
     try:
         with open(uri, "rb") as fh:
             return fh.read()
