@@ -169,3 +169,26 @@ def test_missing_split_and_folder_name_the_problem(data_root, tmp_path):
         build_dataset(_cfg(data_root), "val", False, dataset="howto100m")
     with pytest.raises(DataError, match="manifest.json: no such file; run `vatt ingest`"):
         build_dataset(_cfg(tmp_path), "train", True, dataset="howto100m")
+
+
+def test_fused_colour_jitter_equals_the_four_steps_in_order():
+    from vatt.data.loader import _colour_jitter
+
+    spec = clip_spec(load_config("tiny"), {"label_names": []}, True, ("<pad>", "<unk>"))
+    video = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.6 + 0.2
+    fused = _colour_jitter(video, np.random.default_rng(7), spec)
+    rng = np.random.default_rng(7)
+    delta, contrast, saturation, hue = (rng.uniform(-spec.brightness, spec.brightness),
+                                        rng.uniform(1 - spec.contrast, 1 + spec.contrast),
+                                        rng.uniform(1 - spec.saturation, 1 + spec.saturation),
+                                        rng.uniform(-spec.hue, spec.hue))
+    x = video.double() + delta
+    x = (x - x.mean()) * contrast + x.mean()
+    gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+    x = (x - gray) * saturation + gray
+    yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
+                       dtype=torch.float64)
+    c, s = np.cos(2 * np.pi * hue), np.sin(2 * np.pi * hue)
+    rot = torch.tensor([[1.0, 0, 0], [0, c, -s], [0, s, c]], dtype=torch.float64)
+    x = torch.einsum("ij,tjhw->tihw", torch.linalg.inv(yiq) @ rot @ yiq, x).clamp(0, 1)
+    torch.testing.assert_close(fused, x.float(), atol=1e-5, rtol=0)

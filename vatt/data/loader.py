@@ -165,27 +165,39 @@ def _resize(frames, size: int):
     import torch.nn.functional as F
 
     # frames: (T, 3, h, w) float -> (T, 3, size, size)
+    shrink = frames.shape[-1] > size or frames.shape[-2] > size  # antialias costs; only to shrink
     return F.interpolate(frames, size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=True)
+                         antialias=shrink)
 
 
 def _colour_jitter(video, rng: np.random.Generator, spec: ClipSpec):
-    """video (T, 3, H, W) in [0, 1]; brightness, contrast, saturation, hue as in the spec."""
+    """video (T, 3, H, W) in [0, 1] -> brightness, contrast, saturation and hue jitter (spec
+    section 1), in that order. Each step is affine in the pixel values (contrast uses the clip
+    mean), so the four are composed into one 3x3 matrix and offset and applied in one pass."""
     import torch
 
-    video = video + float(rng.uniform(-spec.brightness, spec.brightness))
-    mean = video.mean(dim=(1, 2, 3), keepdim=True)
-    video = (video - mean) * float(rng.uniform(1 - spec.contrast, 1 + spec.contrast)) + mean
-    gray = (0.299 * video[:, 0] + 0.587 * video[:, 1] + 0.114 * video[:, 2]).unsqueeze(1)
-    video = (video - gray) * float(rng.uniform(1 - spec.saturation, 1 + spec.saturation)) + gray
-    # hue: rotate the chroma plane of YIQ by delta of a full turn (delta in [-hue, hue])
+    delta = float(rng.uniform(-spec.brightness, spec.brightness))
+    contrast = float(rng.uniform(1 - spec.contrast, 1 + spec.contrast))
+    saturation = float(rng.uniform(1 - spec.saturation, 1 + spec.saturation))
     theta = 2 * math.pi * float(rng.uniform(-spec.hue, spec.hue))
-    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    luma = np.array([0.299, 0.587, 0.114])
+    eye = np.eye(3)
+    # brightness: x + delta; contrast: (x - m) c + m with m the mean after brightness
+    mean = float(video.mean()) + delta
+    matrix, offset = contrast * eye, contrast * delta + (1 - contrast) * mean * np.ones(3)
+    # saturation: s x + (1 - s) gray(x)
+    sat = saturation * eye + (1 - saturation) * np.outer(np.ones(3), luma)
+    matrix, offset = sat @ matrix, sat @ offset
+    # hue: rotate the chroma plane of YIQ by theta
+    to_yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
     c, s = math.cos(theta), math.sin(theta)
-    rot = torch.tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
-    matrix = torch.linalg.inv(to_yiq) @ rot @ to_yiq  # (3, 3)
-    video = torch.einsum("ij,tjhw->tihw", matrix, video)
-    return video.clamp(0.0, 1.0)
+    hue = np.linalg.inv(to_yiq) @ np.array([[1.0, 0, 0], [0, c, -s], [0, s, c]]) @ to_yiq
+    matrix, offset = hue @ matrix, hue @ offset
+    t, _, h, w = video.shape
+    flat = video.permute(1, 0, 2, 3).reshape(3, -1)  # (3, T*H*W)
+    out = torch.addmm(torch.tensor(offset, dtype=video.dtype)[:, None],
+                      torch.tensor(matrix, dtype=video.dtype), flat)
+    return out.reshape(3, t, h, w).permute(1, 0, 2, 3).clamp_(0.0, 1.0)
 
 
 def _spatial(frames: np.ndarray, rng: Optional[np.random.Generator], spec: ClipSpec) -> np.ndarray:
@@ -238,18 +250,27 @@ def decode_clip(row: dict, spec: ClipSpec) -> list[dict]:
     record = json.loads(row["record"])
     rng = np.random.default_rng() if spec.training else None
     fps_ratio = spec.fps / float(record["fps"])
-    frames = decode_video(row["mp4"]) if len(row["mp4"]) else None
     audio = None
     if len(row["wav"]):
         audio, rate = decode_wav(row["wav"])
         if rate != spec.sample_rate:
             raise DataError(f"{record['clip_id']}: audio stored at {rate} Hz but data.sample_rate"
                             f" is {spec.sample_rate}; re-ingest with the same data config")
-    if frames is not None and fps_ratio != 1.0:
-        pick = np.arange(int(len(frames) * fps_ratio)) / fps_ratio
-        frames = frames[np.minimum(len(frames) - 1, pick.astype(int))]
-    stored_frames = len(frames) if frames is not None else int(
-        (len(audio) if audio is not None else 0) / spec.sample_rate * spec.fps)
+    has_video = len(row["mp4"]) > 0
+    if has_video:
+        stored = int(record["num_frames"])
+        length = max(1, int(stored * fps_ratio))  # frames at data.fps
+    else:
+        length = int((len(audio) if audio is not None else 0) / spec.sample_rate * spec.fps)
+    starts = _window_starts(length, spec, rng)
+    frames: dict[int, np.ndarray] = {}
+    if has_video:
+        # stored frame of each frame at data.fps; only the windows' frames are decoded
+        def source(j: int) -> int:
+            return min(stored - 1, int(min(j, length - 1) / fps_ratio))
+
+        needed = sorted({source(j) for s in starts for j in range(s, s + spec.num_frames)})
+        frames = dict(zip(needed, decode_video(row["mp4"], needed)))
 
     vocab = _vocabulary(spec.vocab_words)
     captions = list(record["captions"])
@@ -264,10 +285,10 @@ def decode_clip(row: dict, spec: ClipSpec) -> list[dict]:
         mask[i] = 1.0
 
     out = []
-    for window, start in enumerate(_window_starts(stored_frames, spec, rng)):
-        if frames is not None:
-            idx = np.minimum(np.arange(start, start + spec.num_frames), len(frames) - 1)
-            video = _spatial(frames[idx], rng, spec)
+    for window, start in enumerate(starts):
+        if has_video:
+            clip = np.stack([frames[source(j)] for j in range(start, start + spec.num_frames)])
+            video = _spatial(clip, rng, spec)
         else:
             video = np.zeros((spec.num_frames, spec.frame_size, spec.frame_size, 3), np.float32)
         wave = np.zeros(spec.audio_samples, dtype=np.float32)
@@ -282,7 +303,7 @@ def decode_clip(row: dict, spec: ClipSpec) -> list[dict]:
         item = {
             "video": video, "audio": wave, "text": text, "text_mask": mask,
             "label": np.int64(record.get("label", -1)),
-            "has_video": np.float32(frames is not None), "has_audio": np.float32(audio is not None),
+            "has_video": np.float32(has_video), "has_audio": np.float32(audio is not None),
             "clip_index": np.int64(row["clip_index"]), "window": np.int64(window),
             "clip_id": record["clip_id"], "video_id": record["video_id"],
         }

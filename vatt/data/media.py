@@ -165,11 +165,30 @@ def encode_video(frames: np.ndarray, fps: float, qmax: int = 4) -> bytes:
     return buf.getvalue()
 
 
-def decode_video(data: bytes) -> np.ndarray:
-    """MP4 bytes -> (N, H, W, 3) uint8."""
+def decode_video(data: bytes, indices: Optional[list[int]] = None) -> np.ndarray:
+    """MP4 bytes -> (N, H, W, 3) uint8: every frame, or only frames `indices` (sorted, unique)
+    in that order. Stored clips are intra-only (MJPEG), so frames outside `indices` are not
+    decoded at all; for other codecs every frame is decoded and the wanted ones kept."""
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.video[0]
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
+        if indices is None:
+            return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
+        wanted = set(indices)
+        intra = stream.codec_context.name == "mjpeg"
+        out = []
+        for number, packet in enumerate(container.demux(stream)):
+            if packet.size == 0:
+                continue
+            if intra and number not in wanted:
+                continue
+            for frame in packet.decode():
+                if number in wanted:
+                    out.append(frame.to_ndarray(format="rgb24"))
+            if number >= indices[-1]:
+                break
+        if len(out) != len(indices):
+            raise ValueError(f"clip holds fewer frames than the {indices[-1] + 1} its record says")
+        return np.stack(out)
 
 
 def encode_wav(audio: np.ndarray, sample_rate: int) -> bytes:
