@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/learning_signal.py [--data DIR] [--out DIR] [KEY=VALUE ...]
 
 1. the default dataset (`vatt ingest --source synthetic`) under --data, ingested if missing;
-2. `tiny` pretraining with Ray Train (the preset's train.* budget unless overridden) on its
-   synthetic-howto100m train split;
+2. `tiny` pretraining with Ray Train (the preset's train.* budget unless overridden) on
+   train.dataset (synthetic-howto100m), as `vatt pretrain` runs it;
 3. the trained checkpoint and a randomly initialised model of the same config (the model
    training started from) evaluated the same way (vatt.evaluate.data, all four tasks);
 4. a Markdown table of both models' numbers and chance, for BENCHMARKS.md, the criteria's
@@ -37,7 +37,6 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from vatt.config import load_config
-    from vatt.data.loader import build_dataset
     from vatt.evaluate.data import build_eval_data, describe_data
     from vatt.evaluate.pipeline import load_checkpoint_for_eval
     from vatt.evaluate.signal import compare_with_random, signal_failures, signal_table
@@ -60,9 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         ray.init(include_dashboard=False)
     start = time.perf_counter()
     # the training split of the pretraining dataset, as vatt.train reads it
-    # (the string id columns dropped: the training loop collates tensors only)
-    train_ds = build_dataset(cfg, cfg.train.dataset_split, training=True)
-    result = pretrain(cfg, datasets={"train": train_ds.drop_columns(["clip_id", "video_id"])})
+    result = pretrain(cfg)  # train.dataset / train.dataset_split of the ingested data
     clock["pretrain_s"] = time.perf_counter() - start
     print(f"checkpoint: {result.checkpoint_uri}")
     if result.history:
