@@ -213,11 +213,16 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def run_cli(preset: str, overrides: list[str], prog: str = "vatt pretrain") -> int:
+    from vatt.data.loader import DataError
+
     try:
         result = pretrain(load_config(preset, overrides))
     except ConfigError as err:
         kind = "cannot start" if isinstance(err, PreflightError) else "config error"
         print(f"{prog}: {kind}: {err}", file=sys.stderr)
+        return 2
+    except DataError as err:  # no ingested data where data.path points
+        print(f"{prog}: cannot start: {err}", file=sys.stderr)
         return 2
     last = result.history[-1] if result.history else {}
     print(f"run folder: {result.run_uri}")
