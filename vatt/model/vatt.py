@@ -82,8 +82,12 @@ class VATT(nn.Module):
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, (nn.Conv1d, nn.Conv3d)):
-            nn.init.trunc_normal_(module.weight.view(module.out_channels, -1),
-                                  std=self.cfg.model.init_std)
+            # raw-input tokenizers: fan-in scaling (LeCun, as JAX ViTs init the patch embedding)
+            # keeps the content at the scale of the LayerNorm'd positions; at std 0.02 a 128-
+            # sample audio patch gives tokens ~40x smaller than the positions, the pooled audio
+            # feature barely depends on the input and the audio embeddings collapse
+            weight = module.weight.view(module.out_channels, -1)  # (d, fan_in)
+            nn.init.trunc_normal_(weight, std=weight.shape[1] ** -0.5)
             nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding) and module.weight.requires_grad:
             nn.init.normal_(module.weight, std=1.0)
