@@ -166,3 +166,32 @@ def test_cli_data_commands(repo, s3_env, monkeypatch, capsys):
     assert main(["data", "pull", "--remote", "s3"]) == 0
     assert capsys.readouterr().out.strip() == version
     assert _checksums(repo / "data") == expected
+
+
+def test_ingest_into_data_ends_with_dvc_add_and_push(repo, monkeypatch, capsys):
+    """`vatt ingest --out data` in the project versions the result: data.dvc + a pushed remote."""
+    from vatt.cli import main
+
+    monkeypatch.chdir(repo)
+    code = main(["ingest", "--source", "synthetic", "--out", "data",
+                 "data.ingest.synthetic_scale=0.05"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    version = data_version(repo)
+    assert (repo / "data.dvc").is_file() and f"data version: {version}" in out
+    pushed = [p for p in (repo / ".dvc" / "storage").rglob("*") if p.is_file()]
+    assert len(pushed) >= len(list((repo / "data").rglob("*.tar")))
+    # a run on a named revision pulls that revision first; an unknown one is a clear error
+    assert main(["pretrain", "--data-rev", "no-such-tag"]) == 2
+    assert "no-such-tag" in capsys.readouterr().err
+
+
+def test_ingest_elsewhere_says_it_is_not_versioned(repo, tmp_path, monkeypatch, capsys):
+    from vatt.cli import main
+
+    monkeypatch.chdir(repo)
+    code = main(["ingest", "--source", "synthetic", "--out", str(tmp_path / "elsewhere"),
+                 "data.ingest.synthetic_scale=0.05"])
+    assert code == 0
+    assert "not tracked" in capsys.readouterr().out
+    assert not (repo / "data.dvc").exists()

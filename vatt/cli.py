@@ -26,19 +26,62 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from vatt.train.pretrain import run_cli
 
+    if args.data_rev is not None:  # train on a named data version: dvc pull it first
+        from vatt.config import load_config
+        from vatt.data import versioning
+
+        storage = load_config(args.preset, args.overrides).storage
+        try:
+            version = versioning.pull(rev=args.data_rev, storage=storage,
+                                      remote=storage.dvc_remote)
+        except versioning.VersioningError as err:
+            print(f"vatt pretrain: cannot pull data revision {args.data_rev!r}: {err}",
+                  file=sys.stderr)
+            return 2
+        print(f"data: pulled {args.data_rev} (version {version})")
     return run_cli(args.preset, args.overrides)
+
+
+def _version_ingested(out: str, storage, enabled: bool) -> int:
+    """After ingestion into the project's data/ folder: `dvc add` (data.dvc) and `dvc push`."""
+    from pathlib import Path
+
+    from vatt.data import versioning
+
+    try:
+        root = versioning.find_repo_root()
+    except versioning.VersioningError:
+        root = None
+    if root is None or Path(out).resolve() != (root / "data").resolve():
+        print(f"data version: not tracked ({out} is not the project's data/ folder that "
+              "data.dvc tracks; ingest with --out data to version it)")
+        return 0
+    if not enabled:
+        print("data version: not tracked (--no-version); run `vatt data track` and "
+              "`vatt data push` to version it")
+        return 0
+    try:
+        versioning.track(out, repo_root=root)
+        count = versioning.push(remote=storage.dvc_remote, repo_root=root, storage=storage)
+    except versioning.VersioningError as err:
+        print(f"vatt ingest: data ingested but not versioned: {err}", file=sys.stderr)
+        return 1
+    print(f"data version: {versioning.data_version(root)} (data.dvc; {count} files pushed); "
+          "commit data.dvc with git")
+    return 0
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from vatt.config import load_config
     from vatt.data.ingest import IngestError, ingest
 
+    cfg = load_config(args.preset, args.overrides)
     try:
-        ingest(load_config(args.preset, args.overrides), args.source, args.path, args.out)
+        ingest(cfg, args.source, args.path, args.out)
     except IngestError as err:
         print(f"vatt ingest: {err}", file=sys.stderr)
         return 1
-    return 0
+    return _version_ingested(args.out, cfg.storage, enabled=not args.no_version)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -108,11 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the source folder in its published layout, or s3://bucket/prefix "
                              "(synthetic: where the raw media are generated)")
     ingest.add_argument("--out", default="data", help="output folder (default: data)")
+    ingest.add_argument("--no-version", action="store_true",
+                        help="do not `dvc add` + `dvc push` the result (done by default when "
+                             "--out is the project's data/ folder)")
     ingest.set_defaults(handler=_cmd_ingest)
 
     pretrain = sub.add_parser("pretrain", help="pretrain VATT with Ray Train (local Ray, or the "
                                                "cluster at RAY_ADDRESS); same run name resumes")
     _add_config_args(pretrain)
+    pretrain.add_argument("--data-rev", default=None, metavar="GIT_REV",
+                          help="`dvc pull` the data.dvc of this git revision (tag, branch, "
+                               "commit) before training")
     pretrain.set_defaults(handler=_cmd_pretrain)
 
     evaluate = sub.add_parser("evaluate", help="downstream evaluation of a checkpoint (probes, "
