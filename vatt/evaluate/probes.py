@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vatt.config import EvalConfig
 from vatt.evaluate import metrics
 
 
@@ -36,16 +37,19 @@ class LowRankClassifier(nn.Module):
         return self.up(self.down(x))
 
 
+_EVAL_DEFAULTS = EvalConfig()  # the defaults live once, in the structured config
+
+
 @dataclass
 class ProbeSettings:
-    """Training settings of the probe; `EvalConfig` carries the defaults (see vatt.config)."""
+    """Training settings of the probe; its defaults are `EvalConfig`'s (vatt.config)."""
 
-    rank: int = 128
-    lr: float = 5e-4
-    epochs: int = 100
-    batch_size: int = 256
-    weight_decay: float = 0.0
-    seed: int = 0
+    rank: int = _EVAL_DEFAULTS.probe_rank
+    lr: float = _EVAL_DEFAULTS.probe_lr
+    epochs: int = _EVAL_DEFAULTS.probe_epochs
+    batch_size: int = _EVAL_DEFAULTS.probe_batch_size
+    weight_decay: float = _EVAL_DEFAULTS.probe_weight_decay
+    seed: int = _EVAL_DEFAULTS.seed
 
     @classmethod
     def from_config(cls, eval_cfg: Any) -> "ProbeSettings":
