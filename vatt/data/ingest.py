@@ -190,8 +190,9 @@ def _process_shard(task: dict) -> dict:
 def _fingerprint(root: Path, items: list[WorkItem], params: dict) -> str:
     parts = []
     for item in items:
-        stat = (root / item.media).stat()
-        parts.append([asdict(item), stat.st_size, stat.st_mtime_ns])
+        # content, not mtime: the shards and their sidecars (hence the DVC hash of data/) must
+        # not depend on when or where the raw files were written
+        parts.append([asdict(item), _file_sha256(root / item.media)])
     return _sha256(json.dumps([params, parts], sort_keys=True, default=str).encode())
 
 
@@ -321,11 +322,12 @@ def ingest_index(cfg: Config, index: SourceIndex, root: Path, out: Path, name: s
         "hours": round(sum(s["hours"] for s in splits.values()), 4),
         "per_split": {k: v["clips"] for k, v in sorted(splits.items())},
         "media": len(index.items), "quarantined": bad_items, "bad_share": round(share, 4),
-        "shards_written": len(tasks), "shards_reused": len(reused),
-        "seconds": round(time.perf_counter() - started, 2),
     }
-    report = {"summary": summary, "quarantined": bad,
+    # what this run did stays out of report.json, which is data: re-runs must not change it
+    report = {"summary": dict(summary), "quarantined": bad,
               "max_bad_fraction": cfg.data.ingest.max_bad_fraction}
+    summary |= {"shards_written": len(tasks), "shards_reused": len(reused),
+                "seconds": round(time.perf_counter() - started, 2)}
     (target / "report.json").write_text(json.dumps(report, sort_keys=True, indent=1))
     if progress:
         print(f"{name}: {summary['clips']} clips ({summary['hours'] * 60:.1f} min) "
