@@ -223,3 +223,20 @@ def test_out_of_vocabulary_id(tiny):
     batch["text"][0, 0, 0] = cfg.data.vocab_size
     with pytest.raises(InputError, match="data.vocab_size"):
         model(batch)
+
+
+def test_word2vec_file_fills_and_freezes_the_word_table(tmp_path):
+    from vatt.text import Vocabulary
+
+    vocabulary = Vocabulary.build(["red ball bounces", "blue cube"], max_size=16)
+    vectors = {"red": [0.5] * 300, "cube": [-0.25] * 300}
+    lines = [f"{len(vectors)} 300"] + [f"{w} " + " ".join(map(str, v)) for w, v in vectors.items()]
+    path = tmp_path / "vectors.txt"
+    path.write_text("\n".join(lines) + "\n")
+    cfg = load_config("tiny", [f"model.text.word2vec_path={path}"])
+    model = build_model(cfg, vocabulary=vocabulary)
+    table = model.backbones["text"].embedding.weight
+    assert not table.requires_grad  # frozen, as the reference's word2vec table
+    for word, vector in vectors.items():
+        torch.testing.assert_close(table[vocabulary.encode(word, 1)[0]], torch.tensor(vector))
+    assert torch.all(table[0] == 0)  # padding row
