@@ -60,11 +60,13 @@ def steps_of(history):
 def test_two_cpu_workers_loss_goes_down(ray_cluster, train_data, tmp_path):
     from vatt.train.pretrain import pretrain
 
-    cfg = config(train_data, tmp_path, "loss-down", "train.optim.total_steps=30",
-                 "train.log_every=5", "train.checkpoint_every=15")
+    # batch 16 and 10-step windows: with 8 clips per step the window means were too noisy to
+    # order (one CI run logged 6.72 first and 6.85 last while the training worked)
+    cfg = config(train_data, tmp_path, "loss-down", "train.global_batch_size=16",
+                 "train.optim.total_steps=40", "train.log_every=10", "train.checkpoint_every=20")
     result = pretrain(cfg)
     history = result.history
-    assert steps_of(history) == list(range(5, 31, 5))
+    assert steps_of(history) == list(range(10, 41, 10))
     first, last = history[0]["loss_total"], min(row["loss_total"] for row in history[-2:])
     assert last < first - 0.1, f"loss did not go down: {[r['loss_total'] for r in history]}"
     for row in history:
@@ -73,9 +75,9 @@ def test_two_cpu_workers_loss_goes_down(ray_cluster, train_data, tmp_path):
                                                   rel=1e-4)
     run = Path(result.run_uri)
     assert (run / "history.json").exists() and (run / "loss_curve.png").stat().st_size > 1000
-    checkpoint = run / "checkpoint_00000030"
+    checkpoint = run / "checkpoint_00000040"
     saved = json.loads((checkpoint / "state.json").read_text())
-    assert saved["step"] == 30 and saved["world_size"] == 2
+    assert saved["step"] == 40 and saved["world_size"] == 2
     assert {"worker_0.pt", "worker_1.pt", "config.yaml", "data_version.json"} <= {
         p.name for p in checkpoint.iterdir()}
     assert json.loads((checkpoint / "data_version.json").read_text())["data_path"] == str(train_data)
