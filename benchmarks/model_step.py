@@ -83,30 +83,38 @@ def droptoken_table(args) -> None:
               f"{flops[rate] / flops[0.0]:.2f}x |")
 
 
+def adam_step(module: torch.nn.Module, inputs: torch.Tensor):
+    """One training step of `module` on `inputs` (a stand-in loss), with Adam."""
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-4)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        module(inputs).square().mean().backward()
+        optimizer.step()
+
+    return step
+
+
+def mfu_row(name: str, step, repeats: int, peak: float) -> float:
+    """Print one MFU table row; returns the step time."""
+    flops, seconds = training_flops(step), timed(step, repeats)
+    print(f"| {name} | {seconds:.3f} | {flops / seconds / 1e9:.1f} | {flops / seconds / peak:.0%} |")
+    return seconds
+
+
 def mfu_table(args) -> None:
     cfg = load_config("tiny", ["model.video.size=base", "model.video.num_layers=4",
                                "model.video.drop_rate=0", "data.frame_size=128"])
     torch.manual_seed(0)
     video = build_model(cfg).backbones["video"].train()
     clips = torch.rand(args.mfu_batch, cfg.data.num_frames, 128, 128, 3) * 2 - 1
-    tokens = 1 + (cfg.data.num_frames // 2) * 8 * 8
-    params = [p for p in video.parameters()]
-    optimizer = torch.optim.Adam(params, lr=1e-4)
-
-    def vatt_step():
-        optimizer.zero_grad(set_to_none=True)
-        video(clips).square().mean().backward()
-        optimizer.step()
-
-    flops = training_flops(vatt_step)
-    vatt_seconds = timed(vatt_step, args.repeats)
+    tokens = 1 + video.positions.grid[0] * video.positions.grid[1] * video.positions.grid[2]
     peak = max(matmul_peak() for _ in range(3))  # the best of several: the machine's peak
     print(f"\n## MFU: width-768 video backbone, 4 layers, {tokens} tokens, batch {args.mfu_batch}")
     print(f"fp32 matmul peak (2048^3, best of 3, same run): {peak / 1e9:.1f} GFLOP/s")
     print("| model | step (s) | GFLOP/s | MFU |")
     print("|---|---|---|---|")
-    print(f"| vatt video backbone | {vatt_seconds:.3f} | {flops / vatt_seconds / 1e9:.1f} | "
-          f"{flops / vatt_seconds / peak:.0%} |")
+    vatt_seconds = mfu_row("vatt video backbone", adam_step(video, clips), args.repeats, peak)
     try:
         from timm.models.vision_transformer import Block
     except ImportError:
@@ -115,17 +123,8 @@ def mfu_table(args) -> None:
     blocks = torch.nn.Sequential(*[Block(768, 12, mlp_ratio=4.0, qkv_bias=True, proj_drop=0.1,
                                          attn_drop=0.1) for _ in range(4)]).train()
     x = torch.randn(args.mfu_batch, tokens, 768)
-    timm_optimizer = torch.optim.Adam(blocks.parameters(), lr=1e-4)
-
-    def timm_step():
-        timm_optimizer.zero_grad(set_to_none=True)
-        blocks(x).square().mean().backward()
-        timm_optimizer.step()
-
-    timm_flops = training_flops(timm_step)
-    timm_seconds = timed(timm_step, args.repeats)
-    print(f"| timm ViT blocks (same tokens) | {timm_seconds:.3f} | "
-          f"{timm_flops / timm_seconds / 1e9:.1f} | {timm_flops / timm_seconds / peak:.0%} |")
+    timm_seconds = mfu_row("timm ViT blocks (same tokens)", adam_step(blocks, x), args.repeats,
+                           peak)
     print(f"vatt step time / timm step time: {vatt_seconds / timm_seconds:.3f} "
           f"(vatt also runs the patch embedding, positions and final norm)")
 
