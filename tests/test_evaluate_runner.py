@@ -76,11 +76,23 @@ def test_multilabel_and_folds(setup):
     result = evaluate_model(model, cfg, ["audio_linear"],
                             {"audio_linear": {"train": multi_train, "test": multi}})
     assert {"audio_linear.mAP", "audio_linear.AUC", "audio_linear.d_prime"} <= set(result["metrics"])
-    folded = [dict(b, fold=np.array([int(v[-1]) % 2 + 1 for v in b["video_id"]]))
-              for b in data["train"]]
+    # ESC-50 style: the train split holds folds 1-4, the test split fold 5; the probe leaves
+    # each of the five folds out in turn over both splits and averages top-1
+    train = [dict(b, fold=np.array([int(v.split("_")[1]) % 4 + 1 for v in b["video_id"]]))
+             for b in data["train"]]
+    test = [dict(b, fold=np.full(len(b["video_id"]), 5)) for b in data["test"]]
     result = evaluate_model(model, cfg, ["audio_linear"],
-                            {"audio_linear": {"train": folded, "test": folded}})
-    assert result["metrics"]["audio_linear.num_folds"] == 2
+                            {"audio_linear": {"train": train, "test": test}})
+    assert result["metrics"]["audio_linear.num_folds"] == 5
+    per_fold = result["tasks"]["audio_linear"]["metrics"]["top1_per_fold"]
+    assert len(per_fold) == 5 and result["metrics"]["audio_linear.top1"] == np.mean(per_fold)
+    # every clip of both splits is tested once: 12 + 8 videos
+    assert np.asarray(result["tasks"]["audio_linear"]["confusion"]).sum() == 20
+    # without folds (0 = none) the train -> test protocol applies
+    plain = [dict(b, fold=np.zeros(len(b["video_id"]), dtype=np.int64)) for b in data["test"]]
+    result = evaluate_model(model, cfg, ["audio_linear"],
+                            {"audio_linear": {"train": data["train"], "test": plain}})
+    assert "audio_linear.num_folds" not in result["metrics"]
 
 
 def test_clear_errors(setup):

@@ -15,7 +15,7 @@ Output, for a source NAME ingested into OUT:
 Clip record (<key>.json): clip_id, video_id, source, split, media (raw path), start/end (s, in
 the raw media), fps, num_frames, sample_rate, num_samples, has_video, has_audio, captions (list,
 narrated sources: the `data.num_text_candidates` narrations nearest in time), caption_times,
-label (class index or -1), labels (multi-label class indices).
+label (class index or -1), labels (multi-label class indices), fold (ESC-50's 1-5, else 0).
 
 A shard holds the clips of up to `data.ingest.media_per_shard` raw files of one split, so its
 content depends on those files only: a re-run re-uses every shard whose inputs and parameters
@@ -44,7 +44,7 @@ from vatt.config import Config
 from vatt.data.media import MediaError, encode_video, encode_wav, load_media
 from vatt.data.sources import READERS, ClipSpec, LayoutError, SourceIndex, WorkItem
 
-FORMAT_VERSION = 1  # bump when the shard content changes for the same input
+FORMAT_VERSION = 2  # bump when the shard content changes for the same input (2: clip folds)
 SOURCES = sorted(READERS) + ["synthetic"]
 
 
@@ -134,7 +134,7 @@ def _process_item(root: Path, source: str, item: WorkItem, params: dict
             "split": item.split, "media": item.media, "start": round(spec.start, 4),
             "end": round(end, 4), "fps": fps, "sample_rate": rate,
             "captions": spec.captions, "caption_times": caption_times,
-            "label": spec.label, "labels": list(spec.labels),
+            "label": spec.label, "labels": list(spec.labels), "fold": spec.fold,
             "has_video": media.frames is not None, "has_audio": media.audio is not None,
             "num_frames": 0, "num_samples": 0,
         }

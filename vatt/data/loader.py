@@ -19,6 +19,7 @@ S = data.audio_samples, L = data.num_text_candidates, K = data.max_text_tokens, 
     text         int64   [B, L, K]        word ids (pad 0, unk 1) of up to L captions
     text_mask    float32 [B, L]           1 for a real caption, 0 for a missing one
     label        int64   [B]              class index, -1 when the clip has none
+    fold         int64   [B]              cross-validation fold (ESC-50: 1-5), 0 when the source has none
     labels       float32 [B, C]           multi-hot, only for multi-label sources (AudioSet)
     has_video    float32 [B]              0 for audio-only sources (ESC-50)
     has_audio    float32 [B]              0 for clips without sound
@@ -302,7 +303,7 @@ def decode_clip(row: dict, spec: ClipSpec) -> list[dict]:
                 wave = np.clip(wave, -1.0, 1.0)
         item = {
             "video": video, "audio": wave, "text": text, "text_mask": mask,
-            "label": np.int64(record.get("label", -1)),
+            "label": np.int64(record.get("label", -1)), "fold": np.int64(record.get("fold", 0)),
             "has_video": np.float32(has_video), "has_audio": np.float32(audio is not None),
             "clip_index": np.int64(row["clip_index"]), "window": np.int64(window),
             "clip_id": record["clip_id"], "video_id": record["video_id"],

@@ -27,6 +27,7 @@ class ClipSpec:
     captions: list[str] = field(default_factory=list)
     label: int = -1  # class index, -1 when the source has none for this clip
     labels: list[int] = field(default_factory=list)  # multi-label sources (AudioSet)
+    fold: int = 0  # cross-validation fold of sources that define them (ESC-50: 1-5), else 0
 
 
 @dataclass
@@ -230,7 +231,7 @@ def read_esc50(root: Path, cfg: IngestConfig) -> SourceIndex:
             continue
         split = "test" if fold == cfg.esc50_test_fold else "train"
         items.append(WorkItem(Path(row["filename"]).stem, media[row["filename"]], split,
-                              [ClipSpec(label=target)], video="none"))
+                              [ClipSpec(label=target, fold=fold)], video="none"))
     label_names = [names.get(i, f"class_{i}") for i in range(max(names) + 1)] if names else []
     return SourceIndex("esc50", items, bad, label_names)
 

@@ -9,7 +9,8 @@ vatt.evaluate.features). Tasks:
     action_linear           linear probe on pooled video features, top-1/top-5 (train -> test)
     audio_linear            linear probe on pooled audio features: mAP/AUC/d-prime when the
                             batches carry multi-hot `labels`; top-1 averaged over folds when they
-                            carry `fold` (ESC-50 style, test split only); else top-1/top-5
+                            carry a `fold` (ESC-50 style: leave one fold out over the train and
+                            test splits together); else top-1/top-5
     text_video_retrieval    zero-shot, test split: captions (S_vt) -> videos (S_vt)
     video_audio_retrieval   zero-shot, test split: videos (S_va) -> audio (S_va)
 
@@ -72,6 +73,17 @@ def _num_classes(task: str, train_labels: np.ndarray, test_labels: np.ndarray,
     return count
 
 
+def _folds(train: Features, test: Features) -> Optional[np.ndarray]:
+    """The fold of every train then test window when the source defines folds (ESC-50: each
+    clip's fold 1-5; 0 means none) and there are at least two, else None."""
+    if "fold" not in train.windows or "fold" not in test.windows:
+        return None
+    folds = np.concatenate([train.windows["fold"], test.windows["fold"]]).astype(np.int64)
+    if (folds <= 0).any() or len(np.unique(folds)) < 2:
+        return None
+    return folds
+
+
 def _classification(task: str, modality: str, train: Features, test: Features,
                     settings: probes.ProbeSettings) -> probes.ClassificationResult:
     key = f"{modality}_pooled"
@@ -81,11 +93,14 @@ def _classification(task: str, modality: str, train: Features, test: Features,
             train.require(key, task), train_targets, train.require("video_id", task),
             test.require(key, task), test_targets, test.require("video_id", task),
             int(test_targets.shape[1]), multilabel=True, settings=settings, task=task)
-    if "fold" in test.windows and len(np.unique(test.windows["fold"])) > 1:  # ESC-50 style
-        keep, labels, ids = _labelled(test, task)
+    folds = _folds(train, test)
+    if folds is not None:  # ESC-50 style: leave one fold out, over train and test together
+        both = Features({name: np.concatenate([train.require(name, task), test.require(name, task)])
+                         for name in (key, "label", "video_id")}, num_classes=test.num_classes)
+        keep, labels, ids = _labelled(both, task)
         return probes.cross_validated_probe(
-            test.require(key, task)[keep], labels, ids, test.windows["fold"][keep],
-            _num_classes(task, labels, labels, test), settings=settings, task=task)
+            both.windows[key][keep], labels, ids, folds[keep],
+            _num_classes(task, labels, labels, train, test), settings=settings, task=task)
     train_keep, train_labels, train_ids = _labelled(train, task)
     test_keep, test_labels, test_ids = _labelled(test, task)
     num_classes = _num_classes(task, train_labels, test_labels, train, test)
