@@ -1,19 +1,31 @@
 """The embedded default dataset: generated clips of moving shapes, written in published layouts.
 
-A *scene* has one sounding actor (shape, colour, motion, tempo), one to three silent distractor
-shapes drifting over a cluttered background, and a soundtrack: the actor's sound kind follows its
-shape and its events follow the motion (a bounce sounds at each floor contact, an orbit once per
-turn, a fall at each ever closer impact, a shake at each random jolt), mixed with background
-noise and sometimes an unrelated quieter sound. Captions name the actor with paraphrases
-(synonyms, eight templates, attributes sometimes left out, distractors sometimes mentioned);
-HowTo100M-style videos add narration unrelated to the picture and caption timing that drifts
-from the scenes. So video-audio agreement holds in rhythm and timbre, video-text agreement in
-attributes, and neither is readable from a single frame or a spectrum bin.
+A *scene* has one sounding actor (shape, colour, motion, tempo), at most one small silent
+distractor drifting over a softly cluttered backdrop (one of a few rooms shared by all videos),
+and a soundtrack: the actor's colour is its material and sets the sound kind (red rubber boings,
+yellow brass rings like a bell, orange wood knocks, ...), its motion sets when the sounds happen
+(a bounce sounds at each floor contact, a fall at each ever closer impact, a shake at each random
+jolt, ...), and bigger actors sound lower; mixed with background noise and sometimes an
+unrelated quieter sound. Captions name the actor with paraphrases (synonyms, eight templates,
+attributes sometimes left out, the distractor sometimes mentioned); HowTo100M-style videos add
+narration unrelated to the picture and caption timing that drifts around the scenes. So
+video-audio agreement holds in material (colour <-> timbre), size (<-> pitch) and rhythm
+(motion <-> event times), video-text agreement in attributes (colour, shape, motion, sound), and
+neither is readable from a single frame or a spectrum bin alone.
+
+Generator version 2 was designed to be learnable on a CPU budget (issue 5: the default pipeline
+must show a learning signal), measured against version 1 (sound kind = shape, 120 videos of four
+4 s scenes, each video in its own cluttered room): there, `tiny` pretraining memorised which
+captions go with which room and nothing reached the held-out tasks. Version 2 shares a few rooms
+between videos (a backdrop no longer identifies a video), has 1600 pretraining scenes (one per
+3.2 s clip) instead of 600, a larger actor on calmer backdrops, motions slow enough for 5 fps
+frames, narration closer to its scene, and ties the sound to the colour, the attribute a model
+picks up first (BENCHMARKS.md, "Learning signal").
 
 `generate(cfg, root)` writes, deterministically for `data.ingest.synthetic_seed`:
-  root/howto100m/  videos/<id>.mp4 (16 s, 4 scenes) + caption.json   (pretraining)
+  root/howto100m/  videos/<id>.mp4 (12.8 s, 4 scenes of 3.2 s) + caption.json   (pretraining)
   root/ucf101/     UCF-101/<Class>/v_<Class>_gGG_cCC.avi + ucfTrainTestlist/  (label = motion)
-  root/esc50/      audio/<fold>-<id>-A-<target>.wav + meta/esc50.csv  (label = sound kind)
+  root/esc50/      audio/<fold>-<id>-A-<target>.wav + meta/esc50.csv  (label = sound kind, 5 folds)
   root/msrvtt/     videos/video<i>.mp4 + MSRVTT_data.json + MSRVTT_JSFUSION_test.csv (retrieval)
 Raw media are 128x96 at 10 fps with 16 kHz audio (stereo in the AVI files), larger and longer than the tiny
 preset's input, so that ingestion's resizing, resampling, down-mixing and cutting all run.
@@ -34,15 +46,19 @@ from vatt.config import Config
 
 LAYOUTS = ("howto100m", "ucf101", "esc50", "msrvtt")
 WIDTH, HEIGHT, FPS, RATE = 128, 96, 10, 16000
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
+SCENE_SECONDS = 3.2  # one pretraining clip (2 x the tiny window) per scene
 
 SHAPES = ["circle", "square", "triangle", "diamond", "ring", "cross"]
-SOUNDS = ["beep", "buzz", "chirp", "hiss", "bell", "knock"]  # SOUNDS[i] is the sound of SHAPES[i]
 MOTIONS = ["bounce", "slide", "orbit", "zigzag", "pulse", "shake", "spin", "fall"]
 COLOURS = {"red": (0.9, 0.15, 0.1), "green": (0.1, 0.75, 0.2), "blue": (0.15, 0.3, 0.95),
            "yellow": (0.95, 0.85, 0.1), "purple": (0.6, 0.2, 0.8), "orange": (1.0, 0.55, 0.05),
            "white": (0.95, 0.95, 0.95), "cyan": (0.1, 0.85, 0.9)}
 COLOUR_NAMES = list(COLOURS)
+# each colour is a material with its own sound: SOUNDS[i] is the sound of COLOUR_NAMES[i] (red
+# rubber boings, green plastic chirps, blue glass beeps, yellow brass rings like a bell, purple
+# metal buzzes, orange wood knocks, white paper hisses, cyan beads rattle)
+SOUNDS = ["boing", "chirp", "beep", "bell", "buzz", "knock", "hiss", "rattle"]
 
 SHAPE_WORDS = {"circle": ["circle", "ball", "disc", "round shape", "dot"],
                "square": ["square", "box", "block", "cube"],
@@ -62,13 +78,17 @@ MOTION_WORDS = {"bounce": ["bounces", "is bouncing up and down", "hops", "keeps 
                 "shake": ["shakes", "jolts around", "trembles and jerks"],
                 "spin": ["spins", "rotates in place", "turns round and round"],
                 "fall": ["falls down", "drops and bounces to a stop", "tumbles to the floor"]}
-SOUND_VERBS = {"beep": ["beeps", "gives a pure tone", "whistles"],
+SOUND_VERBS = {"boing": ["boings", "makes a springy boing", "twangs"],
+               "rattle": ["rattles", "clatters", "makes a rattling noise"],
+               "beep": ["beeps", "gives a pure tone", "whistles"],
                "buzz": ["buzzes", "makes a harsh buzz", "hums roughly"],
                "chirp": ["chirps", "makes rising chirps", "sweeps up in pitch"],
                "hiss": ["hisses", "makes a noisy shush", "sounds like static"],
                "bell": ["rings like a bell", "chimes", "dings"],
                "knock": ["knocks", "thuds", "makes dull knocks"]}
-SOUND_NOUNS = {"beep": ["beeps", "a pure tone", "a whistle"],
+SOUND_NOUNS = {"boing": ["a boing", "a springy sound", "twanging"],
+               "rattle": ["a rattle", "clattering", "rattling"],
+               "beep": ["beeps", "a pure tone", "a whistle"],
                "buzz": ["a buzz", "a rough hum", "buzzing"],
                "chirp": ["chirps", "a rising whistle", "chirping"],
                "hiss": ["a hiss", "static noise", "hissing"],
@@ -115,26 +135,33 @@ class Scene:
 
     @property
     def tempo(self) -> int:
-        return 0 if self.rate < 1.2 else 1 if self.rate < 1.9 else 2
+        return 0 if self.rate < 1.05 else 1 if self.rate < 1.35 else 2
+
+    @property
+    def sound(self) -> str:
+        return SOUNDS[COLOUR_NAMES.index(self.actor.colour)]
 
 
 def _thing(rng: np.random.Generator, small: bool = False) -> Thing:
     colour = COLOUR_NAMES[rng.integers(len(COLOURS))]
     rgb = np.clip(np.array(COLOURS[colour]) + rng.normal(0, 0.06, 3), 0, 1)
-    radius = rng.uniform(6, 9) if small else rng.uniform(10, 15)
+    radius = rng.uniform(5, 8) if small else rng.uniform(16, 22)
     return Thing(SHAPES[rng.integers(len(SHAPES))], colour, rgb, radius,
-                 rng.uniform(20, WIDTH - 20), rng.uniform(20, HEIGHT - 20),
-                 rng.uniform(-6, 6), rng.uniform(-4, 4), rng.uniform(0, np.pi))
+                 rng.uniform(25, WIDTH - 25), rng.uniform(25, HEIGHT - 25),
+                 rng.uniform(-4, 4), rng.uniform(-3, 3), rng.uniform(0, np.pi))
 
 
 def make_scene(rng: np.random.Generator, duration: float, motion: str | None = None,
-               shape: str | None = None) -> Scene:
+               colour: str | None = None) -> Scene:
     actor = _thing(rng)
-    if shape is not None:
-        actor.shape = shape
+    if colour is not None:
+        actor.colour = colour
+        actor.rgb = np.clip(np.array(COLOURS[colour]) + rng.normal(0, 0.06, 3), 0, 1)
     motion = motion or MOTIONS[rng.integers(len(MOTIONS))]
-    rate = rng.uniform(0.8, 2.6)
-    distractors = [_thing(rng, small=rng.random() < 0.6) for _ in range(rng.integers(1, 4))]
+    # 0.8-1.6 events/s: at least one in the tiny preset's 1.6 s window, and slow enough that
+    # its 5 fps frames do not alias the motion
+    rate = rng.uniform(0.8, 1.6)
+    distractors = [_thing(rng, small=True) for _ in range(rng.integers(0, 2))]
     jolts = np.sort(rng.uniform(0.1, duration - 0.1, max(1, rng.poisson(rate * duration))))
     return Scene(actor, motion, rate, rng.uniform(0.25, 0.5), distractors, jolts)
 
@@ -156,8 +183,8 @@ def _actor_state(scene: Scene, t: float, duration: float) -> tuple[float, float,
         x = r + (span * (0.5 + direction * (t / duration - 0.5)))
         y = a.y + 3 * np.sin(2 * np.pi * f * t)  # a step wobble at the tempo
     elif scene.motion == "orbit":
-        x = WIDTH / 2 + 30 * np.cos(2 * np.pi * f * t / 2)
-        y = HEIGHT / 2 + 22 * np.sin(2 * np.pi * f * t / 2)
+        x = WIDTH / 2 + 32 * np.cos(np.pi * f * t)
+        y = HEIGHT / 2 + 24 * np.sin(np.pi * f * t)
     elif scene.motion == "zigzag":
         phase = (f * t / 2) % 1.0
         y = HEIGHT / 2 + 28 * (4 * abs(phase - 0.5) - 1)
@@ -167,16 +194,17 @@ def _actor_state(scene: Scene, t: float, duration: float) -> tuple[float, float,
     elif scene.motion == "shake":
         since = t - scene.jolts[scene.jolts <= t]
         kick = np.exp(-since / 0.08).sum() if len(since) else 0.0
-        x = a.x + 7 * kick * np.sin(37 * t)
-        y = a.y + 7 * kick * np.cos(23 * t)
+        x = a.x + 10 * kick * np.sin(37 * t)
+        y = a.y + 10 * kick * np.cos(23 * t)
     elif scene.motion == "spin":
-        angle = a.angle + 2 * np.pi * (f / 4) * t
+        angle = a.angle + 2 * np.pi * (f / 4) * t  # a quarter turn per event
     elif scene.motion == "fall":
-        y = floor - (floor - 12) * _fall_height(t)
+        y = floor - (floor - 12) * _fall_height(t % _FALL_PERIOD)  # dropped again and again
     return x, y, r, angle
 
 
-_FALL_IMPACTS = np.cumsum([0.55, 0.45, 0.34, 0.26, 0.2, 0.15, 0.11, 0.08])
+_FALL_IMPACTS = np.cumsum([0.55, 0.45, 0.34, 0.26])
+_FALL_PERIOD = 1.8  # seconds from one drop to the next (the last 0.2 s at rest on the floor)
 
 
 def _fall_height(t: float) -> float:
@@ -197,8 +225,9 @@ def sound_events(scene: Scene, duration: float) -> list[tuple[float, float]]:
     if scene.motion == "shake":
         return [(t, 1.0) for t in scene.jolts]
     if scene.motion == "fall":
-        return [(t, 0.8 ** k) for k, t in enumerate(_FALL_IMPACTS) if t < duration]
-    period = {"bounce": 1 / f, "slide": 1 / f, "orbit": 2 / f, "zigzag": 1 / f,
+        return [(start + t, 0.8 ** k) for start in np.arange(0.0, duration, _FALL_PERIOD)
+                for k, t in enumerate(_FALL_IMPACTS) if start + t < duration]
+    period = {"bounce": 1 / f, "slide": 1 / f, "orbit": 2 / f, "zigzag": 2 / f,
               "pulse": 1 / f, "spin": 1 / f}[scene.motion]
     offset = {"bounce": 0.0, "slide": 0.25 / f, "orbit": 0.0, "zigzag": 0.0,
               "pulse": 0.25 / f, "spin": 0.0}[scene.motion]
@@ -230,22 +259,33 @@ def _mask(shape: str, x: float, y: float, r: float, angle: float) -> tuple[np.nd
         inside = (d < 1) & (d > 0.3)
     else:  # cross
         inside = ((abs(u) < 0.3) & (abs(v) < 1)) | ((abs(v) < 0.3) & (abs(u) < 1))
-    return inside, inside & (abs(v) < 0.18)
+    return inside, inside & (abs(v) < 0.25)
 
 
 def _background(rng: np.random.Generator) -> np.ndarray:
-    """A cluttered backdrop: a colour gradient plus static blobs and lines."""
-    top, bottom = rng.uniform(0.05, 0.6, 3), rng.uniform(0.05, 0.6, 3)
+    """A softly cluttered backdrop: a dim, greyish gradient plus faint static blobs and a line."""
+    top, bottom = rng.uniform(0.1, 0.35) + rng.uniform(-0.05, 0.05, 3), \
+        rng.uniform(0.1, 0.35) + rng.uniform(-0.05, 0.05, 3)
     w = (_YY / HEIGHT)[..., None]
     image = top * (1 - w) + bottom * w
-    for _ in range(rng.integers(4, 9)):
-        cx, cy, rad = rng.uniform(0, WIDTH), rng.uniform(0, HEIGHT), rng.uniform(4, 18)
+    for _ in range(rng.integers(2, 5)):
+        cx, cy, rad = rng.uniform(0, WIDTH), rng.uniform(0, HEIGHT), rng.uniform(4, 14)
         blob = (_XX - cx) ** 2 + (_YY - cy) ** 2 < rad ** 2
-        image[blob] = image[blob] * 0.5 + rng.uniform(0, 0.8, 3) * 0.5
-    for _ in range(rng.integers(1, 4)):
+        image[blob] = image[blob] * 0.85 + rng.uniform(0, 0.6, 3) * 0.15
+    for _ in range(rng.integers(0, 2)):
         row = rng.integers(0, HEIGHT)
-        image[row:row + 2] = rng.uniform(0, 0.8, 3)
+        image[row:row + 2] = image[row:row + 2] * 0.7 + rng.uniform(0, 0.6, 3) * 0.3
     return image.astype(np.float32)
+
+
+NUM_ROOMS = 6
+
+
+def room(seed: int, rng: np.random.Generator) -> np.ndarray:
+    """The backdrop of a video: one of NUM_ROOMS fixed rooms of the dataset, so that a backdrop
+    does not identify a video (a per-video backdrop let a CPU budget memorise which captions
+    go with which room instead of learning what the captions describe)."""
+    return _background(np.random.default_rng([seed, 1000, int(rng.integers(NUM_ROOMS))]))
 
 
 def render(scene: Scene, background: np.ndarray, t0: float, duration: float,
@@ -282,6 +322,15 @@ def _event_sound(kind: str, pitch: float, rng: np.random.Generator) -> np.ndarra
     elif kind == "hiss":
         noise = rng.normal(0, 1, n)
         wave = np.diff(noise, prepend=0) * 0.45 * np.exp(-t / 0.07)
+    elif kind == "boing":  # a spring: pitch falling from twice the base, with a wobble
+        freq = pitch * (1 + np.exp(-t / 0.05)) * (1 + 0.04 * np.sin(2 * np.pi * 18 * t))
+        wave = np.sin(2 * np.pi * np.cumsum(freq) / RATE) * np.exp(-t / 0.1)
+    elif kind == "rattle":  # a burst of short clicks
+        wave = np.zeros(n)
+        for start in np.sort(rng.uniform(0, 0.15, rng.integers(4, 8))):
+            k = int(start * RATE)
+            m = min(n - k, int(0.006 * RATE))
+            wave[k:k + m] += rng.normal(0, 0.8, m) * np.exp(-np.arange(m) / (0.0015 * RATE))
     elif kind == "bell":
         wave = sum(a * np.sin(2 * np.pi * pitch * m * t) for m, a in
                    ((1, 1.0), (2.76, 0.5), (5.4, 0.25))) * np.exp(-t / 0.09) * 0.6
@@ -296,13 +345,16 @@ def soundtrack(scene: Scene, duration: float, rng: np.random.Generator,
     """Mono float32 audio at RATE: the actor's events over noise and unrelated sounds."""
     n = int(round(duration * RATE))
     audio = np.zeros(n + RATE, dtype=np.float64)
-    kind = SOUNDS[SHAPES.index(scene.actor.shape)]
-    pitch = rng.uniform(300, 1400)  # overlapping ranges: the kind is timbre, not pitch
+    kind = scene.sound
+    # bigger things sound lower: the base pitch falls with the actor's size (plus a spread), so
+    # the pitch ranges of the kinds overlap and the kind is timbre, not pitch
+    size = (scene.actor.radius - 16.0) / 6.0  # 0 (smallest actor) .. 1 (largest)
+    pitch = 1300.0 * 0.3 ** size * rng.uniform(0.85, 1.15)
     for t, amp in sound_events(scene, duration):
         event = _event_sound(kind, pitch * rng.uniform(0.97, 1.03), rng)
         start = int(t * RATE)
         audio[start:start + len(event)] += scene.loudness * amp * event
-    if distractor_sound and rng.random() < 0.6:  # an unrelated, quieter sound at random times
+    if distractor_sound and rng.random() < 0.3:  # an unrelated, quieter sound at random times
         other = SOUNDS[rng.integers(len(SOUNDS))]
         for t in rng.uniform(0, duration, rng.integers(1, 5)):
             event = _event_sound(other, rng.uniform(300, 1400), rng)
@@ -331,12 +383,14 @@ def describe(scene: Scene, rng: np.random.Generator) -> str:
     a = scene.actor
     shape, colour = _pick(rng, SHAPE_WORDS[a.shape]), _pick(rng, COLOUR_WORDS[a.colour])
     motion = _pick(rng, MOTION_WORDS[scene.motion])
-    kind = SOUNDS[SHAPES.index(a.shape)]
-    verb, noun = _pick(rng, SOUND_VERBS[kind]), _pick(rng, SOUND_NOUNS[kind])
+    verb, noun = _pick(rng, SOUND_VERBS[scene.sound]), _pick(rng, SOUND_NOUNS[scene.sound])
     tempo = _pick(rng, TEMPO_WORDS[scene.tempo])
-    d = scene.distractors[rng.integers(len(scene.distractors))]
-    other = _a(f"{_pick(rng, COLOUR_WORDS[d.colour])} {_pick(rng, SHAPE_WORDS[d.shape])}")
     thing = _a(f"{colour} {shape}")
+    if scene.distractors:
+        d = scene.distractors[rng.integers(len(scene.distractors))]
+        other = _a(f"small {_pick(rng, COLOUR_WORDS[d.colour])} {_pick(rng, SHAPE_WORDS[d.shape])}")
+    else:
+        other = "an empty wall"
     templates = [
         f"{thing} {motion} {tempo}",
         f"{thing} {motion} and {verb}",
@@ -412,20 +466,18 @@ def _rng(seed: int, layout: str, index: int) -> np.random.Generator:
 
 def _howto_video(task: dict) -> dict:
     rng = _rng(task["seed"], "howto100m", task["index"])
-    scene_seconds, num_scenes = 4.0, 4
-    background = _background(rng)
-    distractors = make_scene(rng, scene_seconds).distractors
+    scene_seconds, num_scenes = SCENE_SECONDS, 4
+    background = room(task["seed"], rng)
     frames, audio, narration = [], [], []
     for k in range(num_scenes):
         scene = make_scene(rng, scene_seconds)
-        scene.distractors = distractors  # the same room throughout the video
         frames.append(render(scene, background, 0.0, scene_seconds, rng))
         audio.append(soundtrack(scene, scene_seconds, rng))
-        for _ in range(rng.integers(1, 3)):  # narration drifts around its scene
-            start = max(0.0, k * scene_seconds + rng.uniform(-1.0, 2.5))
-            narration.append((start, start + rng.uniform(1.5, 3.0), describe(scene, rng)))
+        for _ in range(rng.integers(2, 4)):  # narration drifts around its scene
+            start = max(0.0, k * scene_seconds + rng.uniform(-0.3, 2.0))
+            narration.append((start, start + rng.uniform(1.0, 2.0), describe(scene, rng)))
     total = scene_seconds * num_scenes
-    for _ in range(rng.integers(3, 7)):  # talk unrelated to the picture
+    for _ in range(rng.integers(1, 4)):  # talk unrelated to the picture
         start = rng.uniform(0, total - 1)
         narration.append((start, start + rng.uniform(1.0, 3.0), _pick(rng, CHATTER)))
     narration.sort()
@@ -443,14 +495,14 @@ def _ucf_video(task: dict) -> dict:
     scene = make_scene(rng, 4.0, motion=motion)
     name = UCF_CLASSES[task["class"]]
     rel = f"UCF-101/{name}/v_{name}_g{task['group']:02d}_c{task['clip']:02d}.avi"
-    write_video(Path(task["root"]) / rel, render(scene, _background(rng), 0.0, 4.0, rng),
+    write_video(Path(task["root"]) / rel, render(scene, room(task["seed"], rng), 0.0, 4.0, rng),
                 soundtrack(scene, 4.0, rng), container="avi")
     return {"rel": rel, "class": task["class"], "group": task["group"]}
 
 
 def _esc_clip(task: dict) -> dict:
     rng = _rng(task["seed"], "esc50", task["index"])
-    scene = make_scene(rng, 5.0, shape=SHAPES[task["target"]])
+    scene = make_scene(rng, 5.0, colour=COLOUR_NAMES[task["target"]])
     name = f"{task['fold']}-{100000 + task['index']}-A-{task['target']}.wav"
     write_wav(Path(task["root"]) / "audio" / name, soundtrack(scene, 5.0, rng))
     return {"filename": name, "fold": task["fold"], "target": task["target"],
@@ -462,7 +514,7 @@ def _msrvtt_video(task: dict) -> dict:
     scene = make_scene(rng, 4.0)
     vid = f"video{task['index']}"
     write_video(Path(task["root"]) / "videos" / f"{vid}.mp4",
-                render(scene, _background(rng), 0.0, 4.0, rng), soundtrack(scene, 4.0, rng))
+                render(scene, room(task["seed"], rng), 0.0, 4.0, rng), soundtrack(scene, 4.0, rng))
     return {"video_id": vid, "captions": [describe(scene, rng) for _ in range(5)]}
 
 
@@ -486,7 +538,7 @@ def _run(fn, tasks: list[dict], workers: int, desc: str, progress: bool) -> list
 
 def default_counts(scale: float) -> dict[str, int]:
     """Files per layout at `data.ingest.synthetic_scale`."""
-    return {"howto100m": max(2, int(120 * scale)), "ucf101_per_class": max(5, int(25 * scale)),
+    return {"howto100m": max(2, int(400 * scale)), "ucf101_per_class": max(5, int(25 * scale)),
             "esc50_per_class": max(5, int(40 * scale)), "msrvtt": max(8, int(160 * scale))}
 
 
