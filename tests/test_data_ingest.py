@@ -225,6 +225,7 @@ def test_esc50_reader_and_ingest_audio_only(cfg, tmp_path):
     assert manifest["label_names"] == ["dog", "rooster"]
     clip = manifest["clips"][0]
     assert clip["has_video"] is False and clip["num_samples"] == 16000 and "mp4" not in clip["sha256"]
+    assert sorted(c["fold"] for c in manifest["clips"]) == [1, 5]  # ESC-50's folds, kept
 
 
 def test_msrvtt_reader_uses_the_1k_a_test_csv(cfg, tmp_path):

@@ -159,6 +159,7 @@ def test_audio_only_and_multi_label_sources(ray_local, data_root):
     [esc] = _collect(build_dataset(cfg, "test", False, dataset="esc50"), 4, False)
     assert esc["has_video"].tolist() == [0.0] and esc["video"].abs().sum() == 0
     assert esc["label"].tolist() == [1] and esc["text_mask"].sum() == 0
+    assert esc["fold"].tolist() == [5]  # the clip's ESC-50 fold, for fold-averaged probes
     assert esc["audio"].abs().max() > 0.2
     [aset] = _collect(build_dataset(cfg, "test", False, dataset="audioset"), 4, False)
     assert aset["labels"].tolist() == [[1.0, 0.0, 1.0]] and aset["label"].tolist() == [-1]

@@ -52,8 +52,11 @@ def test_tasks_read_their_datasets_sorted_with_manifest_classes(setup):
     assert (action["train"].dataset, action["test"].dataset) == ("synthetic-ucf101",) * 2
     assert audio["test"].dataset == "synthetic-esc50"
     assert data["text_video_retrieval"]["test"] is data["video_audio_retrieval"]["test"]
-    assert action["test"].num_classes == 8 and audio["test"].num_classes == 6
+    assert action["test"].num_classes == 8 and audio["test"].num_classes == 8
     assert "video" not in audio["train"][0]  # audio-only source: no video tensor kept
+    # ESC-50 layout: folds 1-4 train, 5 test; the audio probe leaves each fold out in turn
+    assert {int(f) for b in audio["train"] for f in b["fold"]} == {1, 2, 3, 4}
+    assert {int(f) for b in audio["test"] for f in b["fold"]} == {5}
     for split in (action["train"], data["text_video_retrieval"]["test"]):
         order = [(int(c), int(w)) for b in split for c, w in zip(b["clip_index"], b["window"])]
         assert order == sorted(order) and len(set(order)) == len(order)
