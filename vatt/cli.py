@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="checkpoint folder or s3:// prefix, or 'latest' (newest under "
                                "train.storage_path)")
     evaluate.add_argument("--tasks", nargs="+", default=None,
-                          help="action_linear audio_linear text_video_retrieval "
+                          help="action_linear action_finetune audio_linear text_video_retrieval "
                                "video_audio_retrieval (default: eval.tasks)")
     evaluate.add_argument("--dataset", action="append", default=[], metavar="TASK=NAME",
                           help="ingested dataset under data.path for a task, e.g. "

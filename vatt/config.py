@@ -227,6 +227,13 @@ class EvalConfig:
     probe_epochs: int = 100
     probe_batch_size: int = 256
     probe_weight_decay: float = 0.0
+    # fine-tuning (task action_finetune, not in the default tasks): spec SGD momentum 0.9, lr
+    # 0.005, 2.5k warmup then cosine to 0, batch 64, label smoothing 0.1; the spec gives no
+    # step count, so finetune_steps is this project's choice
+    finetune_steps: int = 10000
+    finetune_lr: float = 0.005
+    finetune_warmup_steps: int = 2500
+    finetune_batch_size: int = 64
     seed: int = 0
     batch_size: int = 32  # clips per forward pass when extracting features
     output_path: str = "artifacts/eval"  # reports: <output_path>/<run id>/; a folder or s3://

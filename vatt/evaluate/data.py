@@ -36,6 +36,7 @@ from vatt.evaluate.runner import TASKS, check_tasks
 # task -> datasets to look for under data.path, in order of preference
 DEFAULT_DATASETS: dict[str, tuple[str, ...]] = {
     "action_linear": ("kinetics", "ucf101", "synthetic-ucf101"),
+    "action_finetune": ("kinetics", "ucf101", "synthetic-ucf101"),
     "audio_linear": ("audioset", "esc50", "synthetic-esc50"),
     "text_video_retrieval": ("msrvtt", "youcook2", "synthetic-msrvtt"),
     "video_audio_retrieval": ("msrvtt", "youcook2", "synthetic-msrvtt"),

@@ -7,6 +7,8 @@
 vatt.evaluate.features). Tasks:
 
     action_linear           linear probe on pooled video features, top-1/top-5 (train -> test)
+    action_finetune         the video backbone fine-tuned with a linear layer (vatt.evaluate.
+                            finetune; needs the model, not only features), top-1/top-5
     audio_linear            linear probe on pooled audio features: mAP/AUC/d-prime when the
                             batches carry multi-hot `labels`; top-1 averaged over folds when they
                             carry a `fold` (ESC-50 style: leave one fold out over the train and
@@ -25,16 +27,21 @@ import numpy as np
 import torch
 
 from vatt.config import Config, ConfigError
-from vatt.evaluate import probes, retrieval
+from vatt.evaluate import finetune, probes, retrieval
 from vatt.evaluate.features import Features, extract_features
 
 # task -> (modalities its batches must carry, splits it reads)
 TASKS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "action_linear": (("video",), ("train", "test")),
+    "action_finetune": (("video",), ("train", "test")),
     "audio_linear": (("audio",), ("train", "test")),
     "text_video_retrieval": (("video", "text"), ("test",)),
     "video_audio_retrieval": (("video", "audio"), ("test",)),
 }
+
+
+# tasks that train (a copy of) the model instead of reading extracted features
+MODEL_TASKS = ("action_finetune",)
 
 
 def check_tasks(tasks: Iterable[str]) -> list[str]:
@@ -112,6 +119,9 @@ def _classification(task: str, modality: str, train: Features, test: Features,
 
 def run_task(task: str, features: Mapping[str, Features], cfg: Config) -> dict[str, Any]:
     """One task on its extracted features ({"train": ..., "test": ...}); a JSON-ready dict."""
+    if task in MODEL_TASKS:
+        raise ValueError(f"{task} trains the video backbone: run it through evaluate_model "
+                         "(with the model), not on extracted features")
     test = features["test"]
     if task in ("action_linear", "audio_linear"):
         modality = "video" if task == "action_linear" else "audio"
@@ -164,6 +174,8 @@ def evaluate_model(model: torch.nn.Module, cfg: Config, tasks: Optional[Iterable
     # one pass per distinct source, with every modality the tasks reading it need
     needs: dict[int, tuple[Iterable[dict], set[str]]] = {}
     for task in tasks:
+        if task in MODEL_TASKS:
+            continue
         modalities, splits = TASKS[task]
         if task not in data:
             raise KeyError(f"no data for task '{task}'; data has {sorted(data)}")
@@ -177,8 +189,23 @@ def evaluate_model(model: torch.nn.Module, cfg: Config, tasks: Optional[Iterable
     for key, (source, _) in needs.items():  # e.g. vatt.evaluate.data.EvalSplit: the manifest's
         extracted[key].num_classes = getattr(source, "num_classes", None)
     features = {task: {split: extracted[id(data[task][split])] for split in TASKS[task][1]}
-                for task in tasks}
-    results = evaluate_features(features, cfg, tasks)
+                for task in tasks if task not in MODEL_TASKS}
+    results = evaluate_features(features, cfg, [t for t in tasks if t not in MODEL_TASKS]) \
+        if features else {"metrics": {}, "tasks": {}}
+    for task in (t for t in tasks if t in MODEL_TASKS):
+        train, test = data[task]["train"], data[task]["test"]
+        declared = {n for n in (getattr(train, "num_classes", None),
+                                getattr(test, "num_classes", None)) if n}
+        labels = [int(v) for split in (train, test) for b in split for v in np.asarray(b["label"])]
+        num_classes = max(declared) if declared else max(labels) + 1
+        found = finetune.finetune_action(model, train, test, num_classes,
+                                         finetune.FinetuneSettings.from_config(cfg.eval),
+                                         device=device, task=task)
+        results["tasks"][task] = {"metrics": found.metrics, "per_class": found.per_class,
+                                  "confusion": found.confusion}
+        for name, value in found.metrics.items():
+            if isinstance(value, (int, float)):
+                results["metrics"][f"{task}.{name}"] = float(value)
     results["seed"] = cfg.eval.seed
     return results
 
