@@ -7,7 +7,7 @@ import torch
 
 from vatt.config import load_config
 from vatt.evaluate.pipeline import evaluate_checkpoint, resolve_checkpoint
-from vatt.evaluate.registry import CheckpointError, Registry
+from vatt.evaluate.registry import CheckpointError, Registry, RegistryError
 from vatt.model import build_model
 from vatt.train.checkpoint import TrainState, save_checkpoint
 from test_evaluate_runner import OVERRIDES, _batches
@@ -63,3 +63,20 @@ def test_corrupt_checkpoint_is_clear_and_registry_unchanged(checkpoint, tmp_path
     with pytest.raises(CheckpointError, match="no checkpoint"):
         resolve_checkpoint("latest", str(tmp_path / "empty"))
     assert registry.path.read_bytes() == before
+
+
+def test_a_task_subset_without_the_promotion_metric_keeps_its_report(checkpoint):
+    root, folder = checkpoint
+    data = {"test": _batches(2, 6)}
+    registry = Registry(root / "registry")
+    before = registry.path.read_bytes() if registry.path.exists() else None
+    reports = set((root / "eval").glob("*/results.json")) if (root / "eval").exists() else set()
+    with pytest.raises(RegistryError, match=r"evaluation itself is saved: .*--no-promote"):
+        evaluate_checkpoint(str(folder), {"text_video_retrieval": data}, ["text_video_retrieval"])
+    new = set((root / "eval").glob("*/results.json")) - reports
+    assert len(new) == 1 and "text_video_retrieval.R@10" in json.loads(new.pop().read_text())["metrics"]
+    assert (registry.path.read_bytes() if registry.path.exists() else None) == before
+    # without the gate the same subset is a plain evaluation
+    outcome = evaluate_checkpoint(str(folder), {"text_video_retrieval": data},
+                                  ["text_video_retrieval"], promote=False)
+    assert outcome.decision is None

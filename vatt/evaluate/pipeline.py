@@ -20,7 +20,8 @@ import torch
 from omegaconf import OmegaConf
 
 from vatt.config import Config, ConfigError, from_dict, replace, to_dict
-from vatt.evaluate.registry import CheckpointError, Decision, Registry, verify_checkpoint
+from vatt.evaluate.registry import (CheckpointError, Decision, Registry, RegistryError,
+                                    verify_checkpoint)
 from vatt.evaluate.report import write_report
 from vatt.evaluate.runner import evaluate_model
 from vatt.model import build_model
@@ -152,10 +153,14 @@ def evaluate_checkpoint(checkpoint: str, data: Mapping[str, Mapping[str, Iterabl
         report_uri = write_report(results, f"{cfg.eval.output_path.rstrip('/')}/{run_id}", store)
         decision = None
         if promote:
-            decision = Registry(cfg.eval.registry_path, store).consider(
-                local if not is_s3_uri(checkpoint) else checkpoint, config=to_dict(cfg),
-                data_version=loaded.data_version, metrics=results["metrics"],
-                metric=cfg.eval.promotion_metric)
+            try:
+                decision = Registry(cfg.eval.registry_path, store).consider(
+                    local if not is_s3_uri(checkpoint) else checkpoint, config=to_dict(cfg),
+                    data_version=loaded.data_version, metrics=results["metrics"],
+                    metric=cfg.eval.promotion_metric)
+            except RegistryError as err:  # the results are kept: say where they are
+                raise RegistryError(f"{err} (the evaluation itself is saved: {report_uri}; "
+                                    "`vatt evaluate --no-promote` skips the gate)") from None
     return EvaluationOutcome(results, report_uri, decision)
 
 
