@@ -24,20 +24,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vatt.evaluate.probes import ClassificationResult, group_mean, score_predictions
+from vatt.config import EvalConfig
+from vatt.evaluate.probes import (ClassificationResult, _per_video_targets, group_mean,
+                                  score_predictions)
+
+_EVAL_DEFAULTS = EvalConfig()  # the defaults live once, in the structured config
 
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    """Defaults are the spec's; `from_config` reads `EvalConfig` (vatt.config)."""
+    """Defaults are `EvalConfig`'s (the spec's); `from_config` reads a config's `eval`.
+    Momentum and label smoothing are the spec's fixed values."""
 
-    steps: int = 10000
-    lr: float = 0.005
-    warmup_steps: int = 2500
-    batch_size: int = 64
+    steps: int = _EVAL_DEFAULTS.finetune_steps
+    lr: float = _EVAL_DEFAULTS.finetune_lr
+    warmup_steps: int = _EVAL_DEFAULTS.finetune_warmup_steps
+    batch_size: int = _EVAL_DEFAULTS.finetune_batch_size
     momentum: float = 0.9
     label_smoothing: float = 0.1
-    seed: int = 0
+    seed: int = _EVAL_DEFAULTS.seed
 
     @classmethod
     def from_config(cls, eval_cfg: Any) -> "FinetuneSettings":
@@ -125,8 +130,8 @@ def finetune_action(model: nn.Module, train_batches: Iterable[dict], test_batche
         window_logits = torch.cat([net(test_x[i:i + 64].to(device)).float().cpu()
                                    for i in range(0, len(test_x), 64)]).numpy()
     _, video_logits = group_mean(window_logits, test_ids)
-    first = np.unique(test_ids, return_index=True)[1]
-    result = score_predictions(video_logits, test_y[first], num_classes, multilabel=False)
+    video_targets = _per_video_targets(test_y, test_ids, task)  # same sorted-id order
+    result = score_predictions(video_logits, video_targets, num_classes, multilabel=False)
     result.metrics.update({"num_train_windows": int(len(train_x)),
                            "num_test_windows": int(len(test_x)), "steps": settings.steps,
                            "final_train_loss": float(loss.item())})

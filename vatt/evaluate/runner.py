@@ -67,7 +67,7 @@ def _num_classes(task: str, train_labels: np.ndarray, test_labels: np.ndarray,
     """The dataset's class count (its manifest's label names) when the source says it, else
     the largest class id seen + 1 (classes are numbered 0..C-1)."""
     seen = int(max(train_labels.max(), test_labels.max())) + 1
-    declared = {f.num_classes for f in features if f.num_classes}
+    declared = {n for n in (getattr(f, "num_classes", None) for f in features) if n}
     if not declared:
         return seen
     if len(declared) > 1:
@@ -150,12 +150,29 @@ def evaluate_features(features: Mapping[str, Mapping[str, Features]], cfg: Confi
     """Run `tasks` (default cfg.eval.tasks) on features[task][split]."""
     results: dict[str, Any] = {"metrics": {}, "tasks": {}}
     for task in check_tasks(tasks or cfg.eval.tasks):
-        body = run_task(task, features[task], cfg)
-        results["tasks"][task] = body
-        for name, value in body["metrics"].items():
-            if isinstance(value, (int, float)):
-                results["metrics"][f"{task}.{name}"] = float(value)
+        _add_result(results, task, run_task(task, features[task], cfg))
     return results
+
+
+def _add_result(results: dict[str, Any], task: str, body: dict[str, Any]) -> None:
+    """Put one task's JSON-ready body into the results dict, its numbers also flat."""
+    results["tasks"][task] = body
+    for name, value in body["metrics"].items():
+        if isinstance(value, (int, float)):
+            results["metrics"][f"{task}.{name}"] = float(value)
+
+
+def _run_model_task(task: str, model: torch.nn.Module, splits: Mapping[str, Iterable[dict]],
+                    cfg: Config, device: str | torch.device) -> dict[str, Any]:
+    """A task of MODEL_TASKS on the raw batches of its splits; a JSON-ready dict."""
+    train, test = splits["train"], splits["test"]
+    labels = {name: np.concatenate([np.asarray(b["label"]) for b in split])
+              for name, split in (("train", train), ("test", test))}
+    num_classes = _num_classes(task, labels["train"], labels["test"], train, test)
+    found = finetune.finetune_action(model, train, test, num_classes,
+                                     finetune.FinetuneSettings.from_config(cfg.eval),
+                                     device=device, task=task)
+    return {"metrics": found.metrics, "per_class": found.per_class, "confusion": found.confusion}
 
 
 def evaluate_model(model: torch.nn.Module, cfg: Config, tasks: Optional[Iterable[str]] = None,
@@ -174,38 +191,27 @@ def evaluate_model(model: torch.nn.Module, cfg: Config, tasks: Optional[Iterable
     # one pass per distinct source, with every modality the tasks reading it need
     needs: dict[int, tuple[Iterable[dict], set[str]]] = {}
     for task in tasks:
-        if task in MODEL_TASKS:
-            continue
         modalities, splits = TASKS[task]
         if task not in data:
             raise KeyError(f"no data for task '{task}'; data has {sorted(data)}")
         for split in splits:
             if split not in data[task]:
                 raise KeyError(f"task '{task}' needs split '{split}'; got {sorted(data[task])}")
-            source = data[task][split]
-            needs.setdefault(id(source), (source, set()))[1].update(modalities)
+            if task not in MODEL_TASKS:  # those read the batches themselves
+                source = data[task][split]
+                needs.setdefault(id(source), (source, set()))[1].update(modalities)
     extracted = {key: extract_features(model, source, sorted(modalities), device=device)
                  for key, (source, modalities) in needs.items()}
     for key, (source, _) in needs.items():  # e.g. vatt.evaluate.data.EvalSplit: the manifest's
         extracted[key].num_classes = getattr(source, "num_classes", None)
+    feature_tasks = [task for task in tasks if task not in MODEL_TASKS]
     features = {task: {split: extracted[id(data[task][split])] for split in TASKS[task][1]}
-                for task in tasks if task not in MODEL_TASKS}
-    results = evaluate_features(features, cfg, [t for t in tasks if t not in MODEL_TASKS]) \
-        if features else {"metrics": {}, "tasks": {}}
-    for task in (t for t in tasks if t in MODEL_TASKS):
-        train, test = data[task]["train"], data[task]["test"]
-        declared = {n for n in (getattr(train, "num_classes", None),
-                                getattr(test, "num_classes", None)) if n}
-        labels = [int(v) for split in (train, test) for b in split for v in np.asarray(b["label"])]
-        num_classes = max(declared) if declared else max(labels) + 1
-        found = finetune.finetune_action(model, train, test, num_classes,
-                                         finetune.FinetuneSettings.from_config(cfg.eval),
-                                         device=device, task=task)
-        results["tasks"][task] = {"metrics": found.metrics, "per_class": found.per_class,
-                                  "confusion": found.confusion}
-        for name, value in found.metrics.items():
-            if isinstance(value, (int, float)):
-                results["metrics"][f"{task}.{name}"] = float(value)
+                for task in feature_tasks}
+    results = evaluate_features(features, cfg, feature_tasks) if feature_tasks \
+        else {"metrics": {}, "tasks": {}}
+    for task in tasks:
+        if task in MODEL_TASKS:
+            _add_result(results, task, _run_model_task(task, model, data[task], cfg, device))
     results["seed"] = cfg.eval.seed
     return results
 
