@@ -142,9 +142,14 @@ class Scene:
         return SOUNDS[COLOUR_NAMES.index(self.actor.colour)]
 
 
+def _tint(colour: str, rng: np.random.Generator) -> np.ndarray:
+    """The RGB of a thing of a named colour, with a little per-thing variation."""
+    return np.clip(np.array(COLOURS[colour]) + rng.normal(0, 0.06, 3), 0, 1)
+
+
 def _thing(rng: np.random.Generator, small: bool = False) -> Thing:
     colour = COLOUR_NAMES[rng.integers(len(COLOURS))]
-    rgb = np.clip(np.array(COLOURS[colour]) + rng.normal(0, 0.06, 3), 0, 1)
+    rgb = _tint(colour, rng)
     radius = rng.uniform(5, 8) if small else rng.uniform(16, 22)
     return Thing(SHAPES[rng.integers(len(SHAPES))], colour, rgb, radius,
                  rng.uniform(25, WIDTH - 25), rng.uniform(25, HEIGHT - 25),
@@ -156,7 +161,7 @@ def make_scene(rng: np.random.Generator, duration: float, motion: str | None = N
     actor = _thing(rng)
     if colour is not None:
         actor.colour = colour
-        actor.rgb = np.clip(np.array(COLOURS[colour]) + rng.normal(0, 0.06, 3), 0, 1)
+        actor.rgb = _tint(colour, rng)
     motion = motion or MOTIONS[rng.integers(len(MOTIONS))]
     # 0.8-1.6 events/s: at least one in the tiny preset's 1.6 s window, and slow enough that
     # its 5 fps frames do not alias the motion
