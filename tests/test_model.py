@@ -98,7 +98,7 @@ def test_droptoken_keeps_int_keep_times_n_in_training(drop_rate, sampling):
                                f"model.droptoken_sampling={sampling}"])
     model = build_model(cfg)
     batch = random_batch(cfg, 2)
-    n_video, n_audio = 4 * 4 * 4, 12800 // 128
+    n_video, n_audio = 4 * 4 * 4, 12800 // cfg.model.audio.patch_size
     model.train()
     counts = _token_counts(model, batch)
     assert counts["video"] == 1 + int((1 - drop_rate) * n_video)
@@ -183,7 +183,7 @@ def tiny():
     ("video", torch.zeros(2, 8, 60, 64, 3), r"video: .*multiples of 16x16"),
     ("video", torch.zeros(2, 8, 64, 64, 3, dtype=torch.uint8), r"video: got torch.uint8"),
     ("audio", torch.zeros(2, 1, 12800), r"audio: .*\(B, S\)"),
-    ("audio", torch.zeros(2, 12801), r"audio: .*multiple of 128"),
+    ("audio", torch.zeros(2, 12801), r"audio: .*multiple of 32"),
     ("text", torch.zeros(2, 5, 16), r"text: got torch.float32 .*int64"),
     ("text", torch.zeros(2, 5, 17, dtype=torch.long), r"text: .*n <= 16"),
     ("text_mask", torch.ones(2, 4), r"text_mask: .*\(2, 5\)"),
@@ -240,3 +240,27 @@ def test_word2vec_file_fills_and_freezes_the_word_table(tmp_path):
     for word, vector in vectors.items():
         torch.testing.assert_close(table[vocabulary.encode(word, 1)[0]], torch.tensor(vector))
     assert torch.all(table[0] == 0)  # padding row
+
+
+def test_audio_input_scale_is_a_gain_before_the_tokenizer():
+    """model.audio.input_scale=s gives the same features as the spec model fed s x the audio."""
+    cfg = load_config("tiny", ["model.audio.input_scale=8"])
+    plain_cfg = load_config("tiny", ["model.audio.input_scale=1"])
+    torch.manual_seed(0)
+    scaled = build_model(cfg).eval()
+    plain = build_model(plain_cfg).eval()
+    plain.load_state_dict(scaled.state_dict())  # the gain is not a parameter
+    audio = random_batch(cfg, 2)["audio"] * 0.1
+    with torch.no_grad():
+        got = scaled({"audio": audio})["audio"]["pooled"]
+        want = plain({"audio": audio * 8})["audio"]["pooled"]
+        unscaled = plain({"audio": audio})["audio"]["pooled"]
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, unscaled)
+
+
+def test_audio_input_scale_must_be_positive():
+    from vatt.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model\.audio\.input_scale=0\.0 must be positive"):
+        load_config("tiny", ["model.audio.input_scale=0"])

@@ -61,6 +61,11 @@ class AudioModelConfig(EncoderConfig):
     size: str = "base"
     patch_size: int = 128  # waveform samples per token
     drop_rate: float = 0.5
+    # a constant gain on the waveform before the tokenizer (1 = the spec). Recorded audio sits
+    # far below full scale (the default dataset's RMS is ~0.1), so its tokens start ~10x smaller
+    # than the LayerNorm'd positions they are added to; a long run grows the tokenizer to make up
+    # for it, a CPU budget does not (BENCHMARKS.md, "Learning signal")
+    input_scale: float = 1.0
 
 
 @dataclass
@@ -329,6 +334,11 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(
             f"data.num_frames={cfg.data.num_frames} / data.frame_size={cfg.data.frame_size} "
             f"do not divide into model.video.patch_size={[t, h, w]}; pick multiples of the patch"
+        )
+    if not cfg.model.audio.input_scale > 0:
+        raise ConfigError(
+            f"model.audio.input_scale={cfg.model.audio.input_scale} must be positive: it "
+            "multiplies the waveform before the tokenizer (1 keeps the spec's input)"
         )
     if cfg.data.audio_samples % cfg.model.audio.patch_size:
         raise ConfigError(

@@ -61,15 +61,17 @@ class VideoBackbone(_PatchBackbone):
 
 
 class AudioBackbone(_PatchBackbone):
-    """audio (B, S) waveform in [-1, 1] -> pooled (B, d_out)."""
+    """audio (B, S) waveform in [-1, 1] -> pooled (B, d_out); `input_scale` multiplies the
+    waveform before the tokenizer (model.audio.input_scale)."""
 
     def __init__(self, patch_size: int, num_tokens: int, dim: int, transformer: Transformer,
-                 **kwargs):
+                 input_scale: float = 1.0, **kwargs):
         super().__init__(dim, (num_tokens,), transformer, **kwargs)
         self.patch_embed = AudioPatchEmbed(patch_size, dim)
+        self.input_scale = float(input_scale)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        tokens = self.patch_embed(audio)
+        tokens = self.patch_embed(audio * self.input_scale if self.input_scale != 1.0 else audio)
         return self.encode(tokens, (tokens.shape[1],))
 
 

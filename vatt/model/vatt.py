@@ -62,7 +62,7 @@ class VATT(nn.Module):
             "audio": AudioBackbone(
                 m.audio.patch_size, data.audio_samples // m.audio.patch_size,
                 encoders["audio"].dim, encoders["audio"], drop_rate=m.audio.drop_rate,
-                **patch_kwargs),
+                input_scale=m.audio.input_scale, **patch_kwargs),
             "text": TextBackbone(
                 data.vocab_size, m.text.embedding_dim, data.max_text_tokens,
                 encoders["text"].dim, encoders["text"], text_heads,
