@@ -37,6 +37,9 @@ def test_evaluate_checkpoint_twice_same_numbers_and_registry(checkpoint):
     first = evaluate_checkpoint(str(folder), tasks, ["action_linear", "text_video_retrieval"])
     second = evaluate_checkpoint(str(folder), tasks, ["action_linear", "text_video_retrieval"])
     assert first.results["metrics"] == second.results["metrics"]
+    assert first.report_uri != second.report_uri  # each evaluation keeps its own report
+    for outcome in (first, second):
+        assert (Path(outcome.report_uri) / "results.json").is_file()
     assert first.decision.promoted and second.decision.promoted  # equal is "not worse"
     assert second.decision.promoted_value == first.decision.candidate_value
     report = json.loads((root / "eval").glob("*/results.json").__next__().read_text())
@@ -81,3 +84,26 @@ def test_a_task_subset_without_the_promotion_metric_keeps_its_report(checkpoint)
     outcome = evaluate_checkpoint(str(folder), {"text_video_retrieval": data},
                                   ["text_video_retrieval"], promote=False)
     assert outcome.decision is None
+
+
+def test_a_report_in_the_same_second_gets_its_own_folder(tmp_path, monkeypatch):
+    from vatt.evaluate import pipeline
+    from vatt.storage import ObjectStore
+
+    class Frozen:  # every call in the same UTC second
+        @staticmethod
+        def now(tz=None):
+            from datetime import datetime
+            return datetime(2026, 11, 27, 12, 0, 0, tzinfo=tz)
+
+    monkeypatch.setattr(pipeline, "datetime", Frozen)
+    cfg = load_config("tiny", [f"eval.output_path={tmp_path}"])
+    checkpoint, store = str(tmp_path / "runs" / "exp1" / "checkpoint_00000007"), ObjectStore()
+    folders = []
+    for _ in range(3):
+        folder = pipeline._new_report_folder(cfg, checkpoint, 7, store)
+        Path(folder).mkdir()
+        (Path(folder) / "results.json").write_text("{}")
+        folders.append(Path(folder).name)
+    assert folders == ["exp1-step7-20261127T120000Z", "exp1-step7-20261127T120000Z-2",
+                       "exp1-step7-20261127T120000Z-3"]

@@ -124,6 +124,20 @@ def load_checkpoint_for_eval(folder: str | Path, overrides: Iterable[str] = ()) 
     return LoadedCheckpoint(model, cfg, data_version, step)
 
 
+def _new_report_folder(cfg: Config, checkpoint: str, step: Optional[int],
+                       store: ObjectStore) -> str:
+    """<eval.output_path>/<run>-step<N>-<UTC second>, with -2, -3, ... when an evaluation in the
+    same second already wrote there (a report is never replaced)."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    base = (f"{cfg.eval.output_path.rstrip('/')}/"
+            f"{Path(str(checkpoint).rstrip('/')).parent.name}-step{step}-{stamp}")
+    folder, attempt = base, 1
+    while store.exists(f"{folder}/results.json"):
+        attempt += 1
+        folder = f"{base}-{attempt}"
+    return folder
+
+
 @dataclass
 class EvaluationOutcome:
     results: dict[str, Any]
@@ -148,9 +162,8 @@ def evaluate_checkpoint(checkpoint: str, data: Mapping[str, Mapping[str, Iterabl
         results = evaluate_model(loaded.model, cfg, tasks, data, device=device)
         results.update(checkpoint=str(checkpoint), step=loaded.step, config_name=cfg.name,
                        data_version=loaded.data_version)
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        run_id = f"{Path(str(checkpoint).rstrip('/')).parent.name}-step{loaded.step}-{stamp}"
-        report_uri = write_report(results, f"{cfg.eval.output_path.rstrip('/')}/{run_id}", store)
+        report_uri = write_report(results, _new_report_folder(cfg, checkpoint, loaded.step, store),
+                                  store)
         decision = None
         if promote:
             try:
