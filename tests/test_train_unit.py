@@ -72,6 +72,21 @@ def test_checkpoint_round_trip_restores_model_optimizer_rng_and_position(tmp_pat
         "data_version.json", "worker_0.pt", "worker_1.pt"}
 
 
+def test_resuming_with_a_model_of_another_shape_names_the_runs_config(tmp_path):
+    from vatt.model import build_model
+    from vatt.train.checkpoint import CheckpointMismatchError
+
+    old = load_config("tiny", ["model.audio.patch_size=128", "model.audio.input_scale=1"])
+    model = build_model(old)
+    save_checkpoint(tmp_path, rank=0, state=TrainState(step=3), model=model,
+                    optimizer=build_optimizer(model.parameters(), old.train.optim), cfg=old,
+                    data_version={})
+    current = build_model(load_config("tiny"))  # 32-sample audio tokens: other shapes
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"size mismatch for backbones\.audio.*config\.yaml.*train\.run_name"):
+        load_checkpoint(tmp_path, rank=0, model=current, optimizer=None)
+
+
 def test_checkpoint_that_is_not_ours_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.pt"):
         load_checkpoint(tmp_path, rank=0, model=nn.Linear(1, 1), optimizer=None)

@@ -104,6 +104,10 @@ def save_checkpoint(folder: str | Path, *, rank: int, state: TrainState, model: 
     (folder / DATA_VERSION_FILE).write_text(json.dumps(data_version, indent=2))
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's weights do not fit the model the current config builds."""
+
+
 def load_checkpoint(folder: str | Path, *, rank: int, model: torch.nn.Module,
                     optimizer: Optional[torch.optim.Optimizer],
                     map_location: str | torch.device = "cpu") -> TrainState:
@@ -119,7 +123,16 @@ def load_checkpoint(folder: str | Path, *, rank: int, model: torch.nn.Module,
             f"checkpoint {folder} lacks {', '.join(missing)}: it was not written by vatt.train "
             "or is incomplete; delete it (or pick another train.run_name) to start afresh"
         )
-    model.load_state_dict(torch.load(folder / MODEL_FILE, map_location=map_location))
+    try:
+        model.load_state_dict(torch.load(folder / MODEL_FILE, map_location=map_location))
+    except RuntimeError as err:  # missing/unexpected keys or a shape that differs
+        detail = "; ".join(line.strip() for line in str(err).splitlines()[1:4] if line.strip())
+        raise CheckpointMismatchError(
+            f"checkpoint {folder} holds a model this config does not build ({detail}): the run "
+            f"was trained with {folder / CONFIG_FILE}. Resume it with the same model.* and data.* "
+            "settings (e.g. the preset as it was then), or pick another train.run_name to start "
+            "afresh"
+        ) from None
     if optimizer is not None:
         optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, map_location=map_location))
     meta = json.loads((folder / STATE_FILE).read_text())
