@@ -17,6 +17,7 @@ def test_spec_defaults_in_full_presets():
     assert cfg.model.video.size == "medium" and cfg.model.audio.size == "base"
     assert cfg.model.video.drop_rate == 0.5 and cfg.model.audio.drop_rate == 0.5
     assert cfg.model.audio.patch_size == 128 and cfg.model.audio.input_scale == 1.0
+    assert cfg.data.eval_num_windows == 4 and cfg.eval.finetune_test_crops == 3  # 4 clips x 3 crops
     assert cfg.data.num_frames == 32 and cfg.data.fps == 10 and cfg.data.frame_size == 224
     assert cfg.data.audio_samples == 153_600
     assert cfg.train.optim.warmup_steps == 10_000  # paper, not the code's 5k

@@ -136,6 +136,40 @@ def test_eval_windows_are_deterministic_and_aligned(ray_local, data_root):
         np.testing.assert_allclose(wave.numpy(), audio[a0:a0 + 12800], atol=1e-6)
 
 
+def test_eval_crops_spread_along_the_long_side():
+    cfg = load_config("tiny")
+    manifest = {"label_names": [], "multi_label": False}
+    frames = np.random.default_rng(0).integers(0, 255, (8, 64, 86, 3), dtype=np.uint8)
+    three = clip_spec(cfg, manifest, False, ("<pad>", "<unk>"), num_crops=3)
+    assert three.num_crops == 3
+    scaled = frames.astype(np.float32) / 127.5 - 1.0
+    for crop, left in enumerate((0, 11, 22)):  # left, centre ((86 - 64) // 2), right
+        np.testing.assert_allclose(_spatial(frames, None, three, crop),
+                                   scaled[:, :, left:left + 64], atol=1e-5)
+    one = clip_spec(cfg, manifest, False, ("<pad>", "<unk>"))
+    np.testing.assert_allclose(_spatial(frames, None, one), _spatial(frames, None, three, 1))
+    tall = np.ascontiguousarray(frames.transpose(0, 2, 1, 3))  # portrait: crops go top to bottom
+    np.testing.assert_allclose(_spatial(tall, None, three, 2),
+                               tall[:, 22:86].astype(np.float32) / 127.5 - 1.0, atol=1e-5)
+    assert clip_spec(cfg, manifest, True, ("<pad>", "<unk>"), num_crops=3).num_crops == 1
+
+
+def test_eval_views_are_windows_times_crops(ray_local, data_root):
+    cfg = _cfg(data_root, "data.eval_num_windows=2")
+    def views(num_crops):
+        ds = build_dataset(cfg, "train", training=False, dataset="howto100m", num_crops=num_crops)
+        return {(cid, int(w)): v for batch in _collect(ds, 4, False)
+                for cid, w, v in zip(batch["clip_id"], batch["window"], batch["video"])}
+
+    one, three = views(1), views(3)
+    assert len(three) == 3 * len(one)
+    for (cid, window), video in one.items():  # view w x 3 + 1 is window w's centre crop
+        assert torch.equal(three[(cid, window * 3 + 1)], video)
+        assert not torch.equal(three[(cid, window * 3)], video)
+    with pytest.raises(ValueError, match="num_crops=0"):
+        build_dataset(cfg, "train", training=False, dataset="howto100m", num_crops=0)
+
+
 def test_augmentation_only_in_training():
     cfg = load_config("tiny", ["data.color_jitter_prob=1.0"])
     manifest = {"label_names": [], "multi_label": False}

@@ -63,6 +63,18 @@ def test_tasks_read_their_datasets_sorted_with_manifest_classes(setup):
         assert {int(w) for _, w in order} == {0, 1}  # data.eval_num_windows windows per clip
 
 
+def test_finetuning_tests_on_windows_times_the_specs_crops(setup):
+    from vatt.evaluate.data import build_eval_data
+
+    cfg, _ = setup
+    data = build_eval_data(cfg, ["action_linear", "action_finetune"])
+    probe, finetune = data["action_linear"], data["action_finetune"]
+    assert finetune["train"] is probe["train"]  # fine-tuning trains on the probe's windows
+    views = [(int(c), int(w)) for b in finetune["test"] for c, w in zip(b["clip_index"], b["window"])]
+    assert {w for _, w in views} == set(range(2 * 3))  # 2 windows x eval.finetune_test_crops=3
+    assert len(views) == 3 * sum(len(b["window"]) for b in probe["test"])
+
+
 def test_same_checkpoint_twice_same_numbers_cli(setup, capsys):
     from vatt.cli import main
     from vatt.evaluate.registry import Registry

@@ -239,6 +239,7 @@ class EvalConfig:
     finetune_lr: float = 0.005
     finetune_warmup_steps: int = 2500
     finetune_batch_size: int = 64
+    finetune_test_crops: int = 3  # the spec's test: 4 clips (data.eval_num_windows) x 3 crops
     seed: int = 0
     batch_size: int = 32  # clips per forward pass when extracting features
     output_path: str = "artifacts/eval"  # reports: <output_path>/<run id>/; a folder or s3://
@@ -334,6 +335,11 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(
             f"data.num_frames={cfg.data.num_frames} / data.frame_size={cfg.data.frame_size} "
             f"do not divide into model.video.patch_size={[t, h, w]}; pick multiples of the patch"
+        )
+    if cfg.eval.finetune_test_crops < 1:
+        raise ConfigError(
+            f"eval.finetune_test_crops={cfg.eval.finetune_test_crops}: fine-tuning tests on at "
+            "least one crop per window (the spec's 3: left, centre, right)"
         )
     if not cfg.model.audio.input_scale > 0:
         raise ConfigError(

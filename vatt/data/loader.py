@@ -24,7 +24,7 @@ S = data.audio_samples, L = data.num_text_candidates, K = data.max_text_tokens, 
     has_video    float32 [B]              0 for audio-only sources (ESC-50)
     has_audio    float32 [B]              0 for clips without sound
     clip_index   int64   [B]              index of the clip in manifest["clips"]
-    window       int64   [B]              window number within its clip (0 in training)
+    window       int64   [B]              view number within its clip: window x crops + crop (0 in training)
     clip_id      str     [B] (list)       "<dataset>/<key>", stable across re-ingestion
     video_id     str     [B] (list)       the raw video's id (several clips may share it)
 
@@ -34,8 +34,9 @@ Inception-style random resized crop (data.crop_area, data.crop_aspect) or VGG-st
 (brightness, contrast, saturation, hue), Gaussian audio noise (std data.audio_noise_std x max abs
 amplitude), and L captions drawn from the clip's candidates. Evaluation (training=False) is
 deterministic: `num_windows` (default data.eval_num_windows) windows spread evenly over each clip,
-one row each (average over rows with the same clip_index), centre crop, no augmentation, the
-first L captions.
+each as `num_crops` (default 1) square crops of the short side spread evenly along the long side
+(1: the centre; 3: left, centre, right, the spec's fine-tuning test), one row per window and crop
+(average over rows with the same clip_index), no augmentation, the first L captions.
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ class ClipSpec:
     multi_label: bool
     training: bool
     num_windows: int
+    num_crops: int
     crop: str
     crop_area: tuple[float, float]
     crop_aspect: tuple[float, float]
@@ -201,16 +203,21 @@ def _colour_jitter(video, rng: np.random.Generator, spec: ClipSpec):
     return out.reshape(3, t, h, w).permute(1, 0, 2, 3).clamp_(0.0, 1.0)
 
 
-def _spatial(frames: np.ndarray, rng: Optional[np.random.Generator], spec: ClipSpec) -> np.ndarray:
-    """(T, h, w, 3) uint8 -> (T, S, S, 3) float32 in [-1, 1]."""
+def _spatial(frames: np.ndarray, rng: Optional[np.random.Generator], spec: ClipSpec,
+             crop: int = 0) -> np.ndarray:
+    """(T, h, w, 3) uint8 -> (T, S, S, 3) float32 in [-1, 1]; `crop` picks one of the
+    evaluation's spec.num_crops square crops."""
     import torch
 
     video = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, h, w)
     _, _, h, w = video.shape
     size = spec.frame_size
-    if rng is None:  # evaluation: centre crop of the short side
+    if rng is None:  # evaluation: a square crop of the short side, spread along the long side
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2
+        if spec.num_crops > 1:
+            offset = int(round(crop * (max(h, w) - side) / (spec.num_crops - 1)))
+            top, left = (offset, 0) if h > w else (0, offset)
         video = video[:, :, top:top + side, left:left + side]
         if side != size:
             video = _resize(video, size)
@@ -286,10 +293,12 @@ def decode_clip(row: dict, spec: ClipSpec) -> list[dict]:
         mask[i] = 1.0
 
     out = []
-    for window, start in enumerate(starts):
+    crops = 1 if spec.training else spec.num_crops
+    views = [(w, start, c) for w, start in enumerate(starts) for c in range(crops)]
+    for window, start, crop in views:
         if has_video:
             clip = np.stack([frames[source(j)] for j in range(start, start + spec.num_frames)])
-            video = _spatial(clip, rng, spec)
+            video = _spatial(clip, rng, spec, crop)
         else:
             video = np.zeros((spec.num_frames, spec.frame_size, spec.frame_size, 3), np.float32)
         wave = np.zeros(spec.audio_samples, dtype=np.float32)
@@ -305,7 +314,8 @@ def decode_clip(row: dict, spec: ClipSpec) -> list[dict]:
             "video": video, "audio": wave, "text": text, "text_mask": mask,
             "label": np.int64(record.get("label", -1)), "fold": np.int64(record.get("fold", 0)),
             "has_video": np.float32(has_video), "has_audio": np.float32(audio is not None),
-            "clip_index": np.int64(row["clip_index"]), "window": np.int64(window),
+            "clip_index": np.int64(row["clip_index"]),
+            "window": np.int64(window * crops + crop),
             "clip_id": record["clip_id"], "video_id": record["video_id"],
         }
         if spec.multi_label:
@@ -320,7 +330,7 @@ def decode_clip(row: dict, spec: ClipSpec) -> list[dict]:
 
 
 def clip_spec(cfg: Config, manifest: dict, training: bool, vocab_words: tuple[str, ...],
-              num_windows: Optional[int] = None) -> ClipSpec:
+              num_windows: Optional[int] = None, num_crops: int = 1) -> ClipSpec:
     d = cfg.data
     return ClipSpec(
         num_frames=d.num_frames, fps=d.fps, frame_size=d.frame_size, sample_rate=d.sample_rate,
@@ -329,6 +339,7 @@ def clip_spec(cfg: Config, manifest: dict, training: bool, vocab_words: tuple[st
         num_classes=len(manifest.get("label_names", [])),
         multi_label=bool(manifest.get("multi_label")), training=training,
         num_windows=1 if training else (num_windows or d.eval_num_windows),
+        num_crops=1 if training else num_crops,
         crop=d.crop.value if hasattr(d.crop, "value") else str(d.crop),
         crop_area=tuple(d.crop_area), crop_aspect=tuple(d.crop_aspect),
         jitter_prob=d.color_jitter_prob, brightness=d.brightness, contrast=d.contrast,
@@ -346,8 +357,10 @@ def load_vocab_words(root: str) -> tuple[str, ...]:
 
 
 def build_dataset(cfg: Config, split: str, training: bool, dataset: str = "synthetic-howto100m",
-                  root: Optional[str] = None, num_windows: Optional[int] = None):
-    """A `ray.data.Dataset` of model-ready rows (schema: module doc) for one split."""
+                  root: Optional[str] = None, num_windows: Optional[int] = None,
+                  num_crops: int = 1):
+    """A `ray.data.Dataset` of model-ready rows (schema: module doc) for one split;
+    `num_windows` x `num_crops` rows per clip in evaluation."""
     import ray
 
     root = str(root or cfg.data.path)
@@ -357,7 +370,9 @@ def build_dataset(cfg: Config, split: str, training: bool, dataset: str = "synth
                         f"dataset has {sorted(manifest['splits'])}")
     shards = manifest["splits"][split]["shards"]
     index = {c["clip_id"]: i for i, c in enumerate(manifest["clips"])}
-    spec = clip_spec(cfg, manifest, training, load_vocab_words(root), num_windows)
+    if num_crops < 1:
+        raise ValueError(f"num_crops={num_crops}: evaluation needs at least one crop per window")
+    spec = clip_spec(cfg, manifest, training, load_vocab_words(root), num_windows, num_crops)
     ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
     if training:
         ds = ds.randomize_block_order()

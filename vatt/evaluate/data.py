@@ -102,9 +102,11 @@ def _split_name(manifest: dict, wanted: str, dataset: str) -> str:
 
 
 def read_split(cfg: Config, dataset: str, split: str, columns: Iterable[str],
-               num_windows: Optional[int] = None, batch_size: Optional[int] = None) -> EvalSplit:
-    """One split of `dataset`, decoded in evaluation mode, sorted by (clip, window), in batches
-    of `batch_size` (default eval.batch_size) holding `columns` plus the metadata."""
+               num_windows: Optional[int] = None, batch_size: Optional[int] = None,
+               num_crops: int = 1) -> EvalSplit:
+    """One split of `dataset`, decoded in evaluation mode (`num_windows` x `num_crops` views per
+    clip), sorted by (clip, view), in batches of `batch_size` (default eval.batch_size) holding
+    `columns` plus the metadata."""
     import torch
 
     from vatt.data.loader import build_dataset
@@ -116,7 +118,7 @@ def read_split(cfg: Config, dataset: str, split: str, columns: Iterable[str],
     if "text" in keep:
         keep.add("text_mask")
     ds = build_dataset(cfg, name, training=False, dataset=dataset, root=root,
-                       num_windows=num_windows)
+                       num_windows=num_windows, num_crops=num_crops)
     parts: dict[str, list] = {}
     for batch in ds.iter_batches(batch_size=256, batch_format="numpy"):
         for key, value in batch.items():
@@ -147,15 +149,20 @@ def build_eval_data(cfg: Config, tasks: Optional[Iterable[str]] = None,
     extracts its features once)."""
     tasks = check_tasks(tasks or cfg.eval.tasks)
     chosen = choose_datasets(cfg, tasks, datasets)
-    columns: dict[tuple[str, str], set[str]] = {}
+
+    def key(task: str, split: str) -> tuple[str, str, int]:
+        # fine-tuning tests on the spec's crops per window; everything else on the centre crop
+        crops = cfg.eval.finetune_test_crops if task == "action_finetune" and split == "test" else 1
+        return chosen[task], split, crops
+
+    columns: dict[tuple[str, str, int], set[str]] = {}
     for task in tasks:
         modalities, splits = TASKS[task]
         for split in splits:
-            columns.setdefault((chosen[task], split), set()).update(modalities)
-    read = {key: read_split(cfg, key[0], key[1], cols, num_windows)
-            for key, cols in sorted(columns.items())}
-    return {task: {split: read[(chosen[task], split)] for split in TASKS[task][1]}
-            for task in tasks}
+            columns.setdefault(key(task, split), set()).update(modalities)
+    read = {k: read_split(cfg, k[0], k[1], cols, num_windows, num_crops=k[2])
+            for k, cols in sorted(columns.items())}
+    return {task: {split: read[key(task, split)] for split in TASKS[task][1]} for task in tasks}
 
 
 def describe_data(data: Mapping[str, Mapping[str, EvalSplit]]) -> list[str]:

@@ -5,9 +5,9 @@ A copy of the pretrained video backbone (the model itself is left untouched) get
 classifier on its pooled output and is trained end to end on the train split's windows: SGD with
 momentum 0.9, lr `eval.finetune_lr` (spec 0.005) with linear warmup over
 `eval.finetune_warmup_steps` (spec 2.5k) then cosine to 0, batch `eval.finetune_batch_size`
-(spec 64), label smoothing 0.1, no DropToken. Test: logits averaged over each video's windows
-(the loader's evaluation windows, `data.eval_num_windows`, one centre crop each; the spec's
-4 clips x 3 crops needs three crops per window, which the loader does not make yet).
+(spec 64), label smoothing 0.1, no DropToken. Test: logits averaged over each video's views,
+the spec's 4 clips x 3 crops (`data.eval_num_windows` windows x `eval.finetune_test_crops`
+left / centre / right crops, as vatt.evaluate.data reads the test split for this task).
 
     result = finetune_action(model, train_batches, test_batches, num_classes, settings)
 """
