@@ -32,10 +32,11 @@ def make_clips(cfg, count: int, tower: str, seed: int):
     from tqdm import tqdm
 
     from vatt.data import synthetic as S
-    from vatt.data.loader import _resize
+    from vatt.data.loader import _spatial, clip_spec
 
     rng = np.random.default_rng(seed)
     data, seconds = cfg.data, cfg.data.num_frames / cfg.data.fps
+    evaluation = clip_spec(cfg, {}, training=False, vocab_words=("<pad>", "<unk>"))
     inputs, labels = [], {"motion": [], "shape": [], "colour": [], "sound": []}
     for _ in tqdm(range(count), desc=f"generating {tower} clips", unit="clip"):
         scene = S.make_scene(rng, S.SCENE_SECONDS)
@@ -44,11 +45,7 @@ def make_clips(cfg, count: int, tower: str, seed: int):
             background = S.room(seed, rng)
             frames = np.stack([S.render(scene, background, start + k / data.fps, 1 / S.FPS, rng)[0]
                                for k in range(data.num_frames)])
-            video = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)
-            h, w = video.shape[-2:]
-            side = min(h, w)
-            video = video[:, :, (h - side) // 2:(h + side) // 2, (w - side) // 2:(w + side) // 2]
-            inputs.append((_resize(video, data.frame_size) * 2 - 1).permute(0, 2, 3, 1))
+            inputs.append(torch.from_numpy(_spatial(frames, None, evaluation)))  # eval crop
         else:
             wave = torch.from_numpy(S.soundtrack(scene, S.SCENE_SECONDS, rng))
             wave = torchaudio.functional.resample(wave, S.RATE, data.sample_rate)

@@ -293,7 +293,7 @@ def decode_clip(row: dict, spec: ClipSpec) -> list[dict]:
         mask[i] = 1.0
 
     out = []
-    crops = 1 if spec.training else spec.num_crops
+    crops = spec.num_crops  # 1 in training (clip_spec)
     views = [(w, start, c) for w, start in enumerate(starts) for c in range(crops)]
     for window, start, crop in views:
         if has_video:
