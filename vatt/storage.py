@@ -366,6 +366,24 @@ class ObjectStore:
                         names.append(obj["Key"][len(loc.prefix):])
         return sorted(names)
 
+    def list_details(self, uri: "str | Location") -> list[tuple[str, int, str]]:
+        """(relative path, size, ETag or mtime) of every file under a folder or prefix, sorted:
+        what changes when a file changes, without reading it."""
+        loc = parse_uri(uri)
+        if not loc.is_s3:
+            root = loc.local_path
+            return sorted((p.relative_to(root).as_posix(), p.stat().st_size, str(p.stat().st_mtime_ns))
+                          for p in root.rglob("*") if p.is_file())
+        found = []
+        with self._errors("list", loc):
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=loc.bucket, Prefix=loc.prefix):
+                for obj in page.get("Contents", []):
+                    if not obj["Key"].endswith("/"):
+                        found.append((obj["Key"][len(loc.prefix):], int(obj["Size"]),
+                                      str(obj.get("ETag", "")).strip('"')))
+        return sorted(found)
+
     def upload_dir(self, local_dir: "str | os.PathLike[str]", uri: "str | Location") -> int:
         """Copy every file under `local_dir` to the prefix `uri`; returns the number of files."""
         src = _local_existing(parse_uri(local_dir))

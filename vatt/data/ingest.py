@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import multiprocessing
+import logging
 import os
 import re
 import shutil
@@ -43,9 +43,14 @@ import numpy as np
 from vatt.config import Config
 from vatt.data.media import MediaError, encode_video, encode_wav, load_media
 from vatt.data.sources import READERS, ClipSpec, LayoutError, SourceIndex, WorkItem
+from vatt.data.pool import process_pool
 
 FORMAT_VERSION = 2  # bump when the shard content changes for the same input (2: clip folds)
 SOURCES = sorted(READERS) + ["synthetic"]
+# the code that decides what an ingest writes: a change to it is a change of output
+_INGEST_CODE = ("ingest.py", "sources.py", "media.py", "synthetic.py")
+
+log = logging.getLogger("vatt.data")
 
 
 class IngestError(RuntimeError):
@@ -77,6 +82,50 @@ def ingest_params(cfg: Config) -> dict[str, Any]:
         "video_qmax": ing.video_qmax,
         "num_text_candidates": d.num_text_candidates,
     }
+
+
+def source_fingerprint(cfg: Config, source: str, src: Optional[str], out: str | Path) -> str:
+    """One hash of everything that decides what `ingest(cfg, source, src, out)` writes: the
+    source, its input files (relative path, size and mtime; on S3 key, size and ETag; for
+    `synthetic` the generator's settings), the ingest parameters, the vocabulary size, the
+    output folder and the ingest code itself. Equal fingerprints mean an ingest would write the
+    same output (flows cache ingestion on it); computing it reads no media."""
+    from vatt.storage import ObjectStore, is_s3_uri
+
+    if source not in SOURCES:
+        raise IngestError(f"unknown --source {source!r}; choose one of {', '.join(SOURCES)}")
+    here = Path(__file__).resolve().parent
+    record: dict[str, Any] = {
+        "source": source, "params": ingest_params(cfg), "ingest": asdict(cfg.data.ingest),
+        "vocab_size": cfg.data.vocab_size, "out": str(Path(out).resolve()),
+        "code": [_file_sha256(here / name) for name in _INGEST_CODE],
+    }
+    if source == "synthetic":
+        record["src"] = str(Path(src).resolve()) if src else None
+    elif not src:
+        raise IngestError(f"--source {source} needs --path (a local folder or s3:// prefix)")
+    else:
+        if not is_s3_uri(src) and not Path(src).is_dir():
+            raise IngestError(f"--path {src}: no such folder")
+        record["src"] = src if is_s3_uri(src) else str(Path(src).resolve())
+        record["files"] = ObjectStore.from_config(cfg.storage).list_details(src)
+    return _sha256(json.dumps(record, sort_keys=True, default=str).encode())
+
+
+def ingested_names(source: str) -> list[str]:
+    """The dataset folders an ingest of `source` writes under its output folder."""
+    if source == "synthetic":
+        from vatt.data.synthetic import LAYOUTS
+
+        return [f"synthetic-{layout}" for layout in LAYOUTS]
+    return [source]
+
+
+def missing_outputs(source: str, out: str | Path) -> list[str]:
+    """The manifests an ingest of `source` into `out` should have written and that are not
+    there (deleted or never written): a cached ingest whose output is gone must run again."""
+    return [str(Path(out) / name / "manifest.json") for name in ingested_names(source)
+            if not (Path(out) / name / "manifest.json").is_file()]
 
 
 def _safe_key(text: str) -> str:
@@ -221,7 +270,7 @@ def _local_source(src: str, out: Path) -> Path:
         return root
     cache = out.resolve().parent / ".cache" / "raw" / _safe_key(src[len("s3://"):])
     count = ObjectStore.from_config().download_dir(src, cache)  # endpoint/keys: environment
-    print(f"downloaded {count} files from {src} to {cache}")
+    log.info("downloaded %d files from %s to %s", count, src, cache)
     return cache
 
 
@@ -274,7 +323,7 @@ def ingest_index(cfg: Config, index: SourceIndex, root: Path, out: Path, name: s
     bar = tqdm(total=len(tasks), desc=f"ingest {name}", unit="shard", disable=not progress)
     workers = min(cfg.data.ingest.num_workers, len(tasks))
     if workers > 1:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+        with process_pool(workers) as pool:
             for task, sidecar in zip(tasks, pool.imap(_process_shard, tasks)):
                 results.append((Path(task["shard"]), sidecar))
                 bar.update()
@@ -329,10 +378,9 @@ def ingest_index(cfg: Config, index: SourceIndex, root: Path, out: Path, name: s
     summary |= {"shards_written": len(tasks), "shards_reused": len(reused),
                 "seconds": round(time.perf_counter() - started, 2)}
     (target / "report.json").write_text(json.dumps(report, sort_keys=True, indent=1))
-    if progress:
-        print(f"{name}: {summary['clips']} clips ({summary['hours'] * 60:.1f} min) "
-              f"per split {summary['per_split']}; {bad_items} quarantined; shards: "
-              f"{len(tasks)} written, {len(reused)} up to date; {summary['seconds']} s")
+    log.info("%s: %d clips (%.1f min) per split %s; %d quarantined; shards: %d written, %d up "
+             "to date; %s s", name, summary["clips"], summary["hours"] * 60,
+             summary["per_split"], bad_items, len(tasks), len(reused), summary["seconds"])
     if share > cfg.data.ingest.max_bad_fraction:
         raise IngestError(
             f"{name}: {bad_items} of {total} items ({share:.0%}) were quarantined, more than "
@@ -366,4 +414,5 @@ def ingest(cfg: Config, source: str, src: Optional[str], out: str | Path,
     return [ingest_index(cfg, index, root, out, source, progress)]
 
 
-__all__ = ["ingest", "ingest_index", "ingest_params", "build_vocabulary", "IngestError", "SOURCES"]
+__all__ = ["ingest", "ingest_index", "ingest_params", "build_vocabulary", "IngestError", "SOURCES",
+           "source_fingerprint", "ingested_names", "missing_outputs"]

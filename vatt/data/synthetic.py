@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import csv
 import json
-import multiprocessing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +42,7 @@ import av
 import numpy as np
 
 from vatt.config import Config
+from vatt.data.pool import process_pool
 
 LAYOUTS = ("howto100m", "ucf101", "esc50", "msrvtt")
 WIDTH, HEIGHT, FPS, RATE = 128, 96, 10, 16000
@@ -529,7 +529,7 @@ def _run(fn, tasks: list[dict], workers: int, desc: str, progress: bool) -> list
     bar = tqdm(total=len(tasks), desc=desc, unit="file", disable=not progress)
     out = []
     if workers > 1:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+        with process_pool(workers) as pool:
             for result in pool.imap(fn, tasks, chunksize=4):
                 out.append(result)
                 bar.update()

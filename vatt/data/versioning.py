@@ -20,9 +20,11 @@ retry for minutes and then report only "N files failed to upload").
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
@@ -52,6 +54,14 @@ def find_repo_root(start: "str | os.PathLike[str] | None" = None) -> Path:
 
 def _root(repo_root: "str | os.PathLike[str] | None") -> Path:
     return find_repo_root(repo_root)
+
+
+def _quiet_dvc() -> None:
+    """DVC's INFO hints ("To track the changes with git, run ...") are for its own CLI; the
+    outcome is reported by the caller. Shown with VATT_VERBOSE=1."""
+    from vatt.console import verbose
+
+    logging.getLogger("dvc").setLevel(logging.INFO if verbose() else logging.WARNING)
 
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -137,6 +147,7 @@ def _open(root: Path, remote: Optional[str], storage: "StorageConfig | None",
     """The DVC repo, with the S3 endpoint filled in and the remote checked before use."""
     from dvc.repo import Repo
 
+    _quiet_dvc()
     name, settings = _remote_settings(root, remote)
     url = str(settings.get("url", ""))
     overrides: dict[str, Any] = {}
@@ -175,6 +186,7 @@ def track(data_dir: "str | os.PathLike[str]" = "data",
     from dvc.repo import Repo
 
     root = _root(repo_root)
+    _quiet_dvc()
     target = Path(data_dir)
     target = target if target.is_absolute() else root / target
     if not target.is_dir() or not any(target.iterdir()):
@@ -215,4 +227,37 @@ def pull(rev: Optional[str] = None, remote: Optional[str] = None,
     return version
 
 
-__all__ = ["track", "push", "pull", "data_version", "find_repo_root", "VersioningError", "DATA_DVC"]
+@dataclass
+class VersionRecord:
+    """What happened to the data version after an ingest."""
+
+    version: Optional[str]  # the md5 in data.dvc, None when not tracked
+    pushed: int  # files sent to the remote
+    message: str  # one line for the console and the run logs
+
+
+def version_ingested(out: "str | os.PathLike[str]", storage: "StorageConfig | None" = None,
+                     enabled: bool = True,
+                     repo_root: "str | os.PathLike[str] | None" = None) -> VersionRecord:
+    """After ingesting into the project's `data/` folder: `dvc add` (data.dvc) and `dvc push`.
+    Output elsewhere, or `enabled=False`, is left untracked and the record says so."""
+    try:
+        root = find_repo_root(repo_root)
+    except VersioningError:
+        root = None
+    if root is None or Path(out).resolve() != (root / "data").resolve():
+        return VersionRecord(None, 0, f"data version: not tracked ({out} is not the project's "
+                             "data/ folder that data.dvc tracks; ingest with --out data to "
+                             "version it)")
+    if not enabled:
+        return VersionRecord(None, 0, "data version: not tracked (--no-version); run `vatt data "
+                             "track` and `vatt data push` to version it")
+    track(out, repo_root=root)
+    count = push(remote=storage.dvc_remote if storage else None, repo_root=root, storage=storage)
+    version = data_version(root)
+    return VersionRecord(version, count, f"data version: {version} (data.dvc; {count} files "
+                         "pushed); commit data.dvc with git")
+
+
+__all__ = ["track", "push", "pull", "data_version", "find_repo_root", "version_ingested",
+           "VersionRecord", "VersioningError", "DATA_DVC"]

@@ -10,6 +10,7 @@ data_version.json); a local folder or an s3:// prefix (downloaded to a temporary
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,6 +29,8 @@ from vatt.model import build_model
 from vatt.storage import ObjectStore, is_s3_uri
 
 CONFIG_FILE, STATE_FILE, DATA_VERSION_FILE = "config.yaml", "state.json", "data_version.json"
+
+log = logging.getLogger("vatt.evaluate")
 
 
 def _checkpoint_folders_local(root: Path) -> list[tuple[float, str]]:
@@ -179,8 +182,8 @@ def evaluate_checkpoint(checkpoint: str, data: Mapping[str, Mapping[str, Iterabl
 
 def run_evaluation(checkpoint: str, cfg: Config, overrides: Iterable[str] = (),
                    tasks: Optional[Iterable[str]] = None,
-                   datasets: Optional[Mapping[str, str]] = None, promote: bool = True,
-                   log=print) -> EvaluationOutcome:
+                   datasets: Optional[Mapping[str, str]] = None,
+                   promote: bool = True) -> EvaluationOutcome:
     """The `vatt evaluate` job: resolve `checkpoint` ("latest" looks under cfg.train.storage_path),
     read its config (+ `overrides`: eval.*, data.path, ...), build data[task][split] from the
     ingested datasets (vatt.evaluate.data) and evaluate, report and (if `promote`) gate it."""
@@ -189,13 +192,29 @@ def run_evaluation(checkpoint: str, cfg: Config, overrides: Iterable[str] = (),
     folder = resolve_checkpoint(checkpoint, cfg.train.storage_path)
     run_cfg = checkpoint_config(folder, overrides)
     tasks = list(tasks or run_cfg.eval.tasks)
-    log(f"checkpoint: {folder}")
+    log.info("evaluating checkpoint %s on %s", folder, ", ".join(tasks))
+    from vatt.console import init_ray
+
+    init_ray()  # the loader reads through Ray Data
     data = build_eval_data(run_cfg, tasks, datasets)
     for line in describe_data(data):
-        log(f"  {line}")
-    return evaluate_checkpoint(folder, data, tasks, overrides=overrides, promote=promote)
+        log.info("  %s", line)
+    outcome = evaluate_checkpoint(folder, data, tasks, overrides=overrides, promote=promote)
+    log.info("report: %s", outcome.report_uri)
+    if outcome.decision is not None:
+        log.info("%s", describe_decision(outcome.decision))
+    return outcome
+
+
+def describe_decision(decision: Decision) -> str:
+    """The gate's decision in one line."""
+    verdict = "promoted" if decision.promoted else "not promoted"
+    incumbent = ("nothing promoted before" if decision.promoted_value is None
+                 else f"promoted model {decision.promoted_value:.4f}")
+    return (f"{verdict}: {decision.metric} {decision.candidate_value:.4f} vs {incumbent} "
+            f"({decision.reason})")
 
 
 __all__ = ["resolve_checkpoint", "load_checkpoint_for_eval", "evaluate_checkpoint",
-           "checkpoint_config", "run_evaluation",
+           "checkpoint_config", "run_evaluation", "describe_decision",
            "LoadedCheckpoint", "EvaluationOutcome"]

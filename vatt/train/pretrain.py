@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import logging
 import sys
 import time
 from dataclasses import dataclass, replace as dc_replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from vatt.config import Config, ConfigError, load_config, to_dict
 from vatt.train.checkpoint import read_history
@@ -27,6 +27,8 @@ from vatt.train.preflight import PreflightError, check_config, check_resources, 
 
 HISTORY_JSON = "history.json"
 LOSS_CURVE_PNG = "loss_curve.png"
+
+log = logging.getLogger("vatt.train")
 
 
 @dataclass
@@ -78,13 +80,11 @@ def resolve(cfg: Config) -> Config:
 
 
 def connect_ray() -> str:
-    """Use the Ray of this process, the cluster at RAY_ADDRESS, or start a local one."""
-    import ray
+    """Use the Ray of this process, the cluster at RAY_ADDRESS, or start a local one (Ray's own
+    output to its log files unless VATT_VERBOSE; vatt.console)."""
+    from vatt.console import init_ray
 
-    if not ray.is_initialized():
-        # ray.init() itself connects to RAY_ADDRESS when set, else starts a local Ray
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
-    return os.environ.get("RAY_ADDRESS") or "the local Ray started for this run"
+    return init_ray()
 
 
 def data_version_of(cfg: Config) -> dict[str, Any]:
@@ -104,7 +104,7 @@ def data_version_of(cfg: Config) -> dict[str, Any]:
     except VersioningError as err:
         record["md5"] = None
         record["unversioned_because"] = str(err)
-        print(f"warning: training on unversioned data: {err}", file=sys.stderr)
+        log.warning("training on unversioned data: %s", err)
     return record
 
 
@@ -115,7 +115,9 @@ def build_dataset(cfg: Config):
 
 
 def build_trainer(cfg: Config, storage: Storage, datasets: dict[str, Any],
-                  data_version: Optional[dict[str, Any]]):
+                  data_version: Optional[dict[str, Any]], callbacks: Iterable[Any] = ()):
+    """The TorchTrainer of a run; `callbacks` (Ray Train UserCallbacks, e.g. a progress feed or
+    Tune's report callback) go into its RunConfig."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -133,7 +135,8 @@ def build_trainer(cfg: Config, storage: Storage, datasets: dict[str, Any],
         run_config=RunConfig(
             name=train.run_name, storage_path=storage.path, storage_filesystem=storage.filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=train.keep_checkpoints),
-            failure_config=FailureConfig(max_failures=train.max_failures)),
+            failure_config=FailureConfig(max_failures=train.max_failures),
+            callbacks=list(callbacks)),
         datasets=datasets,
     )
 
@@ -175,8 +178,15 @@ def write_run_summary(storage: Storage, run_name: str, history: list[dict[str, A
         stream.write(buffer.getvalue())
 
 
-def pretrain(cfg: Config, datasets: Optional[dict[str, Any]] = None) -> PretrainResult:
-    """Run (or resume) pretraining as configured; `datasets` overrides the ingested dataset."""
+def pretrain(cfg: Config, datasets: Optional[dict[str, Any]] = None,
+             callbacks: Iterable[Any] = (), progress: bool = True) -> PretrainResult:
+    """Run (or resume) pretraining as configured; `datasets` overrides the ingested dataset,
+    `callbacks` are added to the run's Ray Train callbacks, `progress` logs a progress line per
+    reported row (vatt.train.progress)."""
+    from contextlib import nullcontext
+
+    from vatt.train.progress import ProgressFeed
+
     cfg = resolve(cfg)
     check_config(cfg)
     storage = resolve_storage(cfg)
@@ -187,7 +197,14 @@ def pretrain(cfg: Config, datasets: Optional[dict[str, Any]] = None) -> Pretrain
     version = data_version_of(cfg)
     if datasets is None:
         datasets = {"train": build_dataset(cfg)}
-    result = build_trainer(cfg, storage, datasets, version).fit()
+    train = cfg.train
+    log.info("pretraining run %s: %d steps of %d clips on %d worker(s); run folder %s",
+             train.run_name, train.optim.total_steps, train.global_batch_size, train.num_workers,
+             storage.run_uri(train.run_name))
+    feed = ProgressFeed(train.optim.total_steps, train.run_name) if progress else nullcontext()
+    with feed:
+        extra = [feed.callback] if progress else []
+        result = build_trainer(cfg, storage, datasets, version, [*callbacks, *extra]).fit()
     checkpoint = result.checkpoint
     history: list[dict[str, Any]] = []
     if checkpoint is not None:
@@ -203,20 +220,29 @@ def pretrain(cfg: Config, datasets: Optional[dict[str, Any]] = None) -> Pretrain
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from vatt.console import configure_console
+
     parser = argparse.ArgumentParser(prog="python -m vatt.train.pretrain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny", help="config preset under configs/ or a YAML path")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotlist overrides, e.g. train.num_workers=2 train.run_name=exp1")
     args = parser.parse_args(argv)
-    return run_cli(args.preset, args.overrides, prog="pretrain")
+    configure_console()
+    try:
+        cfg = load_config(args.preset, args.overrides)
+    except ConfigError as err:
+        print(f"pretrain: config error: {err}", file=sys.stderr)
+        return 2
+    return run_cli(cfg, prog="pretrain")
 
 
-def run_cli(preset: str, overrides: list[str], prog: str = "vatt pretrain") -> int:
+def run_cli(cfg: Config, prog: str = "vatt pretrain") -> int:
+    """Pretrain `cfg` and print where the run went; the exit code of the command."""
     from vatt.data.loader import DataError
 
     try:
-        result = pretrain(load_config(preset, overrides))
+        result = pretrain(cfg)
     except ConfigError as err:
         kind = "cannot start" if isinstance(err, PreflightError) else "config error"
         print(f"{prog}: {kind}: {err}", file=sys.stderr)
