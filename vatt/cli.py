@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -24,56 +25,28 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from vatt.config import load_config
     from vatt.train.pretrain import run_cli
 
+    cfg = load_config(args.preset, args.overrides)
     if args.data_rev is not None:  # train on a named data version: dvc pull it first
-        from vatt.config import load_config
         from vatt.data import versioning
 
-        storage = load_config(args.preset, args.overrides).storage
         try:
-            version = versioning.pull(rev=args.data_rev, storage=storage,
-                                      remote=storage.dvc_remote)
+            version = versioning.pull(rev=args.data_rev, storage=cfg.storage,
+                                      remote=cfg.storage.dvc_remote)
         except versioning.VersioningError as err:
             print(f"vatt pretrain: cannot pull data revision {args.data_rev!r}: {err}",
                   file=sys.stderr)
             return 2
         print(f"data: pulled {args.data_rev} (version {version})")
-    return run_cli(args.preset, args.overrides)
-
-
-def _version_ingested(out: str, storage, enabled: bool) -> int:
-    """After ingestion into the project's data/ folder: `dvc add` (data.dvc) and `dvc push`."""
-    from pathlib import Path
-
-    from vatt.data import versioning
-
-    try:
-        root = versioning.find_repo_root()
-    except versioning.VersioningError:
-        root = None
-    if root is None or Path(out).resolve() != (root / "data").resolve():
-        print(f"data version: not tracked ({out} is not the project's data/ folder that "
-              "data.dvc tracks; ingest with --out data to version it)")
-        return 0
-    if not enabled:
-        print("data version: not tracked (--no-version); run `vatt data track` and "
-              "`vatt data push` to version it")
-        return 0
-    try:
-        versioning.track(out, repo_root=root)
-        count = versioning.push(remote=storage.dvc_remote, repo_root=root, storage=storage)
-    except versioning.VersioningError as err:
-        print(f"vatt ingest: data ingested but not versioned: {err}", file=sys.stderr)
-        return 1
-    print(f"data version: {versioning.data_version(root)} (data.dvc; {count} files pushed); "
-          "commit data.dvc with git")
-    return 0
+    return run_cli(cfg)
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from vatt.config import load_config
     from vatt.data.ingest import IngestError, ingest
+    from vatt.data.versioning import VersioningError, version_ingested
 
     cfg = load_config(args.preset, args.overrides)
     try:
@@ -81,7 +54,12 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     except IngestError as err:
         print(f"vatt ingest: {err}", file=sys.stderr)
         return 1
-    return _version_ingested(args.out, cfg.storage, enabled=not args.no_version)
+    try:
+        print(version_ingested(args.out, cfg.storage, enabled=not args.no_version).message)
+    except VersioningError as err:
+        print(f"vatt ingest: data ingested but not versioned: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -99,11 +77,60 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return 1
     for name, value in sorted(outcome.results["metrics"].items()):
         print(f"{name:40s} {value:.4f}")
-    print(f"report: {outcome.report_uri}")
-    if outcome.decision is not None:
-        d = outcome.decision
-        print(f"{'promoted' if d.promoted else 'not promoted'}: {d.metric} {d.candidate_value:.4f}"
-              f" vs promoted {d.promoted_value} ({d.reason})")
+    return 0
+
+
+def _print_pipeline(result: dict) -> None:
+    metrics = result.get("metrics") or {}
+    before = ((result.get("promoted_before") or {}).get("metrics")) or {}
+    if metrics:
+        print(f"\n{'metric':40s} {'this model':>10s} {'promoted':>10s}")
+        for name, value in sorted(metrics.items()):
+            if name.partition(".")[2].startswith("num_"):
+                continue  # counts, in the report
+            other = before.get(name)
+            shown = "none" if other is None else f"{other:.4f}"
+            print(f"{name:40s} {value:10.4f} {shown:>10s}")
+    decision = result.get("decision")
+    if decision:
+        from vatt.evaluate.pipeline import describe_decision
+        from vatt.evaluate.registry import Decision
+
+        print("\n" + describe_decision(Decision(**decision)))
+    for key, label in (("checkpoint", "checkpoint"), ("report", "report")):
+        if result.get(key):
+            print(f"{label}: {result[key]}")
+    if result.get("timing"):
+        print("time: " + ", ".join(f"{row['stage']} {row['seconds']:.0f} s"
+                                   for row in result["timing"]))
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from vatt.config import load_config
+
+    load_config(args.preset, args.overrides)  # a bad key fails here, before Prefect starts
+    from flows.pipeline import run_pipeline
+
+    state, result, seconds = run_pipeline(args.preset, args.overrides, source=args.source,
+                                          source_path=args.path, promote=not args.no_promote)
+    _print_pipeline(result)
+    if not state.is_completed():
+        print(f"vatt pipeline: the retrain flow ended {state.name}: {state.message}",
+              file=sys.stderr)
+        return 1
+    print(f"pipeline finished in {seconds / 60:.1f} min (including Prefect's start-up)")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from flows.deployments import PREFECT_YAML, DeploymentError, serve_deployments
+
+    try:
+        serve_deployments(Path(args.file) if args.file else PREFECT_YAML, limit=args.limit,
+                          schedules=not args.no_schedules)
+    except DeploymentError as err:
+        print(f"vatt serve: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -133,7 +160,31 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vatt", description=__doc__)
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Ray's own output (worker logs, Ray Data progress bars) on the "
+                             "console instead of only in its log files (also: VATT_VERBOSE=1)")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    pipeline = sub.add_parser("pipeline", help="the main job: the Prefect `retrain` flow end to "
+                                               "end (ingest, pretrain, evaluate, promote) on "
+                                               "Prefect's ephemeral API and a local Ray")
+    _add_config_args(pipeline)
+    pipeline.add_argument("--source", default="synthetic",
+                          help="what to ingest (default: the generated default dataset)")
+    pipeline.add_argument("--path", default=None, help="the source folder or s3:// prefix")
+    pipeline.add_argument("--no-promote", action="store_true",
+                          help="evaluate and report, but leave the registry alone")
+    pipeline.set_defaults(handler=_cmd_pipeline)
+
+    serve = sub.add_parser("serve", help="serve the deployments of prefect.yaml (scheduled "
+                                         "retraining, ingest, pretrain, evaluate) against the "
+                                         "Prefect server at PREFECT_API_URL")
+    serve.add_argument("--file", default=None, help="prefect.yaml to read (default: the project's)")
+    serve.add_argument("--limit", type=int, default=None,
+                       help="most flow runs at once from this process (default: no limit)")
+    serve.add_argument("--no-schedules", action="store_true",
+                       help="serve without the schedules (runs only when triggered)")
+    serve.set_defaults(handler=_cmd_serve)
 
     info = sub.add_parser("info", help="build a model from a preset, print parameter counts, "
                                        "FLOPs and run one forward pass")
@@ -202,7 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from vatt.config import ConfigError
 
+    from vatt.console import configure_console, set_verbose
+
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        set_verbose(True)
+    configure_console()
     try:
         return args.handler(args)
     except ConfigError as err:

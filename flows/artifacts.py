@@ -1,0 +1,166 @@
+"""What a run shows in the Prefect UI: tables, the report with its plots, the gate's decision
+and links to the checkpoint, the report and the data version.
+
+Keys are stable (`vatt-metrics`, `vatt-report`, ...), so the UI's artifact page of a key shows
+its history across runs. Prefect 3.9's image artifact takes a URL, which a report in a local
+folder or a private bucket does not have; the plots are therefore put inside the Markdown as
+data URIs (`![...](data:image/png;base64,...)`), which the UI renders as images.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+from prefect import task
+from prefect.artifacts import (create_link_artifact, create_markdown_artifact,
+                               create_table_artifact)
+from prefect.cache_policies import NO_CACHE
+
+from flows.tasks import transient_retries
+from vatt.config import Config
+from vatt.storage import ObjectStore
+
+KEYS = {"ingest": "vatt-ingest", "training": "vatt-training", "metrics": "vatt-metrics",
+        "report": "vatt-report", "gate": "vatt-gate", "checkpoint": "vatt-checkpoint",
+        "report_link": "vatt-report-folder", "data_version": "vatt-data-version",
+        "timing": "vatt-timing"}
+
+_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)")
+
+
+def link_for(uri: str) -> str:
+    """A URL for a local path or an s3:// URI."""
+    return uri if "://" in uri else Path(uri).resolve().as_uri()
+
+
+def _join(folder: str, name: str) -> str:
+    return f"{folder.rstrip('/')}/{name}"
+
+
+def inline_images(markdown: str, folder: str, store: ObjectStore) -> str:
+    """Replace `![alt](plot.png)` (relative to `folder`) with a data URI of the PNG."""
+    def data_uri(match: re.Match) -> str:
+        alt, name = match.group(1), match.group(2)
+        if "://" in name or name.startswith("data:"):
+            return match.group(0)
+        png = store.read_bytes(_join(folder, name))
+        return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+    return _IMAGE.sub(data_uri, markdown)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+@task(name="publish-ingest", cache_policy=NO_CACHE, **transient_retries)
+def publish_ingest(summaries: list[dict[str, Any]], version: Optional[dict[str, Any]]) -> None:
+    rows = [{"dataset": s["source"], "clips": s["clips"], "minutes": round(s["hours"] * 60, 1),
+             "per split": ", ".join(f"{k} {v}" for k, v in s["per_split"].items()),
+             "quarantined": s["quarantined"]} for s in summaries]
+    create_table_artifact(key=KEYS["ingest"], table=rows,
+                          description="Ingested datasets (vatt.data.ingest)")
+    if version and version.get("version"):
+        create_link_artifact(key=KEYS["data_version"], link=link_for("data.dvc"),
+                             link_text=f"data version {version['version']}",
+                             description=version["message"])
+
+
+@task(name="publish-training", cache_policy=NO_CACHE, **transient_retries)
+def publish_training(cfg: Config, trained: dict[str, Any]) -> None:
+    from vatt.train.pretrain import LOSS_CURVE_PNG
+
+    store = ObjectStore.from_config(cfg.storage)
+    history = trained["history"]
+    lines = [f"# Pretraining run `{trained['run_name']}`", ""]
+    if history:
+        first, last = history[0], history[-1]
+        lines += ["| step | total loss | video-audio NCE | video-text MIL-NCE | clips/s |",
+                  "|---|---|---|---|---|"]
+        for row in (first, last):
+            lines.append(f"| {row['step']} | {row['loss_total']:.4f} | "
+                         f"{row['loss_video_audio']:.4f} | {row['loss_video_text']:.4f} | "
+                         f"{row.get('clips_per_s', 0):.1f} |")
+        lines += ["", f"![loss curve]({LOSS_CURVE_PNG})"]
+    lines += ["", f"Run folder: `{trained['run_uri']}`", "",
+              f"Checkpoint: `{trained['checkpoint']}`"]
+    create_markdown_artifact(key=KEYS["training"],
+                             markdown=inline_images("\n".join(lines), trained["run_uri"], store),
+                             description="Pretraining losses")
+    if trained["checkpoint"]:
+        create_link_artifact(key=KEYS["checkpoint"], link=link_for(trained["checkpoint"]),
+                             link_text=trained["checkpoint"], description="Latest checkpoint")
+
+
+def metrics_table(metrics: dict[str, float],
+                  promoted: Optional[dict[str, Any]]) -> list[dict[str, str]]:
+    """One row per metric: this model's value beside the promoted model's (before the gate)."""
+    theirs = (promoted or {}).get("metrics", {})
+    rows = []
+    for name, value in sorted(metrics.items()):
+        task_name, _, metric = name.partition(".")
+        other = theirs.get(name)
+        diff = value - other if isinstance(other, (int, float)) else None
+        rows.append({"task": task_name, "metric": metric, "this model": _fmt(value),
+                     "promoted model": _fmt(other) if other is not None else "none",
+                     "difference": _fmt(diff)})
+    return rows
+
+
+def gate_markdown(decision: Optional[dict[str, Any]], promoted: Optional[dict[str, Any]]) -> str:
+    if decision is None:
+        return "# Promotion gate\n\nNot run (`promote` was off): the registry is unchanged."
+    verdict = "**promoted**" if decision["promoted"] else "**not promoted**"
+    before = decision["promoted_value"]
+    incumbent = (f"`{promoted['checkpoint']}`" if promoted else "none")
+    return "\n".join([
+        "# Promotion gate", "",
+        f"Decision: {verdict}. {decision['reason']}.", "",
+        "| | value |", "|---|---|",
+        f"| metric | `{decision['metric']}` |",
+        f"| this model | {_fmt(decision['candidate_value'])} |",
+        f"| promoted model before | {_fmt(before) if before is not None else 'none'} |",
+        f"| promoted model | {incumbent} |",
+        f"| candidate | `{decision['checkpoint']}` |",
+        f"| time | {decision['time']} |"])
+
+
+@task(name="publish-evaluation", cache_policy=NO_CACHE, **transient_retries)
+def publish_evaluation(cfg: Config, evaluated: dict[str, Any],
+                       promoted: Optional[dict[str, Any]]) -> None:
+    from vatt.evaluate.report import REPORT_FILE
+
+    store = ObjectStore.from_config(cfg.storage)
+    create_table_artifact(key=KEYS["metrics"], table=metrics_table(evaluated["metrics"], promoted),
+                          description=f"Evaluation of step {evaluated['step']} beside the "
+                                      "promoted model's numbers")
+    report = store.read_text(_join(evaluated["report"], REPORT_FILE))
+    create_markdown_artifact(key=KEYS["report"],
+                             markdown=inline_images(report, evaluated["report"], store),
+                             description="Evaluation report with its plots")
+    create_markdown_artifact(key=KEYS["gate"], markdown=gate_markdown(evaluated["decision"], promoted),
+                             description="The promotion gate's decision and its reason")
+    create_link_artifact(key=KEYS["report_link"], link=link_for(evaluated["report"]),
+                         link_text=evaluated["report"], description="Report folder")
+    version = evaluated.get("data_version") or {}
+    md5 = version.get("md5") if isinstance(version, dict) else None
+    if md5:
+        create_link_artifact(key=KEYS["data_version"], link=link_for(version.get("data_path", ".")),
+                             link_text=f"data version {md5}",
+                             description="The data the evaluated model was trained on")
+
+
+@task(name="publish-timing", cache_policy=NO_CACHE, **transient_retries)
+def publish_timing(rows: list[dict[str, Any]]) -> None:
+    create_table_artifact(key=KEYS["timing"], table=rows,
+                          description="Wall time by stage; Prefect's overhead is the flow's time "
+                                      "outside the library calls")
+
+
+__all__ = ["publish_ingest", "publish_training", "publish_evaluation", "publish_timing",
+           "metrics_table", "gate_markdown", "inline_images", "KEYS"]

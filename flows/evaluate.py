@@ -1,0 +1,27 @@
+"""The `evaluate` flow: downstream evaluation of a checkpoint (linear probes, zero-shot
+retrieval, ...), its report, and the promotion gate, with the results shown in the UI."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from prefect import flow
+
+from flows.artifacts import publish_evaluation
+from flows.params import Overrides, Preset
+from flows.tasks import evaluate_checkpoint, read_promoted, resolve_config
+from vatt.evaluate.runner import TASKS
+
+Task = Literal[tuple(TASKS)]  # type: ignore[valid-type]
+
+
+@flow(name="evaluate", description="Downstream evaluation, report and promotion gate")
+def evaluate(checkpoint: str = "latest", preset: Preset = "tiny", overrides: Overrides = [],
+             tasks: Optional[list[Task]] = None, promote: bool = True) -> dict[str, Any]:
+    """`checkpoint`: a checkpoint folder or s3:// prefix, or "latest" (the newest under
+    train.storage_path). `overrides` set evaluation keys (eval.*, data.path)."""
+    cfg = resolve_config(preset, overrides)
+    promoted = read_promoted(cfg)
+    evaluated = evaluate_checkpoint(checkpoint, cfg, list(overrides), tasks, promote)
+    publish_evaluation(cfg, evaluated, promoted)
+    return evaluated

@@ -1,0 +1,59 @@
+"""The `ingest` flow: a raw source (or the generated default dataset) -> validated shards under
+`data.path`, versioned with DVC when that is the project's data/ folder.
+
+Ingestion is cached across flow runs on what determines its output (the source, its input
+files, the ingest settings and code: vatt.data.ingest.source_fingerprint), so a second run on
+unchanged input does no work; a cached ingest whose output was deleted runs again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+from prefect import flow
+
+from flows.artifacts import publish_ingest
+from flows.params import Overrides, Preset, Source
+from flows.tasks import fingerprint_source, ingest_source, resolve_config, version_data
+from vatt.config import Config
+
+log = logging.getLogger("vatt.flows")
+
+
+def ingest_data(cfg: Config, source: str, path: Optional[str], version: bool = True) -> dict[str, Any]:
+    """The steps of an ingest inside any flow: fingerprint, ingest (cached), version, publish.
+    Returns {"summaries", "version", "cached", "seconds": {stage: s}}."""
+    from vatt.data.ingest import missing_outputs
+
+    out = cfg.data.path
+    fingerprint = fingerprint_source(cfg, source, path, out)
+    state = ingest_source(cfg, source, path, out, fingerprint["fingerprint"], return_state=True)
+    ingested = state.result()
+    cached = state.is_completed() and state.name == "Cached"
+    if cached:
+        missing = missing_outputs(source, out)
+        if missing:
+            log.info("ingest cached, but its output is gone (%s): ingesting again", missing[0])
+            ingested = ingest_source.with_options(refresh_cache=True)(
+                cfg, source, path, out, fingerprint["fingerprint"])
+            cached = False
+        else:
+            log.info("ingest: cached (the input and settings are unchanged, fingerprint %s); "
+                     "nothing to do", fingerprint["fingerprint"][:12])
+    versioned = version_data(cfg, out, version)
+    publish_ingest(ingested["summaries"], versioned)
+    return {"summaries": ingested["summaries"], "version": versioned["version"], "cached": cached,
+            "seconds": {"fingerprint": fingerprint["seconds"],
+                        "ingest": 0.0 if cached else ingested["seconds"],
+                        "version": versioned["seconds"]}}
+
+
+@flow(name="ingest", description="Raw video/audio/text -> validated shards under data/, "
+                                 "versioned with DVC")
+def ingest(source: Source = "synthetic", path: Optional[str] = None, preset: Preset = "tiny",
+           overrides: Overrides = [], version: bool = True) -> dict[str, Any]:
+    """`source` in its published layout at `path` (a folder or s3:// prefix; for `synthetic`,
+    where the generated raw media go) into `data.path`."""
+    cfg = resolve_config(preset, overrides)
+    return ingest_data(cfg, source, path, version)

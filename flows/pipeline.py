@@ -1,0 +1,39 @@
+"""`vatt pipeline`: the `retrain` flow once, end to end, on the embedded defaults.
+
+It runs against Prefect's ephemeral API whatever the user's Prefect profile says (a profile
+pointing at a server or Prefect Cloud is set aside for this run; the run is recorded in the
+local Prefect database, which `prefect server start` shows), with a local Ray, the local DVC
+remote, the generated default dataset and the `tiny` preset unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+
+def run_pipeline(preset: str = "tiny", overrides: Optional[list[str]] = None,
+                 source: str = "synthetic", source_path: Optional[str] = None,
+                 promote: bool = True) -> tuple[Any, dict[str, Any], float]:
+    """(final state, retrain's result, wall seconds including Prefect's start-up)."""
+    from prefect.settings import (PREFECT_API_KEY, PREFECT_API_URL,
+                                  PREFECT_SERVER_ALLOW_EPHEMERAL_MODE,
+                                  PREFECT_SERVER_ANALYTICS_ENABLED,
+                                  PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+                                  temporary_settings)
+
+    from flows.retrain import retrain
+
+    started = time.perf_counter()
+    with temporary_settings(
+            restore_defaults={PREFECT_API_URL, PREFECT_API_KEY},
+            updates={PREFECT_SERVER_ALLOW_EPHEMERAL_MODE: True,
+                     PREFECT_SERVER_ANALYTICS_ENABLED: False,  # no network here, no telemetry
+                     PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 120}):
+        state = retrain(preset=preset, overrides=list(overrides or []), source=source,
+                        source_path=source_path, promote=promote, return_state=True)
+    result = state.result(raise_on_failure=False)
+    return state, (result if isinstance(result, dict) else {}), time.perf_counter() - started
+
+
+__all__ = ["run_pipeline"]

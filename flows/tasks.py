@@ -1,0 +1,193 @@
+"""The tasks the flows are made of; each is one call into the library.
+
+Retries are declared here, on the decorators: tasks that talk to an object store, a DVC remote
+or an API retry transient faults (vatt.faults.is_transient) with exponential backoff and
+jitter; a bad config, missing data or a failed training is not retried. Each task returns what
+the next needs plus the seconds its library call took (`StageTime`), from which the flows
+report Prefect's own overhead.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+from prefect.tasks import exponential_backoff
+
+from vatt.config import Config, load_config, replace, to_dict
+from vatt.faults import is_transient
+
+log = logging.getLogger("vatt.flows")
+
+RETRIES = 4
+RETRY_DELAYS = exponential_backoff(backoff_factor=2)  # 2, 4, 8, 16 s
+RETRY_JITTER = 0.5  # each delay drawn up to 50% longer, so retries of many runs spread out
+
+
+def retry_transient(task_obj, task_run, state) -> bool:
+    """retry_condition_fn: retry when the failure is transient, never a permanent error."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception as err:  # noqa: BLE001 - a result that cannot be read: judge that
+        exc = err
+    transient = isinstance(exc, BaseException) and is_transient(exc)
+    if transient:
+        log.warning("%s failed with a transient fault (%s: %s); retrying", task_run.name,
+                    type(exc).__name__, exc)
+    return transient
+
+
+transient_retries = dict(retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,
+                         retry_jitter_factor=RETRY_JITTER, retry_condition_fn=retry_transient)
+
+
+@dataclass
+class StageTime:
+    """Seconds spent in library calls, per stage (ingest, pretrain, evaluate, ...)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+
+class _Timer:
+    def __enter__(self) -> "_Timer":
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+
+
+@task(name="load-config", cache_policy=NO_CACHE)
+def resolve_config(preset: str, overrides: list[str], run_name: Optional[str] = None) -> Config:
+    """The validated config; a bad key or value fails here, naming it, before any work."""
+    cfg = load_config(preset, list(overrides))
+    if run_name:
+        cfg = replace(cfg, [f"train.run_name={run_name}"])
+    log.info("config: preset %s, overrides %s", preset, " ".join(overrides) or "none")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+@task(name="fingerprint-source", cache_policy=NO_CACHE, **transient_retries)
+def fingerprint_source(cfg: Config, source: str, path: Optional[str], out: str) -> dict[str, Any]:
+    """The hash of what determines the ingest's output (vatt.data.ingest.source_fingerprint)."""
+    from vatt.data.ingest import source_fingerprint
+
+    with _Timer() as timer:
+        fingerprint = source_fingerprint(cfg, source, path, out)
+    return {"fingerprint": fingerprint, "seconds": timer.seconds}
+
+
+def _ingest_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    # what determines the output, nothing else (not Prefect's per-run default)
+    return f"vatt-ingest-{parameters['fingerprint']}"
+
+
+@task(name="ingest", cache_key_fn=_ingest_cache_key, persist_result=True,
+      result_serializer="json", **transient_retries)
+def ingest_source(cfg: Config, source: str, path: Optional[str], out: str,
+                  fingerprint: str) -> dict[str, Any]:
+    """Ingest (cached on `fingerprint`: a second run on unchanged input and settings is a cache
+    hit and does no work). Returns the summaries and the seconds spent."""
+    from vatt.data.ingest import ingest
+
+    with _Timer() as timer:
+        summaries = ingest(cfg, source, path, out, progress=False)
+    return {"summaries": summaries, "seconds": timer.seconds, "fingerprint": fingerprint}
+
+
+@task(name="version-data", cache_policy=NO_CACHE, **transient_retries)
+def version_data(cfg: Config, out: str, enabled: bool = True) -> dict[str, Any]:
+    """dvc add + dvc push of the project's data/ (retried: the remote may hiccup)."""
+    from vatt.data.versioning import version_ingested
+
+    with _Timer() as timer:
+        record = version_ingested(out, cfg.storage, enabled=enabled)
+    log.info("%s", record.message)
+    return {"version": record.version, "pushed": record.pushed, "message": record.message,
+            "seconds": timer.seconds}
+
+
+@task(name="pull-data", cache_policy=NO_CACHE, **transient_retries)
+def pull_data(cfg: Config, rev: str) -> dict[str, Any]:
+    """dvc pull of the data.dvc of git revision `rev`."""
+    from vatt.data.versioning import pull
+
+    with _Timer() as timer:
+        version = pull(rev=rev, storage=cfg.storage, remote=cfg.storage.dvc_remote)
+    log.info("data: pulled %s (version %s)", rev, version)
+    return {"version": version, "rev": rev, "seconds": timer.seconds}
+
+
+# ---------------------------------------------------------------------------------------------
+# Training and evaluation
+
+
+@task(name="pretrain", cache_policy=NO_CACHE)
+def pretrain_model(cfg: Config) -> dict[str, Any]:
+    """Ray Train pretraining; a worker that dies is replaced by Ray Train itself
+    (train.max_failures) and a retried flow run resumes from the run's last checkpoint."""
+    from vatt.train.pretrain import pretrain
+
+    with _Timer() as timer:
+        result = pretrain(cfg)
+    return {"run_uri": result.run_uri, "checkpoint": result.checkpoint_uri,
+            "history": result.history, "run_name": result.config.train.run_name,
+            "seconds": timer.seconds}
+
+
+@task(name="read-promoted", cache_policy=NO_CACHE, **transient_retries)
+def read_promoted(cfg: Config) -> Optional[dict[str, Any]]:
+    """The registry's promoted model before this evaluation (for the comparison table)."""
+    from vatt.evaluate.registry import Registry
+    from vatt.storage import ObjectStore
+
+    return Registry(cfg.eval.registry_path, ObjectStore.from_config(cfg.storage)).promoted
+
+
+@task(name="evaluate", cache_policy=NO_CACHE, **transient_retries)
+def evaluate_checkpoint(checkpoint: str, cfg: Config, overrides: list[str],
+                        tasks: Optional[list[str]], promote: bool) -> dict[str, Any]:
+    """Downstream evaluation, report and (if `promote`) the promotion gate."""
+    from dataclasses import asdict
+
+    from vatt.evaluate.pipeline import run_evaluation
+
+    with _Timer() as timer:
+        outcome = run_evaluation(checkpoint, cfg, overrides, tasks, promote=promote)
+    decision = asdict(outcome.decision) if outcome.decision is not None else None
+    return {"metrics": outcome.results["metrics"], "report": outcome.report_uri,
+            "checkpoint": outcome.results.get("checkpoint"), "step": outcome.results.get("step"),
+            "data_version": outcome.results.get("data_version"), "decision": decision,
+            "seconds": timer.seconds}
+
+
+def config_summary(cfg: Config) -> dict[str, Any]:
+    """The few settings a reader of the run page wants to see."""
+    flat = to_dict(cfg)
+    return {"preset": cfg.name, "sharing": flat["model"]["sharing"],
+            "video drop_rate": cfg.model.video.drop_rate,
+            "audio drop_rate": cfg.model.audio.drop_rate,
+            "steps": cfg.train.optim.total_steps, "batch": cfg.train.global_batch_size,
+            "workers": cfg.train.num_workers, "data": str(Path(cfg.data.path))}
+
+
+__all__ = ["resolve_config", "fingerprint_source", "ingest_source", "version_data", "pull_data",
+           "pretrain_model", "read_promoted", "evaluate_checkpoint", "StageTime",
+           "transient_retries", "retry_transient", "config_summary"]
