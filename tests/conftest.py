@@ -41,6 +41,7 @@ class S3Server:
     region: str = "us-east-1"
     log_path: Path | None = None
     empty_aws_file: Path | None = None  # stands in for ~/.aws/{config,credentials}
+    pid: int = 0  # the weed process (its own process group), e.g. to pause it in a fault test
 
     @property
     def env(self) -> dict[str, str]:
@@ -125,7 +126,7 @@ def _start_weed(weed: str, root: Path, access_key: str, secret_key: str) -> tupl
     empty_aws_file.write_text("")
     server = S3Server(endpoint_url=f"http://127.0.0.1:{ports['s3.port']}", access_key=access_key,
                       secret_key=secret_key, bucket=S3_BUCKET, log_path=log_path,
-                      empty_aws_file=empty_aws_file)
+                      empty_aws_file=empty_aws_file, pid=proc.pid)
     return proc, server, list(ports.values())
 
 
@@ -201,3 +202,80 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
     for var, value in s3_server.env.items():
         monkeypatch.setenv(var, value)
     return s3_server
+
+
+# ---------------------------------------------------------------------------------------------
+# A scratch copy of the project, the default pipeline run once per session, Prefect's harness
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_FILES = (".dvc/config", ".dvcignore", "data.dvc", "prefect.yaml")
+PREFECT_STARTUP_TIMEOUT_S = 120  # Prefect's harness server on 2 busy cores
+
+
+def make_project(folder: Path) -> Path:
+    """A git repository holding the project's DVC set-up (.dvc/config, data.dvc) and
+    prefect.yaml: where `vatt pipeline` / `vatt serve` run in tests, so that versioning data/
+    never touches this checkout's data.dvc."""
+    for name in PROJECT_FILES:
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / name, target)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "vatt-test", "GIT_AUTHOR_EMAIL": "test@vatt.invalid",
+           "GIT_COMMITTER_NAME": "vatt-test", "GIT_COMMITTER_EMAIL": "test@vatt.invalid"}
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "project"]):
+        subprocess.run(["git", *args], cwd=folder, check=True, env=env)
+    return folder
+
+
+def vatt_command() -> list[str]:
+    """The installed `vatt` console script of this interpreter's environment."""
+    script = Path(sys.executable).parent / "vatt"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "vatt.cli"]
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    """A finished `vatt pipeline` in a scratch project: its folders and its console output."""
+
+    project: Path
+    output: str
+    checkpoint: Path
+    report: Path
+
+    @property
+    def data(self) -> Path:
+        return self.project / "data"
+
+
+@pytest.fixture(scope="session")
+def default_pipeline(tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
+    """`vatt pipeline` exactly as the README runs it (the main job: generated default dataset,
+    `tiny` preset, full default budget, Prefect's ephemeral API, a local Ray), once per test
+    session; tests that need a finished pipeline share it."""
+    project = make_project(tmp_path_factory.mktemp("pipeline-project"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RAY_ADDRESS"))}
+    env["PREFECT_HOME"] = str(project / ".prefect")  # nothing of the user's Prefect home
+    done = subprocess.run([*vatt_command(), "pipeline"], cwd=project, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=40 * 60)
+    (project / "pipeline.log").write_text(done.stdout)
+    assert done.returncode == 0, f"vatt pipeline failed ({done.returncode}):\n{done.stdout[-6000:]}"
+    found = {}
+    for line in done.stdout.splitlines():
+        for key in ("checkpoint", "report"):
+            if line.startswith(f"{key}: "):
+                found[key] = Path(line.split(": ", 1)[1])
+    assert set(found) == {"checkpoint", "report"}, done.stdout[-3000:]
+    report = found["report"] if found["report"].is_absolute() else project / found["report"]
+    return PipelineRun(project, done.stdout, found["checkpoint"], report)
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """Prefect's test harness (a real Prefect server on a temporary database) for the whole
+    session; flows called in the test process report to it. Yields its API URL."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with temporary_settings({PREFECT_SERVER_ANALYTICS_ENABLED: False}):
+        with prefect_test_harness(server_startup_timeout=PREFECT_STARTUP_TIMEOUT_S):
+            yield str(PREFECT_API_URL.value())

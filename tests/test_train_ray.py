@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from helpers import latest_registered_checkpoint, train_worker_processes
 from vatt.config import load_config
 from vatt.train.preflight import PreflightError
 
@@ -83,28 +84,6 @@ def test_two_cpu_workers_loss_goes_down(ray_cluster, train_data, tmp_path):
     assert json.loads((checkpoint / "data_version.json").read_text())["data_path"] == str(train_data)
 
 
-def _train_worker_processes() -> list[psutil.Process]:
-    """Ray Train worker processes of the Ray this test process started (its descendants)."""
-    workers = []
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if "RayTrainWorker" in " ".join(proc.cmdline()):
-                workers.append(proc)
-        except psutil.NoSuchProcess:
-            continue
-    return workers
-
-
-def _latest_registered_checkpoint(run: Path):
-    """The checkpoint Ray Train has committed (all workers reported it), from its run snapshot."""
-    try:
-        snapshot = json.loads((run / "checkpoint_manager_snapshot.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):  # not yet written, or being written
-        return None
-    latest = snapshot.get("latest_checkpoint_result")
-    return latest and latest["checkpoint_dir_name"]
-
-
 def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, train_data, tmp_path):
     from vatt.train.pretrain import pretrain
 
@@ -115,10 +94,10 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, train_data, tmp
     runner = threading.Thread(target=lambda: outcome.update(result=pretrain(cfg)), daemon=True)
     runner.start()
     deadline = time.time() + 300
-    while _latest_registered_checkpoint(tmp_path / "killed") is None:
+    while latest_registered_checkpoint(tmp_path / "killed") is None:
         assert runner.is_alive() and time.time() < deadline, "no checkpoint was registered"
         time.sleep(0.05)
-    workers = _train_worker_processes()
+    workers = train_worker_processes(psutil.Process())
     assert len(workers) == 2, f"expected 2 RayTrainWorker processes, found {workers}"
     os.kill(workers[1].pid, signal.SIGKILL)
     runner.join(timeout=600)
@@ -137,7 +116,7 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, train_data, tmp
     epochs = [row["epoch"] for row in history]
     assert epochs == sorted(epochs)
     # the killed worker really was replaced
-    assert workers[1].pid not in {p.pid for p in _train_worker_processes()}
+    assert workers[1].pid not in {p.pid for p in train_worker_processes(psutil.Process())}
 
 
 def test_checkpoints_to_and_from_s3_and_same_run_name_resumes(ray_cluster, train_data, s3_env):

@@ -1,0 +1,33 @@
+"""Helpers shared by test modules (Ray Train processes and run folders)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import psutil
+
+
+def train_worker_processes(descendants_of: Optional[psutil.Process] = None) -> list[psutil.Process]:
+    """Ray Train worker processes: the descendants of `descendants_of`, or any on the machine."""
+    candidates = (descendants_of.children(recursive=True) if descendants_of is not None
+                  else list(psutil.process_iter()))
+    workers = []
+    for proc in candidates:
+        try:
+            if "RayTrainWorker" in " ".join(proc.cmdline()):
+                workers.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return workers
+
+
+def latest_registered_checkpoint(run: Path) -> Optional[str]:
+    """The checkpoint Ray Train has committed (all workers reported it), from its run snapshot."""
+    try:
+        snapshot = json.loads((run / "checkpoint_manager_snapshot.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):  # not yet written, or being written
+        return None
+    latest = snapshot.get("latest_checkpoint_result")
+    return latest and latest["checkpoint_dir_name"]
