@@ -21,7 +21,7 @@ def attach_library_logs() -> None:
     """Idempotent: the `vatt` logger at INFO, with Prefect's API handler, its records shown on
     Prefect's console (the root logger's handler) rather than a console of vatt's own."""
     from prefect.logging.configuration import ensure_logging_setup
-    from prefect.logging.handlers import APILogHandler
+    from prefect.logging.handlers import APILogHandler, PrefectConsoleHandler
 
     from vatt.console import configure_console, use_root_console
 
@@ -34,5 +34,5 @@ def attach_library_logs() -> None:
         handler.vatt_prefect = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     configure_console()
-    if logging.getLogger().handlers:
+    if any(isinstance(h, PrefectConsoleHandler) for h in logging.getLogger().handlers):
         use_root_console()

@@ -167,11 +167,15 @@ def evaluate_checkpoint(checkpoint: str, cfg: Config, overrides: list[str],
     """Downstream evaluation, report and (if `promote`) the promotion gate."""
     from dataclasses import asdict
 
-    from vatt.evaluate.pipeline import run_evaluation
+    from vatt.evaluate.pipeline import describe_decision, run_evaluation
 
     with _Timer() as timer:
         outcome = run_evaluation(checkpoint, cfg, overrides, tasks, promote=promote)
-    decision = asdict(outcome.decision) if outcome.decision is not None else None
+    log.info("report: %s", outcome.report_uri)
+    decision = None
+    if outcome.decision is not None:
+        log.info("%s", describe_decision(outcome.decision))
+        decision = asdict(outcome.decision)
     return {"metrics": outcome.results["metrics"], "report": outcome.report_uri,
             "checkpoint": outcome.results.get("checkpoint"), "step": outcome.results.get("step"),
             "data_version": outcome.results.get("data_version"), "decision": decision,

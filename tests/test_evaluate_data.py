@@ -84,14 +84,15 @@ def test_same_checkpoint_twice_same_numbers_cli(setup, capsys):
             f"eval.output_path={cfg.eval.output_path}",
             f"eval.registry_path={cfg.eval.registry_path}"]
     assert main(args) == 0
-    first = capsys.readouterr().out
+    first, first_log = capsys.readouterr()
     assert main(args) == 0
     second = capsys.readouterr().out
     numbers = [line for line in first.splitlines() if line.startswith(("action", "audio", "text",
                                                                         "video"))]
     assert len(numbers) > 10 and numbers == [line for line in second.splitlines()
                                              if line.startswith(("action", "audio", "text", "video"))]
-    assert f"checkpoint: {folder}" in first and "promoted: text_video_retrieval.R@10" in second
+    assert f"evaluating checkpoint {folder}" in first_log  # the library's log on the console
+    assert "report: " in first and "promoted: text_video_retrieval.R@10" in second
     decisions = json.loads(Registry(cfg.eval.registry_path).path.read_text())["decisions"]
     assert [d["promoted"] for d in decisions] == [True, True]  # equal is "not worse"
     assert decisions[1]["candidate_value"] == decisions[1]["promoted_value"]

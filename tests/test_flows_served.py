@@ -27,7 +27,7 @@ from helpers import latest_registered_checkpoint, train_worker_processes
 pytestmark = pytest.mark.slow
 
 SCREENSHOTS = REPO_ROOT / "artifacts" / "ui-test"
-TOTAL, EVERY = 30, 10
+TOTAL, EVERY = 40, 10
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ def retried_run(served, default_pipeline, tmp_path_factory) -> dict:
     from prefect import get_client
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
-    from prefect.states import Scheduled
+    from prefect.states import Cancelled, Scheduled
 
     runs = tmp_path_factory.mktemp("served-runs")
     overrides = [f"data.path={default_pipeline.data}", f"train.storage_path={runs}",
@@ -147,6 +147,19 @@ def retried_run(served, default_pipeline, tmp_path_factory) -> dict:
     with temporary_settings({PREFECT_API_URL: served.api}):
         # as the UI's "Run" does: a flow run of the deployment, picked up by the served process
         flow_run = run_deployment("retrain/weekly", parameters={"overrides": overrides}, timeout=0)
+        with get_client(sync_client=True) as client:
+            def state_of(run_id):
+                return client.read_flow_run(run_id).state
+
+            _wait_for(lambda: state_of(flow_run.id).is_running(), "the served run to start", 300)
+            # one retrain at a time: a second run waits for the deployment's concurrency slot
+            second = run_deployment("retrain/weekly", parameters={"overrides": overrides},
+                                    timeout=0)
+            waited = _wait_for(lambda: state_of(second.id).name == "AwaitingConcurrencySlot"
+                               and state_of(second.id), "the second run to wait for its slot", 120)
+            client.set_flow_run_state(second.id, Cancelled(message="concurrency checked"),
+                                      force=True)
+            assert state_of(flow_run.id).is_running()
 
         def first_checkpoint():
             folders = [p for p in runs.iterdir() if p.is_dir() and p.name.startswith("tiny-")]
@@ -172,7 +185,8 @@ def retried_run(served, default_pipeline, tmp_path_factory) -> dict:
                                       force=True)
             done = _wait_for(final_state, "the retried run", 900)
             final = client.read_flow_run(flow_run.id)
-    return {"flow_run": final, "state": done, "failed": failed, "run_folder": run_folder}
+    return {"flow_run": final, "state": done, "failed": failed, "run_folder": run_folder,
+            "second_waited": waited}
 
 
 def test_served_run_is_retried_and_resumes_training_from_its_checkpoint(retried_run):
@@ -189,6 +203,11 @@ def test_served_run_is_retried_and_resumes_training_from_its_checkpoint(retried_
     resumed_at = state_json["started_from"][1]
     assert resumed_at % EVERY == 0 and EVERY <= resumed_at < TOTAL  # not from step 0
     assert all(row["attempt"] == 1 for row in history if row["step"] > resumed_at)
+
+
+def test_retrain_runs_one_at_a_time(retried_run):
+    # the second run triggered while the first trained was held by the deployment's limit
+    assert retried_run["second_waited"].name == "AwaitingConcurrencySlot"
 
 
 def _chromium() -> str:

@@ -37,7 +37,7 @@ def _vectors(words):
     return {w: rng.normal(size=4).astype(np.float32) for w in words}
 
 
-def test_word2vec_text_and_binary_give_the_same_table(tmp_path, capsys):
+def test_word2vec_text_and_binary_give_the_same_table(tmp_path, caplog):
     vocab = Vocabulary(["red", "ball", "zebra"])
     vecs = _vectors(["red", "ball", "other"])
     text = tmp_path / "w.txt"
@@ -48,8 +48,9 @@ def test_word2vec_text_and_binary_give_the_same_table(tmp_path, capsys):
         fh.write(b"3 4\n")
         for w, v in vecs.items():
             fh.write(w.encode() + b" " + struct.pack("<4f", *v) + b"\n")
-    t_text = load_word2vec(text, vocab, dim=4)
-    assert "2 of 4 vocabulary words found" in capsys.readouterr().out
+    with caplog.at_level("INFO", logger="vatt.text"):
+        t_text = load_word2vec(text, vocab, dim=4)
+    assert "2 of 4 vocabulary words found" in caplog.text
     t_bin = load_word2vec(binary, vocab, dim=4)
     assert t_text.shape == (5, 4) and t_text.dtype == torch.float32
     assert torch.equal(t_text[0], torch.zeros(4))  # pad row

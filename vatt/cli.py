@@ -75,8 +75,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     except (CheckpointError, RegistryError, DataError) as err:
         print(f"vatt evaluate: {err}", file=sys.stderr)
         return 1
+    from vatt.evaluate.pipeline import describe_decision
+
     for name, value in sorted(outcome.results["metrics"].items()):
         print(f"{name:40s} {value:.4f}")
+    print(f"report: {outcome.report_uri}")
+    if outcome.decision is not None:
+        print(describe_decision(outcome.decision))
     return 0
 
 

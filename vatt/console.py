@@ -46,6 +46,19 @@ class _HideProgress(logging.Filter):
 _console_filter = _HideProgress()
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of each record (a test's capture, a
+    redirected stream), not the one there when the handler was made."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def console_filter() -> _HideProgress:
     """The filter of the console handler; a progress bar sets `bar_active` while it shows."""
     return _console_filter
@@ -66,14 +79,10 @@ def use_root_console() -> None:
 
 
 def configure_console(level: int = logging.INFO) -> None:
-    """vatt.* records at `level` on stderr as plain lines (idempotent); with a console handler
-    on the root logger already (e.g. Prefect's), they go there instead."""
+    """vatt.* records at `level` on stderr as plain lines (idempotent)."""
     log.setLevel(level)
-    if logging.getLogger().handlers:
-        use_root_console()
-        return
     if not console_active():
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler.addFilter(_console_filter)
         handler.vatt_console = True  # type: ignore[attr-defined]

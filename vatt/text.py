@@ -7,6 +7,7 @@ Spec section 1: lower-cased word tokens, at most 16 per caption, pad id 0, a voc
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import Counter
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Iterable
 
 import numpy as np
 import torch
+
+log = logging.getLogger("vatt.text")
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
@@ -187,8 +190,8 @@ def load_word2vec(path: str | Path, vocabulary: Vocabulary, dim: int = 300,
     table[missing] = rng.normal(0.0, 0.01 * (scale or 1.0), size=(len(missing), dim))
     table[PAD_ID] = 0.0
     if verbose:
-        print(f"word2vec {path.name}: {len(found)} of {len(wanted)} vocabulary words found, "
-              f"{len(missing)} initialised at random")
+        log.info("word2vec %s: %d of %d vocabulary words found, %d initialised at random",
+                 path.name, len(found), len(wanted), len(missing))
     return torch.from_numpy(table)
 
 

@@ -61,6 +61,61 @@ def resolve_checkpoint(ref: str, storage_path: str, store: Optional[ObjectStore]
     return max(found)[1]
 
 
+# what the weights were trained for: an evaluation may not change these (spec: the model and the
+# input it sees; data.path, eval.*, storage.* are the evaluation's own)
+FROZEN_AT_EVALUATION = ("model", "data.num_frames", "data.fps", "data.frame_size",
+                        "data.sample_rate", "data.max_text_tokens", "data.vocab_size")
+
+
+def _interpolations(node: Any, path: str = "") -> list[str]:
+    if isinstance(node, dict):
+        return [found for key, value in node.items()
+                for found in _interpolations(value, f"{path}.{key}" if path else str(key))]
+    if isinstance(node, list):
+        return [found for i, value in enumerate(node) for found in _interpolations(value, f"{path}[{i}]")]
+    return [path] if isinstance(node, str) and "${" in node else []
+
+
+def parse_saved_config(text: str, where: Any) -> Config:
+    """A checkpoint's config.yaml as written by training. It is data: an interpolation in it
+    (`${oc.env:SECRET}` would be resolved into reports and the registry) is refused, never
+    resolved."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise CheckpointError(f"checkpoint config {where} is not YAML: {err}") from None
+    found = _interpolations(raw)
+    if found:
+        raise CheckpointError(f"checkpoint config {where} holds interpolations at "
+                              f"{', '.join(found[:5])}: a saved config is data and is not "
+                              "resolved; remove them (training never writes any)")
+    try:
+        return from_dict(raw)
+    except (ConfigError, Exception) as err:
+        raise CheckpointError(f"checkpoint config {where} is unusable: {err}") from None
+
+
+def with_eval_overrides(cfg: Config, overrides: Iterable[str], where: Any) -> Config:
+    """`cfg` with evaluation overrides applied; an override that would change the model or the
+    input it was trained on (FROZEN_AT_EVALUATION) is refused, one equal to it is a no-op."""
+    overrides = list(overrides)
+    if not overrides:
+        return cfg
+    changed = replace(cfg, overrides)
+    before, after = OmegaConf.create(to_dict(cfg)), OmegaConf.create(to_dict(changed))
+    refused = []
+    for key in FROZEN_AT_EVALUATION:
+        if OmegaConf.select(before, key) != OmegaConf.select(after, key):
+            refused += [item for item in overrides if item.split("=", 1)[0].startswith(key)]
+    if refused:
+        raise ConfigError(f"{', '.join(refused)}: an evaluation uses the model and input of the "
+                          f"checkpoint's own config ({where}); overrides may set eval.*, "
+                          "data.path and storage.*, not the model's architecture or input")
+    return changed
+
+
 @dataclass
 class LoadedCheckpoint:
     model: torch.nn.Module
@@ -85,11 +140,7 @@ def checkpoint_config(checkpoint: str | Path, overrides: Iterable[str] = (),
                               ) from None
     except Exception as err:  # an object store error: no such key, no access
         raise CheckpointError(f"checkpoint config {config_uri} cannot be read: {err}") from None
-    try:
-        cfg = from_dict(OmegaConf.to_container(OmegaConf.create(text)))  # type: ignore
-    except Exception as err:
-        raise CheckpointError(f"checkpoint config {config_uri} is unusable: {err}") from None
-    return replace(cfg, list(overrides)) if overrides else cfg
+    return with_eval_overrides(parse_saved_config(text, config_uri), overrides, config_uri)
 
 
 def load_checkpoint_for_eval(folder: str | Path, overrides: Iterable[str] = ()) -> LoadedCheckpoint:
@@ -104,12 +155,8 @@ def load_checkpoint_for_eval(folder: str | Path, overrides: Iterable[str] = ()) 
     if not config_path.is_file():
         raise CheckpointError(f"checkpoint {folder} has no {CONFIG_FILE}; it cannot be rebuilt "
                               "without the config it was trained with")
-    try:
-        cfg = from_dict(OmegaConf.to_container(OmegaConf.load(config_path)))  # type: ignore
-    except (ConfigError, Exception) as err:
-        raise CheckpointError(f"checkpoint config {config_path} is unusable: {err}") from None
-    if overrides:
-        cfg = replace(cfg, list(overrides))
+    cfg = with_eval_overrides(parse_saved_config(config_path.read_text(), config_path),
+                              overrides, config_path)
     model = build_model(cfg)
     try:
         model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu",
@@ -199,11 +246,7 @@ def run_evaluation(checkpoint: str, cfg: Config, overrides: Iterable[str] = (),
     data = build_eval_data(run_cfg, tasks, datasets)
     for line in describe_data(data):
         log.info("  %s", line)
-    outcome = evaluate_checkpoint(folder, data, tasks, overrides=overrides, promote=promote)
-    log.info("report: %s", outcome.report_uri)
-    if outcome.decision is not None:
-        log.info("%s", describe_decision(outcome.decision))
-    return outcome
+    return evaluate_checkpoint(folder, data, tasks, overrides=overrides, promote=promote)
 
 
 def describe_decision(decision: Decision) -> str:
@@ -216,5 +259,6 @@ def describe_decision(decision: Decision) -> str:
 
 
 __all__ = ["resolve_checkpoint", "load_checkpoint_for_eval", "evaluate_checkpoint",
-           "checkpoint_config", "run_evaluation", "describe_decision",
+           "checkpoint_config", "run_evaluation", "describe_decision", "parse_saved_config",
+           "with_eval_overrides", "FROZEN_AT_EVALUATION",
            "LoadedCheckpoint", "EvaluationOutcome"]
