@@ -101,6 +101,26 @@ def test_vatt_loss_weights_and_reduction():
         vatt_loss({"audio": out["audio"]}, mask, load_config("tiny").loss)
 
 
+def test_loss_is_fp32_under_bf16_autocast():
+    torch.manual_seed(0)
+    batch = 64
+    out = {"video": {"va": F.normalize(torch.randn(batch, 128), dim=-1),
+                     "vt": F.normalize(torch.randn(batch, 64), dim=-1)},
+           "audio": {"va": F.normalize(torch.randn(batch, 128), dim=-1)},
+           "text": {"vt": F.normalize(torch.randn(batch, 5, 64), dim=-1)}}
+    mask = torch.ones(batch, 5)
+    cfg = load_config("tiny").loss
+    fp32 = vatt_loss(out, mask, cfg)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = vatt_loss(out, mask, cfg)
+        # what the loss was before: its similarity matmuls in bf16 (the test can tell)
+        quantised = nce(out["video"]["va"], out["audio"]["va"], cfg.temperature)
+    for key in ("total", "video_audio", "video_text"):
+        assert under_autocast[key].dtype == torch.float32
+        assert under_autocast[key].item() == pytest.approx(fp32[key].item(), rel=1e-6)
+    assert abs(quantised.item() - fp32["video_audio"].item()) > 1e-4
+
+
 def test_shape_errors():
     with pytest.raises(ValueError, match="nce"):
         nce(torch.randn(4, 8), torch.randn(3, 8))

@@ -103,7 +103,20 @@ def nce(x: torch.Tensor, y: torch.Tensor, temperature: float = 0.07) -> torch.Te
 
 def vatt_loss(outputs: dict[str, dict[str, torch.Tensor]], text_mask: torch.Tensor | None,
               loss_cfg) -> dict[str, torch.Tensor]:
-    """Total pretraining loss from the model's outputs (spec: w_va*NCE + w_vt*MIL-NCE)."""
+    """Total pretraining loss from the model's outputs (spec: w_va*NCE + w_vt*MIL-NCE).
+
+    Always in fp32, also when called under autocast: at temperature 0.07 the similarities are
+    multiplied by ~14 before the softmax, and bf16 similarity matmuls would quantise the logits.
+    """
+    device_type = next(iter(outputs["video"].values())).device.type if "video" in outputs else "cpu"
+    with torch.autocast(device_type=device_type, enabled=False):
+        fp32 = {modality: {key: value.float() for key, value in heads.items()}
+                for modality, heads in outputs.items()}
+        return _vatt_loss_fp32(fp32, text_mask, loss_cfg)
+
+
+def _vatt_loss_fp32(outputs: dict[str, dict[str, torch.Tensor]], text_mask: torch.Tensor | None,
+                    loss_cfg) -> dict[str, torch.Tensor]:
     if "video" not in outputs or not ({"audio", "text"} & outputs.keys()):
         raise ValueError("vatt_loss needs video and at least one of audio or text in the "
                          f"model outputs; got {sorted(outputs)}")

@@ -94,7 +94,7 @@ def train_step(cfg: Config, train_model: nn.Module, optimizer: torch.optim.Optim
         with sync:
             with autocast(cfg, device):
                 outputs = train_model(batch)
-                losses = vatt_loss(outputs, batch["text_mask"], cfg.loss)
+            losses = vatt_loss(outputs, batch["text_mask"], cfg.loss)  # fp32, outside autocast
             (losses["total"] / len(micro_batches)).backward()
         for key in LOSS_KEYS:
             sums[key] += losses[key].detach().float() / len(micro_batches)
