@@ -66,3 +66,15 @@ def test_unknown_size():
 def test_round_trip_dict():
     cfg = load_config("tiny", ["model.video.drop_rate=0.75"])
     assert from_dict(to_dict(cfg)) == cfg
+
+
+def test_loading_a_config_does_not_import_torch():
+    # `vatt data push` and the flows' first task load configs: they must not pay torch's import
+    import subprocess
+    import sys
+
+    code = ("import sys; from vatt.config import load_config; "
+            "load_config('tiny', ['model.video.size=base']); print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

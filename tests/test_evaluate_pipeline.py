@@ -107,3 +107,39 @@ def test_a_report_in_the_same_second_gets_its_own_folder(tmp_path, monkeypatch):
         folders.append(Path(folder).name)
     assert folders == ["exp1-step7-20261127T120000Z", "exp1-step7-20261127T120000Z-2",
                        "exp1-step7-20261127T120000Z-3"]
+
+
+def test_evaluation_overrides_cannot_change_the_trained_model(checkpoint):
+    from vatt.config import ConfigError
+    from vatt.evaluate.pipeline import checkpoint_config, load_checkpoint_for_eval
+
+    _, folder = checkpoint
+    saved = checkpoint_config(folder)
+    for override in ("model.video.drop_rate=0.1", "model.heads.va_dim=32",
+                     "model.audio.input_scale=1.0", "data.frame_size=32"):
+        with pytest.raises(ConfigError, match=override.replace(".", r"\.")):
+            checkpoint_config(folder, [override])
+    with pytest.raises(ConfigError, match="model.sharing=agnostic"):
+        load_checkpoint_for_eval(folder, ["model.sharing=agnostic"])
+    # evaluation settings, and a model key set to the value it was trained with, are fine
+    same = f"model.video.drop_rate={saved.model.video.drop_rate}"
+    cfg = checkpoint_config(folder, ["eval.probe_epochs=3", same, "data.path=elsewhere"])
+    assert cfg.eval.probe_epochs == 3 and cfg.data.path == "elsewhere"
+    assert cfg.model == saved.model
+
+
+def test_a_saved_config_is_data_its_interpolations_are_refused(checkpoint, tmp_path, monkeypatch):
+    import shutil
+
+    from vatt.evaluate.pipeline import checkpoint_config
+
+    _, folder = checkpoint
+    copy = tmp_path / "checkpoint_00000007"
+    shutil.copytree(folder, copy)
+    text = (copy / "config.yaml").read_text()
+    monkeypatch.setenv("VATT_TEST_SECRET", "hunter2")
+    (copy / "config.yaml").write_text(
+        text.replace("output_path: ", "output_path: ${oc.env:VATT_TEST_SECRET}", 1))
+    with pytest.raises(CheckpointError, match=r"interpolations at eval\.output_path") as refused:
+        checkpoint_config(copy)
+    assert "hunter2" not in str(refused.value)

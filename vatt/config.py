@@ -321,7 +321,7 @@ def _check_values(cfg: Config) -> None:
                 f"model.{modality}.drop_rate={rate} is outside [0, 1): it is the share of "
                 "tokens dropped (0.5 keeps half); use e.g. 0.0, 0.25, 0.5 or 0.75"
             )
-    from vatt.model.sizes import SIZES  # local import: config must not pull torch at import
+    from vatt.sizes import SIZES  # torch-free, so loading a config does not import torch
 
     encoders = {"model.video": cfg.model.video, "model.audio": cfg.model.audio,
                 "model.text": cfg.model.text, "model.shared": cfg.model.shared}

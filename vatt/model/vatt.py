@@ -19,7 +19,7 @@ from vatt.config import BackboneSharing, Config, DropTokenSampling
 from vatt.model.backbones import AudioBackbone, TextBackbone, VideoBackbone
 from vatt.model.heads import CommonSpaceHeads
 from vatt.model.layers import Transformer
-from vatt.model.sizes import resolve
+from vatt.sizes import resolve
 
 MODALITIES = ("video", "audio", "text")
 
