@@ -4,9 +4,12 @@ global-batch BatchNorm (2 real gloo processes)."""
 from __future__ import annotations
 
 import math
+import random
 import os
 import socket
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -55,13 +58,16 @@ def test_checkpoint_round_trip_restores_model_optimizer_rng_and_position(tmp_pat
     for rank in (1, 0):  # each worker writes its own RNG and data position
         save_checkpoint(tmp_path, rank=rank, state=state, model=model, optimizer=optimizer,
                         cfg=cfg, data_version={"md5": "abc"})
-    expected_draw = torch.rand(3)  # what rank 0's restored RNG must produce next
+    # what rank 0's restored RNGs must produce next
+    expected_draw = (torch.rand(3), random.random(), np.random.rand(2))
 
     fresh = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
     fresh_optimizer = build_optimizer(fresh.parameters(), cfg.train.optim)
     seed_everything(999)
     restored = load_checkpoint(tmp_path, rank=0, model=fresh, optimizer=fresh_optimizer)
-    assert torch.equal(torch.rand(3), expected_draw)
+    draw = (torch.rand(3), random.random(), np.random.rand(2))
+    assert torch.equal(draw[0], expected_draw[0]) and draw[1] == expected_draw[1]
+    assert np.array_equal(draw[2], expected_draw[2])
     for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
         assert torch.equal(a, b)
     assert fresh_optimizer.state_dict()["state"][0]["step"] == 1
@@ -85,6 +91,30 @@ def test_resuming_with_a_model_of_another_shape_names_the_runs_config(tmp_path):
     with pytest.raises(CheckpointMismatchError,
                        match=r"size mismatch for backbones\.audio.*config\.yaml.*train\.run_name"):
         load_checkpoint(tmp_path, rank=0, model=current, optimizer=None)
+
+
+class _RunsCodeWhenUnpickled:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_run_files_are_never_unpickled(tmp_path):
+    from vatt.train.checkpoint import CheckpointMismatchError
+
+    cfg = load_config("tiny")
+    model = nn.Linear(2, 2)
+    optimizer = build_optimizer(model.parameters(), cfg.train.optim)
+    save_checkpoint(tmp_path, rank=0, state=TrainState(step=1), model=model, optimizer=optimizer,
+                    cfg=cfg, data_version={})
+    torch.load(tmp_path / "worker_0.pt", weights_only=True)  # what training writes loads safely
+    marker = tmp_path / "code-ran"
+    torch.save({"rng": _RunsCodeWhenUnpickled(marker), "data": {}}, tmp_path / "worker_0.pt")
+    with pytest.raises(CheckpointMismatchError, match="never unpickles"):
+        load_checkpoint(tmp_path, rank=0, model=model, optimizer=optimizer)
+    assert not marker.exists()
 
 
 def test_checkpoint_that_is_not_ours_is_named(tmp_path):

@@ -18,6 +18,7 @@ step restores the schedule.
 from __future__ import annotations
 
 import json
+import pickle
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -64,7 +65,13 @@ class TrainState:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+    """The RNG states as tensors and plain values only, so that a checkpoint loads with
+    `torch.load(weights_only=True)` (unpickling a file from shared run storage could run code)."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)),
+                       "position": int(position), "has_gauss": int(has_gauss),
+                       "cached_gaussian": float(cached_gaussian)},
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -72,8 +79,11 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -124,7 +134,8 @@ def load_checkpoint(folder: str | Path, *, rank: int, model: torch.nn.Module,
             "or is incomplete; delete it (or pick another train.run_name) to start afresh"
         )
     try:
-        model.load_state_dict(torch.load(folder / MODEL_FILE, map_location=map_location))
+        model.load_state_dict(torch.load(folder / MODEL_FILE, map_location=map_location,
+                                         weights_only=True))
     except RuntimeError as err:  # missing/unexpected keys or a shape that differs
         detail = "; ".join(line.strip() for line in str(err).splitlines()[1:4] if line.strip())
         raise CheckpointMismatchError(
@@ -134,7 +145,8 @@ def load_checkpoint(folder: str | Path, *, rank: int, model: torch.nn.Module,
             "afresh"
         ) from None
     if optimizer is not None:
-        optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, map_location=map_location))
+        optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, map_location=map_location,
+                                             weights_only=True))
     meta = json.loads((folder / STATE_FILE).read_text())
     state = TrainState(step=meta["step"], learning_rate=meta["learning_rate"],
                        world_size=meta["world_size"], data=DataPosition(**meta["data"]),
@@ -142,7 +154,14 @@ def load_checkpoint(folder: str | Path, *, rank: int, model: torch.nn.Module,
                        history=json.loads((folder / HISTORY_FILE).read_text()))
     own = folder / worker_file(rank)
     if own.exists():
-        worker = torch.load(own, weights_only=False)
+        try:
+            worker = torch.load(own, weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise CheckpointMismatchError(
+                f"checkpoint {own} holds objects that only unpickling could restore "
+                f"({str(err).splitlines()[0][:200]}); vatt never unpickles run files, since that "
+                "can run code. A run written before RNG states were stored as tensors cannot be "
+                "resumed: pick another train.run_name to start afresh") from None
         set_rng_state(worker["rng"])
         state.data = DataPosition(**worker["data"])
     return state
