@@ -104,3 +104,40 @@ def test_missing_dataset_is_a_clear_error(setup):
     cfg, _ = setup
     with pytest.raises(DataError, match="action_linear.*kinetics"):
         build_eval_data(cfg, ["action_linear"], datasets={"action_linear": "kinetics"})
+
+
+def test_evaluation_encodes_captions_with_the_checkpoints_vocabulary(setup, tmp_path):
+    """Ingesting a new captioned source after pretraining re-ranks data/vocab.json; the old
+    model's captions must still be encoded with the words it was trained on."""
+    import shutil
+
+    from vatt.config import replace
+    from vatt.data.loader import load_vocab_words
+    from vatt.evaluate.data import build_eval_data
+    from vatt.evaluate.pipeline import checkpoint_vocabulary, load_checkpoint_for_eval
+    from vatt.model import build_model
+    from vatt.train.checkpoint import TrainState, save_checkpoint
+
+    cfg, _ = setup
+    data = tmp_path / "data"
+    shutil.copytree(cfg.data.path, data)
+    moved = replace(cfg, [f"data.path={data}"])
+    words = load_vocab_words(str(data))
+    model = build_model(moved)
+    folder = tmp_path / "runs" / "r" / "checkpoint_00000001"
+    save_checkpoint(folder, rank=0, state=TrainState(step=1), model=model,
+                    optimizer=torch.optim.Adam(model.parameters()), cfg=moved, data_version=None,
+                    vocab_words=words)
+
+    def caption_ids(vocab_words=None):
+        split = build_eval_data(moved, ["text_video_retrieval"],
+                                vocab_words=vocab_words)["text_video_retrieval"]["test"]
+        return torch.cat([batch["text"] for batch in split])
+
+    trained_with = caption_ids()
+    shifted = (*words[:2], *reversed(words[2:]))  # what a re-ranked vocabulary does to the ids
+    (data / "vocab.json").write_text(json.dumps({"words": list(shifted)}))
+    assert checkpoint_vocabulary(folder) == words
+    assert load_checkpoint_for_eval(folder).vocab_words == words
+    assert torch.equal(caption_ids(checkpoint_vocabulary(folder)), trained_with)
+    assert not torch.equal(caption_ids(), trained_with)  # the drift the checkpoint prevents

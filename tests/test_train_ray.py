@@ -155,4 +155,34 @@ def test_run_that_cannot_start_fails_before_training(ray_cluster, train_data, tm
                         "train.cpus_per_worker=1"))
     with pytest.raises(PreflightError, match="train.use_gpu=true but .* no GPU"):
         pretrain(config(train_data, tmp_path, "no-gpu", "train.use_gpu=true"))
-    assert not (tmp_path / "too-many").exists() and not (tmp_path / "no-gpu").exists()
+    with pytest.raises(PreflightError, match=r"more than data.vocab_size=8 rows"):
+        pretrain(config(train_data, tmp_path, "small-vocab", "data.vocab_size=8"))
+    assert not any((tmp_path / name).exists() for name in ("too-many", "no-gpu", "small-vocab"))
+
+
+def test_word2vec_table_through_vatt_pretrain(ray_cluster, train_data, tmp_path):
+    """`model.text.word2vec_path` end to end: the workers look the run's vocabulary up in the
+    file, the table stays frozen, and the checkpoint carries the vocabulary."""
+    import numpy as np
+    import torch
+
+    from vatt.cli import main
+    from vatt.data.loader import load_vocab_words
+
+    words = load_vocab_words(str(train_data))
+    dim = load_config("tiny").model.text.embedding_dim
+    rng = np.random.default_rng(0)
+    vectors = {word: rng.normal(size=dim).astype(np.float32) for word in words[2:6]}
+    path = tmp_path / "vectors.txt"
+    path.write_text(f"{len(vectors)} {dim}\n" + "".join(
+        word + " " + " ".join(f"{x:.7f}" for x in vec) + "\n" for word, vec in vectors.items()))
+    args = [*BASE, f"data.path={train_data}", f"train.storage_path={tmp_path / 'runs'}",
+            "train.run_name=w2v", "train.optim.total_steps=2", "train.log_every=1",
+            "train.checkpoint_every=2", f"model.text.word2vec_path={path}"]
+    assert main(["pretrain", "--preset", "tiny", *args]) == 0
+    checkpoint = tmp_path / "runs" / "w2v" / "checkpoint_00000002"
+    table = torch.load(checkpoint / "model.pt", weights_only=True)[
+        "backbones.text.embedding.weight"]
+    for word, vec in vectors.items():
+        assert torch.allclose(table[words.index(word)], torch.from_numpy(vec), atol=1e-6)
+    assert tuple(json.loads((checkpoint / "vocab.json").read_text())["words"]) == words

@@ -196,3 +196,29 @@ def test_global_batchnorm_equals_batchnorm_on_the_whole_batch():
     torch.testing.assert_close(grad, whole.grad, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(results[0][2], reference.running_mean)
     torch.testing.assert_close(results[1][3], reference.running_var)
+
+
+def test_a_run_keeps_the_vocabulary_it_started_with(tmp_path, caplog):
+    import json
+
+    from vatt.train.pretrain import resolve, resolve_storage, run_vocabulary
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "vocab.json").write_text(json.dumps({"words": ["<pad>", "<unk>", "red", "ball"]}))
+    cfg = resolve(load_config("tiny", [f"data.path={data}", f"train.storage_path={tmp_path / 'runs'}",
+                                       "train.run_name=r1"]))
+    storage = resolve_storage(cfg)
+    assert run_vocabulary(cfg, storage) == ("<pad>", "<unk>", "red", "ball")
+    # a new source is ingested: the data's ranking changes; the run (resumed) keeps its own
+    (data / "vocab.json").write_text(json.dumps({"words": ["<pad>", "<unk>", "ball", "blue", "red"]}))
+    with caplog.at_level("WARNING", logger="vatt.train"):
+        assert run_vocabulary(cfg, storage) == ("<pad>", "<unk>", "red", "ball")
+    assert "keeps its own" in caplog.text
+    fresh = resolve(load_config("tiny", [f"data.path={data}", f"train.storage_path={tmp_path / 'runs'}",
+                                         "train.run_name=r2"]))
+    assert run_vocabulary(fresh, storage) == ("<pad>", "<unk>", "ball", "blue", "red")
+    with pytest.raises(PreflightError, match="data.vocab_size=4"):
+        run_vocabulary(load_config("tiny", [f"data.path={data}", "data.vocab_size=4",
+                                            f"train.storage_path={tmp_path / 'runs'}",
+                                            "train.run_name=r3"]), storage)

@@ -92,6 +92,14 @@ def read_manifest(root: str, dataset: str) -> dict:
     return json.loads(_read_bytes(_join(root, dataset, "manifest.json")))
 
 
+def manifest_sha256(root: str, dataset: str) -> str:
+    """SHA-256 of a dataset's manifest: it lists every clip with its members' checksums, so it
+    identifies the data a run reads."""
+    import hashlib
+
+    return hashlib.sha256(_read_bytes(_join(root, dataset, "manifest.json"))).hexdigest()
+
+
 @dataclass
 class ClipSpec:
     """What a decoding worker needs (picklable, small)."""
@@ -358,9 +366,10 @@ def load_vocab_words(root: str) -> tuple[str, ...]:
 
 def build_dataset(cfg: Config, split: str, training: bool, dataset: str = "synthetic-howto100m",
                   root: Optional[str] = None, num_windows: Optional[int] = None,
-                  num_crops: int = 1):
+                  num_crops: int = 1, vocab_words: Optional[tuple[str, ...]] = None):
     """A `ray.data.Dataset` of model-ready rows (schema: module doc) for one split;
-    `num_windows` x `num_crops` rows per clip in evaluation."""
+    `num_windows` x `num_crops` rows per clip in evaluation. Captions are encoded with
+    `vocab_words` (a run's or a checkpoint's own vocabulary), default the data's vocab.json."""
     import ray
 
     root = str(root or cfg.data.path)
@@ -372,7 +381,8 @@ def build_dataset(cfg: Config, split: str, training: bool, dataset: str = "synth
     index = {c["clip_id"]: i for i, c in enumerate(manifest["clips"])}
     if num_crops < 1:
         raise ValueError(f"num_crops={num_crops}: evaluation needs at least one crop per window")
-    spec = clip_spec(cfg, manifest, training, load_vocab_words(root), num_windows, num_crops)
+    words = tuple(vocab_words) if vocab_words is not None else load_vocab_words(root)
+    spec = clip_spec(cfg, manifest, training, words, num_windows, num_crops)
     ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
     if training:
         ds = ds.randomize_block_order()
@@ -402,5 +412,5 @@ def torch_batches(source, batch_size: int, training: bool, shuffle_buffer: int =
         drop_last=training, local_shuffle_buffer_size=shuffle_buffer if training else None)
 
 
-__all__ = ["build_dataset", "torch_batches", "decode_clip", "read_manifest", "clip_spec",
-           "load_vocab_words", "DataError", "ClipSpec"]
+__all__ = ["build_dataset", "torch_batches", "decode_clip", "read_manifest", "manifest_sha256",
+           "clip_spec", "load_vocab_words", "DataError", "ClipSpec"]

@@ -103,7 +103,7 @@ def _split_name(manifest: dict, wanted: str, dataset: str) -> str:
 
 def read_split(cfg: Config, dataset: str, split: str, columns: Iterable[str],
                num_windows: Optional[int] = None, batch_size: Optional[int] = None,
-               num_crops: int = 1) -> EvalSplit:
+               num_crops: int = 1, vocab_words: Optional[tuple[str, ...]] = None) -> EvalSplit:
     """One split of `dataset`, decoded in evaluation mode (`num_windows` x `num_crops` views per
     clip), sorted by (clip, view), in batches of `batch_size` (default eval.batch_size) holding
     `columns` plus the metadata."""
@@ -118,7 +118,7 @@ def read_split(cfg: Config, dataset: str, split: str, columns: Iterable[str],
     if "text" in keep:
         keep.add("text_mask")
     ds = build_dataset(cfg, name, training=False, dataset=dataset, root=root,
-                       num_windows=num_windows, num_crops=num_crops)
+                       num_windows=num_windows, num_crops=num_crops, vocab_words=vocab_words)
     parts: dict[str, list] = {}
     for batch in ds.iter_batches(batch_size=256, batch_format="numpy"):
         for key, value in batch.items():
@@ -143,10 +143,12 @@ def read_split(cfg: Config, dataset: str, split: str, columns: Iterable[str],
 
 def build_eval_data(cfg: Config, tasks: Optional[Iterable[str]] = None,
                     datasets: Optional[Mapping[str, str]] = None,
-                    num_windows: Optional[int] = None) -> dict[str, dict[str, EvalSplit]]:
+                    num_windows: Optional[int] = None,
+                    vocab_words: Optional[tuple[str, ...]] = None) -> dict[str, dict[str, EvalSplit]]:
     """data[task][split] for `tasks` (default cfg.eval.tasks). A (dataset, split) used by
     several tasks is read once, with every column they need, and shared (so evaluate_model
-    extracts its features once)."""
+    extracts its features once). Captions are encoded with `vocab_words`, the evaluated
+    checkpoint's vocabulary (default: the data's vocab.json)."""
     tasks = check_tasks(tasks or cfg.eval.tasks)
     chosen = choose_datasets(cfg, tasks, datasets)
 
@@ -160,7 +162,8 @@ def build_eval_data(cfg: Config, tasks: Optional[Iterable[str]] = None,
         modalities, splits = TASKS[task]
         for split in splits:
             columns.setdefault(key(task, split), set()).update(modalities)
-    read = {k: read_split(cfg, k[0], k[1], cols, num_windows, num_crops=k[2])
+    read = {k: read_split(cfg, k[0], k[1], cols, num_windows, num_crops=k[2],
+                          vocab_words=vocab_words)
             for k, cols in sorted(columns.items())}
     return {task: {split: read[key(task, split)] for split in TASKS[task][1]} for task in tasks}
 

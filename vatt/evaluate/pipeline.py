@@ -122,6 +122,23 @@ class LoadedCheckpoint:
     config: Config
     data_version: Any
     step: Optional[int]
+    vocab_words: Optional[tuple[str, ...]] = None  # None: a checkpoint from before they had one
+
+
+def checkpoint_vocabulary(checkpoint: str | Path,
+                          store: Optional[ObjectStore] = None) -> Optional[tuple[str, ...]]:
+    """The word vocabulary a checkpoint (folder or s3:// prefix) was trained with; None (and a
+    warning) for one written before checkpoints carried it: the data's is used then."""
+    from vatt.train.checkpoint import VOCAB_FILE
+
+    uri = f"{str(checkpoint).rstrip('/')}/{VOCAB_FILE}"
+    store = store or ObjectStore()
+    if not store.exists(uri):
+        log.warning("checkpoint %s has no %s (written before checkpoints carried their "
+                    "vocabulary): captions are encoded with the data's, which must be the one it "
+                    "was trained with", checkpoint, VOCAB_FILE)
+        return None
+    return tuple(json.loads(store.read_text(uri))["words"])
 
 
 def checkpoint_config(checkpoint: str | Path, overrides: Iterable[str] = (),
@@ -157,7 +174,10 @@ def load_checkpoint_for_eval(folder: str | Path, overrides: Iterable[str] = ()) 
                               "without the config it was trained with")
     cfg = with_eval_overrides(parse_saved_config(config_path.read_text(), config_path),
                               overrides, config_path)
-    model = build_model(cfg)
+    from vatt.text import Vocabulary
+
+    vocab_words = checkpoint_vocabulary(folder)
+    model = build_model(cfg, Vocabulary(vocab_words) if vocab_words is not None else None)
     try:
         model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu",
                                          weights_only=True))
@@ -171,7 +191,7 @@ def load_checkpoint_for_eval(folder: str | Path, overrides: Iterable[str] = ()) 
     step = None
     if (folder / STATE_FILE).is_file():
         step = json.loads((folder / STATE_FILE).read_text()).get("step")
-    return LoadedCheckpoint(model, cfg, data_version, step)
+    return LoadedCheckpoint(model, cfg, data_version, step, vocab_words)
 
 
 def _new_report_folder(cfg: Config, checkpoint: str, step: Optional[int],
@@ -243,7 +263,8 @@ def run_evaluation(checkpoint: str, cfg: Config, overrides: Iterable[str] = (),
     from vatt.console import init_ray
 
     init_ray()  # the loader reads through Ray Data
-    data = build_eval_data(run_cfg, tasks, datasets)
+    # captions encoded with the checkpoint's own vocabulary, not whatever data.path holds now
+    data = build_eval_data(run_cfg, tasks, datasets, vocab_words=checkpoint_vocabulary(folder))
     for line in describe_data(data):
         log.info("  %s", line)
     return evaluate_checkpoint(folder, data, tasks, overrides=overrides, promote=promote)

@@ -9,6 +9,8 @@ Train from what every worker wrote:
     history.json      every logged metrics row so far                              rank 0
     config.yaml       the full config the run trains with                          rank 0
     data_version.json the data version (data.dvc hash) of the dataset trained on   rank 0
+    vocab.json        the word vocabulary the run encodes captions with: fixed at  rank 0
+                      the run's start, so word ids never drift when data changes
     worker_<r>.pt     RNG states (python, numpy, torch, cuda) + data position       each rank r
 
 The LR schedule is a pure function of the step and `train.optim` (both saved), so restoring the
@@ -35,6 +37,7 @@ STATE_FILE = "state.json"
 HISTORY_FILE = "history.json"
 CONFIG_FILE = "config.yaml"
 DATA_VERSION_FILE = "data_version.json"
+VOCAB_FILE = "vocab.json"  # {"words": [pad, unk, ...]}, as vatt.text.Vocabulary.save writes it
 
 
 def checkpoint_dir_name(step: int) -> str:
@@ -97,7 +100,8 @@ def seed_everything(seed: int) -> None:
 
 def save_checkpoint(folder: str | Path, *, rank: int, state: TrainState, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, cfg: Config,
-                    data_version: Optional[dict[str, Any]]) -> None:
+                    data_version: Optional[dict[str, Any]],
+                    vocab_words: Optional[list[str] | tuple[str, ...]] = None) -> None:
     """Write this worker's share of a checkpoint into `folder` (see the module docstring)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -112,6 +116,17 @@ def save_checkpoint(folder: str | Path, *, rank: int, state: TrainState, model: 
     (folder / HISTORY_FILE).write_text(json.dumps(history, indent=1))
     (folder / CONFIG_FILE).write_text(to_yaml(cfg))
     (folder / DATA_VERSION_FILE).write_text(json.dumps(data_version, indent=2))
+    if vocab_words is not None:
+        (folder / VOCAB_FILE).write_text(json.dumps({"words": list(vocab_words)}, indent=0) + "\n")
+
+
+def read_vocab_words(folder: str | Path) -> Optional[tuple[str, ...]]:
+    """The vocabulary a checkpoint was trained with (None for a checkpoint from before
+    checkpoints carried one)."""
+    path = Path(folder) / VOCAB_FILE
+    if not path.is_file():
+        return None
+    return tuple(json.loads(path.read_text())["words"])
 
 
 class CheckpointMismatchError(ValueError):

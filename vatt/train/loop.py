@@ -50,12 +50,17 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def build_training(cfg: Config, device: torch.device) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer]:
-    """(bare model, model to call for training (DDP / compiled), optimiser). Same init on all ranks."""
+def build_training(cfg: Config, device: torch.device,
+                   vocab_words: Optional[tuple[str, ...]] = None
+                   ) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer]:
+    """(bare model, model to call for training (DDP / compiled), optimiser). Same init on all
+    ranks. `vocab_words`: the run's vocabulary (the word2vec table is looked up for it)."""
     from vatt.model import build_model
+    from vatt.text import Vocabulary
 
     seed_everything(cfg.train.seed)
-    model = build_model(cfg)
+    vocabulary = Vocabulary(vocab_words[2:]) if vocab_words is not None else None
+    model = build_model(cfg, vocabulary)
     if is_distributed():
         # the heads' BatchNorm statistics over the global batch, as in the paper
         model = convert_batchnorm(model, device)
@@ -180,11 +185,14 @@ class Window:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
-    """Ray Train entry: `loop_config = {"config": to_dict(cfg), "data_version": {...} | None}`."""
+    """Ray Train entry: `loop_config = {"config": to_dict(cfg), "data_version": {...} | None,
+    "vocab_words": [...] | None}`."""
     import ray.train
 
     cfg = from_dict(loop_config["config"])
     data_version = loop_config.get("data_version")
+    vocab_words = loop_config.get("vocab_words")
+    vocab_words = tuple(vocab_words) if vocab_words is not None else None
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     if cfg.train.use_gpu:
@@ -195,7 +203,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         device = torch.device("cpu")
     batch_size = micro_batch_size(cfg, world)
 
-    model, train_model, optimizer = build_training(cfg, device)
+    model, train_model, optimizer = build_training(cfg, device, vocab_words)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -238,7 +246,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         if save:
             with tempfile.TemporaryDirectory(prefix="vatt-ckpt-") as folder:
                 save_checkpoint(folder, rank=rank, state=state, model=model, optimizer=optimizer,
-                                cfg=cfg, data_version=data_version)
+                                cfg=cfg, data_version=data_version, vocab_words=vocab_words)
                 ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(folder),
                                  checkpoint_dir_name=checkpoint_dir_name(state.step))
         else:

@@ -27,6 +27,7 @@ from vatt.train.preflight import PreflightError, check_config, check_resources, 
 
 HISTORY_JSON = "history.json"
 LOSS_CURVE_PNG = "loss_curve.png"
+VOCAB_JSON = "vocab.json"
 
 log = logging.getLogger("vatt.train")
 
@@ -88,34 +89,82 @@ def connect_ray() -> str:
 
 
 def data_version_of(cfg: Config) -> dict[str, Any]:
-    """The DVC version (data.dvc md5) of the dataset at data.path, saved with every checkpoint.
-
-    Data that DVC does not track (a scratch folder, an s3:// prefix) trains all the same; the
-    record then says why there is no version, and a warning is printed.
-    """
-    from vatt.data.versioning import VersioningError, data_version
+    """What data the run reads, saved with every checkpoint: the SHA-256 of the dataset's
+    manifest (it lists every clip with the checksum of each member, so it identifies what was
+    read) and, when data.path is the project's DVC-tracked data/ *and* matches data.dvc, the
+    DVC version (the md5 in data.dvc). Otherwise `md5` is None and the record (and a warning)
+    says why: not tracked, or data/ differs from data.dvc (stale after an untracked ingest)."""
+    from vatt.data.loader import DataError, manifest_sha256
+    from vatt.data.versioning import (DATA_DVC, VersioningError, data_version, find_repo_root,
+                                      workspace_matches)
 
     record: dict[str, Any] = {"data_path": cfg.data.path, "dataset": cfg.train.dataset,
-                              "split": cfg.train.dataset_split}
+                              "split": cfg.train.dataset_split, "md5": None}
+    try:
+        record["manifest_sha256"] = manifest_sha256(cfg.data.path, cfg.train.dataset)
+    except DataError:
+        record["manifest_sha256"] = None  # the loader says what is missing when it reads
     try:
         if "://" in cfg.data.path:
             raise VersioningError(f"data.path={cfg.data.path} is not a local DVC-tracked folder")
-        record["md5"] = data_version(Path(cfg.data.path).parent)
+        root = find_repo_root(Path(cfg.data.path).parent)
+        if Path(cfg.data.path).resolve() != (root / "data").resolve():
+            raise VersioningError(f"data.path={cfg.data.path} is not the data/ folder that "
+                                  f"{root / DATA_DVC} tracks")
+        version = data_version(root)
+        if not workspace_matches(root):
+            record["data_dvc_md5"] = version
+            raise VersioningError(f"{root / 'data'} differs from {root / DATA_DVC} (version "
+                                  f"{version}): it was changed (e.g. ingested with --no-version) "
+                                  "without `vatt data track`; the run records no DVC version")
+        record["md5"] = version
     except VersioningError as err:
-        record["md5"] = None
         record["unversioned_because"] = str(err)
         log.warning("training on unversioned data: %s", err)
     return record
 
 
-def build_dataset(cfg: Config):
+def run_vocabulary(cfg: Config, storage: Storage) -> tuple[str, ...]:
+    """The word vocabulary of the run, fixed when it starts: `<run folder>/vocab.json` when the
+    run exists (a resumed run keeps the words its model learned, whatever was ingested since),
+    else the data's vocab.json, then saved there. Checkpoints carry it too (evaluation reads
+    theirs). A vocabulary larger than data.vocab_size is refused here, before any worker."""
+    from vatt.data.loader import load_vocab_words
+
+    import pyarrow.fs as pafs
+
+    path = f"{storage.run_path(cfg.train.run_name)}/{VOCAB_JSON}"
+    data_words = load_vocab_words(cfg.data.path)
+    if storage.filesystem.get_file_info(path).type == pafs.FileType.File:
+        with storage.filesystem.open_input_stream(path) as stream:
+            words = tuple(json.loads(stream.read())["words"])
+        if words != data_words:
+            log.warning("the data's vocabulary changed since run %s started; the run keeps its "
+                        "own (%s) so that word ids do not drift", cfg.train.run_name,
+                        storage.run_uri(cfg.train.run_name) + "/" + VOCAB_JSON)
+    else:
+        words = data_words
+    if len(words) > cfg.data.vocab_size:
+        raise PreflightError(
+            f"the word vocabulary has {len(words)} entries ({cfg.data.path}/vocab.json), more "
+            f"than data.vocab_size={cfg.data.vocab_size} rows of the text embedding: raise "
+            f"data.vocab_size to at least {len(words)}, or ingest with the same data.vocab_size")
+    storage.filesystem.create_dir(storage.run_path(cfg.train.run_name), recursive=True)
+    with storage.filesystem.open_output_stream(path) as stream:
+        stream.write((json.dumps({"words": list(words)}, indent=0) + "\n").encode())
+    return words
+
+
+def build_dataset(cfg: Config, vocab_words: Optional[tuple[str, ...]] = None):
     from vatt.data.loader import build_dataset as build
 
-    return build(cfg, cfg.train.dataset_split, training=True, dataset=cfg.train.dataset)
+    return build(cfg, cfg.train.dataset_split, training=True, dataset=cfg.train.dataset,
+                 vocab_words=vocab_words)
 
 
 def build_trainer(cfg: Config, storage: Storage, datasets: dict[str, Any],
-                  data_version: Optional[dict[str, Any]], callbacks: Iterable[Any] = ()):
+                  data_version: Optional[dict[str, Any]], callbacks: Iterable[Any] = (),
+                  vocab_words: Optional[tuple[str, ...]] = None):
     """The TorchTrainer of a run; `callbacks` (Ray Train UserCallbacks, e.g. a progress feed or
     Tune's report callback) go into its RunConfig."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -129,7 +178,8 @@ def build_trainer(cfg: Config, storage: Storage, datasets: dict[str, Any],
         resources["GPU"] = train.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": to_dict(cfg), "data_version": data_version},
+        train_loop_config={"config": to_dict(cfg), "data_version": data_version,
+                           "vocab_words": list(vocab_words) if vocab_words is not None else None},
         scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
@@ -195,8 +245,9 @@ def pretrain(cfg: Config, datasets: Optional[dict[str, Any]] = None,
 
     check_resources(cfg, ray.cluster_resources(), where)
     version = data_version_of(cfg)
+    vocab_words = run_vocabulary(cfg, storage) if datasets is None else None
     if datasets is None:
-        datasets = {"train": build_dataset(cfg)}
+        datasets = {"train": build_dataset(cfg, vocab_words)}
     train = cfg.train
     log.info("pretraining run %s: %d steps of %d clips on %d worker(s); run folder %s",
              train.run_name, train.optim.total_steps, train.global_batch_size, train.num_workers,
@@ -204,7 +255,8 @@ def pretrain(cfg: Config, datasets: Optional[dict[str, Any]] = None,
     feed = ProgressFeed(train.optim.total_steps, train.run_name) if progress else nullcontext()
     with feed:
         extra = [feed.callback] if progress else []
-        result = build_trainer(cfg, storage, datasets, version, [*callbacks, *extra]).fit()
+        result = build_trainer(cfg, storage, datasets, version, [*callbacks, *extra],
+                               vocab_words).fit()
     checkpoint = result.checkpoint
     history: list[dict[str, Any]] = []
     if checkpoint is not None:
