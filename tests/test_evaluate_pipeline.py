@@ -45,7 +45,7 @@ def test_evaluate_checkpoint_twice_same_numbers_and_registry(checkpoint):
     report = json.loads((root / "eval").glob("*/results.json").__next__().read_text())
     assert report["step"] == 7 and report["data_version"] == {"md5": "d41d8cd9"}
     promoted = Registry(root / "registry").promoted
-    assert promoted["checkpoint"] == str(folder) and promoted["data_version"]["md5"] == "d41d8cd9"
+    assert promoted["source_checkpoint"] == str(folder) and promoted["data_version"]["md5"] == "d41d8cd9"
     assert promoted["config"]["model"]["video"]["num_layers"] == 1
 
 
@@ -143,3 +143,27 @@ def test_a_saved_config_is_data_its_interpolations_are_refused(checkpoint, tmp_p
     with pytest.raises(CheckpointError, match=r"interpolations at eval\.output_path") as refused:
         checkpoint_config(copy)
     assert "hunter2" not in str(refused.value)
+
+
+def test_a_promoted_model_outlives_its_runs_checkpoints(checkpoint, tmp_path):
+    """Ray Train deletes old checkpoints as a run goes on (train.keep_checkpoints); the
+    registry keeps its own copy of what it promoted."""
+    import shutil
+
+    from vatt.evaluate.pipeline import load_checkpoint_for_eval
+
+    _, folder = checkpoint
+    run = tmp_path / "runs" / "exp2" / "checkpoint_00000007"
+    shutil.copytree(folder, run)
+    registry = Registry(tmp_path / "registry")
+    decision = registry.consider(run, config={"name": "tiny"}, data_version={"md5": "d41d8cd9"},
+                                 metrics={"action_linear.top1": 0.5}, metric="action_linear.top1")
+    assert decision.promoted
+    expected = load_checkpoint_for_eval(run).model.state_dict()
+    shutil.rmtree(run)  # rotated away by the run's later checkpoints
+    promoted = registry.promoted
+    assert promoted["source_checkpoint"] == str(run)
+    loaded = load_checkpoint_for_eval(promoted["checkpoint"])
+    assert loaded.step == 7
+    for name, tensor in loaded.model.state_dict().items():
+        assert torch.equal(tensor, expected[name])

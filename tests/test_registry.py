@@ -32,14 +32,19 @@ def test_first_promoted_then_only_not_worse(tmp_path):
     equal = _consider(registry, _checkpoint(tmp_path, "c", 2), 0.30)
     assert equal.promoted
     doc = registry.read()
-    assert doc["promoted"]["checkpoint"].endswith("c")
+    assert doc["promoted"]["source_checkpoint"].endswith("c")
+    kept = doc["promoted"]["checkpoint"]  # the registry's own copy of the weights
+    assert kept.startswith(str(tmp_path / "registry" / "models"))
+    assert torch.equal(torch.load(f"{kept}/model.pt", weights_only=True)["weight"],
+                       torch.load(tmp_path / "runs" / "c" / "model.pt", weights_only=True)["weight"])
     assert doc["promoted"]["data_version"] == {"md5": "abc"}
     assert doc["promoted"]["config"] == {"name": "tiny"}
     assert len(doc["promoted"]["weights_sha256"]) == 64
     assert [d["promoted"] for d in doc["decisions"]] == [True, False, True]
     assert all("candidate_value" in d and "promoted_value" in d for d in doc["decisions"])
     assert not (tmp_path / "registry" / "registry.lock").exists()
-    assert sorted(p.name for p in (tmp_path / "registry").iterdir()) == ["registry.json"]
+    assert sorted(p.name for p in (tmp_path / "registry").iterdir()) == ["models", "registry.json"]
+    assert len(list((tmp_path / "registry" / "models").iterdir())) == 2  # a and c, not b
 
 
 def test_lower_is_better_metric(tmp_path):

@@ -7,7 +7,10 @@ The registry is one JSON document, `<registry_path>/registry.json`:
 
 A model entry is what a promoted model *is*: the checkpoint reference (path or URI) with the
 SHA-256 of its weights file, the config (as a dict), the data version it was trained on and the
-metrics it was evaluated with. A candidate is promoted when its value of the configured metric is
+metrics it was evaluated with. Promotion keeps the model: the checkpoint's weights, config,
+vocabulary and provenance files are copied to `<registry_path>/models/<weights sha256[:16]>/`,
+and that copy is the entry's `checkpoint` (`source_checkpoint` is where it came from), so a
+promoted model still loads after its run has gone on and Ray Train has rotated its checkpoints. A candidate is promoted when its value of the configured metric is
 not worse than the promoted model's (direction from vatt.evaluate.metrics.LOWER_IS_BETTER); the
 first candidate is promoted. Every decision is appended with both numbers, promoted or not.
 
@@ -36,6 +39,10 @@ from vatt.evaluate.metrics import is_better_or_equal
 from vatt.storage import ObjectStore, is_s3_uri
 
 REGISTRY_FILE = "registry.json"
+MODELS_DIR = "models"
+# what a promoted model needs to be evaluated and traced (not the optimiser or worker RNG files)
+KEPT_FILES = ("model.pt", "config.yaml", "vocab.json", "data_version.json", "state.json",
+              "history.json")
 LOCK_FILE = "registry.lock"
 MODEL_FILE = "model.pt"  # the weights file inside a checkpoint folder (vatt.train.checkpoint)
 
@@ -164,6 +171,20 @@ class Registry:
         finally:
             lock.unlink(missing_ok=True)
 
+    def keep(self, checkpoint: str | Path, weights_sha256: str) -> str:
+        """Copy the checkpoint's KEPT_FILES into the registry; returns the copy's location."""
+        source = str(checkpoint).rstrip("/")
+        target = f"{self.root}/{MODELS_DIR}/{weights_sha256[:16]}"
+        for name in KEPT_FILES:
+            if self.store.exists(f"{source}/{name}"):
+                self.store.write_bytes(f"{target}/{name}", self.store.read_bytes(f"{source}/{name}"))
+        copied = self.store.read_bytes(f"{target}/{MODEL_FILE}")
+        if hashlib.sha256(copied).hexdigest() != weights_sha256:
+            raise RegistryError(f"the copy of {source}/{MODEL_FILE} in {target} does not match its "
+                                "SHA-256 (the checkpoint changed while it was promoted); evaluate "
+                                "again")
+        return target
+
     def _write(self, doc: dict[str, Any]) -> None:
         # ObjectStore writes atomically: temporary file + rename locally, one PUT on S3
         self.store.write_text(self.path, json.dumps(doc, indent=1, sort_keys=True))
@@ -199,7 +220,9 @@ class Registry:
             decision = Decision(now, str(checkpoint), metric, value, current_value, promote,
                                 reason)
             if promote:
-                doc["promoted"] = {"checkpoint": str(checkpoint), "weights_sha256": weights_sha256,
+                kept = self.keep(checkpoint, weights_sha256)
+                doc["promoted"] = {"checkpoint": kept, "source_checkpoint": str(checkpoint),
+                                   "weights_sha256": weights_sha256,
                                    "config": config, "data_version": data_version,
                                    "metrics": metrics, "promotion_metric": metric,
                                    "promoted_at": now}
