@@ -133,9 +133,33 @@ def test_too_many_bad_items_fail_with_a_clear_message(cfg, howto, tmp_path, caps
     with pytest.raises(IngestError, match=r"5 of 7 items .*max_bad_fraction=0.2.*report.json"):
         ingest(cfg, "howto100m", str(howto), tmp_path / "out", progress=False)
     assert (tmp_path / "out" / "howto100m" / "report.json").exists()
+    # nothing usable-looking is left: no manifest (the loader refuses the dataset), no vocabulary
+    assert not (tmp_path / "out" / "howto100m" / "manifest.json").exists()
+    assert not (tmp_path / "out" / "vocab.json").exists()
+    from vatt.data.loader import DataError, read_manifest
+
+    with pytest.raises(DataError):
+        read_manifest(str(tmp_path / "out"), "howto100m")
     code = cli_main(["ingest", "--source", "howto100m", "--path", str(howto), "--out",
                      str(tmp_path / "out2"), *OVERRIDES, "data.ingest.max_bad_fraction=0.2"])
     assert code == 1 and "max_bad_fraction" in capsys.readouterr().err
+
+
+def test_a_second_ingest_into_the_same_folder_is_refused_while_one_runs(cfg, howto, tmp_path):
+    import fcntl
+
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = tmp_path / ".cache" / "ingest-locks" / "out.lock"
+    lock.parent.mkdir(parents=True)
+    with open(lock, "a") as held:  # what a running ingest holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(IngestError, match="another ingest is writing into"):
+            ingest(cfg, "howto100m", str(howto), out, progress=False)
+    cfg.data.ingest.max_bad_fraction = 1.0
+    ingest(cfg, "howto100m", str(howto), out, progress=False)  # released: it runs
+    assert (out / "howto100m" / "manifest.json").exists()
+    assert not [p.name for p in out.rglob("*.tmp")]  # no temporary file left behind
 
 
 def test_reruns_are_byte_identical_and_skip_finished_shards(cfg, howto, tmp_path):

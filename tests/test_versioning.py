@@ -195,3 +195,72 @@ def test_ingest_elsewhere_says_it_is_not_versioned(repo, tmp_path, monkeypatch, 
     assert code == 0
     assert "not tracked" in capsys.readouterr().out
     assert not (repo / "data.dvc").exists()
+
+
+def test_pulling_another_revision_never_loses_local_work(repo):
+    v1 = _commit_version(repo, seed=10, tag="v1")
+    v1_version = data_version(repo)
+    push(repo_root=repo)
+    _commit_version(repo, seed=11, tag="v2")
+    push(repo_root=repo)
+
+    with pytest.raises(VersioningError, match="starts with '-'"):
+        pull(rev="--output=/tmp/x", repo_root=repo)
+
+    # data ingested (or edited) but not tracked: refused, data/ untouched
+    (repo / "data" / "manifest.json").write_text('{"seed": "edited"}')
+    edited = _checksums(repo / "data")
+    with pytest.raises(VersioningError, match="differs from what data.dvc records"):
+        pull(rev="v1", repo_root=repo)
+    assert _checksums(repo / "data") == edited
+    track("data", repo_root=repo)  # now data.dvc holds what no commit has
+    unsaved = (repo / "data.dvc").read_text()
+    with pytest.raises(VersioningError, match="changes no commit holds"):
+        pull(rev="v1", repo_root=repo)
+    assert (repo / "data.dvc").read_text() == unsaved
+
+    # committed work: the pull goes ahead, and back again
+    _git(repo, "checkout", "-q", "--", "data.dvc")
+    pull(repo_root=repo)
+    assert pull(rev="v1", repo_root=repo) == v1_version and _checksums(repo / "data") == v1
+
+
+def test_a_failed_pull_puts_data_dvc_back(repo):
+    _commit_version(repo, seed=12, tag="v1")
+    push(repo_root=repo)
+    _commit_version(repo, seed=13, tag="v2")  # never pushed: the remote lacks its objects
+    _commit_version(repo, seed=14, tag="v3")
+    push(repo_root=repo)
+    shutil.rmtree(repo / ".dvc" / "cache")
+    current = (repo / "data.dvc").read_text()
+    with pytest.raises(VersioningError):
+        pull(rev="v2", repo_root=repo)
+    assert (repo / "data.dvc").read_text() == current
+
+
+def test_a_run_records_the_data_it_reads_not_a_stale_data_dvc(repo, caplog):
+    from vatt.config import load_config
+    from vatt.train.pretrain import data_version_of
+
+    dataset = repo / "data" / "synthetic-howto100m"
+    dataset.mkdir(parents=True)
+    (dataset / "manifest.json").write_text('{"clips": ["a"]}')
+    track("data", repo_root=repo)
+    cfg = load_config("tiny", [f"data.path={repo / 'data'}"])
+    record = data_version_of(cfg)
+    assert record["md5"] == data_version(repo)
+    assert record["manifest_sha256"] == hashlib.sha256(b'{"clips": ["a"]}').hexdigest()
+
+    # re-ingested without tracking (--no-version): data.dvc is stale, the run says so
+    (dataset / "manifest.json").write_text('{"clips": ["b"]}')
+    with caplog.at_level("WARNING", logger="vatt.train"):
+        record = data_version_of(cfg)
+    assert record["md5"] is None and record["data_dvc_md5"] == data_version(repo)
+    assert "differs from" in record["unversioned_because"] and "differs from" in caplog.text
+    assert record["manifest_sha256"] == hashlib.sha256(b'{"clips": ["b"]}').hexdigest()
+
+    # another folder of the same repository is not what data.dvc versions
+    other = repo / "scratch"
+    shutil.copytree(repo / "data", other)
+    record = data_version_of(load_config("tiny", [f"data.path={other}"]))
+    assert record["md5"] is None and "is not the data/ folder" in record["unversioned_because"]

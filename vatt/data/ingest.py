@@ -34,16 +34,17 @@ import re
 import shutil
 import tarfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
 from vatt.config import Config
 from vatt.data.media import MediaError, encode_video, encode_wav, load_media
-from vatt.data.sources import READERS, ClipSpec, LayoutError, SourceIndex, WorkItem
 from vatt.data.pool import process_pool
+from vatt.data.sources import READERS, ClipSpec, LayoutError, SourceIndex, WorkItem
 
 FORMAT_VERSION = 2  # bump when the shard content changes for the same input (2: clip folds)
 SOURCES = sorted(READERS) + ["synthetic"]
@@ -126,6 +127,35 @@ def missing_outputs(source: str, out: str | Path) -> list[str]:
     there (deleted or never written): a cached ingest whose output is gone must run again."""
     return [str(Path(out) / name / "manifest.json") for name in ingested_names(source)
             if not (Path(out) / name / "manifest.json").is_file()]
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Readers see the old file or the new one, never half of one (a unique temporary name,
+    so concurrent writers do not write into each other's)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+@contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """One ingest at a time into `out` (an OS lock: released when the process ends, however).
+    The lock file lives beside the raw-media cache, outside `out`, which DVC versions."""
+    import fcntl
+
+    folder = out.resolve().parent / ".cache" / "ingest-locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / f"{out.resolve().name}.lock"
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise IngestError(f"another ingest is writing into {out} (it holds {lock}); wait for "
+                              "it to finish, or ingest into another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _safe_key(text: str) -> str:
@@ -287,7 +317,8 @@ def build_vocabulary(out: Path, max_size: int) -> Optional[Path]:
     if not texts:
         return None
     path = out / "vocab.json"
-    Vocabulary.build(texts, max_size).save(path)
+    words = Vocabulary.build(texts, max_size).words
+    _write_atomically(path, json.dumps({"words": words}, indent=0) + "\n")
     return path
 
 
@@ -355,12 +386,6 @@ def ingest_index(cfg: Config, index: SourceIndex, root: Path, out: Path, name: s
         entry["hours"] = round(entry["hours"], 4)
     manifest = {"source": name, "params": params, "label_names": index.label_names,
                 "multi_label": index.multi_label, "splits": splits, "clips": clips}
-    (target / "manifest.json").write_text(json.dumps(manifest, sort_keys=True, indent=1))
-
-    train_texts = [t for c in clips if c["split"] == "train" for t in c["captions"]]
-    if train_texts:
-        Vocabulary.build(train_texts, cfg.data.vocab_size).save(target / "vocab.json")
-    build_vocabulary(out, cfg.data.vocab_size)
 
     # the share counts rows and media files; a bad segment of a good file counts as one item more
     bad_items = len(bad)
@@ -377,23 +402,38 @@ def ingest_index(cfg: Config, index: SourceIndex, root: Path, out: Path, name: s
               "max_bad_fraction": cfg.data.ingest.max_bad_fraction}
     summary |= {"shards_written": len(tasks), "shards_reused": len(reused),
                 "seconds": round(time.perf_counter() - started, 2)}
-    (target / "report.json").write_text(json.dumps(report, sort_keys=True, indent=1))
-    log.info("%s: %d clips (%.1f min) per split %s; %d quarantined; shards: %d written, %d up "
-             "to date; %s s", name, summary["clips"], summary["hours"] * 60,
-             summary["per_split"], bad_items, len(tasks), len(reused), summary["seconds"])
+    _write_atomically(target / "report.json", json.dumps(report, sort_keys=True, indent=1))
     if share > cfg.data.ingest.max_bad_fraction:
+        # the output is not usable: no manifest (the loader refuses a dataset without one), and
+        # the vocabulary is left as it was
+        (target / "manifest.json").unlink(missing_ok=True)
         raise IngestError(
             f"{name}: {bad_items} of {total} items ({share:.0%}) were quarantined, more than "
             f"data.ingest.max_bad_fraction={cfg.data.ingest.max_bad_fraction}; the reasons are "
             f"in {target / 'report.json'}. Fix or remove the bad input, or raise the threshold")
+    train_texts = [t for c in clips if c["split"] == "train" for t in c["captions"]]
+    if train_texts:
+        Vocabulary.build(train_texts, cfg.data.vocab_size).save(target / "vocab.json")
+    # last, and in one rename: a manifest exists only for a finished, usable dataset
+    _write_atomically(target / "manifest.json", json.dumps(manifest, sort_keys=True, indent=1))
+    build_vocabulary(out, cfg.data.vocab_size)
+    log.info("%s: %d clips (%.1f min) per split %s; %d quarantined; shards: %d written, %d up "
+             "to date; %s s", name, summary["clips"], summary["hours"] * 60,
+             summary["per_split"], bad_items, len(tasks), len(reused), summary["seconds"])
     return summary
 
 
 def ingest(cfg: Config, source: str, src: Optional[str], out: str | Path,
            progress: bool = True) -> list[dict]:
-    """Ingest SOURCE from SRC (local folder or s3:// prefix) into OUT; returns the summaries."""
+    """Ingest SOURCE from SRC (local folder or s3:// prefix) into OUT; returns the summaries.
+    One ingest at a time writes into OUT; a second one is refused while the first runs."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out):
+        return _ingest(cfg, source, src, out, progress)
+
+
+def _ingest(cfg: Config, source: str, src: Optional[str], out: Path, progress: bool) -> list[dict]:
     if source == "synthetic":
         from vatt.data.synthetic import LAYOUTS, generate
 

@@ -209,21 +209,77 @@ def push(remote: Optional[str] = None, repo_root: "str | os.PathLike[str] | None
         return int(repo.push(targets=[str(root / DATA_DVC)], remote=name) or 0)
 
 
+def _changed_outs(root: Path) -> list[str]:
+    """The states ('modified', 'deleted', ...) of data/ against what data.dvc records."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo, _dvc_errors("status"):
+        changed = repo.status(targets=[str(root / DATA_DVC)])
+    return [state for entries in changed.values() for entry in entries if isinstance(entry, dict)
+            for state in (entry.get("changed outs") or {}).values()]
+
+
+def workspace_matches(repo_root: "str | os.PathLike[str] | None" = None) -> bool:
+    """True when data/ holds exactly what data.dvc records (DVC's status is clean)."""
+    root = _root(repo_root)
+    _quiet_dvc()
+    return not _changed_outs(root)
+
+
+def _committed_somewhere(root: Path, text: str) -> bool:
+    """True when `text` is data.dvc as committed in some revision (it can be restored)."""
+    commits = _git(root, "log", "--all", "--format=%H", "--", DATA_DVC).stdout.split()
+    return any(_git(root, "show", f"{commit}:{DATA_DVC}").stdout == text for commit in commits)
+
+
+def _check_nothing_lost(root: Path, rev: str) -> None:
+    """Refuse a pull of another revision that would overwrite local work: a data.dvc that no
+    commit holds, or data/ files that differ from what data.dvc records (not yet tracked)."""
+    dvc_file = root / DATA_DVC
+    if dvc_file.exists() and not _committed_somewhere(root, dvc_file.read_text()):
+        raise VersioningError(
+            f"{dvc_file} has changes no commit holds; pulling '{rev}' would replace it. Commit "
+            f"it (git add {DATA_DVC} && git commit), or discard it (git checkout -- {DATA_DVC}), "
+            "then pull again")
+    if dvc_file.exists() and (root / "data").exists():
+        if any(state != "deleted" for state in _changed_outs(root)):
+            raise VersioningError(
+                f"{root / 'data'} differs from what {DATA_DVC} records (data ingested or edited "
+                f"but not tracked); pulling '{rev}' would overwrite it. Track it first (`vatt data "
+                "track` and commit data.dvc), or move data/ away, then pull again")
+
+
 def pull(rev: Optional[str] = None, remote: Optional[str] = None,
          repo_root: "str | os.PathLike[str] | None" = None,
          storage: "StorageConfig | None" = None) -> str:
     """Make `data/` what data.dvc says at git revision `rev` (default: the workspace data.dvc),
     fetching from `remote`. With `rev`, data.dvc is first restored from that revision
-    (`git checkout rev -- data.dvc`). Returns the data version (see `data_version`)."""
+    (`git checkout rev -- data.dvc`), after checking that no local work would be lost; if the
+    pull then fails, data.dvc is put back as it was. Returns the data version."""
     root = _root(repo_root)
+    before: Optional[str] = None
     if rev is not None:
+        if rev.startswith("-"):
+            raise VersioningError(f"data revision {rev!r} starts with '-': name a commit, tag or "
+                                  "branch (it is passed to git, which would read an option)")
         _read_dvc_file(root, rev)  # clear error for an unknown rev or one without data.dvc
+        _check_nothing_lost(root, rev)
+        dvc_file = root / DATA_DVC
+        before = dvc_file.read_text() if dvc_file.exists() else None
         checkout = _git(root, "checkout", rev, "--", DATA_DVC)
         if checkout.returncode:
             raise VersioningError(f"cannot restore {DATA_DVC} from '{rev}': {checkout.stderr.strip()}")
-    version = data_version(root)
-    with _open(root, remote, storage, "pull") as (repo, name), _dvc_errors("pull", name):
-        repo.pull(targets=[str(root / DATA_DVC)], remote=name, force=True)
+    try:
+        version = data_version(root)
+        with _open(root, remote, storage, "pull") as (repo, name), _dvc_errors("pull", name):
+            repo.pull(targets=[str(root / DATA_DVC)], remote=name, force=True)
+    except Exception:
+        if rev is not None:  # leave data.dvc as it was before this call
+            if before is None:
+                (root / DATA_DVC).unlink(missing_ok=True)
+            else:
+                (root / DATA_DVC).write_text(before)
+        raise
     return version
 
 
@@ -260,4 +316,5 @@ def version_ingested(out: "str | os.PathLike[str]", storage: "StorageConfig | No
 
 
 __all__ = ["track", "push", "pull", "data_version", "find_repo_root", "version_ingested",
+           "workspace_matches",
            "VersionRecord", "VersioningError", "DATA_DVC"]
