@@ -180,6 +180,35 @@ def test_pyarrow_filesystem_uses_the_same_endpoint_and_keys(s3_env):
     assert local_path == os.path.abspath("runs")
 
 
+def test_temporary_credentials_are_not_frozen_into_the_pyarrow_filesystem(
+        s3_env, monkeypatch, tmp_path):
+    """Keys that expire (here from a credential_process, as STS or IRSA give them) are left to
+    pyarrow's own AWS credential chain, which refreshes them; static keys are passed as given."""
+    import json
+
+    import pyarrow.fs
+
+    assert ObjectStore().pyarrow_credentials()["access_key"] == s3_env.access_key  # static
+    process = tmp_path / "credentials.sh"
+    process.write_text("#!/bin/sh\necho '" + json.dumps({
+        "Version": 1, "AccessKeyId": s3_env.access_key, "SecretAccessKey": s3_env.secret_key,
+        "Expiration": "2099-01-01T00:00:00Z"}) + "'\n")
+    process.chmod(0o700)
+    config = tmp_path / "aws-config"
+    config.write_text(f"[default]\ncredential_process = {process}\n")
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    store = ObjectStore()
+    assert store.pyarrow_credentials() == {}
+    prefix = _unique_prefix(s3_env)
+    fs, path = store.pyarrow_filesystem(prefix)
+    with fs.open_output_stream(f"{path}/refreshable.txt") as out:  # pyarrow found the keys itself
+        out.write(b"ok")
+    assert store.read_bytes(f"{prefix}/refreshable.txt") == b"ok"
+    assert isinstance(fs, pyarrow.fs.S3FileSystem)
+
+
 def test_default_store_follows_the_environment(s3_env, monkeypatch):
     from vatt.storage import default_store
 

@@ -175,15 +175,22 @@ class ObjectStore:
                 ))
         return self._client
 
-    def credentials(self) -> tuple[str, str, Optional[str]]:
-        """(access key, secret key, session token) as boto3 resolves them from the environment."""
+    def pyarrow_credentials(self) -> dict[str, Any]:
+        """Keys for pyarrow's S3 filesystem: static keys as given, or {} for temporary ones that
+        expire and refresh (STS assume-role, IRSA web identity, instance or container roles,
+        credential_process), which pyarrow's AWS SDK then resolves and refreshes itself; frozen
+        into the filesystem they would expire in the middle of a run."""
         import boto3
+        from botocore.credentials import RefreshableCredentials
 
         creds = boto3.session.Session().get_credentials()
         if creds is None:
             raise StorageAuthError(f"no S3 credentials found for {self._where()}: {CREDENTIAL_HINT}")
+        if isinstance(creds, RefreshableCredentials):
+            return {}
         frozen = creds.get_frozen_credentials()
-        return frozen.access_key, frozen.secret_key, frozen.token
+        return dict(access_key=frozen.access_key, secret_key=frozen.secret_key,
+                    session_token=frozen.token)
 
     def _where(self, loc: Optional[Location] = None) -> str:
         endpoint = self.endpoint_url or "AWS S3"
@@ -430,9 +437,7 @@ class ObjectStore:
         loc = parse_uri(uri)
         if not loc.is_s3:
             return pyarrow.fs.LocalFileSystem(), str(loc.local_path.resolve())
-        access_key, secret_key, token = self.credentials()
-        options: dict[str, Any] = dict(access_key=access_key, secret_key=secret_key,
-                                       session_token=token, region=self.region,
+        options: dict[str, Any] = dict(**self.pyarrow_credentials(), region=self.region,
                                        retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(
                                            max_attempts=self.max_attempts),
                                        connect_timeout=self.connect_timeout_s,
