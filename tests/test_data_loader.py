@@ -227,3 +227,46 @@ def test_fused_colour_jitter_equals_the_four_steps_in_order():
     rot = torch.tensor([[1.0, 0, 0], [0, c, -s], [0, s, c]], dtype=torch.float64)
     x = torch.einsum("ij,tjhw->tihw", torch.linalg.inv(yiq) @ rot @ yiq, x).clamp(0, 1)
     torch.testing.assert_close(fused, x.float(), atol=1e-5, rtol=0)
+
+
+def test_shards_are_checked_against_the_manifest(data_root, tmp_path):
+    """A shard member with a path, or bytes that differ from the manifest's checksum, is an
+    error naming the shard (not a clip trained on)."""
+    import io
+    import shutil
+    import tarfile
+
+    from vatt.data.loader import DataError, _read_shard, read_manifest
+
+    data = tmp_path / "data"
+    shutil.copytree(data_root / "howto100m", data / "howto100m")
+    manifest = read_manifest(str(data), "howto100m")
+    index = {c["clip_id"]: i for i, c in enumerate(manifest["clips"])}
+    checksums = {c["clip_id"]: c["sha256"] for c in manifest["clips"]}
+    shard = manifest["splits"]["train"]["shards"][0]
+    assert _read_shard({"shard": shard}, str(data), "howto100m", index, checksums)  # as ingested
+
+    path = data / "howto100m" / shard
+    with tarfile.open(path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+
+    def rewrite(changed):
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for member, payload in changed:
+                member.size = len(payload)
+                tar.addfile(member, io.BytesIO(payload))
+        path.write_bytes(buffer.getvalue())
+
+    wav = next(i for i, (m, _) in enumerate(members) if m.name.endswith(".wav"))
+    tampered = list(members)
+    tampered[wav] = (members[wav][0], members[wav][1][:-4] + b"\x00\x01\x02\x03")
+    rewrite(tampered)
+    with pytest.raises(DataError, match=r"\.wav does not match the manifest's sha256"):
+        _read_shard({"shard": shard}, str(data), "howto100m", index, checksums)
+
+    escaping = tarfile.TarInfo("../../outside.json")
+    rewrite([*members, (escaping, b"{}")])
+    with pytest.raises(DataError, match=r"member '\.\./\.\./outside\.json' is not a clip file"):
+        _read_shard({"shard": shard}, str(data), "howto100m", index, checksums)
+    assert not (tmp_path / "outside.json").exists()

@@ -41,9 +41,11 @@ each as `num_crops` (default 1) square crops of the short side spread evenly alo
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
+import re
 import tarfile
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -139,16 +141,37 @@ def _vocabulary(words: tuple[str, ...]):
 # shard -> rows
 
 
-def _read_shard(row: dict, root: str, dataset: str, clip_index: dict) -> list[dict]:
-    data = _read_bytes(_join(root, dataset, row["shard"]))
+_MEMBER_NAME = re.compile(r"^[A-Za-z0-9_\-]+\.(json|mp4|wav)$")  # what vatt ingest writes
+
+
+def _read_shard(row: dict, root: str, dataset: str, clip_index: dict,
+                checksums: Optional[dict] = None) -> list[dict]:
+    """The clips of one shard. Every member must be a plain file with a name ingest writes
+    (no paths, no '..') and, with `checksums` (clip_id -> {ext: sha256}, from the manifest),
+    match its manifest checksum: a corrupt or tampered shard is an error, not training data."""
+    uri = _join(root, dataset, row["shard"])
+    data = _read_bytes(uri)
     clips: dict[str, dict] = {}
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         for member in tar.getmembers():
+            if not member.isfile() or not _MEMBER_NAME.match(member.name):
+                raise DataError(f"{uri}: member {member.name!r} is not a clip file vatt ingest "
+                                "writes (<key>.json/.mp4/.wav); the shard is not ours or was "
+                                "tampered with: re-ingest the dataset")
             key, ext = member.name.split(".", 1)
             clips.setdefault(key, {})[ext] = tar.extractfile(member).read()
     rows = []
     for key, parts in clips.items():
         record = json.loads(parts["json"])
+        expected = (checksums or {}).get(record["clip_id"])
+        if checksums is not None:
+            if expected is None:
+                raise DataError(f"{uri}: clip {record['clip_id']!r} is not in the manifest; "
+                                "re-ingest the dataset")
+            for ext, digest in expected.items():
+                if hashlib.sha256(parts.get(ext, b"")).hexdigest() != digest:
+                    raise DataError(f"{uri}: {key}.{ext} does not match the manifest's sha256 "
+                                    "(corrupt or changed after ingest); re-ingest the dataset")
         rows.append({"record": json.dumps(record), "mp4": parts.get("mp4", b""),
                      "wav": parts.get("wav", b""),
                      "clip_index": clip_index.get(record["clip_id"], -1)})
@@ -379,6 +402,9 @@ def build_dataset(cfg: Config, split: str, training: bool, dataset: str = "synth
                         f"dataset has {sorted(manifest['splits'])}")
     shards = manifest["splits"][split]["shards"]
     index = {c["clip_id"]: i for i, c in enumerate(manifest["clips"])}
+    wanted = set(shards)
+    checksums = {c["clip_id"]: c["sha256"] for c in manifest["clips"]
+                 if c.get("shard") in wanted and "sha256" in c}
     if num_crops < 1:
         raise ValueError(f"num_crops={num_crops}: evaluation needs at least one crop per window")
     words = tuple(vocab_words) if vocab_words is not None else load_vocab_words(root)
@@ -386,7 +412,8 @@ def build_dataset(cfg: Config, split: str, training: bool, dataset: str = "synth
     ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
     if training:
         ds = ds.randomize_block_order()
-    ds = ds.flat_map(partial(_read_shard, root=root, dataset=dataset, clip_index=index))
+    ds = ds.flat_map(partial(_read_shard, root=root, dataset=dataset, clip_index=index,
+                             checksums=checksums))
     return ds.flat_map(partial(decode_clip, spec=spec))
 
 
