@@ -96,6 +96,10 @@ def test_same_checkpoint_twice_same_numbers_cli(setup, capsys):
     decisions = json.loads(Registry(cfg.eval.registry_path).path.read_text())["decisions"]
     assert [d["promoted"] for d in decisions] == [True, True]  # equal is "not worse"
     assert decisions[1]["candidate_value"] == decisions[1]["promoted_value"]
+    # compared like with like: the same dataset, by its manifest's hash, and the same settings
+    used = decisions[1]["evaluation"]["data"]["text_video_retrieval"]
+    assert used["dataset"] == "synthetic-msrvtt" and len(used["splits"]["test"]) == 64
+    assert decisions[1]["reason"] == "not worse than the promoted model"
 
 
 def test_missing_dataset_is_a_clear_error(setup):

@@ -93,3 +93,84 @@ def test_unknown_metric_and_corrupt_registry(tmp_path):
         _consider(registry, _checkpoint(tmp_path, "c"), 0.9)
     assert registry.path.read_text() == '{"promoted": '
     assert json.loads(before)["promoted"]["metrics"]["text_video_retrieval.R@10"] == 0.3
+
+
+def _evaluation(dataset="synthetic-msrvtt", digest="a" * 64, probe_epochs=100):
+    return {"data": {"text_video_retrieval": {"dataset": dataset, "splits": {"test": digest}},
+                     "action_linear": {"dataset": "synthetic-ucf101",
+                                       "splits": {"train": "b" * 64, "test": "c" * 64}}},
+            "settings": {"probe_epochs": probe_epochs, "eval_num_windows": 4}}
+
+
+def test_the_gate_compares_like_with_like(tmp_path):
+    registry = Registry(tmp_path / "registry")
+
+    def consider(name, seed, value, evaluation, **kwargs):
+        return registry.consider(_checkpoint(tmp_path, name, seed), config={}, data_version={},
+                                 metrics={"text_video_retrieval.R@10": value},
+                                 metric="text_video_retrieval.R@10", evaluation=evaluation,
+                                 **kwargs)
+
+    assert consider("msrvtt-1", 0, 0.40, _evaluation("msrvtt")).promoted
+    # the same data and settings: compared, and a worse model is refused
+    assert not consider("msrvtt-2", 1, 0.35, _evaluation("msrvtt")).promoted
+    # another dataset (60 synthetic videos): not comparable, said so, decided by the setting
+    other = consider("synthetic", 2, 0.98, _evaluation("synthetic-msrvtt"), promote_incomparable=False)
+    assert not other.promoted and other.reason.startswith("no comparable incumbent")
+    assert "msrvtt (test aaaaaaaaaaaa)" in other.reason and "synthetic-msrvtt" in other.reason
+    # the same dataset at another version (manifest hash), or other settings: not comparable
+    assert "no comparable" in consider("v2", 3, 0.1, _evaluation("msrvtt", "d" * 64),
+                                       promote_incomparable=False).reason
+    assert "no comparable" in consider("epochs", 4, 0.1, _evaluation("msrvtt", probe_epochs=5),
+                                       promote_incomparable=False).reason
+    # the default: the candidate is promoted on its own evaluation, and the entry records it
+    promoted = consider("synthetic-2", 5, 0.2, _evaluation("synthetic-msrvtt"))
+    assert promoted.promoted and "promoted on its own evaluation" in promoted.reason
+    doc = registry.read()
+    assert doc["promoted"]["evaluation"] == _evaluation("synthetic-msrvtt")
+    assert all(d["evaluation"] is not None for d in doc["decisions"])
+    # a different action dataset does not matter to a retrieval metric
+    changed = _evaluation("synthetic-msrvtt")
+    changed["data"]["action_linear"]["dataset"] = "kinetics400"
+    assert consider("synthetic-3", 6, 0.3, changed).reason == "not worse than the promoted model"
+
+
+def test_concurrent_evaluations_against_an_s3_registry_lose_no_decision(s3_env, tmp_path):
+    """Six evaluations decide at the same moment against one registry on the real S3 server:
+    every decision is recorded, each against the model promoted just before it."""
+    import threading
+    import time
+
+    from vatt.storage import ObjectStore
+
+    root = f"s3://{s3_env.bucket}/registry-{time.time_ns()}"
+    values = [0.31, 0.52, 0.17, 0.44, 0.58, 0.26]
+    registries, checkpoints = [], []
+    for i in range(len(values)):
+        store = ObjectStore()
+        assert store.client is not None  # each thread its own client, made before they start
+        registries.append(Registry(root, store))
+        checkpoints.append(_checkpoint(tmp_path, f"c{i}", seed=i))
+    start, errors = threading.Barrier(len(values)), []
+
+    def evaluate(i):
+        try:
+            start.wait()
+            _consider(registries[i], checkpoints[i], values[i])
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=evaluate, args=(i,)) for i in range(len(values))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    doc = Registry(root).read()
+    assert sorted(d["candidate_value"] for d in doc["decisions"]) == sorted(values)
+    current = None
+    for decision in doc["decisions"]:  # a consistent history: as if one after the other
+        assert decision["promoted_value"] == current
+        if decision["promoted"]:
+            current = decision["candidate_value"]
+    assert doc["promoted"]["metrics"]["text_video_retrieval.R@10"] == max(values) == current

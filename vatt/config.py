@@ -246,6 +246,9 @@ class EvalConfig:
     registry_path: str = "artifacts/registry"  # the model registry; a folder or s3://
     # promote when this metric ("<task>.<metric>") is not worse than the promoted model's
     promotion_metric: str = "text_video_retrieval.R@10"
+    # when the promoted model's number came from other data or settings (not comparable):
+    # promote the candidate on its own evaluation (true), or keep the promoted model (false)
+    promote_incomparable: bool = True
 
 
 # ---------------------------------------------------------------------------------------------

@@ -294,6 +294,39 @@ class ObjectStore:
         with self._errors("read", loc):
             return self.client.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
 
+    def read_versioned(self, uri: "str | Location") -> tuple[Optional[bytes], Optional[str]]:
+        """(content, ETag) of an S3 object, (None, None) when there is none: the ETag is what a
+        later `write_if_unchanged` checks."""
+        loc = parse_uri(uri)
+        if not loc.is_s3:
+            raise ValueError(f"{uri}: versioned reads are for s3:// objects")
+        with self._errors("read", loc):
+            try:
+                answer = self.client.get_object(Bucket=loc.bucket, Key=loc.key)
+            except Exception as err:  # noqa: BLE001
+                if getattr(err, "response", {}).get("Error", {}).get("Code") in _NO_KEY_CODES:
+                    return None, None
+                raise
+            return answer["Body"].read(), answer["ETag"]
+
+    def write_if_unchanged(self, uri: "str | Location", data: bytes, etag: Optional[str]) -> bool:
+        """Write `data` only if the object is still the version `etag` names (None: only if
+        there is no object yet): a conditional PUT, so two writers cannot overwrite each other's
+        update. False when someone else wrote first (re-read and try again)."""
+        loc = parse_uri(uri)
+        if not loc.is_s3:
+            raise ValueError(f"{uri}: conditional writes are for s3:// objects")
+        condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+        with self._errors("write", loc):
+            try:
+                self.client.put_object(Bucket=loc.bucket, Key=loc.key, Body=data, **condition)
+            except Exception as err:  # noqa: BLE001
+                code = getattr(err, "response", {}).get("Error", {}).get("Code")
+                if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                    return False
+                raise
+        return True
+
     def read_text(self, uri: "str | Location", encoding: str = "utf-8") -> str:
         return self.read_bytes(uri).decode(encoding)
 

@@ -208,6 +208,36 @@ def _new_report_folder(cfg: Config, checkpoint: str, step: Optional[int],
     return folder
 
 
+# the evaluation settings that change a metric's value (where the report goes does not)
+_SETTINGS_NOT_IN_IDENTITY = ("output_path", "registry_path", "promotion_metric", "tasks",
+                             "promote_incomparable")
+
+
+def evaluation_identity(cfg: Config, data: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """What produced an evaluation's numbers: per task its dataset and the SHA-256 of that
+    dataset's manifest (the exact clips, by checksum) per split, and the settings that change a
+    metric (probe and fine-tuning recipe, windows per clip, crops). Two values of a metric are
+    comparable only when this is the same for its task (vatt.evaluate.registry)."""
+    from vatt.data.loader import DataError, manifest_sha256
+
+    per_task: dict[str, Any] = {}
+    for task, splits in data.items():
+        dataset = next((getattr(s, "dataset", None) for s in splits.values()), None)
+        hashes = {}
+        for split_name, split in splits.items():
+            name = getattr(split, "dataset", None)
+            try:
+                hashes[getattr(split, "split", split_name)] = (
+                    manifest_sha256(str(cfg.data.path), name) if name else None)
+            except DataError:
+                hashes[getattr(split, "split", split_name)] = None
+        per_task[task] = {"dataset": dataset, "splits": hashes}
+    settings = {key: value for key, value in to_dict(cfg)["eval"].items()
+                if key not in _SETTINGS_NOT_IN_IDENTITY}
+    settings["eval_num_windows"] = cfg.data.eval_num_windows
+    return {"data": per_task, "settings": settings}
+
+
 @dataclass
 class EvaluationOutcome:
     results: dict[str, Any]
@@ -230,8 +260,9 @@ def evaluate_checkpoint(checkpoint: str, data: Mapping[str, Mapping[str, Iterabl
         loaded = load_checkpoint_for_eval(local, overrides)
         cfg = loaded.config
         results = evaluate_model(loaded.model, cfg, tasks, data, device=device)
+        identity = evaluation_identity(cfg, data)
         results.update(checkpoint=str(checkpoint), step=loaded.step, config_name=cfg.name,
-                       data_version=loaded.data_version)
+                       data_version=loaded.data_version, evaluation=identity)
         report_uri = write_report(results, _new_report_folder(cfg, checkpoint, loaded.step, store),
                                   store)
         decision = None
@@ -240,7 +271,8 @@ def evaluate_checkpoint(checkpoint: str, data: Mapping[str, Mapping[str, Iterabl
                 decision = Registry(cfg.eval.registry_path, store).consider(
                     local if not is_s3_uri(checkpoint) else checkpoint, config=to_dict(cfg),
                     data_version=loaded.data_version, metrics=results["metrics"],
-                    metric=cfg.eval.promotion_metric)
+                    metric=cfg.eval.promotion_metric, evaluation=identity,
+                    promote_incomparable=cfg.eval.promote_incomparable)
             except RegistryError as err:  # the results are kept: say where they are
                 raise RegistryError(f"{err} (the evaluation itself is saved: {report_uri}; "
                                     "`vatt evaluate --no-promote` skips the gate)") from None
@@ -256,18 +288,21 @@ def run_evaluation(checkpoint: str, cfg: Config, overrides: Iterable[str] = (),
     ingested datasets (vatt.evaluate.data) and evaluate, report and (if `promote`) gate it."""
     from vatt.evaluate.data import build_eval_data, describe_data
 
-    folder = resolve_checkpoint(checkpoint, cfg.train.storage_path)
-    run_cfg = checkpoint_config(folder, overrides)
+    store = ObjectStore.from_config(cfg.storage)  # the endpoint, region and timeouts configured
+    folder = resolve_checkpoint(checkpoint, cfg.train.storage_path, store)
+    run_cfg = checkpoint_config(folder, overrides, store)
     tasks = list(tasks or run_cfg.eval.tasks)
     log.info("evaluating checkpoint %s on %s", folder, ", ".join(tasks))
     from vatt.console import init_ray
 
     init_ray()  # the loader reads through Ray Data
     # captions encoded with the checkpoint's own vocabulary, not whatever data.path holds now
-    data = build_eval_data(run_cfg, tasks, datasets, vocab_words=checkpoint_vocabulary(folder))
+    data = build_eval_data(run_cfg, tasks, datasets,
+                           vocab_words=checkpoint_vocabulary(folder, store))
     for line in describe_data(data):
         log.info("  %s", line)
-    return evaluate_checkpoint(folder, data, tasks, overrides=overrides, promote=promote)
+    return evaluate_checkpoint(folder, data, tasks, overrides=overrides, promote=promote,
+                               store=store)
 
 
 def describe_decision(decision: Decision) -> str:
@@ -281,5 +316,5 @@ def describe_decision(decision: Decision) -> str:
 
 __all__ = ["resolve_checkpoint", "load_checkpoint_for_eval", "evaluate_checkpoint",
            "checkpoint_config", "run_evaluation", "describe_decision", "parse_saved_config",
-           "with_eval_overrides", "FROZEN_AT_EVALUATION",
+           "with_eval_overrides", "FROZEN_AT_EVALUATION", "evaluation_identity",
            "LoadedCheckpoint", "EvaluationOutcome"]

@@ -18,8 +18,10 @@ Safety: the candidate's checkpoint is checked (present, weights readable, hash) 
 written, and the document is replaced atomically (locally: a temporary file renamed over it; on
 S3: a single PUT), so a failed evaluation or a corrupt checkpoint leaves the registry exactly as
 it was. Both the registry and the checkpoint may be local folders or s3:// prefixes (through
-vatt.storage.ObjectStore). Writers to a local registry are serialised by an exclusive lock file;
-an S3 registry has no lock, so run one evaluation flow at a time against it (last writer wins).
+vatt.storage.ObjectStore). Concurrent writers never lose each other's decisions: a local
+registry is serialised by an exclusive lock file; on S3 each decision is a compare-and-swap (a
+PUT conditional on the ETag read, or on there being no document yet), re-read and re-decided
+when another evaluation wrote first.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from vatt.evaluate.metrics import is_better_or_equal
 from vatt.storage import ObjectStore, is_s3_uri
 
 REGISTRY_FILE = "registry.json"
+CAS_ATTEMPTS = 20  # S3: re-reads when other evaluations keep writing first
 MODELS_DIR = "models"
 # what a promoted model needs to be evaluated and traced (not the optimiser or worker RNG files)
 KEPT_FILES = ("model.pt", "config.yaml", "vocab.json", "data_version.json", "state.json",
@@ -64,6 +67,28 @@ class Decision:
     promoted_value: Optional[float]  # the promoted model's value before this decision
     promoted: bool
     reason: str
+    # what produced the candidate's number: the metric's dataset (name, manifest hash, split)
+    # and the evaluation settings; numbers are compared only when these are equal
+    evaluation: Optional[dict[str, Any]] = None
+
+
+def comparable_part(evaluation: Optional[dict[str, Any]], metric: str) -> Optional[dict[str, Any]]:
+    """The part of an evaluation's identity that decides whether two values of `metric` can be
+    compared: the metric's task's data and the evaluation settings."""
+    if not evaluation:
+        return None
+    task = metric.split(".", 1)[0]
+    return {"task": task, "data": (evaluation.get("data") or {}).get(task),
+            "settings": evaluation.get("settings")}
+
+
+def _describe(part: Optional[dict[str, Any]]) -> str:
+    if not part or not part.get("data"):
+        return "unrecorded data"
+    splits = part["data"].get("splits", {})
+    return (f"{part['data'].get('dataset')} ("
+            + ", ".join(f"{split} {digest[:12] if digest else '?'}" for split, digest in sorted(splits.items()))
+            + ")")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -133,14 +158,7 @@ class Registry:
         """The registry document; an empty one if none was written yet."""
         if not self.store.exists(self.path):
             return {"promoted": None, "decisions": []}
-        try:
-            doc = json.loads(self.store.read_text(self.path))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise RegistryError(f"registry {self.path} is not valid JSON ({err}); restore it from "
-                                "a backup or move it away to start a new registry") from None
-        if not isinstance(doc, dict) or "promoted" not in doc or "decisions" not in doc:
-            raise RegistryError(f"registry {self.path} lacks the 'promoted'/'decisions' keys")
-        return doc
+        return self._parse(self.store.read_bytes(self.path))
 
     @property
     def promoted(self) -> Optional[dict[str, Any]]:
@@ -148,9 +166,7 @@ class Registry:
 
     @contextmanager
     def _lock(self, timeout_s: float = 60.0) -> Iterator[None]:
-        if self.is_s3:  # no lock on object storage (see the module docstring)
-            yield
-            return
+        """The local registry's lock file (S3 registries use conditional writes instead)."""
         self.root.mkdir(parents=True, exist_ok=True)
         lock = self.root / LOCK_FILE
         deadline = time.monotonic() + timeout_s
@@ -190,46 +206,91 @@ class Registry:
         self.store.write_text(self.path, json.dumps(doc, indent=1, sort_keys=True))
 
     def consider(self, checkpoint: str | Path, *, config: dict[str, Any],
-                 data_version: Any, metrics: dict[str, Any], metric: str) -> Decision:
+                 data_version: Any, metrics: dict[str, Any], metric: str,
+                 evaluation: Optional[dict[str, Any]] = None,
+                 promote_incomparable: bool = True) -> Decision:
         """Decide whether the evaluated checkpoint replaces the promoted model, record it.
 
-        `metrics` is the flat "<task>.<metric>" dict of the evaluation. Raises CheckpointError or
-        RegistryError (and leaves the registry unchanged) when the candidate or the registry is
-        unusable.
+        `metrics` is the flat "<task>.<metric>" dict of the evaluation; `evaluation` its
+        identity (vatt.evaluate.pipeline.evaluation_identity). The values are compared only when
+        the metric's data and settings are the same for both models; otherwise there is no
+        comparable incumbent, the decision says so, and `promote_incomparable`
+        (eval.promote_incomparable) decides. Raises CheckpointError or RegistryError (and leaves
+        the registry unchanged) when the candidate or the registry is unusable.
         """
         weights_sha256 = verify_checkpoint(checkpoint, self.store)
         value = lookup_metric(metrics, metric)
-        with self._lock():
-            doc = self.read()
-            current = doc["promoted"]
-            current_value: Optional[float] = None
-            if current is None:
-                promote, reason = True, "first model: nothing promoted yet"
+        decide = dict(checkpoint=checkpoint, weights_sha256=weights_sha256, config=config,
+                      data_version=data_version, metrics=metrics, metric=metric, value=value,
+                      evaluation=evaluation, promote_incomparable=promote_incomparable)
+        if not self.is_s3:
+            with self._lock():
+                doc = self.read()
+                decision = self._decide(doc, **decide)
+                self._write(doc)
+            return decision
+        for _ in range(CAS_ATTEMPTS):
+            raw, etag = self.store.read_versioned(self.path)
+            doc = self._parse(raw) if raw is not None else {"promoted": None, "decisions": []}
+            decision = self._decide(doc, **decide)
+            body = json.dumps(doc, indent=1, sort_keys=True).encode()
+            if self.store.write_if_unchanged(self.path, body, etag):
+                return decision
+        raise RegistryError(f"registry {self.path} was changed by other evaluations "
+                            f"{CAS_ATTEMPTS} times while this decision was made; try again")
+
+    def _parse(self, raw: bytes) -> dict[str, Any]:
+        try:
+            doc = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise RegistryError(f"registry {self.path} is not valid JSON ({err}); restore it from "
+                                "a backup or move it away to start a new registry") from None
+        if not isinstance(doc, dict) or "promoted" not in doc or "decisions" not in doc:
+            raise RegistryError(f"registry {self.path} lacks the 'promoted'/'decisions' keys")
+        return doc
+
+    def _decide(self, doc: dict[str, Any], *, checkpoint: str | Path, weights_sha256: str,
+                config: dict[str, Any], data_version: Any, metrics: dict[str, Any], metric: str,
+                value: float, evaluation: Optional[dict[str, Any]],
+                promote_incomparable: bool) -> Decision:
+        """Decide against `doc`'s promoted model and record the decision in `doc`."""
+        current = doc["promoted"]
+        current_value: Optional[float] = None
+        if current is None:
+            promote, reason = True, "first model: nothing promoted yet"
+        else:
+            if metric in current["metrics"]:
+                current_value = float(current["metrics"][metric])
+            mine = comparable_part(evaluation, metric)
+            theirs = comparable_part(current.get("evaluation"), metric)
+            if current_value is not None and mine != theirs:
+                promote = promote_incomparable
+                reason = (f"no comparable incumbent: the promoted model's {metric} "
+                          f"({current_value:.4f}) was measured on {_describe(theirs)}, this "
+                          f"one's on {_describe(mine)} (or with other evaluation settings); " + (
+                              "promoted on its own evaluation (eval.promote_incomparable=true)"
+                              if promote else "not promoted (eval.promote_incomparable=false)"))
+            elif current_value is None:
+                promote = True
+                reason = (f"the promoted model has no '{metric}' (evaluated under another "
+                          "promotion metric); the candidate replaces it")
             else:
-                if metric in current["metrics"]:
-                    current_value = float(current["metrics"][metric])
-                if current_value is None:
-                    promote = True
-                    reason = (f"the promoted model has no '{metric}' (evaluated under another "
-                              "promotion metric); the candidate replaces it")
-                else:
-                    promote = is_better_or_equal(metric, value, current_value)
-                    reason = ("not worse than the promoted model" if promote
-                              else "worse than the promoted model")
-            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            decision = Decision(now, str(checkpoint), metric, value, current_value, promote,
-                                reason)
-            if promote:
-                kept = self.keep(checkpoint, weights_sha256)
-                doc["promoted"] = {"checkpoint": kept, "source_checkpoint": str(checkpoint),
-                                   "weights_sha256": weights_sha256,
-                                   "config": config, "data_version": data_version,
-                                   "metrics": metrics, "promotion_metric": metric,
-                                   "promoted_at": now}
-            doc["decisions"].append(asdict(decision))
-            self._write(doc)
+                promote = is_better_or_equal(metric, value, current_value)
+                reason = ("not worse than the promoted model" if promote
+                          else "worse than the promoted model")
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        decision = Decision(now, str(checkpoint), metric, value, current_value, promote, reason,
+                            evaluation)
+        if promote:
+            kept = self.keep(checkpoint, weights_sha256)
+            doc["promoted"] = {"checkpoint": kept, "source_checkpoint": str(checkpoint),
+                               "weights_sha256": weights_sha256, "config": config,
+                               "data_version": data_version, "metrics": metrics,
+                               "promotion_metric": metric, "evaluation": evaluation,
+                               "promoted_at": now}
+        doc["decisions"].append(asdict(decision))
         return decision
 
 
 __all__ = ["Registry", "Decision", "RegistryError", "CheckpointError", "verify_checkpoint",
-           "lookup_metric", "file_sha256"]
+           "lookup_metric", "file_sha256", "comparable_part"]

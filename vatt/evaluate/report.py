@@ -94,6 +94,10 @@ def write_report_folder(results: dict[str, Any], folder: str | Path) -> dict[str
     for key in ("checkpoint", "step", "config_name", "data_version", "seed"):
         if key in results:
             lines.append(f"- **{key}**: `{json.dumps(results[key])}`")
+    for task, used in sorted(((results.get("evaluation") or {}).get("data") or {}).items()):
+        hashes = ", ".join(f"{split} manifest {digest[:12] if digest else '?'}"
+                           for split, digest in sorted(used["splits"].items()))
+        lines.append(f"- **{task}** evaluated on `{used['dataset']}` ({hashes})")
     lines += ["", "| task | metric | value |", "|---|---|---|"]
     for name, value in sorted(results.get("metrics", {}).items()):
         task, _, metric = name.partition(".")
