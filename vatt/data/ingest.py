@@ -43,7 +43,7 @@ import numpy as np
 
 from vatt.config import Config
 from vatt.data.media import MediaError, encode_video, encode_wav, load_media
-from vatt.data.pool import process_pool
+from vatt.data.pool import WorkerDied, map_in_processes
 from vatt.data.sources import READERS, ClipSpec, LayoutError, SourceIndex, WorkItem
 
 FORMAT_VERSION = 2  # bump when the shard content changes for the same input (2: clip folds)
@@ -353,11 +353,16 @@ def ingest_index(cfg: Config, index: SourceIndex, root: Path, out: Path, name: s
     results = list(reused)
     bar = tqdm(total=len(tasks), desc=f"ingest {name}", unit="shard", disable=not progress)
     workers = min(cfg.data.ingest.num_workers, len(tasks))
+    died: list[dict] = []  # items of shards whose worker process died (quarantined)
     if workers > 1:
-        with process_pool(workers) as pool:
-            for task, sidecar in zip(tasks, pool.imap(_process_shard, tasks)):
+        for task, sidecar in zip(tasks, map_in_processes(_process_shard, tasks, workers,
+                                                         done=bar.update)):
+            if isinstance(sidecar, WorkerDied):
+                died += [{"item": item.media, "kind": "media", "reason": sidecar.reason}
+                         for item in task["items"]]
+                Path(task["shard"]).unlink(missing_ok=True)
+            else:
                 results.append((Path(task["shard"]), sidecar))
-                bar.update()
     else:
         for task in tasks:
             results.append((Path(task["shard"]), _process_shard(task)))
@@ -369,7 +374,7 @@ def ingest_index(cfg: Config, index: SourceIndex, root: Path, out: Path, name: s
             stale.unlink()
     results.sort(key=lambda r: r[0].name)
 
-    clips, bad = [], [{"kind": "row", **b} for b in index.bad]
+    clips, bad = [], [{"kind": "row", **b} for b in index.bad] + died
     for shard, sidecar in results:
         for record in sidecar["clips"]:
             clips.append({**record, "shard": f"shards/{shard.name}"})

@@ -42,7 +42,7 @@ import av
 import numpy as np
 
 from vatt.config import Config
-from vatt.data.pool import process_pool
+from vatt.data.pool import WorkerDied, map_in_processes
 
 LAYOUTS = ("howto100m", "ucf101", "esc50", "msrvtt")
 WIDTH, HEIGHT, FPS, RATE = 128, 96, 10, 16000
@@ -529,10 +529,11 @@ def _run(fn, tasks: list[dict], workers: int, desc: str, progress: bool) -> list
     bar = tqdm(total=len(tasks), desc=desc, unit="file", disable=not progress)
     out = []
     if workers > 1:
-        with process_pool(workers) as pool:
-            for result in pool.imap(fn, tasks, chunksize=4):
-                out.append(result)
-                bar.update()
+        out = map_in_processes(fn, tasks, workers, done=bar.update)
+        died = [task for task, result in zip(tasks, out) if isinstance(result, WorkerDied)]
+        if died:
+            raise RuntimeError(f"{desc}: generating {len(died)} file(s) killed the worker process "
+                               f"twice ({died[0]}); {out[tasks.index(died[0])].reason}")
     else:
         for task in tasks:
             out.append(fn(task))
