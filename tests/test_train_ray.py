@@ -115,8 +115,13 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, train_data, tmp
     # the data stream continued where it was (its epoch never goes back)
     epochs = [row["epoch"] for row in history]
     assert epochs == sorted(epochs)
-    # the killed worker really was replaced
-    assert workers[1].pid not in {p.pid for p in train_worker_processes(psutil.Process())}
+    # the position after resume: the first step after it is the next micro-batch of the epoch
+    # the checkpoint was in (or the first of the next epoch), not the start of that epoch again
+    at_checkpoint = next(row for row in history if row["step"] == resumed_at)
+    after = next(row for row in history if row["step"] == resumed_at + 1)
+    assert (after["epoch"], after["epoch_batch"]) in {
+        (at_checkpoint["epoch"], at_checkpoint["epoch_batch"] + 1), (at_checkpoint["epoch"] + 1, 1)}
+    assert at_checkpoint["epoch_batch"] >= 1
 
 
 def test_checkpoints_to_and_from_s3_and_same_run_name_resumes(ray_cluster, train_data, s3_env):

@@ -117,8 +117,12 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Te
 def batch_stream(shard: Any, batch_size: int, position: DataPosition) -> Iterator[dict[str, Any]]:
     """Endless micro-batches from a Ray Data shard, epoch after epoch, keeping `position` current.
 
-    Resuming at `position` skips the micro-batches of that epoch already trained on, so no clip
-    is seen twice in an epoch across a restart.
+    Resuming at `position` skips as many micro-batches of that epoch as were already trained
+    on, so a resumed epoch has the length it would have had and the epoch count is right. It
+    does not promise the same clips: Ray Data's block order, the split between workers, the
+    local shuffle and the augmentations are not seeded (a streaming split hands blocks to
+    whichever worker asks first), so after a restart the rest of the epoch is drawn afresh and
+    a clip may be seen twice, or not at all, in that one epoch.
     """
     from vatt.data.loader import torch_batches
 
@@ -235,6 +239,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         if not (save or state.step % cfg.train.log_every == 0):
             continue
         row = {"step": state.step, "lr": state.learning_rate, "epoch": state.data.epoch,
+               "epoch_batch": state.data.batches,  # micro-batches of this epoch so far
                "attempt": len(state.started_from) - 1, "time": time.time()}
         row |= window.metrics(device)
         if any(value != value for value in row.values()):  # NaN
