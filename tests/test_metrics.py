@@ -134,7 +134,8 @@ def test_retrieval_hand_computed_with_ties():
     ])
     assert retrieval_ranks(sim).tolist() == [1, 2, 3, 4]
     m = retrieval_metrics(sim)
-    assert m == {"R@1": 0.25, "R@5": 1.0, "R@10": 1.0, "MedR": 2.5}
+    assert m == {"R@1": 0.25, "R@5": 1.0, "R@10": 1.0, "MedR": 2.5,
+                 "MRR": pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 4) / 4)}
 
 
 def test_retrieval_constant_similarity_is_worst_case():
@@ -143,7 +144,8 @@ def test_retrieval_constant_similarity_is_worst_case():
 
 
 def test_retrieval_identity_and_random(rng):
-    assert retrieval_metrics(np.eye(50)) == {"R@1": 1.0, "R@5": 1.0, "R@10": 1.0, "MedR": 1.0}
+    assert retrieval_metrics(np.eye(50)) == {"R@1": 1.0, "R@5": 1.0, "R@10": 1.0, "MedR": 1.0,
+                                             "MRR": 1.0}
     ranks = np.concatenate([retrieval_ranks(rng.normal(size=(200, 200))) for _ in range(5)])
     assert (ranks <= 10).mean() == pytest.approx(chance_recall_at_k(200, 10), abs=0.02)
 

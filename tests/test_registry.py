@@ -174,3 +174,22 @@ def test_concurrent_evaluations_against_an_s3_registry_lose_no_decision(s3_env, 
         if decision["promoted"]:
             current = decision["candidate_value"]
     assert doc["promoted"]["metrics"]["text_video_retrieval.R@10"] == max(values) == current
+
+
+def test_a_margin_promotes_only_differences_beyond_the_noise(tmp_path):
+    registry = Registry(tmp_path / "registry")
+
+    def consider(name, seed, value, metric="text_video_retrieval.MRR"):
+        return registry.consider(_checkpoint(tmp_path, name, seed), config={}, data_version={},
+                                 metrics={metric: value}, metric=metric, margin=0.05)
+
+    assert consider("a", 0, 0.40).promoted
+    within = consider("b", 1, 0.44)  # better, but by less than the run-to-run noise
+    assert not within.promoted and "within run-to-run noise" in within.reason
+    beyond = consider("c", 2, 0.46)
+    assert beyond.promoted and "by at least the margin 0.05" in beyond.reason
+    # lower-is-better metrics need the margin the other way
+    registry = Registry(tmp_path / "registry-medr")
+    assert consider("d", 3, 10.0, "text_video_retrieval.MedR").promoted
+    assert not consider("e", 4, 9.98, "text_video_retrieval.MedR").promoted
+    assert consider("f", 5, 9.0, "text_video_retrieval.MedR").promoted

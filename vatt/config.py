@@ -244,8 +244,11 @@ class EvalConfig:
     batch_size: int = 32  # clips per forward pass when extracting features
     output_path: str = "artifacts/eval"  # reports: <output_path>/<run id>/; a folder or s3://
     registry_path: str = "artifacts/registry"  # the model registry; a folder or s3://
-    # promote when this metric ("<task>.<metric>") is not worse than the promoted model's
-    promotion_metric: str = "text_video_retrieval.R@10"
+    # promote when this metric ("<task>.<metric>") is better than the promoted model's by at
+    # least promotion_margin (0: not worse). MRR uses every rank: R@10 saturates on small sets
+    promotion_metric: str = "text_video_retrieval.MRR"
+    # the metric's run-to-run noise (benchmarks/gate_noise.py); differences below it are none
+    promotion_margin: float = 0.0
     # when the promoted model's number came from other data or settings (not comparable):
     # promote the candidate on its own evaluation (true), or keep the promoted model (false)
     promote_incomparable: bool = True

@@ -187,10 +187,12 @@ def retrieval_ranks(similarity: Any, match: Optional[Any] = None) -> np.ndarray:
 
 
 def retrieval_metrics(similarity: Any, match: Optional[Any] = None) -> dict[str, float]:
-    """{"R@1", "R@5", "R@10", "MedR"} for a query x item similarity matrix.
+    """{"R@1", "R@5", "R@10", "MedR", "MRR"} for a query x item similarity matrix.
 
     R@k is the share of queries whose match ranks <= k; MedR is the median 1-based rank (for an
-    even number of queries, the mean of the two middle ranks). See `retrieval_ranks`.
+    even number of queries, the mean of the two middle ranks); MRR the mean of 1/rank, which
+    uses every rank (R@10 saturates on a small set while MRR still tells models apart). See
+    `retrieval_ranks`.
     """
     ranks = retrieval_ranks(similarity, match)
     if ranks.size == 0:
@@ -200,6 +202,7 @@ def retrieval_metrics(similarity: Any, match: Optional[Any] = None) -> dict[str,
         "R@5": float((ranks <= 5).mean()),
         "R@10": float((ranks <= 10).mean()),
         "MedR": float(np.median(ranks)),
+        "MRR": float((1.0 / ranks).mean()),
     }
 
 
@@ -208,12 +211,13 @@ def chance_recall_at_k(num_items: int, k: int) -> float:
     return min(k, num_items) / num_items
 
 
-def is_better_or_equal(metric: str, new: float, current: float) -> bool:
-    """The promotion comparison: 'not worse', in the direction of `metric` (see LOWER_IS_BETTER,
-    matched on the last dotted part, e.g. 'text_video_retrieval.MedR')."""
+def is_better_or_equal(metric: str, new: float, current: float, margin: float = 0.0) -> bool:
+    """The promotion comparison in the direction of `metric` (see LOWER_IS_BETTER, matched on
+    the last dotted part, e.g. 'text_video_retrieval.MedR'): with `margin` 0, 'not worse'; with
+    a margin, better by at least that much (a difference within run-to-run noise is none)."""
     if metric.split(".")[-1] in LOWER_IS_BETTER:
-        return new <= current
-    return new >= current
+        return new <= current - margin
+    return new >= current + margin
 
 
 __all__ = [

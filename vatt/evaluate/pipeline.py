@@ -210,7 +210,7 @@ def _new_report_folder(cfg: Config, checkpoint: str, step: Optional[int],
 
 # the evaluation settings that change a metric's value (where the report goes does not)
 _SETTINGS_NOT_IN_IDENTITY = ("output_path", "registry_path", "promotion_metric", "tasks",
-                             "promote_incomparable")
+                             "promote_incomparable", "promotion_margin")
 
 
 def evaluation_identity(cfg: Config, data: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -272,7 +272,8 @@ def evaluate_checkpoint(checkpoint: str, data: Mapping[str, Mapping[str, Iterabl
                     local if not is_s3_uri(checkpoint) else checkpoint, config=to_dict(cfg),
                     data_version=loaded.data_version, metrics=results["metrics"],
                     metric=cfg.eval.promotion_metric, evaluation=identity,
-                    promote_incomparable=cfg.eval.promote_incomparable)
+                    promote_incomparable=cfg.eval.promote_incomparable,
+                    margin=cfg.eval.promotion_margin)
             except RegistryError as err:  # the results are kept: say where they are
                 raise RegistryError(f"{err} (the evaluation itself is saved: {report_uri}; "
                                     "`vatt evaluate --no-promote` skips the gate)") from None

@@ -208,21 +208,24 @@ class Registry:
     def consider(self, checkpoint: str | Path, *, config: dict[str, Any],
                  data_version: Any, metrics: dict[str, Any], metric: str,
                  evaluation: Optional[dict[str, Any]] = None,
-                 promote_incomparable: bool = True) -> Decision:
+                 promote_incomparable: bool = True, margin: float = 0.0) -> Decision:
         """Decide whether the evaluated checkpoint replaces the promoted model, record it.
 
         `metrics` is the flat "<task>.<metric>" dict of the evaluation; `evaluation` its
         identity (vatt.evaluate.pipeline.evaluation_identity). The values are compared only when
         the metric's data and settings are the same for both models; otherwise there is no
         comparable incumbent, the decision says so, and `promote_incomparable`
-        (eval.promote_incomparable) decides. Raises CheckpointError or RegistryError (and leaves
-        the registry unchanged) when the candidate or the registry is unusable.
+        (eval.promote_incomparable) decides. With a `margin` (eval.promotion_margin, the
+        metric's measured run-to-run noise) the candidate must be better by at least that much.
+        Raises CheckpointError or RegistryError (and leaves the registry unchanged) when the
+        candidate or the registry is unusable.
         """
         weights_sha256 = verify_checkpoint(checkpoint, self.store)
         value = lookup_metric(metrics, metric)
         decide = dict(checkpoint=checkpoint, weights_sha256=weights_sha256, config=config,
                       data_version=data_version, metrics=metrics, metric=metric, value=value,
-                      evaluation=evaluation, promote_incomparable=promote_incomparable)
+                      evaluation=evaluation, promote_incomparable=promote_incomparable,
+                      margin=margin)
         if not self.is_s3:
             with self._lock():
                 doc = self.read()
@@ -252,7 +255,7 @@ class Registry:
     def _decide(self, doc: dict[str, Any], *, checkpoint: str | Path, weights_sha256: str,
                 config: dict[str, Any], data_version: Any, metrics: dict[str, Any], metric: str,
                 value: float, evaluation: Optional[dict[str, Any]],
-                promote_incomparable: bool) -> Decision:
+                promote_incomparable: bool, margin: float) -> Decision:
         """Decide against `doc`'s promoted model and record the decision in `doc`."""
         current = doc["promoted"]
         current_value: Optional[float] = None
@@ -274,6 +277,12 @@ class Registry:
                 promote = True
                 reason = (f"the promoted model has no '{metric}' (evaluated under another "
                           "promotion metric); the candidate replaces it")
+            elif margin:
+                promote = is_better_or_equal(metric, value, current_value, margin)
+                reason = (f"better than the promoted model by at least the margin {margin:g} "
+                          "(eval.promotion_margin)" if promote else
+                          f"not better than the promoted model by the margin {margin:g} "
+                          "(eval.promotion_margin: differences within run-to-run noise)")
             else:
                 promote = is_better_or_equal(metric, value, current_value)
                 reason = ("not worse than the promoted model" if promote
