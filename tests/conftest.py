@@ -279,3 +279,14 @@ def prefect_api() -> Iterator[str]:
     with temporary_settings({PREFECT_SERVER_ANALYTICS_ENABLED: False}):
         with prefect_test_harness(server_startup_timeout=PREFECT_STARTUP_TIMEOUT_S):
             yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _ray_per_module() -> Iterator[None]:
+    """A local Ray that a module's code started (the library starts one when none runs) is
+    shut down when the module ends, so no module inherits another's cluster state."""
+    before = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and not before and ray.is_initialized():
+        ray.shutdown()

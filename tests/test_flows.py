@@ -4,6 +4,7 @@ fault test, the real SeaweedFS S3 server. Nothing is mocked."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -160,15 +161,28 @@ def test_transient_object_store_fault_is_retried_and_the_run_succeeds(
     overrides = [f"data.path={default_pipeline.data}", f"eval.output_path={tmp_path / 'eval'}",
                  f"eval.registry_path={registry}", "eval.tasks=[text_video_retrieval]",
                  "storage.max_attempts=1", "storage.connect_timeout_s=1", "storage.read_timeout_s=2"]
+    def resume() -> None:
+        os.killpg(s3_env.pid, signal.SIGCONT)
+
+    class ResumeWhenRetried(logging.Handler):
+        """The server answers again once the first try has failed (as a blip would end)."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if "transient fault" in record.getMessage():
+                resume()
+
+    watcher = ResumeWhenRetried()
+    logging.getLogger("vatt.flows").addHandler(watcher)
+    safety = threading.Timer(300.0, resume)  # never leave the session's server paused
+    safety.start()
     os.killpg(s3_env.pid, signal.SIGSTOP)
-    resume = threading.Timer(5.0, lambda: os.killpg(s3_env.pid, signal.SIGCONT))
-    resume.start()
     try:
         state = evaluate(checkpoint=str(default_pipeline.checkpoint), overrides=overrides,
                          return_state=True)
     finally:
-        resume.cancel()
-        os.killpg(s3_env.pid, signal.SIGCONT)
+        safety.cancel()
+        logging.getLogger("vatt.flows").removeHandler(watcher)
+        resume()
     assert state.is_completed(), state.message
     runs = task_runs(state.state_details.flow_run_id)
     assert runs["read-promoted"].run_count >= 2, "the transient fault was not retried"

@@ -156,7 +156,7 @@ def retried_run(served, default_pipeline, tmp_path_factory) -> dict:
             second = run_deployment("retrain/weekly", parameters={"overrides": overrides},
                                     timeout=0)
             waited = _wait_for(lambda: state_of(second.id).name == "AwaitingConcurrencySlot"
-                               and state_of(second.id), "the second run to wait for its slot", 120)
+                               and state_of(second.id), "the second run to wait for its slot", 300)
             client.set_flow_run_state(second.id, Cancelled(message="concurrency checked"),
                                       force=True)
             assert state_of(flow_run.id).is_running()
