@@ -40,7 +40,9 @@ def test_evaluate_checkpoint_twice_same_numbers_and_registry(checkpoint):
     assert first.report_uri != second.report_uri  # each evaluation keeps its own report
     for outcome in (first, second):
         assert (Path(outcome.report_uri) / "results.json").is_file()
-    assert first.decision.promoted and second.decision.promoted  # equal is "not worse"
+    # the same model again is no improvement beyond the tiny preset's eval.promotion_margin
+    assert first.decision.promoted and not second.decision.promoted
+    assert "eval.promotion_margin" in second.decision.reason
     assert second.decision.promoted_value == first.decision.candidate_value
     report = json.loads((root / "eval").glob("*/results.json").__next__().read_text())
     assert report["step"] == 7 and report["data_version"] == {"md5": "d41d8cd9"}

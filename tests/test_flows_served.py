@@ -117,13 +117,21 @@ def served(prefect_server, default_pipeline) -> Iterator[Served]:
                                 env=prefect_server.env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
-    def deployments() -> set[str]:
-        return {d["name"] for d in _api(prefect_server, "/deployments/filter", {})}
+    from flows.deployments import read_spec
+
+    declared = sorted((entry["entrypoint"].rsplit(":", 1)[1], entry["name"])
+                      for entry in read_spec())
+
+    def deployments() -> list[tuple[str, str]]:
+        flows = {f["id"]: f["name"] for f in _api(prefect_server, "/flows/filter", {})}
+        return sorted((flows.get(d["flow_id"], "?"), d["name"])
+                      for d in _api(prefect_server, "/deployments/filter", {}))
 
     try:
-        names = _wait_for(lambda: {"weekly"} <= deployments() and deployments(),
-                          "vatt serve registering the deployments", 180, proc, log)
-        assert {"weekly", "on-demand"} <= names
+        # every deployment of prefect.yaml (they are registered one after the other)
+        _wait_for(lambda: deployments() == declared, "vatt serve registering the deployments",
+                  180, proc, log)
+        assert ("retrain", "weekly") in declared
         yield Served(prefect_server.url, prefect_server.env, proc.pid)
     finally:
         _stop(proc, signal.SIGINT)
