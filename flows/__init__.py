@@ -4,6 +4,7 @@
     pretrain  Ray Train pretraining of a config, resumable by run name
     evaluate  downstream evaluation of a checkpoint, report, promotion gate
     retrain   the parent: data (pull a version or ingest) -> pretrain -> evaluate -> promote
+    sweep     a Ray Tune sweep of pretraining runs over a search space of tuning/
 
 Deployments (scheduled retraining, the others on demand) are declared in the project's
 `prefect.yaml` and served by `vatt serve`; `vatt pipeline` runs `retrain` once on Prefect's

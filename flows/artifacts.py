@@ -26,7 +26,8 @@ from vatt.storage import ObjectStore
 KEYS = {"ingest": "vatt-ingest", "training": "vatt-training", "metrics": "vatt-metrics",
         "report": "vatt-report", "gate": "vatt-gate", "checkpoint": "vatt-checkpoint",
         "report_link": "vatt-report-folder", "data_version": "vatt-data-version",
-        "timing": "vatt-timing"}
+        "timing": "vatt-timing", "sweep": "vatt-sweep", "sweep_report": "vatt-sweep-report",
+        "sweep_best": "vatt-sweep-best"}
 
 _IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)")
 
@@ -164,3 +165,25 @@ def publish_timing(rows: list[dict[str, Any]]) -> None:
 
 __all__ = ["publish_ingest", "publish_training", "publish_evaluation", "publish_timing",
            "metrics_table", "gate_markdown", "inline_images", "KEYS"]
+
+
+@task(name="publish-sweep", cache_policy=NO_CACHE)
+def publish_sweep(swept: dict[str, Any]) -> None:
+    """The sweep's table (one row per trial), its results.md with the trade-off plot inline, and
+    a link to best.yaml."""
+    from tuning.results import RESULTS_MD, TRADEOFF_PNG
+
+    files = {name: Path(path) for name, path in swept["files"].items()}
+    rows = [{key: _fmt(value) for key, value in row.items()} for row in swept["rows"]]
+    create_table_artifact(key=KEYS["sweep"], table=rows,
+                          description=f"Sweep trials, selected on {swept['metric']} "
+                                      f"(validation split): {swept['out']}")
+    png = base64.b64encode(files[TRADEOFF_PNG].read_bytes()).decode()
+    markdown = files[RESULTS_MD].read_text() + (
+        f"\n![the metric and the step time per trial](data:image/png;base64,{png})\n")
+    create_markdown_artifact(key=KEYS["sweep_report"], markdown=markdown,
+                             description="Sweep results and the speed/accuracy trade-off")
+    if "best.yaml" in files:
+        create_link_artifact(key=KEYS["sweep_best"], link=link_for(str(files["best.yaml"])),
+                             link_text="best.yaml (vatt pretrain --config best.yaml)",
+                             description="the config of the best trial")

@@ -256,7 +256,8 @@ def test_msrvtt_reader_uses_the_1k_a_test_csv(cfg, tmp_path):
     src = tmp_path / "msr"
     for i in range(3):
         _video(src / "TrainValVideo" / f"video{i}.mp4", seconds=1.0)
-    data = {"videos": [{"video_id": f"video{i}", "split": "train"} for i in range(4)],
+    data = {"videos": [{"video_id": f"video{i}", "split": "validate" if i == 1 else "train"}
+                       for i in range(4)],
             "sentences": [{"video_id": "video0", "caption": "a man sings"},
                           {"video_id": "video0", "caption": "someone sings"},
                           {"video_id": "video2", "caption": "a car"}]}
@@ -268,6 +269,7 @@ def test_msrvtt_reader_uses_the_1k_a_test_csv(cfg, tmp_path):
     assert items["video0"].split == "train" and items["video0"].clips[0].captions == [
         "a man sings", "someone sings"]
     assert items["video2"].split == "test" and items["video2"].clips[0].captions == ["a red car drives"]
+    assert items["video1"].split == "val"  # MSR-VTT's validate videos stay held out
     assert "video3" in index.bad[0]["reason"]
 
 

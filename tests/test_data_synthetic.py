@@ -103,7 +103,7 @@ def test_synthetic_ingest_writes_every_layout_with_held_out_splits(tmp_path):
     assert summaries["synthetic-howto100m"]["per_split"] == {"train": 32}  # 8 x 12.8 s / 3.2 s
     assert summaries["synthetic-ucf101"]["per_split"] == {"test": 16, "train": 24}
     assert summaries["synthetic-esc50"]["per_split"] == {"test": 8, "train": 32}
-    assert summaries["synthetic-msrvtt"]["per_split"] == {"test": 3, "train": 5}
+    assert summaries["synthetic-msrvtt"]["per_split"] == {"test": 3, "train": 3, "val": 2}
     ucf = json.loads((tmp_path / "data" / "synthetic-ucf101" / "manifest.json").read_text())
     assert ucf["label_names"] == S.UCF_CLASSES
     assert sorted({c["label"] for c in ucf["clips"] if c["split"] == "test"}) == list(range(8))

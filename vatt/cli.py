@@ -8,9 +8,14 @@ import sys
 from pathlib import Path
 
 
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="tiny",
-                        help="config preset under configs/ (tiny, bbs, mbs, lbs, ma-medium) or a YAML path")
+def _add_config_args(parser: argparse.ArgumentParser, config_file: bool = True) -> None:
+    which = parser.add_mutually_exclusive_group() if config_file else parser
+    which.add_argument("--preset", default="tiny",
+                       help="config preset under configs/ (tiny, bbs, mbs, lbs, ma-medium) or a YAML path")
+    if config_file:
+        which.add_argument("--config", default=None, metavar="FILE",
+                           help="a whole config as YAML (e.g. the best.yaml of `vatt sweep`), "
+                                "instead of a preset")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotlist overrides, e.g. model.video.drop_rate=0.25")
 
@@ -163,6 +168,29 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from tuning.space import SpaceError
+    from tuning.sweep import SweepError, run_sweep
+
+    try:
+        result = run_sweep(args.space, preset=args.preset, overrides=args.overrides,
+                           samples=args.samples, out=args.out, scheduler=args.scheduler)
+    except (SpaceError, SweepError) as err:
+        print(f"vatt sweep: {err}", file=sys.stderr)
+        return 2
+    from tuning.results import RESULTS_MD
+
+    print((result.out / RESULTS_MD).read_text())
+    for name, path in result.files.items():
+        print(f"{name}: {path}")
+    failed = [row for row in result.rows if str(row["status"]).startswith("failed")]
+    if failed:
+        print(f"vatt sweep: {len(failed)} trial(s) failed (status column; their error.txt "
+              f"under {result.out / 'tune'})", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vatt", description=__doc__)
     parser.add_argument("--verbose", action="store_true",
@@ -173,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline = sub.add_parser("pipeline", help="the main job: the Prefect `retrain` flow end to "
                                                "end (ingest, pretrain, evaluate, promote) on "
                                                "Prefect's ephemeral API and a local Ray")
-    _add_config_args(pipeline)
+    _add_config_args(pipeline, config_file=False)  # the flow's preset parameter is typed
     pipeline.add_argument("--source", default="synthetic",
                           help="what to ingest (default: the generated default dataset)")
     pipeline.add_argument("--path", default=None, help="the source folder or s3:// prefix")
@@ -237,6 +265,21 @@ def build_parser() -> argparse.ArgumentParser:
                           help="report only; leave the registry alone")
     evaluate.set_defaults(handler=_cmd_evaluate)
 
+    sweep = sub.add_parser("sweep", help="a Ray Tune sweep of pretraining runs over a search "
+                                         "space (tuning/*.yaml), selected on the validation "
+                                         "split; the same --out again resumes it")
+    sweep.add_argument("space", help="search space YAML, or a name under tuning/ (e.g. "
+                                     "droptoken_sharing: DropToken rate x backbone sharing)")
+    _add_config_args(sweep)
+    sweep.add_argument("--samples", type=int, default=1,
+                       help="repeats of the grid / draws of the random parameters (default 1)")
+    sweep.add_argument("--out", default=None,
+                       help="output folder (default: sweeps/<space name>); an existing sweep "
+                            "there is resumed")
+    sweep.add_argument("--scheduler", choices=("asha", "fifo"), default=None,
+                       help="replace the space's scheduler (fifo: every trial runs to the end)")
+    sweep.set_defaults(handler=_cmd_sweep)
+
     data = sub.add_parser("data", help="version data/ with DVC: track, push, pull, version")
     data_sub = data.add_subparsers(dest="action", required=True)
     track = data_sub.add_parser("track", help="dvc add: hash the folder into data.dvc")
@@ -260,10 +303,24 @@ def main(argv: list[str] | None = None) -> int:
 
     from vatt.console import configure_console, set_verbose
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may also come after options (`vatt sweep SPACE --out DIR k=v`), where
+    # argparse has already closed the positionals
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.verbose:
         set_verbose(True)
     configure_console()
+    if getattr(args, "config", None):
+        config = Path(args.config)
+        if not config.is_file() or config.suffix not in (".yaml", ".yml"):
+            print(f"vatt {args.command}: --config {args.config}: no such YAML file (give the path "
+                  "of a .yaml config, e.g. the best.yaml a sweep wrote)", file=sys.stderr)
+            return 2
+        args.preset = str(config)
     try:
         return args.handler(args)
     except ConfigError as err:

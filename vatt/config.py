@@ -193,6 +193,20 @@ class OptimConfig:
 
 
 @dataclass
+class ValidationConfig:
+    """Zero-shot retrieval on a held-out validation split, measured during pretraining every
+    `every` steps (0: never) on the first worker and reported with the training rows as
+    `val_tv_MRR` (text->video), `val_va_MRR` (video->audio), their mean `val_MRR`, and R@1/R@10.
+    It is what sweeps tune on; the test splits stay with reports and the promotion gate."""
+
+    every: int = 0
+    dataset: str = "synthetic-msrvtt"  # an ingested dataset with video, audio and captions
+    split: str = "val"  # never "test": that is what reports and the promotion gate measure
+    num_windows: int = 2  # evenly spread windows per video, averaged as in evaluation
+    batch_size: int = 32
+
+
+@dataclass
 class TrainConfig:
     """Pretraining with Ray Train (vatt.train). The per-worker batch is derived:
     global_batch_size / (num_workers * grad_accum), and must divide evenly."""
@@ -217,6 +231,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     dataset: str = "synthetic-howto100m"  # ingested dataset (folder under data.path) to pretrain on
     dataset_split: str = "train"  # split of that dataset
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
 
 
 @dataclass
@@ -342,6 +357,16 @@ def _check_values(cfg: Config) -> None:
             f"data.num_frames={cfg.data.num_frames} / data.frame_size={cfg.data.frame_size} "
             f"do not divide into model.video.patch_size={[t, h, w]}; pick multiples of the patch"
         )
+    val = cfg.train.validation
+    if val.every < 0 or val.num_windows < 1 or val.batch_size < 1:
+        raise ConfigError(
+            f"train.validation: every={val.every} must be >= 0 (0: no validation), num_windows="
+            f"{val.num_windows} and batch_size={val.batch_size} at least 1")
+    if val.split == "test":
+        raise ConfigError(
+            "train.validation.split='test': validation (and the sweeps that tune on it) must not "
+            "read the test split that reports and the promotion gate measure; use 'val' (or "
+            "another held-out split of train.validation.dataset)")
     if cfg.eval.finetune_test_crops < 1:
         raise ConfigError(
             f"eval.finetune_test_crops={cfg.eval.finetune_test_crops}: fine-tuning tests on at "
@@ -409,10 +434,13 @@ def from_dict(data: dict[str, Any]) -> Config:
 
 
 def replace(cfg: Config, overrides: list[str]) -> Config:
-    """A copy of `cfg` with dotlist overrides applied (used by sweeps and flows)."""
-    return from_dict(OmegaConf.to_container(
-        OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(overrides)),
-        enum_to_str=True))  # type: ignore[arg-type]
+    """A copy of `cfg` with dotlist overrides applied (used by sweeps and flows); an unknown
+    key or a wrong type is a ConfigError naming it."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as err:
+        raise _explain(err, OmegaConf.structured(Config), "override") from None
+    return from_dict(OmegaConf.to_container(merged, enum_to_str=True))  # type: ignore[arg-type]
 
 
 __all__ = [

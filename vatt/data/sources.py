@@ -239,7 +239,8 @@ def read_esc50(root: Path, cfg: IngestConfig) -> SourceIndex:
 def read_msrvtt(root: Path, cfg: IngestConfig) -> SourceIndex:
     """MSRVTT_data.json ({"videos": [{video_id, split}], "sentences": [{video_id, caption}]});
     when the 1k-A test CSV (MSRVTT_JSFUSION_test.csv: key,vid_key,video_id,sentence) is present,
-    its videos with its one sentence each are the test split and all other videos train."""
+    its videos with its one sentence each are the test split, the videos annotated `validate`
+    the val split (what sweeps tune on) and all other videos train."""
     path = _find(root, "MSRVTT_data.json", "msrvtt", "the annotation file")[0]
     try:
         data = json.loads(path.read_text())
@@ -272,7 +273,7 @@ def read_msrvtt(root: Path, cfg: IngestConfig) -> SourceIndex:
                                                  f"and split in {sorted(splits)}"})
             continue
         if test_csv:
-            split = "test" if vid in test_caption else "train"
+            split = "test" if vid in test_caption else "val" if split == "val" else "train"
         texts = [test_caption[vid]] if vid in test_caption else captions.get(vid, [])
         if vid not in media:
             bad.append({"item": where, "reason": f"annotation names video {vid!r} but no media "

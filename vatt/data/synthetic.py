@@ -26,7 +26,8 @@ picks up first (BENCHMARKS.md, "Learning signal").
   root/howto100m/  videos/<id>.mp4 (12.8 s, 4 scenes of 3.2 s) + caption.json   (pretraining)
   root/ucf101/     UCF-101/<Class>/v_<Class>_gGG_cCC.avi + ucfTrainTestlist/  (label = motion)
   root/esc50/      audio/<fold>-<id>-A-<target>.wav + meta/esc50.csv  (label = sound kind, 5 folds)
-  root/msrvtt/     videos/video<i>.mp4 + MSRVTT_data.json + MSRVTT_JSFUSION_test.csv (retrieval)
+  root/msrvtt/     videos/video<i>.mp4 + MSRVTT_data.json + MSRVTT_JSFUSION_test.csv (retrieval:
+                   3/8 test, 1/4 validate for sweeps and validation during training, the rest train)
 Raw media are 128x96 at 10 fps with 16 kHz audio (stereo in the AVI files), larger and longer than the tiny
 preset's input, so that ingestion's resizing, resampling, down-mixing and cutting all run.
 """
@@ -46,7 +47,7 @@ from vatt.data.pool import WorkerDied, map_in_processes
 
 LAYOUTS = ("howto100m", "ucf101", "esc50", "msrvtt")
 WIDTH, HEIGHT, FPS, RATE = 128, 96, 10, 16000
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3  # 3: MSR-VTT has a validate split (sweeps tune on it)
 SCENE_SECONDS = 3.2  # one pretraining clip (2 x the tiny window) per scene
 
 SHAPES = ["circle", "square", "triangle", "diamond", "ring", "cross"]
@@ -607,10 +608,12 @@ def generate(cfg: Config, root: str | Path, progress: bool = True) -> Path:
     count = counts["msrvtt"]
     entries = _run(_msrvtt_video, [{"seed": seed, "index": i, "root": str(msr)}
                                    for i in range(count)], workers, "synthetic msrvtt", progress)
-    num_test = count * 3 // 8
+    num_test, num_val = count * 3 // 8, count // 4
     test_ids = {e["video_id"] for e in entries[count - num_test:]}
+    val_ids = {e["video_id"] for e in entries[count - num_test - num_val:count - num_test]}
     data = {"videos": [{"video_id": e["video_id"], "id": i, "category": 0,
-                        "split": "test" if e["video_id"] in test_ids else "train"}
+                        "split": "test" if e["video_id"] in test_ids
+                        else "validate" if e["video_id"] in val_ids else "train"}
                        for i, e in enumerate(entries)],
             "sentences": [{"video_id": e["video_id"], "caption": c, "sen_id": 5 * i + k}
                           for i, e in enumerate(entries) for k, c in enumerate(e["captions"])]}

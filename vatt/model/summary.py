@@ -30,25 +30,36 @@ def random_batch(cfg: Config, batch_size: int, generator: torch.Generator | None
     }
 
 
-def print_summary(cfg: Config, forward: bool = True, batch_size: int = 2) -> dict:
-    """Print (and return) parameters per backbone, GFLOPs per clip and a forward pass."""
+def model_cost(cfg: Config, batch_size: int = 2) -> dict:
+    """Parameters per backbone (M), in all backbones and the whole model, and the training
+    forward's GFLOPs per clip (paper convention, DropToken on as in pretraining: Table 5),
+    measured on the meta device (no memory, no compute)."""
     with torch.device("meta"):
         meta_model = build_model(cfg)
-    meta_model.train()  # DropToken on, as in pretraining (paper Table 5)
+    meta_model.train()
     flops = count_flops(meta_model, meta_batch(cfg, batch_size), per=batch_size)
-    report = {
+    backbones = {name: _params(b) / 1e6 for name, b in meta_model.backbones.items()}
+    return {
         "preset": cfg.name,
         "sharing": cfg.model.sharing.value,
-        "params_M": {name: _params(b) / 1e6 for name, b in meta_model.backbones.items()},
+        "params_M": backbones,
+        # a shared backbone appears under every modality: count each module once
+        "params_backbones_M": sum(p.numel() for p in {id(p): p for b in meta_model.backbones.values()
+                                                      for p in b.parameters()}.values()) / 1e6,
         "params_total_M": _params(meta_model) / 1e6,
         "train_gflops_per_clip": flops.paper_gflops,
         "drop_rate": {"video": cfg.model.video.drop_rate, "audio": cfg.model.audio.drop_rate},
     }
+
+
+def print_summary(cfg: Config, forward: bool = True, batch_size: int = 2) -> dict:
+    """Print (and return) parameters per backbone, GFLOPs per clip and a forward pass."""
+    report = model_cost(cfg, batch_size)
     print(f"VATT preset '{cfg.name}' ({report['sharing']} backbones)")
     for name, count in report["params_M"].items():
         print(f"  {name:6s} backbone  {count:9.2f} M parameters")
     print(f"  whole model      {report['params_total_M']:9.2f} M parameters")
-    print(f"  training forward {flops.paper_gflops:9.2f} GFLOPs per clip (paper convention, "
+    print(f"  training forward {report['train_gflops_per_clip']:9.2f} GFLOPs per clip (paper convention, "
           f"DropToken video {cfg.model.video.drop_rate:.0%} / audio {cfg.model.audio.drop_rate:.0%})")
     if forward:
         torch.manual_seed(cfg.train.seed)

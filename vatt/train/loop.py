@@ -9,7 +9,9 @@ One step: `grad_accum` micro-batches of `train.global_batch_size / (num_workers 
 each, forward + VATT loss (negatives gathered across workers by the loss), backward (DDP averages
 gradients), one Adam update at `learning_rate(step)`. Every `log_every` steps the window's mean
 losses (over workers), the learning rate, clips/s and data-wait share are reported; every
-`checkpoint_every` steps (and at the last step) a checkpoint is reported with them.
+`checkpoint_every` steps (and at the last step) a checkpoint is reported with them. With
+`train.validation.every` set, the rows also carry the latest validation scores
+(vatt.train.validation), measured by the first worker on a held-out split.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from vatt.train.checkpoint import (DataPosition, TrainState, checkpoint_dir_name
                                    save_checkpoint, seed_everything)
 from vatt.train.schedule import build_optimizer, set_learning_rate
 from vatt.train.sync_batchnorm import convert_batchnorm
+from vatt.train.validation import Validator, validation_due
 
 MODEL_INPUTS = ("video", "audio", "text", "text_mask")
 LOSS_KEYS = ("total", "video_audio", "video_text")
@@ -221,6 +224,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 
     total = cfg.train.optim.total_steps
     batches = batch_stream(ray.train.get_dataset_shard("train"), batch_size, state.data)
+    validator = None  # the first worker validates (train.validation); the others wait for it
+    if cfg.train.validation.every > 0 and rank == 0:
+        validator = Validator(cfg, ray.train.get_dataset_shard("val"), device)
+    last_validation: dict[str, float] = {}
+    last_val_step: Optional[int] = None
+    if state.step >= total and state.history:
+        # a finished run started again (e.g. its sweep trial restarted after a crash): report
+        # its last row again, so that whoever drives it (Tune) sees the run's result
+        ray.train.report(dict(state.history[-1]))
     window = Window()
     window.reset()
     while state.step < total:
@@ -247,6 +259,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                 f"loss became NaN at step {state.step} ({row}); lower train.optim.lr_peak or "
                 "check the input data"
             )
+        if validation_due(cfg, state.step, last_val_step):
+            last_val_step = state.step
+            if validator is not None:
+                last_validation = validator(model) | {"val_step": state.step}
+            if is_distributed():
+                dist.barrier()  # the others wait here, not in their next step's timing window
+        row |= last_validation
         state.history.append(row)
         if save:
             with tempfile.TemporaryDirectory(prefix="vatt-ckpt-") as folder:

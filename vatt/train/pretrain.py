@@ -167,7 +167,7 @@ def build_trainer(cfg: Config, storage: Storage, datasets: dict[str, Any],
                   vocab_words: Optional[tuple[str, ...]] = None):
     """The TorchTrainer of a run; `callbacks` (Ray Train UserCallbacks, e.g. a progress feed or
     Tune's report callback) go into its RunConfig."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from vatt.train.loop import train_loop_per_worker
@@ -188,6 +188,8 @@ def build_trainer(cfg: Config, storage: Storage, datasets: dict[str, Any],
             failure_config=FailureConfig(max_failures=train.max_failures),
             callbacks=list(callbacks)),
         datasets=datasets,
+        # only the training data is split between workers; "val" is read whole by the first
+        dataset_config=DataConfig(datasets_to_split=["train"]),
     )
 
 
@@ -248,6 +250,10 @@ def pretrain(cfg: Config, datasets: Optional[dict[str, Any]] = None,
     vocab_words = run_vocabulary(cfg, storage) if datasets is None else None
     if datasets is None:
         datasets = {"train": build_dataset(cfg, vocab_words)}
+        if cfg.train.validation.every > 0:
+            from vatt.train.validation import build_validation_dataset
+
+            datasets["val"] = build_validation_dataset(cfg, vocab_words)
     train = cfg.train
     log.info("pretraining run %s: %d steps of %d clips on %d worker(s); run folder %s",
              train.run_name, train.optim.total_steps, train.global_batch_size, train.num_workers,

@@ -48,6 +48,8 @@ class ProgressLine:
         text = (f"step {step}/{self.total} ({100 * step / max(1, self.total):.0f}%) "
                 f"loss {row['loss_total']:.3f} (video-audio {row['loss_video_audio']:.3f}, "
                 f"video-text {row['loss_video_text']:.3f}) {row.get('clips_per_s', 0):.0f} clips/s")
+        if "val_MRR" in row:
+            text += f", val MRR {row['val_MRR']:.3f}"
         first_step, first_time = self.first
         if step > first_step and step < self.total:
             per_step = (now - first_time) / (step - first_step)

@@ -1,0 +1,211 @@
+"""Ray Tune sweeps (tuning/, `vatt sweep`, the Prefect `sweep` flow), on real Ray and real data.
+
+One 2x2 sweep of `tiny` (4 steps per trial, on the default pipeline's data) is run once for the
+module, as a user runs it: `vatt sweep` in a subprocess, SIGKILLed (with its local Ray) after
+its first trial finished, then the same command again, which resumes. Its space is built so
+that ASHA has something to stop: two of the four trials have 1-dimensional common-space heads,
+whose embeddings are +-1 and tie with half of the items, so their validation MRR is far below a
+working head's at the first rung (whatever the order of trials and the resume). The tests then
+read what it left.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import vatt_command
+
+SPACE = """\
+metric: val_MRR
+scheduler: {type: asha, grace_period: 2, reduction_factor: 4}
+params:
+  model.heads.vt_dim: {grid: [64, 1]}          # 1: built to lose (all ties in retrieval)
+  model.heads.va_dim: {same_as: model.heads.vt_dim}
+  model.sharing: {grid: [specific, agnostic]}
+"""
+FAST = ["train.optim.total_steps=4", "train.optim.warmup_steps=1", "train.log_every=2",
+        "train.checkpoint_every=2", "train.validation.num_windows=1"]
+
+
+def _sweep_command(space: Path, out: Path, data: Path) -> list[str]:
+    return [*vatt_command(), "sweep", str(space), "--out", str(out), f"data.path={data}", *FAST]
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+
+
+@pytest.fixture(scope="module")
+def swept(default_pipeline, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sweep")
+    space = folder / "heads_sharing.yaml"
+    space.write_text(SPACE)
+    out = folder / "out"
+    command = _sweep_command(space, out, default_pipeline.data)
+    log_path = folder / "first.log"
+    with open(log_path, "w") as log:
+        first = subprocess.Popen(command, cwd=folder, env=_env(), stdout=log,
+                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        deadline = time.monotonic() + 15 * 60
+        # kill once the first trial has finished and the second has reported (Tune has saved
+        # its state by then: it does so every 2 s in a sweep)
+        while time.monotonic() < deadline and first.poll() is None:
+            text = log_path.read_text()
+            if " finished: " in text and "trial 2/4" in text:
+                break
+            time.sleep(0.5)
+        assert first.poll() is None, f"the sweep ended before it could be killed:\n{log_path.read_text()[-4000:]}"
+        time.sleep(3)
+        os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        first.wait(timeout=60)
+    killed_log = log_path.read_text()
+    finished_before = [line for line in killed_log.splitlines() if " finished: " in line]
+    second = subprocess.run(command, cwd=folder, env=_env(), text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, timeout=15 * 60)
+    (folder / "second.log").write_text(second.stdout)
+    assert second.returncode == 0, second.stdout[-6000:]
+    return {"out": out, "first": killed_log, "second": second.stdout, "space": space,
+            "finished_before": finished_before, "data": default_pipeline.data}
+
+
+def _rows(out: Path) -> list[dict[str, str]]:
+    with open(out / "results.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_sweep_writes_the_table_plot_and_best_config(swept):
+    out = swept["out"]
+    rows = _rows(out)
+    assert len(rows) == 4
+    assert {(r["model.heads.vt_dim"], r["model.sharing"]) for r in rows} == {
+        ("64", "specific"), ("64", "agnostic"), ("1", "specific"), ("1", "agnostic")}
+    for row in rows:
+        assert row["model.heads.va_dim"] == row["model.heads.vt_dim"]  # same_as
+        assert 0 < float(row["val_MRR"]) <= 1
+        assert row["status"] != "finished" or float(row["step_s"]) > 0
+        assert float(row["gflops_per_clip"]) > 0 and float(row["params_backbones_M"]) > 0
+    # one backbone for all modalities has fewer parameters than one per modality
+    by_sharing = {r["model.sharing"]: float(r["params_backbones_M"]) for r in rows}
+    assert by_sharing["agnostic"] < by_sharing["specific"]
+    table = (out / "results.md").read_text()
+    assert "| trial |" in table and "(best)" in table and "val_MRR" in table
+    assert (out / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    finished = [r for r in rows if r["status"] == "finished"]
+    winner = max(finished, key=lambda r: float(r["val_MRR"]))
+    assert best["model"]["heads"]["vt_dim"] == int(winner["model.heads.vt_dim"]) == 64
+    assert best["model"]["sharing"] == winner["model.sharing"]
+    assert best["train"]["run_name"] is None and best["train"]["storage_path"] == "runs"
+
+
+def test_asha_stops_the_trials_built_to_lose_early(swept):
+    rows = _rows(swept["out"])
+    stopped = [r for r in rows if r["status"].startswith("stopped early")]
+    assert stopped, [r["status"] for r in rows]
+    assert all(r["model.heads.vt_dim"] == "1" and r["step"] == "2" for r in stopped), stopped
+    assert all(r["status"] == "finished" for r in rows if r["model.heads.vt_dim"] == "64")
+
+
+def test_a_killed_sweep_resumes_without_running_finished_trials_again(swept):
+    assert swept["finished_before"], swept["first"][-3000:]
+    second = swept["second"]
+    assert "resuming the sweep" in second and "trial(s) finished and are not run again" in second
+    done_first = {line.split("[", 1)[1].split("]", 1)[0] for line in swept["finished_before"]}
+    reported_again = {line.split("[", 1)[1].split("]", 1)[0] for line in second.splitlines()
+                      if line.startswith("trial ") and " step " in line}
+    assert not done_first & reported_again, (done_first, reported_again)
+    assert all(r["status"] != "failed" for r in _rows(swept["out"]))
+    # the first process's Ray went with it: no orphaned trial keeps training
+    leftover = subprocess.run(["pgrep", "-f", str(swept["out"])], capture_output=True, text=True)
+    assert leftover.stdout.strip() == "", leftover.stdout
+
+
+def test_best_yaml_trains_as_is_with_pretrain_config(swept, tmp_path):
+    done = subprocess.run(
+        [*vatt_command(), "pretrain", "--config", str(swept["out"] / "best.yaml"),
+         f"data.path={swept['data']}", f"train.storage_path={tmp_path / 'runs'}", *FAST,
+         "train.optim.total_steps=2", "train.validation.every=0"],
+        cwd=tmp_path, env=_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        timeout=10 * 60)
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert "step 2: loss" in done.stdout
+    saved = yaml.safe_load(next((tmp_path / "runs").glob("*/checkpoint_*/config.yaml")).read_text())
+    best = yaml.safe_load((swept["out"] / "best.yaml").read_text())
+    assert saved["model"] == best["model"]
+
+
+def test_the_sweep_flow_publishes_the_table_and_plot(swept, prefect_api):
+    """The Prefect `sweep` flow on the finished sweep's folder: it resumes (nothing left to
+    run) and publishes the table, the report with the plot and the link to best.yaml."""
+    from prefect.client.orchestration import get_client
+
+    from flows.sweep import sweep
+
+    state = sweep(space=str(swept["space"]), overrides=[f"data.path={swept['data']}", *FAST],
+                  out=str(swept["out"]), return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result()["resumed"] is True
+
+    async def artifacts():
+        async with get_client() as client:
+            found = await client.read_artifacts()
+            return {a.key: a for a in found if a.key and a.key.startswith("vatt-sweep")}
+
+    import asyncio
+
+    found = asyncio.run(artifacts())
+    assert {"vatt-sweep", "vatt-sweep-report", "vatt-sweep-best"} <= set(found)
+    table = json.loads(found["vatt-sweep"].data) if isinstance(found["vatt-sweep"].data, str) \
+        else found["vatt-sweep"].data
+    assert len(table) == 4
+    assert "data:image/png;base64," in found["vatt-sweep-report"].data
+
+
+def test_bad_spaces_are_refused_before_any_trial(tmp_path):
+    from tuning.space import SpaceError, check_space, load_space
+    from vatt.config import load_config
+
+    base = load_config("tiny")
+    cases = {
+        "unknown key": ("params:\n  model.video.dropp_rate: {grid: [0.1]}\n", "dropp_rate"),
+        "empty": ("params: {}\n", "empty"),
+        "bad kind": ("params:\n  model.sharing: {among: [specific]}\n", "exactly one of"),
+        "refused value": ("params:\n  model.video.drop_rate: {grid: [0.5, 1.5]}\n", "drop_rate=1.5"),
+        "wrong type": ("params:\n  train.seed: {choice: [one, two]}\n", "train.seed"),
+        "loguniform at 0": ("params:\n  train.optim.lr_peak: {loguniform: [0, 1]}\n", "low > 0"),
+        "dangling tie": ("params:\n  model.audio.drop_rate: {same_as: model.video.drop_rate}\n",
+                         "same_as"),
+        "test metric": ("metric: loss_total\nparams:\n  train.seed: {grid: [1]}\n", "held-out"),
+    }
+    for name, (text, expected) in cases.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.yaml"
+        path.write_text(text)
+        with pytest.raises(SpaceError, match=None) as caught:
+            check_space(load_space(path), base)
+        assert expected in str(caught.value) and path.name in str(caught.value), (name, caught.value)
+    # through the CLI: exit code 2, the message, and no Ray started, no output folder written
+    path = tmp_path / "unknown_key.yaml"
+    done = subprocess.run([*vatt_command(), "sweep", str(path), "--out", str(tmp_path / "out")],
+                          env=_env(), text=True, capture_output=True, timeout=120)
+    assert done.returncode == 2 and "dropp_rate" in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()
+    assert "Ray" not in done.stderr
+
+
+def test_the_default_space_is_the_papers_question():
+    from tuning.space import load_space
+
+    space = load_space("droptoken_sharing")
+    assert space.params["model.video.drop_rate"] == ("grid", [0.0, 0.25, 0.5, 0.75])
+    assert space.tied == {"model.audio.drop_rate": "model.video.drop_rate"}
+    assert space.params["model.sharing"] == ("grid", ["specific", "agnostic"])
+    assert space.grid_size() == 8 and space.metric == "val_MRR"
