@@ -30,12 +30,13 @@ def pinned_out(space: str) -> str:
 
 @task(name="run-sweep", cache_policy=NO_CACHE)
 def run_sweep_task(space: str, preset: str, overrides: list[str], samples: int,
-                   out: str) -> dict[str, Any]:
+                   out: str, scheduler: Optional[str] = None) -> dict[str, Any]:
     """Tune runs the trials (each a Ray Train run); a trial whose workers fail is restarted by
     Ray Train, a failed trial once by Tune; the task itself is not retried."""
     from tuning.sweep import run_sweep
 
-    result = run_sweep(space, preset=preset, overrides=overrides, samples=samples, out=out)
+    result = run_sweep(space, preset=preset, overrides=overrides, samples=samples, out=out,
+                       scheduler=scheduler)
     return {"out": str(result.out), "rows": result.rows, "best": result.best,
             "resumed": result.resumed, "metric": result.space.metric,
             "files": {name: str(path) for name, path in result.files.items()}}
@@ -45,7 +46,8 @@ def run_sweep_task(space: str, preset: str, overrides: list[str], samples: int,
                                 "backbone sharing, ...) selected on the validation split")
 def sweep(space: Union[SpaceName, SpaceFile] = "droptoken_sharing", preset: Preset = "tiny",
           overrides: Overrides = [], samples: Samples = 1,
-          out: Optional[str] = None) -> dict[str, Any]:
-    swept = run_sweep_task(space, preset, overrides, samples, out or pinned_out(space))
+          out: Optional[str] = None,
+          scheduler: Optional[Literal["asha", "fifo"]] = None) -> dict[str, Any]:
+    swept = run_sweep_task(space, preset, overrides, samples, out or pinned_out(space), scheduler)
     publish_sweep(swept)
     return {key: swept[key] for key in ("out", "best", "resumed", "files")}
