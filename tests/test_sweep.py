@@ -205,7 +205,7 @@ def test_the_default_space_is_the_papers_question():
     from tuning.space import load_space
 
     space = load_space("droptoken_sharing")
-    assert space.params["model.video.drop_rate"] == ("grid", [0.0, 0.25, 0.5, 0.75])
+    assert space.params["model.video.drop_rate"] == ("grid", [0.0, 0.5, 0.25, 0.75])
     assert space.tied == {"model.audio.drop_rate": "model.video.drop_rate"}
     assert space.params["model.sharing"] == ("grid", ["specific", "agnostic"])
     assert space.grid_size() == 8 and space.metric == "val_MRR"
