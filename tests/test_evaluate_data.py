@@ -119,7 +119,9 @@ def test_evaluation_encodes_captions_with_the_checkpoints_vocabulary(setup, tmp_
     from vatt.config import replace
     from vatt.data.loader import load_vocab_words
     from vatt.evaluate.data import build_eval_data
-    from vatt.evaluate.pipeline import checkpoint_vocabulary, load_checkpoint_for_eval
+    from vatt.checkpoints import read_vocabulary
+    from vatt.evaluate.pipeline import load_checkpoint_for_eval
+    from vatt.storage import ObjectStore
     from vatt.model import build_model
     from vatt.train.checkpoint import TrainState, save_checkpoint
 
@@ -142,7 +144,7 @@ def test_evaluation_encodes_captions_with_the_checkpoints_vocabulary(setup, tmp_
     trained_with = caption_ids()
     shifted = (*words[:2], *reversed(words[2:]))  # what a re-ranked vocabulary does to the ids
     (data / "vocab.json").write_text(json.dumps({"words": list(shifted)}))
-    assert checkpoint_vocabulary(folder) == words
+    assert read_vocabulary(folder, ObjectStore()) == words
     assert load_checkpoint_for_eval(folder).vocab_words == words
-    assert torch.equal(caption_ids(checkpoint_vocabulary(folder)), trained_with)
+    assert torch.equal(caption_ids(read_vocabulary(folder, ObjectStore())), trained_with)
     assert not torch.equal(caption_ids(), trained_with)  # the drift the checkpoint prevents

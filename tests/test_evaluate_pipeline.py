@@ -6,9 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from vatt.checkpoints import CheckpointError, resolve_checkpoint
 from vatt.config import load_config
-from vatt.evaluate.pipeline import evaluate_checkpoint, resolve_checkpoint
-from vatt.evaluate.registry import CheckpointError, Registry, RegistryError
+from vatt.evaluate.pipeline import evaluate_checkpoint
+from vatt.evaluate.registry import Registry, RegistryError
+from vatt.storage import ObjectStore
 from vatt.model import build_model
 from vatt.train.checkpoint import TrainState, save_checkpoint
 from test_evaluate_runner import OVERRIDES, _batches
@@ -33,7 +35,7 @@ def test_evaluate_checkpoint_twice_same_numbers_and_registry(checkpoint):
     root, folder = checkpoint
     data = {"train": _batches(1, 9), "test": _batches(2, 6)}
     tasks = {t: data for t in ("action_linear", "text_video_retrieval")}
-    assert resolve_checkpoint("latest", str(root / "runs")) == str(folder)
+    assert resolve_checkpoint("latest", str(root / "runs"), ObjectStore()) == str(folder)
     first = evaluate_checkpoint(str(folder), tasks, ["action_linear", "text_video_retrieval"])
     second = evaluate_checkpoint(str(folder), tasks, ["action_linear", "text_video_retrieval"])
     assert first.results["metrics"] == second.results["metrics"]
@@ -67,7 +69,7 @@ def test_corrupt_checkpoint_is_clear_and_registry_unchanged(checkpoint, tmp_path
     with pytest.raises(CheckpointError, match="does not exist"):
         evaluate_checkpoint(str(tmp_path / "missing"), {}, ["action_linear"])
     with pytest.raises(CheckpointError, match="no checkpoint"):
-        resolve_checkpoint("latest", str(tmp_path / "empty"))
+        resolve_checkpoint("latest", str(tmp_path / "empty"), ObjectStore())
     assert registry.path.read_bytes() == before
 
 
@@ -169,3 +171,32 @@ def test_a_promoted_model_outlives_its_runs_checkpoints(checkpoint, tmp_path):
     assert loaded.step == 7
     for name, tensor in loaded.model.state_dict().items():
         assert torch.equal(tensor, expected[name])
+
+
+def test_an_evaluation_reads_each_checkpoint_file_once(checkpoint):
+    """The config, vocabulary and weights are read once per evaluation (they were read two and
+    three times), and the report records the hash of the weights that were evaluated."""
+    import hashlib
+    from collections import Counter
+
+    root, folder = checkpoint
+
+    class CountingStore(ObjectStore):  # the real local store, counting what it reads
+        reads: Counter = Counter()
+
+        def read_bytes(self, uri):
+            if str(uri).startswith(str(folder)):
+                self.reads[Path(str(uri)).name] += 1
+            return super().read_bytes(uri)
+
+    store = CountingStore()
+    data = {"test": _batches(2, 6)}
+    outcome = evaluate_checkpoint(str(folder), {"text_video_retrieval": data},
+                                  ["text_video_retrieval"], promote=False, store=store)
+    assert outcome.results["step"] == 7
+    assert store.reads["model.pt"] == 1 and store.reads["config.yaml"] == 1
+    assert max(store.reads.values()) == 1, store.reads
+    from vatt.evaluate.pipeline import load_checkpoint_for_eval
+
+    loaded = load_checkpoint_for_eval(folder, store=ObjectStore())
+    assert loaded.weights_sha256 == hashlib.sha256((folder / "model.pt").read_bytes()).hexdigest()

@@ -287,6 +287,14 @@ class ObjectStore:
             page = self.client.list_objects_v2(Bucket=loc.bucket, Prefix=loc.prefix, MaxKeys=1)
             return page.get("KeyCount", 0) > 0
 
+    def modified_time(self, uri: "str | Location") -> float:
+        """When the file or object `uri` was last written (seconds since the epoch)."""
+        loc = parse_uri(uri)
+        if not loc.is_s3:
+            return _local_existing(loc).stat().st_mtime
+        with self._errors("check", loc):
+            return self.client.head_object(Bucket=loc.bucket, Key=loc.key)["LastModified"].timestamp()
+
     def read_bytes(self, uri: "str | Location") -> bytes:
         loc = parse_uri(uri)
         if not loc.is_s3:
