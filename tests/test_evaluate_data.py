@@ -11,6 +11,7 @@ import torch
 
 from vatt.config import load_config
 from vatt.data.loader import DataError
+from vatt.storage import ObjectStore
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +94,8 @@ def test_same_checkpoint_twice_same_numbers_cli(setup, capsys):
                                              if line.startswith(("action", "audio", "text", "video"))]
     assert f"evaluating checkpoint {folder}" in first_log  # the library's log on the console
     assert "report: " in first and "not promoted: text_video_retrieval.MRR" in second
-    decisions = json.loads(Registry(cfg.eval.registry_path).path.read_text())["decisions"]
+    registry = Registry(cfg.eval.registry_path, ObjectStore())
+    decisions = json.loads(registry.path.read_text())["decisions"]
     # the same model again is no improvement beyond the tiny preset's margin (its noise)
     assert [d["promoted"] for d in decisions] == [True, False]
     assert decisions[1]["candidate_value"] == decisions[1]["promoted_value"]
@@ -121,7 +123,6 @@ def test_evaluation_encodes_captions_with_the_checkpoints_vocabulary(setup, tmp_
     from vatt.evaluate.data import build_eval_data
     from vatt.checkpoints import read_vocabulary
     from vatt.evaluate.pipeline import load_checkpoint_for_eval
-    from vatt.storage import ObjectStore
     from vatt.model import build_model
     from vatt.train.checkpoint import TrainState, save_checkpoint
 
@@ -145,6 +146,6 @@ def test_evaluation_encodes_captions_with_the_checkpoints_vocabulary(setup, tmp_
     shifted = (*words[:2], *reversed(words[2:]))  # what a re-ranked vocabulary does to the ids
     (data / "vocab.json").write_text(json.dumps({"words": list(shifted)}))
     assert read_vocabulary(folder, ObjectStore()) == words
-    assert load_checkpoint_for_eval(folder).vocab_words == words
+    assert load_checkpoint_for_eval(folder, (), ObjectStore()).vocab_words == words
     assert torch.equal(caption_ids(read_vocabulary(folder, ObjectStore())), trained_with)
     assert not torch.equal(caption_ids(), trained_with)  # the drift the checkpoint prevents

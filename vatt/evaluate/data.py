@@ -1,7 +1,7 @@
 """Evaluation data: the ingested datasets -> `data[task][split]` for `evaluate_model`.
 
     data = build_eval_data(cfg, tasks)                 # reads cfg.data.path (local or s3://)
-    outcome = evaluate_checkpoint(folder, data, tasks)
+    outcome = evaluate_checkpoint(loaded, data, tasks, store=store)
 
 Which dataset feeds which task: the first of these folders that `vatt ingest` wrote under
 data.path (real sources before the generated default); `datasets={task: name}` overrides it.

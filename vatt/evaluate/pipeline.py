@@ -68,16 +68,16 @@ class LoadedCheckpoint:
     weights_sha256: str  # of the weights file the model was loaded from
 
 
-def checkpoint_config(checkpoint: str | Path, overrides: Iterable[str] = (),
-                      store: Optional[ObjectStore] = None) -> Config:
+def checkpoint_config(checkpoint: str | Path, overrides: Iterable[str],
+                      store: ObjectStore) -> Config:
     """The config a checkpoint (folder or s3:// prefix) was trained with, plus `overrides`.
     Raises CheckpointError naming the missing or unusable config file."""
-    return with_eval_overrides(read_config(checkpoint, store or ObjectStore()), overrides,
+    return with_eval_overrides(read_config(checkpoint, store), overrides,
                                file_uri(checkpoint, CONFIG_FILE))
 
 
-def load_checkpoint_for_eval(checkpoint: str | Path, overrides: Iterable[str] = (),
-                             store: Optional[ObjectStore] = None) -> LoadedCheckpoint:
+def load_checkpoint_for_eval(checkpoint: str | Path, overrides: Iterable[str],
+                             store: ObjectStore) -> LoadedCheckpoint:
     """Build the model of the checkpoint's own config and load its weights (strict); each file
     of the checkpoint (folder or s3:// prefix) is read once.
 
@@ -86,7 +86,7 @@ def load_checkpoint_for_eval(checkpoint: str | Path, overrides: Iterable[str] = 
     """
     from vatt.text import Vocabulary
 
-    saved = read_checkpoint(checkpoint, store or ObjectStore())
+    saved = read_checkpoint(checkpoint, store)
     cfg = with_eval_overrides(saved.config, overrides, file_uri(checkpoint, CONFIG_FILE))
     vocabulary = Vocabulary(saved.vocab_words) if saved.vocab_words is not None else None
     model = build_model(cfg, vocabulary)
@@ -155,12 +155,12 @@ class EvaluationOutcome:
 def evaluate_checkpoint(checkpoint: str | LoadedCheckpoint,
                         data: Mapping[str, Mapping[str, Iterable[dict]]],
                         tasks: Optional[Iterable[str]] = None, overrides: Iterable[str] = (),
-                        promote: bool = True, store: Optional[ObjectStore] = None,
+                        promote: bool = True, *, store: ObjectStore,
                         device: str | torch.device = "cpu") -> EvaluationOutcome:
     """Evaluate a checkpoint (a folder or s3:// prefix, loaded here with `overrides`, or one
     `load_checkpoint_for_eval` has loaded), write the report to <eval.output_path>/<run id>/
-    and, if `promote`, put the result through the registry's promotion gate."""
-    store = store or ObjectStore()
+    and, if `promote`, put the result through the registry's promotion gate. `store` (built
+    from cfg.storage by the caller) reads the checkpoint and writes the report and registry."""
     if isinstance(checkpoint, LoadedCheckpoint):
         if list(overrides):
             raise ValueError("evaluate_checkpoint: a loaded checkpoint already has its overrides; "

@@ -17,9 +17,10 @@ vatt.evaluate.metrics.LOWER_IS_BETTER); the first candidate is promoted. Every d
 appended with both numbers, promoted or not.
 
 Safety: the candidate's checkpoint is checked (present, weights readable, hash) before anything is
-written (by the evaluation that loaded it, or here), the copy is checked against that hash, and the document is replaced atomically (locally: a temporary file renamed over it; on
-S3: a single PUT), so a failed evaluation or a corrupt checkpoint leaves the registry exactly as
-it was. Both the registry and the checkpoint may be local folders or s3:// prefixes (through
+written (by the evaluation that loaded it, or here), the registry's copy is checked against that
+hash, and the document is replaced atomically (locally: a temporary file renamed over it; on S3:
+a single PUT), so a failed evaluation or a corrupt checkpoint leaves the registry exactly as it
+was. Both the registry and the checkpoint may be local folders or s3:// prefixes (through
 vatt.storage.ObjectStore). Concurrent writers never lose each other's decisions: a local
 registry is serialised by an exclusive lock file; on S3 each decision is a compare-and-swap (a
 PUT conditional on the ETag read, or on there being no document yet), re-read and re-decided
@@ -101,9 +102,9 @@ def lookup_metric(metrics: dict[str, Any], name: str) -> float:
 class Registry:
     """The registry at a local folder or s3:// prefix (`eval.registry_path`)."""
 
-    def __init__(self, root: str | Path, store: Optional[ObjectStore] = None):
+    def __init__(self, root: str | Path, store: ObjectStore):
         self.is_s3 = is_s3_uri(str(root))
-        self.store = store or ObjectStore()
+        self.store = store
         self.root = str(root).rstrip("/") if self.is_s3 else Path(root)
         self.path = f"{self.root}/{REGISTRY_FILE}" if self.is_s3 else self.root / REGISTRY_FILE
 
