@@ -116,8 +116,9 @@ def _new_report_folder(cfg: Config, checkpoint: str, step: Optional[int],
 
 
 # the evaluation settings that change a metric's value (where the report goes does not)
+# nor where it ran: eval.device (a GPU's float rounding is not another evaluation)
 _SETTINGS_NOT_IN_IDENTITY = ("output_path", "registry_path", "promotion_metric", "tasks",
-                             "promote_incomparable", "promotion_margin")
+                             "promote_incomparable", "promotion_margin", "device")
 
 
 def evaluation_identity(cfg: Config, data: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -156,11 +157,12 @@ def evaluate_checkpoint(checkpoint: str | LoadedCheckpoint,
                         data: Mapping[str, Mapping[str, Iterable[dict]]],
                         tasks: Optional[Iterable[str]] = None, overrides: Iterable[str] = (),
                         promote: bool = True, *, store: ObjectStore,
-                        device: str | torch.device = "cpu") -> EvaluationOutcome:
+                        device: Optional[str | torch.device] = None) -> EvaluationOutcome:
     """Evaluate a checkpoint (a folder or s3:// prefix, loaded here with `overrides`, or one
     `load_checkpoint_for_eval` has loaded), write the report to <eval.output_path>/<run id>/
     and, if `promote`, put the result through the registry's promotion gate. `store` (built
-    from cfg.storage by the caller) reads the checkpoint and writes the report and registry."""
+    from cfg.storage by the caller) reads the checkpoint and writes the report and registry;
+    the model runs on `device` (default: the evaluated config's eval.device)."""
     if isinstance(checkpoint, LoadedCheckpoint):
         if list(overrides):
             raise ValueError("evaluate_checkpoint: a loaded checkpoint already has its overrides; "
