@@ -233,4 +233,5 @@ def test_an_s3_checkpoint_is_evaluated_through_the_configured_store(checkpoint, 
     assert store.exists(f"{outcome.report_uri}/results.json")
     promoted = Registry(f"{prefix}/registry", store).promoted
     assert outcome.decision.promoted and promoted["source_checkpoint"] == found
-    assert store.read_bytes(f"{promoted['checkpoint']}/model.pt") == (folder / "model.pt").read_bytes()
+    kept = store.read_bytes(f"{promoted['checkpoint']}/model.pt")
+    assert kept == (folder / "model.pt").read_bytes()

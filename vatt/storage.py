@@ -294,7 +294,8 @@ class ObjectStore:
         if not loc.is_s3:
             return _local_existing(loc).stat().st_mtime
         with self._errors("check", loc):
-            return self.client.head_object(Bucket=loc.bucket, Key=loc.key)["LastModified"].timestamp()
+            head = self.client.head_object(Bucket=loc.bucket, Key=loc.key)
+            return head["LastModified"].timestamp()
 
     def read_bytes(self, uri: "str | Location") -> bytes:
         loc = parse_uri(uri)

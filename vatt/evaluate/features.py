@@ -68,6 +68,13 @@ class Features:
                        "the modality or metadata it comes from")
 
 
+def _kept(value: torch.Tensor) -> np.ndarray:
+    """A compact copy of an output to keep: `pooled` is a view of the backbone's first token,
+    and keeping the view would keep every token of its batch (1,569 x d per window at the
+    spec's input)."""
+    return value.detach().float().cpu().numpy().copy()
+
+
 def _numpy(value: Any) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().numpy()
@@ -110,14 +117,16 @@ def extract_features(model: torch.nn.Module, batches: Iterable[dict[str, Any]],
         outputs = model(inputs)
         for modality in ("video", "audio"):
             for kind, value in outputs.get(modality, {}).items():
-                windows.setdefault(f"{modality}_{kind}", []).append(_numpy(value.float()))
+                windows.setdefault(f"{modality}_{kind}", []).append(_kept(value))
         for key in (*METADATA_KEYS, *ORDER_KEYS):
             if key in batch:
                 windows.setdefault(key, []).append(_numpy(batch[key]))
-        places = list(zip(*(_numpy(batch[key]).tolist() for key in ORDER_KEYS))) \
-            if all(key in batch for key in ORDER_KEYS) else [(num_windows + b, 0) for b in range(size)]
+        if all(key in batch for key in ORDER_KEYS):
+            places = list(zip(*(_numpy(batch[key]).tolist() for key in ORDER_KEYS)))
+        else:  # no place given: the order they came in
+            places = [(num_windows + b, 0) for b in range(size)]
         if "text" in outputs:
-            vt = _numpy(outputs["text"]["vt"].float())  # (B, L, D)
+            vt = _numpy(outputs["text"]["vt"].float())  # (B, L, D), read from, not kept
             tokens = _numpy(batch["text"])  # (B, L, n)
             video_ids = _numpy(batch["video_id"])
             for b, slot in zip(*np.nonzero(text_mask)):
@@ -131,7 +140,7 @@ def extract_features(model: torch.nn.Module, batches: Iterable[dict[str, Any]],
                     continue
                 seen_captions[key] = (len(caption_places), places[b])
                 caption_places.append(places[b])
-                captions.setdefault("text_vt", []).append(vt[b, slot][None])
+                captions.setdefault("text_vt", []).append(vt[b, slot][None].copy())
                 captions.setdefault("video_id", []).append(video_ids[b:b + 1])
         num_windows += size
     if num_windows == 0:

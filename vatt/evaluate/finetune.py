@@ -94,7 +94,8 @@ class _TrainingStream:
 
     def __init__(self, batches: Iterable[dict], num_classes: int, settings: "FinetuneSettings",
                  task: str):
-        self.source, self.num_classes, self.settings, self.task = batches, num_classes, settings, task
+        self.source, self.num_classes = batches, num_classes
+        self.settings, self.task = settings, task
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.windows_per_epoch = 0  # labelled windows in one pass (known after the first)
 
