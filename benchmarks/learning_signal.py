@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from vatt.evaluate.data import build_eval_data, describe_data
     from vatt.evaluate.pipeline import load_checkpoint_for_eval
     from vatt.evaluate.signal import compare_with_random, signal_failures, signal_table
+    from vatt.storage import ObjectStore
     from vatt.train.pretrain import pretrain
 
     data, out = Path(args.data).resolve(), Path(args.out).resolve()
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{last['loss_total']:.4f}")
 
     start = time.perf_counter()
-    loaded = load_checkpoint_for_eval(result.checkpoint_uri)
+    loaded = load_checkpoint_for_eval(result.checkpoint_uri, (), ObjectStore(cfg.storage))
     eval_data = build_eval_data(loaded.config)
     for line in describe_data(eval_data):
         print(f"  {line}")

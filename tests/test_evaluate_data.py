@@ -11,6 +11,7 @@ import torch
 
 from vatt.config import load_config
 from vatt.data.loader import DataError
+from vatt.storage import ObjectStore
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +54,7 @@ def test_tasks_read_their_datasets_sorted_with_manifest_classes(setup):
     assert audio["test"].dataset == "synthetic-esc50"
     assert data["text_video_retrieval"]["test"] is data["video_audio_retrieval"]["test"]
     assert action["test"].num_classes == 8 and audio["test"].num_classes == 8
-    assert "video" not in audio["train"][0]  # audio-only source: no video tensor kept
+    assert "video" not in next(iter(audio["train"]))  # audio-only source: no video tensor kept
     # ESC-50 layout: folds 1-4 train, 5 test; the audio probe leaves each fold out in turn
     assert {int(f) for b in audio["train"] for f in b["fold"]} == {1, 2, 3, 4}
     assert {int(f) for b in audio["test"] for f in b["fold"]} == {5}
@@ -93,7 +94,8 @@ def test_same_checkpoint_twice_same_numbers_cli(setup, capsys):
                                              if line.startswith(("action", "audio", "text", "video"))]
     assert f"evaluating checkpoint {folder}" in first_log  # the library's log on the console
     assert "report: " in first and "not promoted: text_video_retrieval.MRR" in second
-    decisions = json.loads(Registry(cfg.eval.registry_path).path.read_text())["decisions"]
+    registry = Registry(cfg.eval.registry_path, ObjectStore())
+    decisions = json.loads(registry.path.read_text())["decisions"]
     # the same model again is no improvement beyond the tiny preset's margin (its noise)
     assert [d["promoted"] for d in decisions] == [True, False]
     assert decisions[1]["candidate_value"] == decisions[1]["promoted_value"]
@@ -119,7 +121,8 @@ def test_evaluation_encodes_captions_with_the_checkpoints_vocabulary(setup, tmp_
     from vatt.config import replace
     from vatt.data.loader import load_vocab_words
     from vatt.evaluate.data import build_eval_data
-    from vatt.evaluate.pipeline import checkpoint_vocabulary, load_checkpoint_for_eval
+    from vatt.checkpoints import read_vocabulary
+    from vatt.evaluate.pipeline import load_checkpoint_for_eval
     from vatt.model import build_model
     from vatt.train.checkpoint import TrainState, save_checkpoint
 
@@ -142,7 +145,114 @@ def test_evaluation_encodes_captions_with_the_checkpoints_vocabulary(setup, tmp_
     trained_with = caption_ids()
     shifted = (*words[:2], *reversed(words[2:]))  # what a re-ranked vocabulary does to the ids
     (data / "vocab.json").write_text(json.dumps({"words": list(shifted)}))
-    assert checkpoint_vocabulary(folder) == words
-    assert load_checkpoint_for_eval(folder).vocab_words == words
-    assert torch.equal(caption_ids(checkpoint_vocabulary(folder)), trained_with)
+    assert read_vocabulary(folder, ObjectStore()) == words
+    assert load_checkpoint_for_eval(folder, (), ObjectStore()).vocab_words == words
+    assert torch.equal(caption_ids(read_vocabulary(folder, ObjectStore())), trained_with)
     assert not torch.equal(caption_ids(), trained_with)  # the drift the checkpoint prevents
+
+
+def _read_all_at_once(cfg, dataset, split, columns):
+    """What evaluation did before it streamed: every decoded window of the split in memory,
+    sorted by (clip, window), then cut into eval.batch_size batches."""
+    import numpy as np
+
+    from vatt.data.loader import build_dataset
+    from vatt.evaluate.data import METADATA
+
+    ds = build_dataset(cfg, split, training=False, dataset=dataset)
+    parts = {}
+    for batch in ds.iter_batches(batch_size=256, batch_format="numpy"):
+        for key in {*columns, *METADATA, "clip_index", "window"} & set(batch):
+            parts.setdefault(key, []).append(batch[key])
+    rows = {key: np.concatenate(value) for key, value in parts.items()}
+    order = np.lexsort((rows["window"], rows["clip_index"]))
+    size = cfg.eval.batch_size
+    return [{key: [str(v) for v in value[order[i:i + size]]] if value.dtype.kind in "OUS"
+             else torch.from_numpy(np.ascontiguousarray(value[order[i:i + size]]))
+             for key, value in rows.items()} for i in range(0, len(order), size)]
+
+
+def test_streamed_features_equal_the_all_at_once_features(setup):
+    import numpy as np
+
+    from vatt.evaluate.data import read_split
+    from vatt.evaluate.features import extract_features
+    from vatt.model import build_model
+
+    cfg, _ = setup
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    columns = ["video", "audio", "text"]
+    streamed = extract_features(model, read_split(cfg, "synthetic-msrvtt", "test", columns),
+                                columns)
+    held = extract_features(model, _read_all_at_once(cfg, "synthetic-msrvtt", "test",
+                                                     [*columns, "text_mask"]), columns)
+    assert sorted(streamed.windows) == sorted(held.windows) and len(streamed) > 0
+    for name in held.windows:
+        assert np.array_equal(streamed.windows[name], held.windows[name]), name
+    for name in held.captions:
+        assert np.array_equal(streamed.captions[name], held.captions[name]), name
+
+
+def test_extraction_memory_does_not_grow_with_the_split(setup, tmp_path):
+    """The same shards listed once and four times (4x the clips): extracting features from the
+    larger split must not take more memory; holding the split's windows (as evaluation did)
+    takes four times as much."""
+    import shutil
+    import tracemalloc
+
+    from vatt.config import replace
+    from vatt.evaluate.data import read_split
+    from vatt.evaluate.features import extract_features
+    from vatt.model import build_model
+
+    cfg, _ = setup
+    for name, copies in (("once", 1), ("four-times", 4)):
+        folder = tmp_path / name
+        shutil.copytree(f"{cfg.data.path}/synthetic-ucf101", folder)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["splits"]["train"]["shards"] *= copies
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    shutil.copy(f"{cfg.data.path}/vocab.json", tmp_path / "vocab.json")
+    cfg = replace(cfg, [f"data.path={tmp_path}"])
+    model = build_model(cfg)
+
+    def peak(dataset, read):
+        tracemalloc.start()
+        try:
+            features = extract_features(model, read(dataset), ["video"])
+            return tracemalloc.get_traced_memory()[1], len(features)
+        finally:
+            tracemalloc.stop()
+
+    def streamed(dataset):
+        return read_split(cfg, dataset, "train", ["video"])
+
+    def held(dataset):
+        return _read_all_at_once(cfg, dataset, "train", ["video"])
+
+    peak("once", streamed)  # first use: imports and one-time allocations are not the split's
+    (small, windows), (large, four_times) = peak("once", streamed), peak("four-times", streamed)
+    assert four_times == 4 * windows
+    assert large < 1.5 * small, (small, large)
+    # the check has teeth: the split held in memory grows with it
+    held_small, held_large = peak("once", held)[0], peak("four-times", held)[0]
+    assert held_large > 2.5 * held_small and held_large > 1.5 * large, (held_small, held_large)
+
+
+def test_finetuning_reads_its_splits_from_the_loader(setup):
+    from vatt.config import replace
+    from vatt.evaluate.data import build_eval_data
+    from vatt.evaluate.runner import evaluate_model
+    from vatt.model import build_model
+
+    cfg, _ = setup
+    cfg = replace(cfg, ["eval.finetune_steps=3", "eval.finetune_warmup_steps=1",
+                        "eval.finetune_batch_size=4", "eval.finetune_test_crops=1"])
+    data = build_eval_data(cfg, ["action_finetune"])
+    torch.manual_seed(0)
+    result = evaluate_model(build_model(cfg), cfg, ["action_finetune"], data)
+    test = data["action_finetune"]["test"]
+    m = result["metrics"]
+    assert m["action_finetune.num_test_windows"] == test.num_clips * test.views_per_clip
+    assert 0 <= m["action_finetune.top1"] <= 1 and m["action_finetune.steps"] == 3

@@ -13,6 +13,7 @@ import json
 import pytest
 
 from vatt.config import load_config
+from vatt.storage import ObjectStore
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +29,7 @@ def rows(default_pipeline):
     history = json.loads((default_pipeline.checkpoint.parent / "history.json").read_text())
     assert history[-1]["loss_total"] < history[0]["loss_total"]
     assert history[-1]["step"] == load_config("tiny").train.optim.total_steps
-    loaded = load_checkpoint_for_eval(default_pipeline.checkpoint)
+    loaded = load_checkpoint_for_eval(default_pipeline.checkpoint, (), ObjectStore())
     found = compare_with_random(loaded.model, loaded.config, build_eval_data(loaded.config))
     print("\n" + signal_table(found))
     return found

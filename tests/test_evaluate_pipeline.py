@@ -6,9 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from vatt.checkpoints import CheckpointError, resolve_checkpoint
 from vatt.config import load_config
-from vatt.evaluate.pipeline import evaluate_checkpoint, resolve_checkpoint
-from vatt.evaluate.registry import CheckpointError, Registry, RegistryError
+from vatt.evaluate.pipeline import evaluate_checkpoint
+from vatt.evaluate.registry import Registry, RegistryError
+from vatt.storage import ObjectStore
 from vatt.model import build_model
 from vatt.train.checkpoint import TrainState, save_checkpoint
 from test_evaluate_runner import OVERRIDES, _batches
@@ -33,9 +35,11 @@ def test_evaluate_checkpoint_twice_same_numbers_and_registry(checkpoint):
     root, folder = checkpoint
     data = {"train": _batches(1, 9), "test": _batches(2, 6)}
     tasks = {t: data for t in ("action_linear", "text_video_retrieval")}
-    assert resolve_checkpoint("latest", str(root / "runs")) == str(folder)
-    first = evaluate_checkpoint(str(folder), tasks, ["action_linear", "text_video_retrieval"])
-    second = evaluate_checkpoint(str(folder), tasks, ["action_linear", "text_video_retrieval"])
+    assert resolve_checkpoint("latest", str(root / "runs"), ObjectStore()) == str(folder)
+    first = evaluate_checkpoint(str(folder), tasks, ["action_linear", "text_video_retrieval"],
+                                store=ObjectStore())
+    second = evaluate_checkpoint(str(folder), tasks, ["action_linear", "text_video_retrieval"],
+                                 store=ObjectStore())
     assert first.results["metrics"] == second.results["metrics"]
     assert first.report_uri != second.report_uri  # each evaluation keeps its own report
     for outcome in (first, second):
@@ -46,14 +50,14 @@ def test_evaluate_checkpoint_twice_same_numbers_and_registry(checkpoint):
     assert second.decision.promoted_value == first.decision.candidate_value
     report = json.loads((root / "eval").glob("*/results.json").__next__().read_text())
     assert report["step"] == 7 and report["data_version"] == {"md5": "d41d8cd9"}
-    promoted = Registry(root / "registry").promoted
+    promoted = Registry(root / "registry", ObjectStore()).promoted
     assert promoted["source_checkpoint"] == str(folder) and promoted["data_version"]["md5"] == "d41d8cd9"
     assert promoted["config"]["model"]["video"]["num_layers"] == 1
 
 
 def test_corrupt_checkpoint_is_clear_and_registry_unchanged(checkpoint, tmp_path):
     root, folder = checkpoint
-    registry = Registry(root / "registry")
+    registry = Registry(root / "registry", ObjectStore())
     if not registry.path.exists():  # make sure there is a registry to protect
         test_evaluate_checkpoint_twice_same_numbers_and_registry(checkpoint)
     before = registry.path.read_bytes()
@@ -63,28 +67,29 @@ def test_corrupt_checkpoint_is_clear_and_registry_unchanged(checkpoint, tmp_path
         (broken / name).write_bytes((folder / name).read_bytes())
     (broken / "model.pt").write_bytes((folder / "model.pt").read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="corrupt"):
-        evaluate_checkpoint(str(broken), {}, ["action_linear"])
+        evaluate_checkpoint(str(broken), {}, ["action_linear"], store=ObjectStore())
     with pytest.raises(CheckpointError, match="does not exist"):
-        evaluate_checkpoint(str(tmp_path / "missing"), {}, ["action_linear"])
+        evaluate_checkpoint(str(tmp_path / "missing"), {}, ["action_linear"], store=ObjectStore())
     with pytest.raises(CheckpointError, match="no checkpoint"):
-        resolve_checkpoint("latest", str(tmp_path / "empty"))
+        resolve_checkpoint("latest", str(tmp_path / "empty"), ObjectStore())
     assert registry.path.read_bytes() == before
 
 
 def test_a_task_subset_without_the_promotion_metric_keeps_its_report(checkpoint):
     root, folder = checkpoint
     data = {"test": _batches(2, 6)}
-    registry = Registry(root / "registry")
+    registry = Registry(root / "registry", ObjectStore())
     before = registry.path.read_bytes() if registry.path.exists() else None
     with pytest.raises(RegistryError, match=r"evaluation itself is saved: .*--no-promote") as err:
-        evaluate_checkpoint(str(folder), {"text_video_retrieval": data}, ["text_video_retrieval"])
+        evaluate_checkpoint(str(folder), {"text_video_retrieval": data}, ["text_video_retrieval"],
+                            store=ObjectStore())
     saved = str(err.value).split("evaluation itself is saved: ")[1].split(";")[0]
     results = json.loads((Path(saved) / "results.json").read_text())
     assert "text_video_retrieval.R@10" in results["metrics"]
     assert (registry.path.read_bytes() if registry.path.exists() else None) == before
     # without the gate the same subset is a plain evaluation
     outcome = evaluate_checkpoint(str(folder), {"text_video_retrieval": data},
-                                  ["text_video_retrieval"], promote=False)
+                                  ["text_video_retrieval"], promote=False, store=ObjectStore())
     assert outcome.decision is None
 
 
@@ -116,16 +121,17 @@ def test_evaluation_overrides_cannot_change_the_trained_model(checkpoint):
     from vatt.evaluate.pipeline import checkpoint_config, load_checkpoint_for_eval
 
     _, folder = checkpoint
-    saved = checkpoint_config(folder)
+    saved = checkpoint_config(folder, (), ObjectStore())
     for override in ("model.video.drop_rate=0.1", "model.heads.va_dim=32",
                      "model.audio.input_scale=1.0", "data.frame_size=32"):
         with pytest.raises(ConfigError, match=override.replace(".", r"\.")):
-            checkpoint_config(folder, [override])
+            checkpoint_config(folder, [override], ObjectStore())
     with pytest.raises(ConfigError, match="model.sharing=agnostic"):
-        load_checkpoint_for_eval(folder, ["model.sharing=agnostic"])
+        load_checkpoint_for_eval(folder, ["model.sharing=agnostic"], ObjectStore())
     # evaluation settings, and a model key set to the value it was trained with, are fine
     same = f"model.video.drop_rate={saved.model.video.drop_rate}"
-    cfg = checkpoint_config(folder, ["eval.probe_epochs=3", same, "data.path=elsewhere"])
+    cfg = checkpoint_config(folder, ["eval.probe_epochs=3", same, "data.path=elsewhere"],
+                            ObjectStore())
     assert cfg.eval.probe_epochs == 3 and cfg.data.path == "elsewhere"
     assert cfg.model == saved.model
 
@@ -143,7 +149,7 @@ def test_a_saved_config_is_data_its_interpolations_are_refused(checkpoint, tmp_p
     (copy / "config.yaml").write_text(
         text.replace("output_path: ", "output_path: ${oc.env:VATT_TEST_SECRET}", 1))
     with pytest.raises(CheckpointError, match=r"interpolations at eval\.output_path") as refused:
-        checkpoint_config(copy)
+        checkpoint_config(copy, (), ObjectStore())
     assert "hunter2" not in str(refused.value)
 
 
@@ -157,15 +163,75 @@ def test_a_promoted_model_outlives_its_runs_checkpoints(checkpoint, tmp_path):
     _, folder = checkpoint
     run = tmp_path / "runs" / "exp2" / "checkpoint_00000007"
     shutil.copytree(folder, run)
-    registry = Registry(tmp_path / "registry")
+    registry = Registry(tmp_path / "registry", ObjectStore())
     decision = registry.consider(run, config={"name": "tiny"}, data_version={"md5": "d41d8cd9"},
                                  metrics={"action_linear.top1": 0.5}, metric="action_linear.top1")
     assert decision.promoted
-    expected = load_checkpoint_for_eval(run).model.state_dict()
+    expected = load_checkpoint_for_eval(run, (), ObjectStore()).model.state_dict()
     shutil.rmtree(run)  # rotated away by the run's later checkpoints
     promoted = registry.promoted
     assert promoted["source_checkpoint"] == str(run)
-    loaded = load_checkpoint_for_eval(promoted["checkpoint"])
+    loaded = load_checkpoint_for_eval(promoted["checkpoint"], (), ObjectStore())
     assert loaded.step == 7
     for name, tensor in loaded.model.state_dict().items():
         assert torch.equal(tensor, expected[name])
+
+
+def test_an_evaluation_reads_each_checkpoint_file_once(checkpoint):
+    """The config, vocabulary and weights are read once per evaluation (they were read two and
+    three times), and the report records the hash of the weights that were evaluated."""
+    import hashlib
+    from collections import Counter
+
+    root, folder = checkpoint
+
+    class CountingStore(ObjectStore):  # the real local store, counting what it reads
+        reads: Counter = Counter()
+
+        def read_bytes(self, uri):
+            if str(uri).startswith(str(folder)):
+                self.reads[Path(str(uri)).name] += 1
+            return super().read_bytes(uri)
+
+    store = CountingStore()
+    data = {"test": _batches(2, 6)}
+    outcome = evaluate_checkpoint(str(folder), {"text_video_retrieval": data},
+                                  ["text_video_retrieval"], promote=False, store=store)
+    assert outcome.results["step"] == 7
+    assert store.reads["model.pt"] == 1 and store.reads["config.yaml"] == 1
+    assert max(store.reads.values()) == 1, store.reads
+    from vatt.evaluate.pipeline import load_checkpoint_for_eval
+
+    loaded = load_checkpoint_for_eval(folder, (), ObjectStore())
+    assert loaded.weights_sha256 == hashlib.sha256((folder / "model.pt").read_bytes()).hexdigest()
+
+
+def test_an_s3_checkpoint_is_evaluated_through_the_configured_store(checkpoint, s3_env, tmp_path,
+                                                                    monkeypatch):
+    """The store built from storage.* (here only storage.endpoint_url names the S3 server; the
+    environment names none) reads the checkpoint, writes the report and fills the registry: no
+    part of the evaluation builds a store of its own."""
+    import time
+
+    from vatt.config import StorageConfig
+
+    _, folder = checkpoint
+    prefix = f"s3://{s3_env.bucket}/eval-{time.time_ns()}"
+    ObjectStore().upload_dir(folder, f"{prefix}/runs/exp1/checkpoint_00000007")
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name)
+    store = ObjectStore(StorageConfig(endpoint_url=s3_env.endpoint_url, max_attempts=1,
+                                      connect_timeout_s=1))
+    found = resolve_checkpoint("latest", f"{prefix}/runs", store)
+    assert found == f"{prefix}/runs/exp1/checkpoint_00000007"
+    outcome = evaluate_checkpoint(found, {"action_linear": {"train": _batches(1, 9),
+                                                            "test": _batches(2, 6)}},
+                                  ["action_linear"], store=store,
+                                  overrides=[f"eval.output_path={prefix}/eval",
+                                             f"eval.registry_path={prefix}/registry"])
+    assert outcome.report_uri.startswith(f"{prefix}/eval/exp1-step7-")
+    assert store.exists(f"{outcome.report_uri}/results.json")
+    promoted = Registry(f"{prefix}/registry", store).promoted
+    assert outcome.decision.promoted and promoted["source_checkpoint"] == found
+    kept = store.read_bytes(f"{promoted['checkpoint']}/model.pt")
+    assert kept == (folder / "model.pt").read_bytes()

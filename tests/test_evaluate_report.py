@@ -7,6 +7,7 @@ import numpy as np
 from vatt.evaluate.probes import ProbeSettings, linear_probe
 from vatt.evaluate.report import write_report
 from vatt.evaluate.retrieval import text_to_video
+from vatt.storage import ObjectStore
 
 
 def test_report_folder(tmp_path):
@@ -24,7 +25,7 @@ def test_report_folder(tmp_path):
                                     "confusion": probe.confusion},
                   "text_video_retrieval": {"metrics": retrieval.metrics, "ranks": retrieval.ranks}},
     }
-    write_report(results, str(tmp_path / "eval"))
+    write_report(results, str(tmp_path / "eval"), ObjectStore())
     folder = tmp_path / "eval"
     assert json.loads((folder / "results.json").read_text()) == json.loads(json.dumps(results))
     report = (folder / "report.md").read_text()

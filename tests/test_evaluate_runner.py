@@ -126,3 +126,17 @@ def test_finetuning_learns_the_classes_and_leaves_the_model_alone(setup):
         from vatt.evaluate.runner import evaluate_features
 
         evaluate_features({"action_finetune": {}}, cfg, ["action_finetune"])
+
+
+def test_eval_device_is_checked_and_names_the_option():
+    from vatt.evaluate.features import resolve_device
+
+    with pytest.raises(ConfigError, match=r"eval\.device='gpu'.*auto.*cpu.*cuda"):
+        load_config("tiny", ["eval.device=gpu"])
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    if torch.cuda.is_available():
+        assert resolve_device("cuda").type == "cuda"
+    else:  # asked for a GPU where there is none: the error says which option to change
+        with pytest.raises(ValueError, match=r"eval\.device=cuda.*no CUDA device"):
+            resolve_device("cuda")

@@ -5,7 +5,9 @@ import json
 import pytest
 import torch
 
-from vatt.evaluate.registry import CheckpointError, Registry, RegistryError
+from vatt.checkpoints import CheckpointError
+from vatt.evaluate.registry import Registry, RegistryError
+from vatt.storage import ObjectStore
 
 
 def _checkpoint(tmp_path, name, seed=0):
@@ -22,7 +24,7 @@ def _consider(registry, ckpt, value, metric="text_video_retrieval.R@10"):
 
 
 def test_first_promoted_then_only_not_worse(tmp_path):
-    registry = Registry(tmp_path / "registry")
+    registry = Registry(tmp_path / "registry", ObjectStore())
     assert registry.promoted is None
     first = _consider(registry, _checkpoint(tmp_path, "a", 0), 0.30)
     assert first.promoted and first.promoted_value is None
@@ -48,7 +50,7 @@ def test_first_promoted_then_only_not_worse(tmp_path):
 
 
 def test_lower_is_better_metric(tmp_path):
-    registry = Registry(tmp_path / "registry")
+    registry = Registry(tmp_path / "registry", ObjectStore())
     _consider(registry, _checkpoint(tmp_path, "a"), 10.0, metric="text_video_retrieval.MedR")
     assert _consider(registry, _checkpoint(tmp_path, "b"), 8.0,
                      metric="text_video_retrieval.MedR").promoted
@@ -61,7 +63,7 @@ def _snapshot(registry):
 
 
 def test_missing_or_corrupt_checkpoint_leaves_registry_unchanged(tmp_path):
-    registry = Registry(tmp_path / "registry")
+    registry = Registry(tmp_path / "registry", ObjectStore())
     _consider(registry, _checkpoint(tmp_path, "a"), 0.3)
     before = _snapshot(registry)
 
@@ -80,7 +82,7 @@ def test_missing_or_corrupt_checkpoint_leaves_registry_unchanged(tmp_path):
 
 
 def test_unknown_metric_and_corrupt_registry(tmp_path):
-    registry = Registry(tmp_path / "registry")
+    registry = Registry(tmp_path / "registry", ObjectStore())
     _consider(registry, _checkpoint(tmp_path, "a"), 0.3)
     before = _snapshot(registry)
     with pytest.raises(RegistryError, match="action_linear.top1"):
@@ -103,7 +105,7 @@ def _evaluation(dataset="synthetic-msrvtt", digest="a" * 64, probe_epochs=100):
 
 
 def test_the_gate_compares_like_with_like(tmp_path):
-    registry = Registry(tmp_path / "registry")
+    registry = Registry(tmp_path / "registry", ObjectStore())
 
     def consider(name, seed, value, evaluation, **kwargs):
         return registry.consider(_checkpoint(tmp_path, name, seed), config={}, data_version={},
@@ -166,7 +168,7 @@ def test_concurrent_evaluations_against_an_s3_registry_lose_no_decision(s3_env, 
     for thread in threads:
         thread.join()
     assert errors == []
-    doc = Registry(root).read()
+    doc = Registry(root, ObjectStore()).read()
     assert sorted(d["candidate_value"] for d in doc["decisions"]) == sorted(values)
     current = None
     for decision in doc["decisions"]:  # a consistent history: as if one after the other
@@ -177,7 +179,7 @@ def test_concurrent_evaluations_against_an_s3_registry_lose_no_decision(s3_env, 
 
 
 def test_a_margin_promotes_only_differences_beyond_the_noise(tmp_path):
-    registry = Registry(tmp_path / "registry")
+    registry = Registry(tmp_path / "registry", ObjectStore())
 
     def consider(name, seed, value, metric="text_video_retrieval.MRR"):
         return registry.consider(_checkpoint(tmp_path, name, seed), config={}, data_version={},
@@ -189,7 +191,7 @@ def test_a_margin_promotes_only_differences_beyond_the_noise(tmp_path):
     beyond = consider("c", 2, 0.46)
     assert beyond.promoted and "by at least the margin 0.05" in beyond.reason
     # lower-is-better metrics need the margin the other way
-    registry = Registry(tmp_path / "registry-medr")
+    registry = Registry(tmp_path / "registry-medr", ObjectStore())
     assert consider("d", 3, 10.0, "text_video_retrieval.MedR").promoted
     assert not consider("e", 4, 9.98, "text_video_retrieval.MedR").promoted
     assert consider("f", 5, 9.0, "text_video_retrieval.MedR").promoted

@@ -153,7 +153,7 @@ def test_unreachable_endpoint_names_it_and_the_setting(s3_env, monkeypatch):
     (port,) = _free_ports(1)  # nothing listens there
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
-    store = ObjectStore(max_attempts=2, connect_timeout_s=0.5)
+    store = ObjectStore(StorageConfig(max_attempts=2, connect_timeout_s=0.5))
     with pytest.raises(StorageConnectionError) as err:
         store.read_bytes(f"s3://{s3_env.bucket}/x")
     message = str(err.value)

@@ -68,10 +68,11 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from vatt.checkpoints import CheckpointError
     from vatt.config import load_config
     from vatt.data.loader import DataError
     from vatt.evaluate.pipeline import run_evaluation
-    from vatt.evaluate.registry import CheckpointError, RegistryError
+    from vatt.evaluate.registry import RegistryError
 
     datasets = dict(item.split("=", 1) for item in args.dataset)
     try:

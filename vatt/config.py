@@ -8,6 +8,7 @@ type fails here, naming the key, instead of deep inside training.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -257,6 +258,9 @@ class EvalConfig:
     finetune_test_crops: int = 3  # the spec's test: 4 clips (data.eval_num_windows) x 3 crops
     seed: int = 0
     batch_size: int = 32  # clips per forward pass when extracting features
+    # where feature extraction and fine-tuning run: "auto" (cuda when a GPU is visible, else
+    # cpu), "cpu", "cuda" or "cuda:<index>"
+    device: str = "auto"
     output_path: str = "artifacts/eval"  # reports: <output_path>/<run id>/; a folder or s3://
     registry_path: str = "artifacts/registry"  # the model registry; a folder or s3://
     # promote when this metric ("<task>.<metric>") is better than the promoted model's by at
@@ -371,6 +375,11 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(
             f"eval.finetune_test_crops={cfg.eval.finetune_test_crops}: fine-tuning tests on at "
             "least one crop per window (the spec's 3: left, centre, right)"
+        )
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.eval.device):
+        raise ConfigError(
+            f"eval.device='{cfg.eval.device}' is not a device evaluation can run on: use auto "
+            "(a GPU when one is visible, else the CPU), cpu, cuda or cuda:<index>"
         )
     if not cfg.model.audio.input_scale > 0:
         raise ConfigError(

@@ -4,7 +4,7 @@ Every place that reads or writes "a folder or an s3:// prefix" (ingestion source
 evaluation reports, the model registry) goes through `ObjectStore`, so a path works the same
 whether it is `data/shards` or `s3://vatt-data/shards`:
 
-    store = ObjectStore.from_config(cfg.storage)
+    store = ObjectStore(cfg.storage)     # once, at the entry point; passed down from there
     store.upload_dir("runs/ckpt", "s3://vatt-data/runs/ckpt")
     names = store.list("s3://vatt-data/raw/kinetics")      # relative paths under the prefix
     meta = json.loads(store.read_bytes("s3://vatt-data/registry/promoted.json"))
@@ -135,26 +135,27 @@ class ObjectStore:
     first S3 use (thread-safe; folder transfers run `max_workers` uploads/downloads at once).
     """
 
-    def __init__(self, endpoint_url: Optional[str] = None, region: str = "us-east-1",
-                 max_attempts: int = 5, connect_timeout_s: float = 5.0,
-                 read_timeout_s: float = 60.0, max_workers: int = 8) -> None:
-        self.endpoint_url, self.endpoint_source = resolve_endpoint(endpoint_url)
-        self.region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or region
-        self.max_attempts = max_attempts
-        self.connect_timeout_s = connect_timeout_s
-        self.read_timeout_s = read_timeout_s
+    def __init__(self, settings: "StorageConfig | None" = None, max_workers: int = 8) -> None:
+        """`settings`: the config's `storage` (endpoint, region, retries, timeouts; their
+        defaults live in StorageConfig); None takes those defaults (tests, one-off scripts).
+        Entry points build one store from `cfg.storage` and pass it down."""
+        if settings is None:
+            from vatt.config import StorageConfig
+
+            settings = StorageConfig()
+        self.endpoint_url, self.endpoint_source = resolve_endpoint(settings.endpoint_url)
+        self.region = (os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+                       or settings.region)
+        self.max_attempts = settings.max_attempts
+        self.connect_timeout_s = settings.connect_timeout_s
+        self.read_timeout_s = settings.read_timeout_s
         self.max_workers = max_workers
         self._client: Any = None
 
     @classmethod
-    def from_config(cls, cfg: "StorageConfig | None" = None) -> "ObjectStore":
-        if cfg is None:
-            from vatt.config import StorageConfig
-
-            cfg = StorageConfig()
-        return cls(endpoint_url=cfg.endpoint_url, region=cfg.region,
-                   max_attempts=cfg.max_attempts, connect_timeout_s=cfg.connect_timeout_s,
-                   read_timeout_s=cfg.read_timeout_s)
+    def from_config(cls, settings: "StorageConfig | None" = None) -> "ObjectStore":
+        """The same as `ObjectStore(settings)`: the store `cfg.storage` configures."""
+        return cls(settings)
 
     # -- boto3 ---------------------------------------------------------------------------------
 
@@ -286,6 +287,15 @@ class ObjectStore:
                         raise
             page = self.client.list_objects_v2(Bucket=loc.bucket, Prefix=loc.prefix, MaxKeys=1)
             return page.get("KeyCount", 0) > 0
+
+    def modified_time(self, uri: "str | Location") -> float:
+        """When the file or object `uri` was last written (seconds since the epoch)."""
+        loc = parse_uri(uri)
+        if not loc.is_s3:
+            return _local_existing(loc).stat().st_mtime
+        with self._errors("check", loc):
+            head = self.client.head_object(Bucket=loc.bucket, Key=loc.key)
+            return head["LastModified"].timestamp()
 
     def read_bytes(self, uri: "str | Location") -> bytes:
         loc = parse_uri(uri)

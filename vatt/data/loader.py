@@ -389,10 +389,13 @@ def load_vocab_words(root: str) -> tuple[str, ...]:
 
 def build_dataset(cfg: Config, split: str, training: bool, dataset: str = "synthetic-howto100m",
                   root: Optional[str] = None, num_windows: Optional[int] = None,
-                  num_crops: int = 1, vocab_words: Optional[tuple[str, ...]] = None):
+                  num_crops: int = 1, vocab_words: Optional[tuple[str, ...]] = None,
+                  shard_seed: Optional[int] = None):
     """A `ray.data.Dataset` of model-ready rows (schema: module doc) for one split;
     `num_windows` x `num_crops` rows per clip in evaluation. Captions are encoded with
-    `vocab_words` (a run's or a checkpoint's own vocabulary), default the data's vocab.json."""
+    `vocab_words` (a run's or a checkpoint's own vocabulary), default the data's vocab.json.
+    `shard_seed` reads an evaluation split's shards in that seed's order (a fine-tuning epoch)
+    instead of the manifest's."""
     import ray
 
     root = str(root or cfg.data.path)
@@ -412,6 +415,8 @@ def build_dataset(cfg: Config, split: str, training: bool, dataset: str = "synth
     ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
     if training:
         ds = ds.randomize_block_order()
+    elif shard_seed is not None:
+        ds = ds.randomize_block_order(seed=shard_seed)
     ds = ds.flat_map(partial(_read_shard, root=root, dataset=dataset, clip_index=index,
                              checksums=checksums))
     return ds.flat_map(partial(decode_clip, spec=spec))

@@ -24,16 +24,15 @@ import logging
 import os
 import subprocess
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace as dc_replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
+from vatt.config import StorageConfig
 from vatt.storage import ObjectStore, StorageError
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
-
-    from vatt.config import StorageConfig
 
 DATA_DVC = "data.dvc"
 
@@ -152,14 +151,14 @@ def _open(root: Path, remote: Optional[str], storage: "StorageConfig | None",
     url = str(settings.get("url", ""))
     overrides: dict[str, Any] = {}
     if url.startswith("s3://"):
-        store = ObjectStore.from_config(storage) if storage else ObjectStore()
         endpoint = settings.get("endpointurl")
-        if endpoint:
-            store = ObjectStore(endpoint_url=endpoint, region=store.region,
-                                max_attempts=store.max_attempts)
+        if endpoint:  # the remote's own endpoint; region, retries and timeouts still storage.*
+            store = ObjectStore(dc_replace(storage or StorageConfig(), endpoint_url=endpoint))
             store.endpoint_source = f"remote.{name}.endpointurl in .dvc/config(.local)"
-        elif store.endpoint_url:
-            overrides = {"remote": {name: {"endpointurl": store.endpoint_url}}}
+        else:
+            store = ObjectStore(storage)
+            if store.endpoint_url:  # storage.endpoint_url or the environment's, handed to DVC
+                overrides = {"remote": {name: {"endpointurl": store.endpoint_url}}}
         try:
             store.check_bucket(url)
         except StorageError as err:

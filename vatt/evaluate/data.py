@@ -1,7 +1,7 @@
 """Evaluation data: the ingested datasets -> `data[task][split]` for `evaluate_model`.
 
     data = build_eval_data(cfg, tasks)                 # reads cfg.data.path (local or s3://)
-    outcome = evaluate_checkpoint(folder, data, tasks)
+    outcome = evaluate_checkpoint(loaded, data, tasks, store=store)
 
 Which dataset feeds which task: the first of these folders that `vatt ingest` wrote under
 data.path (real sources before the generated default); `datasets={task: name}` overrides it.
@@ -13,19 +13,22 @@ data.path (real sources before the generated default); `datasets={task: name}` o
     video_audio_retrieval  the same as text_video_retrieval            (test)
 
 Each split is read through the loader in evaluation mode (`num_windows` evenly spread windows
-per clip, centre crop, no augmentation, the first captions), then held in memory sorted by
-(clip, window): Ray Data may deliver blocks in any order, and the probes' results depend on the
-order of their training rows, so sorting is what makes two evaluations give the same numbers.
-Only the columns a task needs are kept (audio-only sources carry no video tensor).
+per clip, centre crop, no augmentation, the first captions) every time it is iterated: nothing
+decoded is held between batches, so a split of any size takes the memory of a few batches
+(feature extraction keeps only the features; fine-tuning reads the split epoch after epoch).
+The batches come in a fixed order, the loader's (manifest) order, which Ray Data is told to
+preserve, so two evaluations run the model on the same batches; extraction then puts the
+features in (clip, window) order, which the probes' results depend on. Only the columns a task
+needs are kept (audio-only sources carry no video tensor).
 
-A split is an `EvalSplit`: a list of batches (re-iterable) that also carries the dataset's
-`num_classes` and `label_names` from its manifest, which the probes use instead of
-"largest label seen + 1".
+A split is an `EvalSplit`: re-iterable batches that also carry the dataset's `num_classes` and
+`label_names` from its manifest, which the probes use instead of "largest label seen + 1", and
+its size (`num_clips`, `views_per_clip`) without reading it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 
@@ -46,19 +49,62 @@ TEST_SPLITS = ("test", "val", "validation")
 METADATA = ("label", "labels", "video_id", "clip_id", "fold")
 
 
-class EvalSplit(list):
-    """Batches of one dataset split (a list, so evaluate_model can read it more than once),
-    with the manifest's class vocabulary."""
+class EvalSplit:
+    """One dataset split, read through the loader each time it is iterated (see the module
+    doc), with the manifest's class vocabulary and the split's size."""
 
-    def __init__(self, batches: Iterable[dict], dataset: str, split: str,
-                 label_names: Optional[list[str]] = None):
-        super().__init__(batches)
-        self.dataset, self.split = dataset, split
-        self.label_names = list(label_names or [])
+    def __init__(self, cfg: Config, dataset: str, split: str, columns: Iterable[str],
+                 num_windows: int, num_crops: int, batch_size: int,
+                 vocab_words: Optional[tuple[str, ...]], manifest: dict):
+        self.cfg, self.dataset, self.split = cfg, dataset, split
+        self.columns = set(columns) | set(METADATA) | {"clip_index", "window"}
+        if "text" in self.columns:
+            self.columns.add("text_mask")
+        self.num_windows, self.num_crops, self.batch_size = num_windows, num_crops, batch_size
+        self.vocab_words = vocab_words
+        self.label_names = list(manifest.get("label_names") or [])
+        shards = set(manifest["splits"][split]["shards"])
+        clips = [c for c in manifest["clips"] if c.get("shard") in shards]
+        self.num_clips = len(clips)
+        self.num_videos = len({c.get("video_id", c.get("clip_id")) for c in clips})
+        self.views_per_clip = num_windows * num_crops
 
     @property
     def num_classes(self) -> Optional[int]:
         return len(self.label_names) or None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self.batches()
+
+    def shuffled(self, seed: int) -> Iterator[dict[str, Any]]:
+        """The split with its shards read in `seed`'s order (a fine-tuning epoch)."""
+        return self.batches(shard_seed=seed)
+
+    def batches(self, shard_seed: Optional[int] = None) -> Iterator[dict[str, Any]]:
+        """Batches of `batch_size` views (torch tensors; strings as lists) holding `columns`."""
+        import torch
+
+        from vatt.data.loader import build_dataset
+
+        ds = build_dataset(self.cfg, self.split, training=False, dataset=self.dataset,
+                           root=str(self.cfg.data.path), num_windows=self.num_windows,
+                           num_crops=self.num_crops, vocab_words=self.vocab_words,
+                           shard_seed=shard_seed)
+        ds.context.execution_options.preserve_order = True  # the same batches every time
+        empty = True
+        for rows in ds.iter_batches(batch_size=self.batch_size, batch_format="numpy",
+                                    prefetch_batches=1):
+            batch: dict[str, Any] = {}
+            for key, value in rows.items():
+                if key not in self.columns:
+                    continue
+                batch[key] = [str(v) for v in value] if value.dtype == object \
+                    or value.dtype.kind in "US" \
+                    else torch.from_numpy(np.require(value, requirements=["C", "W"]))
+            empty = False
+            yield batch
+        if empty:
+            raise DataError(f"dataset {self.dataset}, split {self.split}: no clip could be read")
 
 
 def _has_manifest(root: str, dataset: str) -> bool:
@@ -104,41 +150,15 @@ def _split_name(manifest: dict, wanted: str, dataset: str) -> str:
 def read_split(cfg: Config, dataset: str, split: str, columns: Iterable[str],
                num_windows: Optional[int] = None, batch_size: Optional[int] = None,
                num_crops: int = 1, vocab_words: Optional[tuple[str, ...]] = None) -> EvalSplit:
-    """One split of `dataset`, decoded in evaluation mode (`num_windows` x `num_crops` views per
-    clip), sorted by (clip, view), in batches of `batch_size` (default eval.batch_size) holding
-    `columns` plus the metadata."""
-    import torch
-
-    from vatt.data.loader import build_dataset
-
-    root = str(cfg.data.path)
-    manifest = read_manifest(root, dataset)
+    """One split of `dataset` in evaluation mode (`num_windows` x `num_crops` views per clip),
+    in batches of `batch_size` (default eval.batch_size) holding `columns` plus the metadata;
+    read when iterated."""
+    manifest = read_manifest(str(cfg.data.path), dataset)
     name = _split_name(manifest, split, dataset)
-    keep = set(columns) | set(METADATA) | {"clip_index", "window"}
-    if "text" in keep:
-        keep.add("text_mask")
-    ds = build_dataset(cfg, name, training=False, dataset=dataset, root=root,
-                       num_windows=num_windows, num_crops=num_crops, vocab_words=vocab_words)
-    parts: dict[str, list] = {}
-    for batch in ds.iter_batches(batch_size=256, batch_format="numpy"):
-        for key, value in batch.items():
-            if key in keep:
-                parts.setdefault(key, []).append(value)
-    if not parts:
-        raise DataError(f"dataset {dataset}, split {name}: no clip could be read")
-    rows = {key: np.concatenate(value) for key, value in parts.items()}
-    order = np.lexsort((rows["window"], rows["clip_index"]))  # by clip, then window
-    size = batch_size or cfg.eval.batch_size
-    batches = []
-    for start in range(0, len(order), size):
-        pick = order[start:start + size]
-        batch: dict[str, Any] = {}
-        for key, value in rows.items():
-            value = value[pick]
-            batch[key] = [str(v) for v in value] if value.dtype == object or value.dtype.kind in "US" \
-                else torch.from_numpy(np.ascontiguousarray(value))
-        batches.append(batch)
-    return EvalSplit(batches, dataset, name, manifest.get("label_names"))
+    if num_crops < 1:
+        raise ValueError(f"num_crops={num_crops}: evaluation needs at least one crop per window")
+    return EvalSplit(cfg, dataset, name, columns, num_windows or cfg.data.eval_num_windows,
+                     num_crops, batch_size or cfg.eval.batch_size, vocab_words, manifest)
 
 
 def build_eval_data(cfg: Config, tasks: Optional[Iterable[str]] = None,
@@ -168,14 +188,18 @@ def build_eval_data(cfg: Config, tasks: Optional[Iterable[str]] = None,
     return {task: {split: read[key(task, split)] for split in TASKS[task][1]} for task in tasks}
 
 
-def describe_data(data: Mapping[str, Mapping[str, EvalSplit]]) -> list[str]:
-    """One line per task: which dataset and split feed it, how many windows and videos."""
+def describe_data(data: Mapping[str, Mapping[str, Iterable[dict]]]) -> list[str]:
+    """One line per task: which dataset and split feed it, how many videos and windows (an
+    EvalSplit says so from its manifest; batches held in memory are counted)."""
     lines = []
     for task, splits in data.items():
         parts = []
         for split, source in splits.items():
-            windows = sum(len(b["video_id"]) for b in source)
-            videos = len({v for b in source for v in b["video_id"]})
+            if isinstance(source, EvalSplit):
+                videos, windows = source.num_videos, source.num_clips * source.views_per_clip
+            else:
+                windows = sum(len(b["video_id"]) for b in source)
+                videos = len({v for b in source for v in b["video_id"]})
             parts.append(f"{split}={getattr(source, 'dataset', '?')}/{getattr(source, 'split', split)}"
                          f" ({videos} videos, {windows} windows)")
         lines.append(f"{task}: {', '.join(parts)}")

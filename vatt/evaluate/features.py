@@ -4,7 +4,14 @@ its S_vt embedding.
 
 Batches are dicts as the loader yields them (torch tensors or numpy arrays): any of `video`,
 `audio`, `text` + `text_mask` and the metadata `label` (int, -1 if none), `labels` (multi-hot),
-`video_id`, `clip_id`, `fold`. Windows of one video share its `video_id`.
+`video_id`, `clip_id`, `fold`, and the view's place `clip_index`, `window`. Windows of one video
+share its `video_id`.
+
+Extraction streams: each batch is run through the model and dropped, only its features (a few
+hundred floats per window) are kept, so a split of any size takes the memory of one batch of
+inputs plus its features. When the batches carry `clip_index` and `window`, the features are put
+in (clip, window) order whatever order the batches came in: the probes' results depend on the
+order of their rows.
 """
 
 from __future__ import annotations
@@ -18,6 +25,23 @@ import torch
 from vatt.model import MODALITIES
 
 METADATA_KEYS = ("label", "labels", "video_id", "clip_id", "fold")
+ORDER_KEYS = ("clip_index", "window")  # a view's place in its split: the features' order
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """The torch device of `eval.device`: "auto" is cuda when a GPU is visible, else the CPU."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"eval.device={name}, but no CUDA device is visible here; set "
+                         "eval.device=auto (or cpu) to evaluate on the CPU")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"eval.device={name}, but only {torch.cuda.device_count()} CUDA "
+                         "device(s) are visible; pick one of them or eval.device=auto")
+    return device
 
 
 @dataclass
@@ -44,6 +68,13 @@ class Features:
                        "the modality or metadata it comes from")
 
 
+def _kept(value: torch.Tensor) -> np.ndarray:
+    """A compact copy of an output to keep: `pooled` is a view of the backbone's first token,
+    and keeping the view would keep every token of its batch (1,569 x d per window at the
+    spec's input)."""
+    return value.detach().float().cpu().numpy().copy()
+
+
 def _numpy(value: Any) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().numpy()
@@ -57,9 +88,12 @@ def extract_features(model: torch.nn.Module, batches: Iterable[dict[str, Any]],
     """Run `model` over `batches` and gather features (see `Features`)."""
     wanted = [m for m in MODALITIES if m in set(modalities)]
     model.eval()
+    device = resolve_device(device)
     windows: dict[str, list[np.ndarray]] = {}
     captions: dict[str, list[np.ndarray]] = {}
-    seen_captions: set[tuple[Any, bytes]] = set()
+    # caption -> its row in `captions` and the first (clip, window) it came with
+    seen_captions: dict[tuple[Any, bytes], tuple[int, tuple[int, int]]] = {}
+    caption_places: list[tuple[int, int]] = []
     num_windows = 0
     for index, batch in enumerate(batches):
         if max_batches is not None and index >= max_batches:
@@ -83,27 +117,50 @@ def extract_features(model: torch.nn.Module, batches: Iterable[dict[str, Any]],
         outputs = model(inputs)
         for modality in ("video", "audio"):
             for kind, value in outputs.get(modality, {}).items():
-                windows.setdefault(f"{modality}_{kind}", []).append(_numpy(value.float()))
-        for key in METADATA_KEYS:
+                windows.setdefault(f"{modality}_{kind}", []).append(_kept(value))
+        for key in (*METADATA_KEYS, *ORDER_KEYS):
             if key in batch:
                 windows.setdefault(key, []).append(_numpy(batch[key]))
+        if all(key in batch for key in ORDER_KEYS):
+            places = list(zip(*(_numpy(batch[key]).tolist() for key in ORDER_KEYS)))
+        else:  # no place given: the order they came in
+            places = [(num_windows + b, 0) for b in range(size)]
         if "text" in outputs:
-            vt = _numpy(outputs["text"]["vt"].float())  # (B, L, D)
+            vt = _numpy(outputs["text"]["vt"].float())  # (B, L, D), read from, not kept
             tokens = _numpy(batch["text"])  # (B, L, n)
             video_ids = _numpy(batch["video_id"])
             for b, slot in zip(*np.nonzero(text_mask)):
                 key = (video_ids[b].item() if hasattr(video_ids[b], "item") else video_ids[b],
                        tokens[b, slot].tobytes())
                 if key in seen_captions:  # the same caption arrives with every window
+                    row, place = seen_captions[key]
+                    if places[b] < place:  # it belongs where its earliest window is
+                        seen_captions[key] = (row, places[b])
+                        caption_places[row] = places[b]
                     continue
-                seen_captions.add(key)
-                captions.setdefault("text_vt", []).append(vt[b, slot][None])
+                seen_captions[key] = (len(caption_places), places[b])
+                caption_places.append(places[b])
+                captions.setdefault("text_vt", []).append(vt[b, slot][None].copy())
                 captions.setdefault("video_id", []).append(video_ids[b:b + 1])
         num_windows += size
     if num_windows == 0:
         raise ValueError("no batches to extract features from: the split is empty")
-    return Features({k: np.concatenate(v) for k, v in windows.items()},
-                    {k: np.concatenate(v) for k, v in captions.items()})
+    features = Features({k: np.concatenate(v) for k, v in windows.items()},
+                        {k: np.concatenate(v) for k, v in captions.items()})
+    if all(key in features.windows for key in ORDER_KEYS):
+        _sort(features.windows, np.lexsort([features.windows[k] for k in reversed(ORDER_KEYS)]))
+    if caption_places:  # captions in the order of their first (clip, window), stable
+        _sort(features.captions, np.asarray(sorted(range(len(caption_places)),
+                                                   key=caption_places.__getitem__)))
+    return features
 
 
-__all__ = ["Features", "extract_features", "METADATA_KEYS"]
+def _sort(columns: dict[str, np.ndarray], order: np.ndarray) -> None:
+    """Reorder every column in place (a no-op when the batches already came in order)."""
+    if np.array_equal(order, np.arange(len(order))):
+        return
+    for key, value in columns.items():
+        columns[key] = value[order]
+
+
+__all__ = ["Features", "extract_features", "resolve_device", "METADATA_KEYS", "ORDER_KEYS"]

@@ -2,7 +2,10 @@
 task of `vatt evaluate`.
 
 A copy of the pretrained video backbone (the model itself is left untouched) gets a linear
-classifier on its pooled output and is trained end to end on the train split's windows: SGD with
+classifier on its pooled output and is trained end to end on the train split's windows, read from
+the loader epoch after epoch (an `EvalSplit` reads its shards in a seeded order each epoch;
+batches held in memory are permuted) and mixed through a seeded shuffle buffer of
+`SHUFFLE_BATCHES` batches, so memory does not grow with the split: SGD with
 momentum 0.9, lr `eval.finetune_lr` (spec 0.005) with linear warmup over
 `eval.finetune_warmup_steps` (spec 2.5k) then cosine to 0, batch `eval.finetune_batch_size`
 (spec 64), label smoothing 0.1, no DropToken. Test: logits averaged over each video's views,
@@ -17,7 +20,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -29,6 +32,7 @@ from vatt.evaluate.probes import (ClassificationResult, _per_video_targets, grou
                                   score_predictions)
 
 _EVAL_DEFAULTS = EvalConfig()  # the defaults live once, in the structured config
+SHUFFLE_BATCHES = 4  # the training shuffle buffer, in batches (what it holds of decoded windows)
 
 
 @dataclass(frozen=True)
@@ -65,20 +69,68 @@ class VideoClassifier(nn.Module):
         return self.classifier(self.backbone(video))
 
 
-def _windows(batches: Iterable[dict], task: str) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """(video [N, T, H, W, 3], labels [N], video ids [N]) of the labelled windows."""
-    videos, labels, ids = [], [], []
-    for batch in batches:
-        if "video" not in batch or "label" not in batch:
-            raise KeyError(f"{task}: batches need 'video' and 'label' (a labelled video split)")
-        label = np.asarray(batch["label"]).astype(np.int64)
-        keep = label >= 0
-        videos.append(torch.as_tensor(np.asarray(batch["video"]))[torch.as_tensor(keep)])
-        labels.append(label[keep])
-        ids.append(np.asarray(batch["video_id"])[keep])
-    if not videos or sum(len(x) for x in labels) == 0:
-        raise ValueError(f"{task}: no labelled window in the split")
-    return torch.cat(videos), np.concatenate(labels), np.concatenate(ids)
+def _labelled(batch: dict, task: str) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """(video [n, T, H, W, 3], labels [n], video ids [n]) of the labelled windows of a batch."""
+    if "video" not in batch or "label" not in batch:
+        raise KeyError(f"{task}: batches need 'video' and 'label' (a labelled video split)")
+    label = np.asarray(batch["label"]).astype(np.int64)
+    keep = label >= 0
+    video = torch.as_tensor(np.asarray(batch["video"]))[torch.as_tensor(keep)]
+    return video, label[keep], np.asarray(batch["video_id"])[keep]
+
+
+def _epoch(batches: Iterable[dict], seed: int, generator: torch.Generator) -> Iterable[dict]:
+    """One pass over the train split in a seeded order."""
+    if hasattr(batches, "shuffled"):  # vatt.evaluate.data.EvalSplit: its shards in seed's order
+        return batches.shuffled(seed)
+    held = list(batches)  # batches held in memory already (a list): permute them
+    return [held[i] for i in torch.randperm(len(held), generator=generator).tolist()]
+
+
+class _TrainingStream:
+    """Endless training batches (video, labels) of `settings.batch_size` windows: the split read
+    epoch after epoch, its labelled windows mixed through a seeded shuffle buffer of
+    SHUFFLE_BATCHES batches. Labels are checked against `num_classes` as they arrive."""
+
+    def __init__(self, batches: Iterable[dict], num_classes: int, settings: "FinetuneSettings",
+                 task: str):
+        self.source, self.num_classes = batches, num_classes
+        self.settings, self.task = settings, task
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.windows_per_epoch = 0  # labelled windows in one pass (known after the first)
+
+    def _windows(self) -> Iterator[tuple[torch.Tensor, int]]:
+        epoch = 0
+        while True:
+            count = 0
+            for batch in _epoch(self.source, self.settings.seed + epoch, self.generator):
+                video, labels, _ = _labelled(batch, self.task)
+                if len(labels) and int(labels.max()) >= self.num_classes:
+                    raise ValueError(f"{self.task}: label {int(labels.max())} is outside the "
+                                     f"dataset's {self.num_classes} classes")
+                for window, label in zip(video, labels.tolist()):
+                    count += 1
+                    yield window.clone(), label  # a copy: a view would keep its whole batch
+            if count == 0:
+                raise ValueError(f"{self.task}: no labelled window in the split")
+            self.windows_per_epoch = self.windows_per_epoch or count
+            epoch += 1
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        size = self.settings.batch_size
+        capacity = size * SHUFFLE_BATCHES
+        buffer: list[tuple[torch.Tensor, int]] = []
+        for item in self._windows():
+            buffer.append(item)
+            if len(buffer) < capacity:
+                continue
+            picked = []
+            for _ in range(size):  # draw without replacement: swap the pick to the end, pop it
+                i = int(torch.randint(len(buffer), (1,), generator=self.generator))
+                buffer[i], buffer[-1] = buffer[-1], buffer[i]
+                picked.append(buffer.pop())
+            yield (torch.stack([video for video, _ in picked]),  # (B, T, H, W, 3)
+                   torch.as_tensor([label for _, label in picked]))
 
 
 def learning_rate(step: int, settings: FinetuneSettings) -> float:
@@ -94,46 +146,52 @@ def finetune_action(model: nn.Module, train_batches: Iterable[dict], test_batche
                     device: str | torch.device = "cpu",
                     task: str = "action_finetune") -> ClassificationResult:
     """Fine-tune a copy of `model`'s video backbone on the train windows; score the test videos
-    (window logits averaged per video). Deterministic for `settings.seed`."""
+    (window logits averaged per video). Both splits are read batch by batch (re-iterable
+    sources: lists of batches or vatt.evaluate.data.EvalSplit). Deterministic for
+    `settings.seed` when the sources give the same batches each time."""
     if settings.steps < 1 or settings.batch_size < 1:
         raise ValueError(f"{task}: eval.finetune_steps and eval.finetune_batch_size must be >= 1")
-    train_x, train_y, _ = _windows(train_batches, task)
-    test_x, test_y, test_ids = _windows(test_batches, task)
-    if int(max(train_y.max(), test_y.max())) >= num_classes:
-        raise ValueError(f"{task}: a label is outside the dataset's {num_classes} classes")
-    generator = torch.Generator().manual_seed(settings.seed)
+    device = torch.device(device)
     backbone = copy.deepcopy(model.backbones["video"]).to(device)
     backbone.drop_rate = 0.0  # spec: no DropToken at fine-tuning
-    with torch.no_grad():
-        feature_dim = backbone.eval()(train_x[:1].to(device)).shape[-1]
-    net = VideoClassifier(backbone, feature_dim, num_classes).to(device)
-    optimizer = torch.optim.SGD(net.parameters(), lr=settings.lr, momentum=settings.momentum)
-    targets = torch.as_tensor(train_y)
-    order = torch.randperm(len(train_x), generator=generator)
-    cursor = 0
-    net.train()
-    for step in range(settings.steps):
-        if cursor + settings.batch_size > len(order):
-            order, cursor = torch.randperm(len(train_x), generator=generator), 0
-        pick = order[cursor:cursor + settings.batch_size]
-        cursor += settings.batch_size
+    stream = _TrainingStream(train_batches, num_classes, settings, task)
+    net, optimizer, loss = None, None, None
+    for step, (video, labels) in zip(range(settings.steps), stream):
+        if net is None:  # the feature width, from the first batch
+            with torch.no_grad():
+                feature_dim = backbone.eval()(video[:1].to(device)).shape[-1]
+            net = VideoClassifier(backbone, feature_dim, num_classes).to(device)
+            optimizer = torch.optim.SGD(net.parameters(), lr=settings.lr,
+                                        momentum=settings.momentum)
+            net.train()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, settings)
-        logits = net(train_x[pick].to(device))
-        loss = F.cross_entropy(logits, targets[pick].to(device),
-                               label_smoothing=settings.label_smoothing)
+        logits = net(video.to(device))
+        loss = F.cross_entropy(logits, labels.to(device), label_smoothing=settings.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     net.eval()
+    window_logits, test_labels, test_ids = [], [], []
     with torch.no_grad():
-        window_logits = torch.cat([net(test_x[i:i + 64].to(device)).float().cpu()
-                                   for i in range(0, len(test_x), 64)]).numpy()
-    _, video_logits = group_mean(window_logits, test_ids)
+        for batch in test_batches:
+            video, labels, ids = _labelled(batch, task)
+            if not len(labels):
+                continue
+            if int(labels.max()) >= num_classes:
+                raise ValueError(f"{task}: a label is outside the dataset's {num_classes} classes")
+            window_logits.append(net(video.to(device)).float().cpu().numpy())
+            test_labels.append(labels)
+            test_ids.append(ids)
+    if not window_logits:
+        raise ValueError(f"{task}: no labelled window in the test split")
+    test_y, test_ids = np.concatenate(test_labels), np.concatenate(test_ids)
+    _, video_logits = group_mean(np.concatenate(window_logits), test_ids)
     video_targets = _per_video_targets(test_y, test_ids, task)  # same sorted-id order
     result = score_predictions(video_logits, video_targets, num_classes, multilabel=False)
-    result.metrics.update({"num_train_windows": int(len(train_x)),
-                           "num_test_windows": int(len(test_x)), "steps": settings.steps,
+    # None when the steps ended within the first pass over the train split
+    result.metrics.update({"num_train_windows": stream.windows_per_epoch or None,
+                           "num_test_windows": int(len(test_y)), "steps": settings.steps,
                            "final_train_loss": float(loss.item())})
     return result
 

@@ -1,17 +1,17 @@
 """Checkpoint -> evaluation -> report -> promotion decision, the whole `vatt evaluate` job.
 
-    folder = resolve_checkpoint("latest", cfg.train.storage_path)
-    outcome = evaluate_checkpoint(folder, data, tasks)      # data[task][split]: batches
+    store = ObjectStore.from_config(cfg.storage)
+    loaded = load_checkpoint_for_eval(resolve_checkpoint("latest", storage_path, store), (), store)
+    outcome = evaluate_checkpoint(loaded, data, tasks, store=store)   # data[task][split]: batches
 
-A checkpoint is a folder written by vatt.train (model.pt, config.yaml, state.json,
-data_version.json); a local folder or an s3:// prefix (downloaded to a temporary folder).
+A checkpoint is a folder or s3:// prefix written by vatt.train; vatt.checkpoints owns its format
+and reads it. One evaluation reads the checkpoint's config, vocabulary and weights once: the
+weights' SHA-256 (from the same read) is what the registry records and checks its copy against.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,81 +20,22 @@ from typing import Any, Iterable, Mapping, Optional
 import torch
 from omegaconf import OmegaConf
 
-from vatt.config import Config, ConfigError, from_dict, replace, to_dict
-from vatt.evaluate.registry import (CheckpointError, Decision, Registry, RegistryError,
-                                    verify_checkpoint)
+from vatt.checkpoints import (CONFIG_FILE, MODEL_FILE, CheckpointError, file_uri, read_checkpoint,
+                              read_config, resolve_checkpoint)
+from vatt.config import Config, ConfigError, replace, to_dict
+from vatt.evaluate.registry import Decision, Registry, RegistryError
 from vatt.evaluate.report import write_report
 from vatt.evaluate.runner import evaluate_model
 from vatt.model import build_model
-from vatt.storage import ObjectStore, is_s3_uri
-
-CONFIG_FILE, STATE_FILE, DATA_VERSION_FILE = "config.yaml", "state.json", "data_version.json"
+from vatt.storage import ObjectStore
 
 log = logging.getLogger("vatt.evaluate")
-
-
-def _checkpoint_folders_local(root: Path) -> list[tuple[float, str]]:
-    return [((path / STATE_FILE).stat().st_mtime, str(path))
-            for path in root.glob("*/checkpoint_*") if (path / STATE_FILE).is_file()]
-
-
-def resolve_checkpoint(ref: str, storage_path: str, store: Optional[ObjectStore] = None) -> str:
-    """`ref` as given, or for "latest" the most recently written checkpoint of any run under
-    `storage_path` (train.storage_path: <storage_path>/<run>/checkpoint_*/)."""
-    if ref != "latest":
-        return ref
-    store = store or ObjectStore()
-    if is_s3_uri(storage_path):
-        found = []
-        for name in store.list(storage_path):
-            parts = name.split("/")
-            if len(parts) == 3 and parts[1].startswith("checkpoint_") and parts[2] == STATE_FILE:
-                uri = f"{storage_path.rstrip('/')}/{name}"
-                bucket, key = uri[len("s3://"):].split("/", 1)
-                head = store.client.head_object(Bucket=bucket, Key=key)
-                found.append((head["LastModified"].timestamp(), uri.rsplit("/", 1)[0]))
-    else:
-        found = _checkpoint_folders_local(Path(storage_path))
-    if not found:
-        raise CheckpointError(f"--checkpoint latest: no checkpoint under {storage_path} "
-                              "(train.storage_path); pretrain first or give a checkpoint folder")
-    return max(found)[1]
 
 
 # what the weights were trained for: an evaluation may not change these (spec: the model and the
 # input it sees; data.path, eval.*, storage.* are the evaluation's own)
 FROZEN_AT_EVALUATION = ("model", "data.num_frames", "data.fps", "data.frame_size",
                         "data.sample_rate", "data.max_text_tokens", "data.vocab_size")
-
-
-def _interpolations(node: Any, path: str = "") -> list[str]:
-    if isinstance(node, dict):
-        return [found for key, value in node.items()
-                for found in _interpolations(value, f"{path}.{key}" if path else str(key))]
-    if isinstance(node, list):
-        return [found for i, value in enumerate(node) for found in _interpolations(value, f"{path}[{i}]")]
-    return [path] if isinstance(node, str) and "${" in node else []
-
-
-def parse_saved_config(text: str, where: Any) -> Config:
-    """A checkpoint's config.yaml as written by training. It is data: an interpolation in it
-    (`${oc.env:SECRET}` would be resolved into reports and the registry) is refused, never
-    resolved."""
-    import yaml
-
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise CheckpointError(f"checkpoint config {where} is not YAML: {err}") from None
-    found = _interpolations(raw)
-    if found:
-        raise CheckpointError(f"checkpoint config {where} holds interpolations at "
-                              f"{', '.join(found[:5])}: a saved config is data and is not "
-                              "resolved; remove them (training never writes any)")
-    try:
-        return from_dict(raw)
-    except (ConfigError, Exception) as err:
-        raise CheckpointError(f"checkpoint config {where} is unusable: {err}") from None
 
 
 def with_eval_overrides(cfg: Config, overrides: Iterable[str], where: Any) -> Config:
@@ -118,80 +59,46 @@ def with_eval_overrides(cfg: Config, overrides: Iterable[str], where: Any) -> Co
 
 @dataclass
 class LoadedCheckpoint:
-    model: torch.nn.Module
-    config: Config
+    model: torch.nn.Module  # in eval mode, on the CPU
+    config: Config  # the checkpoint's own, plus the evaluation's overrides
     data_version: Any
     step: Optional[int]
-    vocab_words: Optional[tuple[str, ...]] = None  # None: a checkpoint from before they had one
+    vocab_words: Optional[tuple[str, ...]]  # None: a checkpoint from before they had one
+    uri: str  # the folder or s3:// prefix it was read from
+    weights_sha256: str  # of the weights file the model was loaded from
 
 
-def checkpoint_vocabulary(checkpoint: str | Path,
-                          store: Optional[ObjectStore] = None) -> Optional[tuple[str, ...]]:
-    """The word vocabulary a checkpoint (folder or s3:// prefix) was trained with; None (and a
-    warning) for one written before checkpoints carried it: the data's is used then."""
-    from vatt.train.checkpoint import VOCAB_FILE
-
-    uri = f"{str(checkpoint).rstrip('/')}/{VOCAB_FILE}"
-    store = store or ObjectStore()
-    if not store.exists(uri):
-        log.warning("checkpoint %s has no %s (written before checkpoints carried their "
-                    "vocabulary): captions are encoded with the data's, which must be the one it "
-                    "was trained with", checkpoint, VOCAB_FILE)
-        return None
-    return tuple(json.loads(store.read_text(uri))["words"])
-
-
-def checkpoint_config(checkpoint: str | Path, overrides: Iterable[str] = (),
-                      store: Optional[ObjectStore] = None) -> Config:
+def checkpoint_config(checkpoint: str | Path, overrides: Iterable[str],
+                      store: ObjectStore) -> Config:
     """The config a checkpoint (folder or s3:// prefix) was trained with, plus `overrides`.
     Raises CheckpointError naming the missing or unusable config file."""
-    config_uri = f"{str(checkpoint).rstrip('/')}/{CONFIG_FILE}"
-    try:
-        if is_s3_uri(str(checkpoint)):
-            text = (store or ObjectStore()).read_bytes(config_uri).decode()
-        else:
-            text = Path(config_uri).read_text()
-    except (FileNotFoundError, NotADirectoryError):
-        raise CheckpointError(f"checkpoint {checkpoint} has no {CONFIG_FILE}: it does not exist "
-                              "or it cannot be rebuilt without the config it was trained with"
-                              ) from None
-    except Exception as err:  # an object store error: no such key, no access
-        raise CheckpointError(f"checkpoint config {config_uri} cannot be read: {err}") from None
-    return with_eval_overrides(parse_saved_config(text, config_uri), overrides, config_uri)
+    return with_eval_overrides(read_config(checkpoint, store), overrides,
+                               file_uri(checkpoint, CONFIG_FILE))
 
 
-def load_checkpoint_for_eval(folder: str | Path, overrides: Iterable[str] = ()) -> LoadedCheckpoint:
-    """Build the model of the checkpoint's own config and load its weights (strict).
+def load_checkpoint_for_eval(checkpoint: str | Path, overrides: Iterable[str],
+                             store: ObjectStore) -> LoadedCheckpoint:
+    """Build the model of the checkpoint's own config and load its weights (strict); each file
+    of the checkpoint (folder or s3:// prefix) is read once.
 
     `overrides` (dotlist) change evaluation settings only (e.g. eval.probe_epochs=20); the model
     keys come from the checkpoint. Raises CheckpointError naming the missing or corrupt file.
     """
-    folder = Path(folder)
-    verify_checkpoint(folder)
-    config_path = folder / CONFIG_FILE
-    if not config_path.is_file():
-        raise CheckpointError(f"checkpoint {folder} has no {CONFIG_FILE}; it cannot be rebuilt "
-                              "without the config it was trained with")
-    cfg = with_eval_overrides(parse_saved_config(config_path.read_text(), config_path),
-                              overrides, config_path)
     from vatt.text import Vocabulary
 
-    vocab_words = checkpoint_vocabulary(folder)
-    model = build_model(cfg, Vocabulary(vocab_words) if vocab_words is not None else None)
+    saved = read_checkpoint(checkpoint, store)
+    cfg = with_eval_overrides(saved.config, overrides, file_uri(checkpoint, CONFIG_FILE))
+    vocabulary = Vocabulary(saved.vocab_words) if saved.vocab_words is not None else None
+    model = build_model(cfg, vocabulary)
     try:
-        model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu",
-                                         weights_only=True))
+        model.load_state_dict(saved.weights)
     except RuntimeError as err:
-        raise CheckpointError(f"checkpoint weights {folder / 'model.pt'} do not fit the model of "
-                              f"its {CONFIG_FILE}: {str(err).splitlines()[0]}") from None
+        raise CheckpointError(f"checkpoint weights {file_uri(checkpoint, MODEL_FILE)} do not fit "
+                              f"the model of its {CONFIG_FILE}: {str(err).splitlines()[0]}"
+                              ) from None
     model.eval()
-    data_version = None
-    if (folder / DATA_VERSION_FILE).is_file():
-        data_version = json.loads((folder / DATA_VERSION_FILE).read_text())
-    step = None
-    if (folder / STATE_FILE).is_file():
-        step = json.loads((folder / STATE_FILE).read_text()).get("step")
-    return LoadedCheckpoint(model, cfg, data_version, step, vocab_words)
+    return LoadedCheckpoint(model, cfg, saved.data_version, saved.step, saved.vocab_words,
+                            saved.uri, saved.weights_sha256)
 
 
 def _new_report_folder(cfg: Config, checkpoint: str, step: Optional[int],
@@ -209,8 +116,9 @@ def _new_report_folder(cfg: Config, checkpoint: str, step: Optional[int],
 
 
 # the evaluation settings that change a metric's value (where the report goes does not)
+# nor where it ran: eval.device (a GPU's float rounding is not another evaluation)
 _SETTINGS_NOT_IN_IDENTITY = ("output_path", "registry_path", "promotion_metric", "tasks",
-                             "promote_incomparable", "promotion_margin")
+                             "promote_incomparable", "promotion_margin", "device")
 
 
 def evaluation_identity(cfg: Config, data: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -245,38 +153,41 @@ class EvaluationOutcome:
     decision: Optional[Decision]
 
 
-def evaluate_checkpoint(checkpoint: str, data: Mapping[str, Mapping[str, Iterable[dict]]],
+def evaluate_checkpoint(checkpoint: str | LoadedCheckpoint,
+                        data: Mapping[str, Mapping[str, Iterable[dict]]],
                         tasks: Optional[Iterable[str]] = None, overrides: Iterable[str] = (),
-                        promote: bool = True, store: Optional[ObjectStore] = None,
-                        device: str | torch.device = "cpu") -> EvaluationOutcome:
-    """Load, evaluate, write the report to <eval.output_path>/<run id>/ and, if `promote`,
-    put the result through the registry's promotion gate."""
-    store = store or ObjectStore()
-    with tempfile.TemporaryDirectory() as tmp:
-        local = checkpoint
-        if is_s3_uri(checkpoint):
-            store.download_dir(checkpoint, tmp)
-            local = tmp
-        loaded = load_checkpoint_for_eval(local, overrides)
-        cfg = loaded.config
-        results = evaluate_model(loaded.model, cfg, tasks, data, device=device)
-        identity = evaluation_identity(cfg, data)
-        results.update(checkpoint=str(checkpoint), step=loaded.step, config_name=cfg.name,
-                       data_version=loaded.data_version, evaluation=identity)
-        report_uri = write_report(results, _new_report_folder(cfg, checkpoint, loaded.step, store),
-                                  store)
-        decision = None
-        if promote:
-            try:
-                decision = Registry(cfg.eval.registry_path, store).consider(
-                    local if not is_s3_uri(checkpoint) else checkpoint, config=to_dict(cfg),
-                    data_version=loaded.data_version, metrics=results["metrics"],
-                    metric=cfg.eval.promotion_metric, evaluation=identity,
-                    promote_incomparable=cfg.eval.promote_incomparable,
-                    margin=cfg.eval.promotion_margin)
-            except RegistryError as err:  # the results are kept: say where they are
-                raise RegistryError(f"{err} (the evaluation itself is saved: {report_uri}; "
-                                    "`vatt evaluate --no-promote` skips the gate)") from None
+                        promote: bool = True, *, store: ObjectStore,
+                        device: Optional[str | torch.device] = None) -> EvaluationOutcome:
+    """Evaluate a checkpoint (a folder or s3:// prefix, loaded here with `overrides`, or one
+    `load_checkpoint_for_eval` has loaded), write the report to <eval.output_path>/<run id>/
+    and, if `promote`, put the result through the registry's promotion gate. `store` (built
+    from cfg.storage by the caller) reads the checkpoint and writes the report and registry;
+    the model runs on `device` (default: the evaluated config's eval.device)."""
+    if isinstance(checkpoint, LoadedCheckpoint):
+        if list(overrides):
+            raise ValueError("evaluate_checkpoint: a loaded checkpoint already has its overrides; "
+                             "pass them to load_checkpoint_for_eval")
+        loaded = checkpoint
+    else:
+        loaded = load_checkpoint_for_eval(checkpoint, overrides, store)
+    cfg = loaded.config
+    results = evaluate_model(loaded.model, cfg, tasks, data, device=device)
+    identity = evaluation_identity(cfg, data)
+    results.update(checkpoint=loaded.uri, step=loaded.step, config_name=cfg.name,
+                   data_version=loaded.data_version, evaluation=identity)
+    report_uri = write_report(results, _new_report_folder(cfg, loaded.uri, loaded.step, store),
+                              store)
+    decision = None
+    if promote:
+        try:
+            decision = Registry(cfg.eval.registry_path, store).consider(
+                loaded.uri, config=to_dict(cfg), data_version=loaded.data_version,
+                metrics=results["metrics"], metric=cfg.eval.promotion_metric,
+                evaluation=identity, promote_incomparable=cfg.eval.promote_incomparable,
+                margin=cfg.eval.promotion_margin, weights_sha256=loaded.weights_sha256)
+        except RegistryError as err:  # the results are kept: say where they are
+            raise RegistryError(f"{err} (the evaluation itself is saved: {report_uri}; "
+                                "`vatt evaluate --no-promote` skips the gate)") from None
     return EvaluationOutcome(results, report_uri, decision)
 
 
@@ -285,25 +196,24 @@ def run_evaluation(checkpoint: str, cfg: Config, overrides: Iterable[str] = (),
                    datasets: Optional[Mapping[str, str]] = None,
                    promote: bool = True) -> EvaluationOutcome:
     """The `vatt evaluate` job: resolve `checkpoint` ("latest" looks under cfg.train.storage_path),
-    read its config (+ `overrides`: eval.*, data.path, ...), build data[task][split] from the
-    ingested datasets (vatt.evaluate.data) and evaluate, report and (if `promote`) gate it."""
+    load it with its own config (+ `overrides`: eval.*, data.path, ...), build data[task][split]
+    from the ingested datasets (vatt.evaluate.data) and evaluate, report and (if `promote`) gate
+    it. The checkpoint's files are read once, through the store `cfg.storage` configures."""
     from vatt.evaluate.data import build_eval_data, describe_data
 
     store = ObjectStore.from_config(cfg.storage)  # the endpoint, region and timeouts configured
     folder = resolve_checkpoint(checkpoint, cfg.train.storage_path, store)
-    run_cfg = checkpoint_config(folder, overrides, store)
-    tasks = list(tasks or run_cfg.eval.tasks)
+    loaded = load_checkpoint_for_eval(folder, overrides, store)
+    tasks = list(tasks or loaded.config.eval.tasks)
     log.info("evaluating checkpoint %s on %s", folder, ", ".join(tasks))
     from vatt.console import init_ray
 
     init_ray()  # the loader reads through Ray Data
     # captions encoded with the checkpoint's own vocabulary, not whatever data.path holds now
-    data = build_eval_data(run_cfg, tasks, datasets,
-                           vocab_words=checkpoint_vocabulary(folder, store))
+    data = build_eval_data(loaded.config, tasks, datasets, vocab_words=loaded.vocab_words)
     for line in describe_data(data):
         log.info("  %s", line)
-    return evaluate_checkpoint(folder, data, tasks, overrides=overrides, promote=promote,
-                               store=store)
+    return evaluate_checkpoint(loaded, data, tasks, promote=promote, store=store)
 
 
 def describe_decision(decision: Decision) -> str:
@@ -315,7 +225,6 @@ def describe_decision(decision: Decision) -> str:
             f"({decision.reason})")
 
 
-__all__ = ["resolve_checkpoint", "load_checkpoint_for_eval", "evaluate_checkpoint",
-           "checkpoint_config", "run_evaluation", "describe_decision", "parse_saved_config",
-           "with_eval_overrides", "FROZEN_AT_EVALUATION", "evaluation_identity",
-           "LoadedCheckpoint", "EvaluationOutcome"]
+__all__ = ["load_checkpoint_for_eval", "evaluate_checkpoint", "checkpoint_config",
+           "run_evaluation", "describe_decision", "with_eval_overrides", "FROZEN_AT_EVALUATION",
+           "evaluation_identity", "LoadedCheckpoint", "EvaluationOutcome"]

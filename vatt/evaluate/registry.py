@@ -8,16 +8,19 @@ The registry is one JSON document, `<registry_path>/registry.json`:
 A model entry is what a promoted model *is*: the checkpoint reference (path or URI) with the
 SHA-256 of its weights file, the config (as a dict), the data version it was trained on and the
 metrics it was evaluated with. Promotion keeps the model: the checkpoint's weights, config,
-vocabulary and provenance files are copied to `<registry_path>/models/<weights sha256[:16]>/`,
-and that copy is the entry's `checkpoint` (`source_checkpoint` is where it came from), so a
-promoted model still loads after its run has gone on and Ray Train has rotated its checkpoints. A candidate is promoted when its value of the configured metric is
-not worse than the promoted model's (direction from vatt.evaluate.metrics.LOWER_IS_BETTER); the
-first candidate is promoted. Every decision is appended with both numbers, promoted or not.
+vocabulary and provenance files (vatt.checkpoints.MODEL_FILES) are copied to
+`<registry_path>/models/<weights sha256[:16]>/`, and that copy is the entry's `checkpoint`
+(`source_checkpoint` is where it came from), so a promoted model still loads after its run has
+gone on and Ray Train has rotated its checkpoints. A candidate is promoted when its value of the
+configured metric is not worse than the promoted model's (direction from
+vatt.evaluate.metrics.LOWER_IS_BETTER); the first candidate is promoted. Every decision is
+appended with both numbers, promoted or not.
 
 Safety: the candidate's checkpoint is checked (present, weights readable, hash) before anything is
-written, and the document is replaced atomically (locally: a temporary file renamed over it; on
-S3: a single PUT), so a failed evaluation or a corrupt checkpoint leaves the registry exactly as
-it was. Both the registry and the checkpoint may be local folders or s3:// prefixes (through
+written (by the evaluation that loaded it, or here), the registry's copy is checked against that
+hash, and the document is replaced atomically (locally: a temporary file renamed over it; on S3:
+a single PUT), so a failed evaluation or a corrupt checkpoint leaves the registry exactly as it
+was. Both the registry and the checkpoint may be local folders or s3:// prefixes (through
 vatt.storage.ObjectStore). Concurrent writers never lose each other's decisions: a local
 registry is serialised by an exclusive lock file; on S3 each decision is a compare-and-swap (a
 PUT conditional on the ETag read, or on there being no document yet), re-read and re-decided
@@ -29,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -37,25 +39,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from vatt.checkpoints import (MODEL_FILE, MODEL_FILES, CheckpointError, file_uri,
+                              verify_checkpoint)
 from vatt.evaluate.metrics import is_better_or_equal
 from vatt.storage import ObjectStore, is_s3_uri
 
 REGISTRY_FILE = "registry.json"
 CAS_ATTEMPTS = 20  # S3: re-reads when other evaluations keep writing first
 MODELS_DIR = "models"
-# what a promoted model needs to be evaluated and traced (not the optimiser or worker RNG files)
-KEPT_FILES = ("model.pt", "config.yaml", "vocab.json", "data_version.json", "state.json",
-              "history.json")
 LOCK_FILE = "registry.lock"
-MODEL_FILE = "model.pt"  # the weights file inside a checkpoint folder (vatt.train.checkpoint)
 
 
 class RegistryError(RuntimeError):
     """The registry document cannot be read or the candidate cannot be registered."""
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, incomplete or unreadable; the message says which file."""
 
 
 @dataclass
@@ -91,48 +87,6 @@ def _describe(part: Optional[dict[str, Any]]) -> str:
             + ")")
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def verify_checkpoint(checkpoint: str | Path, store: Optional[ObjectStore] = None) -> str:
-    """Check that `checkpoint` (folder or s3:// prefix) holds weights that load; return their
-    SHA-256. Raises CheckpointError naming the missing or corrupt file.
-    """
-    if is_s3_uri(str(checkpoint)):
-        store = store or ObjectStore()
-        remote = f"{str(checkpoint).rstrip('/')}/{MODEL_FILE}"
-        if not store.exists(remote):
-            raise CheckpointError(f"checkpoint {checkpoint} has no {MODEL_FILE}: it is missing, "
-                                  "incomplete or not a vatt checkpoint")
-        with tempfile.TemporaryDirectory() as tmp:
-            store.download_file(remote, Path(tmp) / MODEL_FILE)
-            return verify_checkpoint(tmp)
-    import torch  # local: reading the registry does not need torch
-
-    folder = Path(checkpoint)
-    weights = folder / MODEL_FILE
-    if not folder.is_dir():
-        raise CheckpointError(f"checkpoint {folder} does not exist or is not a folder; give a "
-                              "checkpoint folder written by `vatt train` (checkpoint_<step>/)")
-    if not weights.is_file():
-        raise CheckpointError(f"checkpoint {folder} has no {MODEL_FILE}: it is incomplete or not "
-                              "a vatt checkpoint")
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated/garbled files
-        raise CheckpointError(f"checkpoint weights {weights} cannot be read ({type(err).__name__}:"
-                              f" {err}); the file is corrupt, re-copy it or pick another "
-                              "checkpoint") from None
-    if not isinstance(state, dict) or not state:
-        raise CheckpointError(f"checkpoint weights {weights} hold no state_dict")
-    return file_sha256(weights)
-
-
 def lookup_metric(metrics: dict[str, Any], name: str) -> float:
     """Value of a flat "<task>.<metric>" name; the error lists what is available."""
     if name not in metrics:
@@ -148,9 +102,9 @@ def lookup_metric(metrics: dict[str, Any], name: str) -> float:
 class Registry:
     """The registry at a local folder or s3:// prefix (`eval.registry_path`)."""
 
-    def __init__(self, root: str | Path, store: Optional[ObjectStore] = None):
+    def __init__(self, root: str | Path, store: ObjectStore):
         self.is_s3 = is_s3_uri(str(root))
-        self.store = store or ObjectStore()
+        self.store = store
         self.root = str(root).rstrip("/") if self.is_s3 else Path(root)
         self.path = f"{self.root}/{REGISTRY_FILE}" if self.is_s3 else self.root / REGISTRY_FILE
 
@@ -188,17 +142,19 @@ class Registry:
             lock.unlink(missing_ok=True)
 
     def keep(self, checkpoint: str | Path, weights_sha256: str) -> str:
-        """Copy the checkpoint's KEPT_FILES into the registry; returns the copy's location."""
+        """Copy the checkpoint's model files (vatt.checkpoints.MODEL_FILES) into the registry;
+        returns the copy's location."""
         source = str(checkpoint).rstrip("/")
         target = f"{self.root}/{MODELS_DIR}/{weights_sha256[:16]}"
-        for name in KEPT_FILES:
-            if self.store.exists(f"{source}/{name}"):
-                self.store.write_bytes(f"{target}/{name}", self.store.read_bytes(f"{source}/{name}"))
-        copied = self.store.read_bytes(f"{target}/{MODEL_FILE}")
+        for name in MODEL_FILES:
+            if self.store.exists(file_uri(source, name)):
+                self.store.write_bytes(file_uri(target, name),
+                                       self.store.read_bytes(file_uri(source, name)))
+        copied = self.store.read_bytes(file_uri(target, MODEL_FILE))
         if hashlib.sha256(copied).hexdigest() != weights_sha256:
-            raise RegistryError(f"the copy of {source}/{MODEL_FILE} in {target} does not match its "
-                                "SHA-256 (the checkpoint changed while it was promoted); evaluate "
-                                "again")
+            raise RegistryError(f"the copy of {file_uri(source, MODEL_FILE)} in {target} does not "
+                                "match its SHA-256 (the checkpoint changed while it was "
+                                "promoted); evaluate again")
         return target
 
     def _write(self, doc: dict[str, Any]) -> None:
@@ -208,7 +164,8 @@ class Registry:
     def consider(self, checkpoint: str | Path, *, config: dict[str, Any],
                  data_version: Any, metrics: dict[str, Any], metric: str,
                  evaluation: Optional[dict[str, Any]] = None,
-                 promote_incomparable: bool = True, margin: float = 0.0) -> Decision:
+                 promote_incomparable: bool = True, margin: float = 0.0,
+                 weights_sha256: Optional[str] = None) -> Decision:
         """Decide whether the evaluated checkpoint replaces the promoted model, record it.
 
         `metrics` is the flat "<task>.<metric>" dict of the evaluation; `evaluation` its
@@ -217,10 +174,14 @@ class Registry:
         comparable incumbent, the decision says so, and `promote_incomparable`
         (eval.promote_incomparable) decides. With a `margin` (eval.promotion_margin, the
         metric's measured run-to-run noise) the candidate must be better by at least that much.
+        `weights_sha256`: the hash of the weights the caller has already read and loaded
+        (vatt.checkpoints.read_checkpoint), so they are not read again; None: they are read and
+        checked here. Either way the registry's copy must match it.
         Raises CheckpointError or RegistryError (and leaves the registry unchanged) when the
         candidate or the registry is unusable.
         """
-        weights_sha256 = verify_checkpoint(checkpoint, self.store)
+        if weights_sha256 is None:
+            weights_sha256 = verify_checkpoint(checkpoint, self.store)
         value = lookup_metric(metrics, metric)
         decide = dict(checkpoint=checkpoint, weights_sha256=weights_sha256, config=config,
                       data_version=data_version, metrics=metrics, metric=metric, value=value,
@@ -301,5 +262,5 @@ class Registry:
         return decision
 
 
-__all__ = ["Registry", "Decision", "RegistryError", "CheckpointError", "verify_checkpoint",
-           "lookup_metric", "file_sha256", "comparable_part"]
+__all__ = ["Registry", "Decision", "RegistryError", "CheckpointError", "lookup_metric",
+           "comparable_part"]

@@ -126,20 +126,19 @@ def write_report_folder(results: dict[str, Any], folder: str | Path) -> dict[str
     return written
 
 
-def write_report(results: dict[str, Any], destination: str,
-                 store: "ObjectStore | None" = None) -> str:
+def write_report(results: dict[str, Any], destination: str, store: "ObjectStore") -> str:
     """Write the report to `destination`, a local folder or an s3:// prefix; returns it.
 
-    For s3://, the files are written to a temporary folder and uploaded with vatt.storage.
+    For s3://, the files are written to a temporary folder and uploaded through `store`.
     """
-    from vatt.storage import ObjectStore, is_s3_uri
+    from vatt.storage import is_s3_uri
 
     if not is_s3_uri(destination):
         write_report_folder(results, destination)
         return destination
     with tempfile.TemporaryDirectory() as tmp:
         write_report_folder(results, tmp)
-        (store or ObjectStore()).upload_dir(tmp, destination)
+        store.upload_dir(tmp, destination)
     return destination
 
 

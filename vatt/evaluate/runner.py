@@ -28,7 +28,7 @@ import torch
 
 from vatt.config import Config, ConfigError
 from vatt.evaluate import finetune, probes, retrieval
-from vatt.evaluate.features import Features, extract_features
+from vatt.evaluate.features import Features, extract_features, resolve_device
 
 # task -> (modalities its batches must carry, splits it reads)
 TASKS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -163,12 +163,16 @@ def _add_result(results: dict[str, Any], task: str, body: dict[str, Any]) -> Non
 
 
 def _run_model_task(task: str, model: torch.nn.Module, splits: Mapping[str, Iterable[dict]],
-                    cfg: Config, device: str | torch.device) -> dict[str, Any]:
+                    cfg: Config, device: torch.device) -> dict[str, Any]:
     """A task of MODEL_TASKS on the raw batches of its splits; a JSON-ready dict."""
     train, test = splits["train"], splits["test"]
-    labels = {name: np.concatenate([np.asarray(b["label"]) for b in split])
-              for name, split in (("train", train), ("test", test))}
-    num_classes = _num_classes(task, labels["train"], labels["test"], train, test)
+    declared = {n for n in (getattr(s, "num_classes", None) for s in (train, test)) if n}
+    if len(declared) == 1:  # the manifest's count; fine-tuning checks every label against it
+        (num_classes,) = declared
+    else:  # batches held in memory: their labels are at hand
+        labels = {name: np.concatenate([np.asarray(b["label"]) for b in split])
+                  for name, split in (("train", train), ("test", test))}
+        num_classes = _num_classes(task, labels["train"], labels["test"], train, test)
     found = finetune.finetune_action(model, train, test, num_classes,
                                      finetune.FinetuneSettings.from_config(cfg.eval),
                                      device=device, task=task)
@@ -177,13 +181,16 @@ def _run_model_task(task: str, model: torch.nn.Module, splits: Mapping[str, Iter
 
 def evaluate_model(model: torch.nn.Module, cfg: Config, tasks: Optional[Iterable[str]] = None,
                    data: Optional[Mapping[str, Mapping[str, Iterable[dict]]]] = None,
-                   device: str | torch.device = "cpu") -> dict[str, Any]:
+                   device: Optional[str | torch.device] = None) -> dict[str, Any]:
     """Extract features with `model` (eval mode) from data[task][split] and run the tasks.
 
-    A source object shared by several tasks is read once, so sources must be re-iterable
-    (lists of batches, datasets), not one-shot generators.
-    Deterministic: the model runs without DropToken or dropout and the probes are seeded.
+    A source object shared by several tasks is read once for its features, so sources must be
+    re-iterable (lists of batches, vatt.evaluate.data.EvalSplit), not one-shot generators.
+    Extraction and fine-tuning run on `device` (default eval.device); the model is back where
+    it was afterwards. Deterministic: the model runs without DropToken or dropout and the
+    probes are seeded.
     """
+    device = resolve_device(device if device is not None else cfg.eval.device)
     tasks = check_tasks(tasks or cfg.eval.tasks)
     if data is None:
         raise ValueError("evaluate_model needs data[task][split] batches; build them with the "
@@ -200,8 +207,13 @@ def evaluate_model(model: torch.nn.Module, cfg: Config, tasks: Optional[Iterable
             if task not in MODEL_TASKS:  # those read the batches themselves
                 source = data[task][split]
                 needs.setdefault(id(source), (source, set()))[1].update(modalities)
-    extracted = {key: extract_features(model, source, sorted(modalities), device=device)
-                 for key, (source, modalities) in needs.items()}
+    home = next(model.parameters()).device
+    try:
+        model.to(device)
+        extracted = {key: extract_features(model, source, sorted(modalities), device=device)
+                     for key, (source, modalities) in needs.items()}
+    finally:
+        model.to(home)
     for key, (source, _) in needs.items():  # e.g. vatt.evaluate.data.EvalSplit: the manifest's
         extracted[key].num_classes = getattr(source, "num_classes", None)
     feature_tasks = [task for task in tasks if task not in MODEL_TASKS]

@@ -1,20 +1,9 @@
-"""What a pretraining checkpoint holds, and how it is written and read back.
+"""Writing a pretraining checkpoint and restoring a run from it (the training side of the format
+that vatt.checkpoints describes and owns: file names, layout, reading for evaluation).
 
-One checkpoint is one folder, `<storage_path>/<run_name>/checkpoint_<step:08d>/`, merged by Ray
-Train from what every worker wrote:
-
-    model.pt          state_dict of the bare model (no DDP / compile wrapper)      rank 0
-    optimizer.pt      Adam state                                                   rank 0
-    state.json        step, LR-schedule position and value, data position, world   rank 0
-    history.json      every logged metrics row so far                              rank 0
-    config.yaml       the full config the run trains with                          rank 0
-    data_version.json the data version (data.dvc hash) of the dataset trained on   rank 0
-    vocab.json        the word vocabulary the run encodes captions with: fixed at  rank 0
-                      the run's start, so word ids never drift when data changes
-    worker_<r>.pt     RNG states (python, numpy, torch, cuda) + data position       each rank r
-
-The LR schedule is a pure function of the step and `train.optim` (both saved), so restoring the
-step restores the schedule.
+Rank 0 writes the model, optimiser, state, history, config, data version and vocabulary; every
+rank writes its RNG states and data position (`worker_<rank>.pt`). The LR schedule is a pure
+function of the step and `train.optim` (both saved), so restoring the step restores the schedule.
 """
 
 from __future__ import annotations
@@ -29,23 +18,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from vatt.checkpoints import (CONFIG_FILE, DATA_VERSION_FILE, HISTORY_FILE, MODEL_FILE,
+                              OPTIMIZER_FILE, STATE_FILE, VOCAB_FILE, worker_file)
 from vatt.config import Config, to_yaml
-
-MODEL_FILE = "model.pt"
-OPTIMIZER_FILE = "optimizer.pt"
-STATE_FILE = "state.json"
-HISTORY_FILE = "history.json"
-CONFIG_FILE = "config.yaml"
-DATA_VERSION_FILE = "data_version.json"
-VOCAB_FILE = "vocab.json"  # {"words": [pad, unk, ...]}, as vatt.text.Vocabulary.save writes it
-
-
-def checkpoint_dir_name(step: int) -> str:
-    return f"checkpoint_{step:08d}"
-
-
-def worker_file(rank: int) -> str:
-    return f"worker_{rank}.pt"
 
 
 @dataclass
@@ -102,7 +77,7 @@ def save_checkpoint(folder: str | Path, *, rank: int, state: TrainState, model: 
                     optimizer: torch.optim.Optimizer, cfg: Config,
                     data_version: Optional[dict[str, Any]],
                     vocab_words: Optional[list[str] | tuple[str, ...]] = None) -> None:
-    """Write this worker's share of a checkpoint into `folder` (see the module docstring)."""
+    """Write this worker's share of a checkpoint into `folder` (the files of vatt.checkpoints)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save({"rng": rng_state(), "data": asdict(state.data)}, folder / worker_file(rank))
@@ -118,15 +93,6 @@ def save_checkpoint(folder: str | Path, *, rank: int, state: TrainState, model: 
     (folder / DATA_VERSION_FILE).write_text(json.dumps(data_version, indent=2))
     if vocab_words is not None:
         (folder / VOCAB_FILE).write_text(json.dumps({"words": list(vocab_words)}, indent=0) + "\n")
-
-
-def read_vocab_words(folder: str | Path) -> Optional[tuple[str, ...]]:
-    """The vocabulary a checkpoint was trained with (None for a checkpoint from before
-    checkpoints carried one)."""
-    path = Path(folder) / VOCAB_FILE
-    if not path.is_file():
-        return None
-    return tuple(json.loads(path.read_text())["words"])
 
 
 class CheckpointMismatchError(ValueError):

@@ -26,9 +26,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from vatt.checkpoints import checkpoint_dir_name
 from vatt.config import Config, from_dict
-from vatt.train.checkpoint import (DataPosition, TrainState, checkpoint_dir_name, load_checkpoint,
-                                   save_checkpoint, seed_everything)
+from vatt.train.checkpoint import (DataPosition, TrainState, load_checkpoint, save_checkpoint,
+                                   seed_everything)
 from vatt.train.schedule import build_optimizer, set_learning_rate
 from vatt.train.sync_batchnorm import convert_batchnorm
 from vatt.train.validation import Validator, validation_due

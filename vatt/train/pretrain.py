@@ -21,13 +21,13 @@ from dataclasses import dataclass, replace as dc_replace
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+# the run folder's history and vocabulary are written as a checkpoint's
+from vatt.checkpoints import HISTORY_FILE as HISTORY_JSON, VOCAB_FILE as VOCAB_JSON
 from vatt.config import Config, ConfigError, load_config, to_dict
 from vatt.train.checkpoint import read_history
 from vatt.train.preflight import PreflightError, check_config, check_resources, check_storage
 
-HISTORY_JSON = "history.json"
 LOSS_CURVE_PNG = "loss_curve.png"
-VOCAB_JSON = "vocab.json"
 
 log = logging.getLogger("vatt.train")
 
