@@ -404,7 +404,8 @@ def test_a_long_file_is_ingested_in_bounded_memory(tmp_path):
         # ingest holds, not how glibc's heap happened to fragment (seen to add ~100 MiB once)
         "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
     run = subprocess.run([sys.executable, "-c", _PEAK_RSS, str(src), str(tmp_path / "out"),
-                          *overrides], capture_output=True, text=True, env=env, timeout=600)
+                          *overrides], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     measured = json.loads(run.stdout.strip().splitlines()[-1])
     assert measured["clips"] == 50  # 160 s / 3.2 s
