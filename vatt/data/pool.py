@@ -18,7 +18,7 @@ with the data modules and torch imported), not a fork of the parent and its thre
 worker holds no file descriptor but its own pipe's end, so a killed worker's pipe always reads
 as closed. Ctrl-C and SIGTERM are handled once, by the parent (workers ignore SIGINT and end on
 SIGTERM); on any exit of `map_in_processes` every worker is ended and reaped, and a worker whose
-parent is gone ends by itself (its pipe closes).
+parent is gone ends by itself (its pipe closes). A forkserver that dies is started again.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from __future__ import annotations
 import multiprocessing
 import pickle
 import signal
+import time
 import traceback
 from collections import deque
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from typing import Any, Callable, Optional, Sequence
 # imported once in the forkserver, so that each worker starts in milliseconds, not seconds
 _PRELOAD = ["vatt.data.ingest", "vatt.data.synthetic", "torch", "torchaudio"]
 _STOP_WAIT_S = 5.0  # how long a worker asked to stop may take before it is killed
+_START_ATTEMPTS = 3  # a worker's start fails when the forkserver has just been killed
 
 
 @dataclass
@@ -85,11 +87,24 @@ class _Worker:
     """One worker process, its end of the pipe, and the task it runs (None: idle)."""
 
     def __init__(self, context: Any, fn: Callable[[Any], Any]) -> None:
-        self.conn, child_end = context.Pipe(duplex=True)
-        self.process = context.Process(target=_worker, args=(child_end, fn), daemon=True,
-                                       name="vatt-data-worker")
-        self.process.start()
-        child_end.close()  # the worker's end lives in the worker alone: its death closes it
+        for attempt in range(_START_ATTEMPTS):
+            self.conn, child_end = context.Pipe(duplex=True)
+            self.process = context.Process(target=_worker, args=(child_end, fn), daemon=True,
+                                           name="vatt-data-worker")
+            try:
+                self.process.start()
+                break
+            except (EOFError, OSError) as err:
+                # the forkserver died (killed); the next start launches a new one
+                self.conn.close()
+                if attempt == _START_ATTEMPTS - 1:
+                    raise RuntimeError(
+                        f"could not start a data worker process ({type(err).__name__}: {err}) "
+                        f"in {_START_ATTEMPTS} tries: the multiprocessing forkserver keeps "
+                        "dying; check the system's memory and process limits") from err
+                time.sleep(0.2)
+            finally:
+                child_end.close()  # the worker's end lives in the worker alone: its death closes it
         self.index: Optional[int] = None
 
     def give(self, index: int, task: Any) -> bool:
