@@ -21,6 +21,13 @@ A shard holds the clips of up to `data.ingest.media_per_shard` raw files of one 
 content depends on those files only: a re-run re-uses every shard whose inputs and parameters
 are unchanged (same fingerprint and checksum) and rewrites only the others; encoding and tar
 headers are deterministic, so rewritten shards are byte-identical too. The raw input is only read.
+
+A raw file is decoded as a stream and each clip is encoded as soon as its end has been decoded,
+so an ingest's memory does not grow with the length of its files (an hour of video decoded
+whole at 224 px would take about 10 GB); the clip files wait in a spool on disk until their raw
+file has decoded to its end (a truncated file gives no clip), then go into the shard's tar.
+Shards are written by a pool of worker processes (`vatt.data.pool`) that survives a worker's
+death: its shard is written again, or its files are quarantined if it dies twice.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import os
 import re
 import shutil
 import tarfile
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -42,7 +50,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from vatt.config import Config
-from vatt.data.media import MediaError, encode_video, encode_wav, load_media
+from vatt.data.media import MediaDecoder, MediaError, encode_video, encode_wav
 from vatt.data.pool import WorkerDied, map_in_processes
 from vatt.data.sources import READERS, ClipSpec, LayoutError, SourceIndex, WorkItem
 
@@ -171,6 +179,12 @@ def _nearest_captions(narration: list[tuple[float, float, str]], start: float, e
     return sorted(sorted(narration, key=distance)[:count], key=lambda n: n[0])
 
 
+def _narrated(item: WorkItem, start: float, end: float, params: dict) -> tuple[ClipSpec, list]:
+    """A cut clip with the narrations nearest to it as captions (and their times)."""
+    near = _nearest_captions(item.narration, start, end, params["num_text_candidates"])
+    return ClipSpec(start, end, [n[2] for n in near]), [[n[0], n[1]] for n in near]
+
+
 def _cut(item: WorkItem, duration: float, params: dict) -> list[tuple[ClipSpec, list]]:
     """Clip specs (with their narration windows) to cut from a media of `duration` seconds."""
     if item.clips is not None:
@@ -180,70 +194,230 @@ def _cut(item: WorkItem, duration: float, params: dict) -> list[tuple[ClipSpec, 
     bounds = [(k * length, (k + 1) * length) for k in range(count)]
     if not bounds and duration >= params["min_seconds"]:
         bounds = [(0.0, duration)]
-    out = []
-    for start, end in bounds:
-        near = _nearest_captions(item.narration, start, end, params["num_text_candidates"])
-        out.append((ClipSpec(start, end, [n[2] for n in near]), [[n[0], n[1]] for n in near]))
-    return out
+    return [_narrated(item, start, end, params) for start, end in bounds]
 
 
-def _process_item(root: Path, source: str, item: WorkItem, params: dict
-                  ) -> tuple[list[tuple[str, bytes]], list[dict], list[dict]]:
-    """Decode one raw file and encode its clips: (tar members, clip records, bad entries)."""
-    try:
-        media = load_media(root / item.media, fps=params["fps"], short_side=params["short_side"],
-                           sample_rate=params["sample_rate"], video=item.video, audio=item.audio)
-    except MediaError as err:
-        return [], [], [{"item": item.media, "kind": "media", "reason": str(err)}]
-    except Exception as err:  # a decoder fault on one file must not stop the whole run
-        return [], [], [{"item": item.media, "kind": "media",
-                         "reason": f"unreadable: {type(err).__name__}: {err}"}]
+def _settled_end(item: WorkItem, index: int, params: dict) -> float:
+    """Once the media surely lasts this long, clip `index` of `_cut`'s list is there with its
+    final bounds, whatever the media's whole duration (inf: known only at the end)."""
+    if item.clips is None:
+        return (index + 1) * params["clip_seconds"]
+    if index < len(item.clips) and item.clips[index].end is not None:
+        return item.clips[index].end
+    return float("inf")
+
+
+def _settled_clip(item: WorkItem, index: int, params: dict) -> tuple[ClipSpec, list]:
+    """Clip `index` of `_cut`'s list, once its end is settled (`_settled_end`)."""
+    if item.clips is None:
+        length = params["clip_seconds"]
+        return _narrated(item, index * length, (index + 1) * length, params)
+    return item.clips[index], []
+
+
+class _Window:
+    """The decoded frames and samples that clips not yet written may still need: media frame k
+    is `frames[k - frame_base]`, media sample j is `audio[j - sample_base]`."""
+
+    def __init__(self) -> None:
+        self.frames: list[np.ndarray] = []
+        self.frame_shape: tuple[int, ...] = (0, 0, 3)
+        self.frame_base = 0
+        self.pieces: list[np.ndarray] = []  # audio, joined when read
+        self.sample_base = 0
+
+    @property
+    def frames_end(self) -> int:
+        return self.frame_base + len(self.frames)
+
+    @property
+    def samples_end(self) -> int:
+        return self.sample_base + sum(len(p) for p in self.pieces)
+
+    def add(self, frames: list[np.ndarray], samples: Optional[np.ndarray]) -> None:
+        if frames:
+            self.frame_shape = frames[0].shape
+        self.frames += frames
+        if samples is not None and len(samples):
+            self.pieces.append(samples)
+
+    def video(self, first: int, stop: int) -> np.ndarray:
+        assert first >= self.frame_base, "a clip needs frames the window has dropped"
+        frames = self.frames[first - self.frame_base:max(0, stop - self.frame_base)]
+        if not frames:  # a clip past the end of the video (the audio lasts longer)
+            return np.zeros((0, *self.frame_shape), np.uint8)
+        return np.stack(frames)  # (N, H, W, 3)
+
+    def audio(self, first: int, stop: int) -> np.ndarray:
+        if len(self.pieces) > 1:
+            self.pieces = [np.concatenate(self.pieces)]
+        joined = self.pieces[0] if self.pieces else np.zeros(0, np.float32)
+        assert first >= self.sample_base, "a clip needs samples the window has dropped"
+        return joined[first - self.sample_base:max(0, stop - self.sample_base)]
+
+    def drop_before(self, frame: int, sample: int) -> None:
+        """Forget what lies before media frame `frame` and media sample `sample`."""
+        cut = min(max(0, frame - self.frame_base), len(self.frames))
+        del self.frames[:cut]
+        self.frame_base += cut
+        if self.pieces:
+            joined = self.audio(self.sample_base, self.samples_end)
+            cut = min(max(0, sample - self.sample_base), len(joined))
+            self.pieces = [joined[cut:]] if cut < len(joined) else []
+            self.sample_base += cut
+
+
+class _Spool:
+    """One raw file's clip files, kept on disk until the whole file has decoded well (a file
+    found truncated at its end contributes no clip), then appended to the shard's tar."""
+
+    def __init__(self, folder: Path) -> None:
+        self.file = tempfile.TemporaryFile(dir=folder)
+        self.members: list[tuple[str, int, int]] = []  # name, offset, size
+
+    def add(self, name: str, data: bytes) -> None:
+        self.members.append((name, self.file.tell(), len(data)))
+        self.file.write(data)
+
+    def append_to(self, tar: tarfile.TarFile) -> None:
+        for name, offset, size in self.members:
+            self.file.seek(offset)
+            tar.addfile(_tar_info(name, size), self.file)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _encode_clip(source: str, item: WorkItem, index: int, spec: ClipSpec, caption_times: list,
+                 end: float, window: _Window, decoder: MediaDecoder, params: dict,
+                 spool: _Spool) -> dict:
+    """Encode one clip (media time spec.start to `end`) into the spool; returns its record."""
     fps, rate = params["fps"], params["sample_rate"]
-    members, records, bad = [], [], []
-    for index, (spec, caption_times) in enumerate(_cut(item, media.duration, params)):
-        end = media.duration if spec.end is None else min(spec.end, media.duration)
-        where = f"{item.media}[{spec.start:.2f}-{end:.2f}s]"
+    key = _safe_key(f"{item.key}_{index:04d}")
+    record: dict[str, Any] = {
+        "clip_id": f"{source}/{key}", "video_id": item.key, "source": source,
+        "split": item.split, "media": item.media, "start": round(spec.start, 4),
+        "end": round(end, 4), "fps": fps, "sample_rate": rate,
+        "captions": spec.captions, "caption_times": caption_times,
+        "label": spec.label, "labels": list(spec.labels), "fold": spec.fold,
+        "has_video": decoder.has_video, "has_audio": decoder.has_audio,
+        "num_frames": 0, "num_samples": 0,
+    }
+    members = []
+    if decoder.has_video:
+        frames = window.video(int(round(spec.start * fps)), int(round(end * fps)))
+        record["num_frames"] = len(frames)
+        members.append(("mp4", encode_video(frames, fps, params["video_qmax"])))
+    if decoder.has_audio:
+        audio = window.audio(int(round(spec.start * rate)), int(round(end * rate)))
+        record["num_samples"] = len(audio)
+        members.append(("wav", encode_wav(audio, rate)))
+    members.append(("json", json.dumps(record, sort_keys=True).encode()))
+    for ext, data in members:
+        spool.add(f"{key}.{ext}", data)
+    record["sha256"] = {ext: _sha256(data) for ext, data in members}
+    return record
+
+
+def _process_item(root: Path, source: str, item: WorkItem, params: dict,
+                  tar: tarfile.TarFile) -> tuple[list[dict], list[dict]]:
+    """Decode one raw file and append its clips to `tar`: (clip records, bad entries).
+
+    The decode streams: a clip is encoded as soon as its end is decoded, and the window keeps
+    only what the clips not yet written need, so memory does not grow with the file's length.
+    The output is what cutting the whole decoded file (`load_media`) would give."""
+    fps, rate = params["fps"], params["sample_rate"]
+
+    def quarantined(reason: str) -> tuple[list[dict], list[dict]]:
+        return [], [{"item": item.media, "kind": "media", "reason": reason}]
+
+    try:
+        decoder = MediaDecoder(root / item.media, fps=fps, short_side=params["short_side"],
+                               sample_rate=rate, video=item.video, audio=item.audio)
+    except MediaError as err:
+        return quarantined(str(err))
+    except Exception as err:  # a decoder fault on one file must not stop the whole run
+        return quarantined(f"unreadable: {type(err).__name__}: {err}")
+    window, spool = _Window(), _Spool(Path(tar.name).parent)
+    records: list[dict] = []
+    short: list[int] = []  # clips shorter than min_seconds: reported once the duration is known
+    done = 0  # clips of `_cut`'s list settled (encoded, or in `short`), in order
+
+    def settle(spec: ClipSpec, caption_times: list, end: float, complete: bool = False) -> bool:
+        """Encode clip `done` (media time spec.start to `end`) if its frames and samples are
+        all decoded (`complete`: the decode has ended); then forget what no later clip needs."""
+        nonlocal done
+        if not complete and decoder.has_video and window.frames_end < int(round(end * fps)):
+            return False
+        if not complete and decoder.has_audio and window.samples_end < int(round(end * rate)):
+            return False
         if end - spec.start < params["min_seconds"]:
-            bad.append({"item": where, "kind": "segment", "reason": f"segment shorter than {params['min_seconds']} s "
-                                                 f"(media lasts {media.duration:.2f} s)"})
-            continue
-        key = _safe_key(f"{item.key}_{index:04d}")
-        record: dict[str, Any] = {
-            "clip_id": f"{source}/{key}", "video_id": item.key, "source": source,
-            "split": item.split, "media": item.media, "start": round(spec.start, 4),
-            "end": round(end, 4), "fps": fps, "sample_rate": rate,
-            "captions": spec.captions, "caption_times": caption_times,
-            "label": spec.label, "labels": list(spec.labels), "fold": spec.fold,
-            "has_video": media.frames is not None, "has_audio": media.audio is not None,
-            "num_frames": 0, "num_samples": 0,
-        }
-        if media.frames is not None:
-            frames = media.frames[int(round(spec.start * fps)):int(round(end * fps))]
-            record["num_frames"] = len(frames)
-            members.append((f"{key}.mp4", encode_video(frames, fps, params["video_qmax"])))
-        if media.audio is not None:
-            audio = media.audio[int(round(spec.start * rate)):int(round(end * rate))]
-            record["num_samples"] = len(audio)
-            members.append((f"{key}.wav", encode_wav(audio, rate)))
-        payload = json.dumps(record, sort_keys=True).encode()
-        members.append((f"{key}.json", payload))
-        record["sha256"] = {name.split(".", 1)[1]: _sha256(data)
-                            for name, data in members if name.startswith(key + ".")}
-        records.append(record)
-    return members, records, bad
+            short.append(done)
+        else:
+            records.append(_encode_clip(source, item, done, spec, caption_times, end, window,
+                                        decoder, params, spool))
+        done += 1
+        if item.clips is None:
+            first = done * params["clip_seconds"]
+        else:
+            first = min((c.start for c in item.clips[done:]), default=float("inf"))
+        if first == float("inf"):
+            window.drop_before(window.frames_end, window.samples_end)
+        else:
+            window.drop_before(int(round(first * fps)), int(round(first * rate)))
+        return True
+
+    try:
+        with decoder:
+            pieces = decoder.pieces()
+            while True:
+                try:
+                    frames, samples = next(pieces)
+                except StopIteration:
+                    break
+                except MediaError as err:
+                    return quarantined(str(err))
+                except Exception as err:  # a decoder fault on one file must not stop the run
+                    return quarantined(f"unreadable: {type(err).__name__}: {err}")
+                window.add(frames, samples)
+                while decoder.lasts_at_least >= _settled_end(item, done, params):
+                    spec, caption_times = _settled_clip(item, done, params)
+                    if not settle(spec, caption_times, spec.end):
+                        break
+            duration = decoder.duration
+            final = _cut(item, duration, params)
+            ends = [duration if spec.end is None else min(spec.end, duration) for spec, _ in final]
+            while done < len(final):
+                settle(final[done][0], final[done][1], ends[done], complete=True)
+            bad = [{"item": f"{item.media}[{final[i][0].start:.2f}-{ends[i]:.2f}s]",
+                    "kind": "segment", "reason": f"segment shorter than {params['min_seconds']} s "
+                                                 f"(media lasts {duration:.2f} s)"} for i in short]
+            spool.append_to(tar)
+            return records, bad
+    finally:
+        spool.close()
 
 
-def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
-    """Tar with fixed headers (mtime 0, uid/gid 0, no user names) so equal content gives equal
-    bytes; written to a temporary name and renamed, so a killed run leaves no half shard."""
+def _tar_info(name: str, size: int) -> tarfile.TarInfo:
+    """Fixed headers (mtime 0, uid/gid 0, no user names): equal content gives equal bytes."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+@contextmanager
+def _shard_tar(path: Path) -> Iterator[tarfile.TarFile]:
+    """The shard's tar, written to a temporary name and renamed when complete, so a killed
+    run leaves no half shard."""
     tmp = path.with_name(path.name + ".tmp")
-    with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            tar.addfile(info, io.BytesIO(data))
+    try:
+        with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
+            yield tar
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 
@@ -253,13 +427,12 @@ def _process_shard(task: dict) -> dict:
 
     torch.set_num_threads(1)
     root, shard_path = Path(task["root"]), Path(task["shard"])
-    members, records, bad = [], [], []
-    for item in task["items"]:
-        m, r, b = _process_item(root, task["source"], item, task["params"])
-        members += m
-        records += r
-        bad += b
-    _write_tar(shard_path, members)
+    records, bad = [], []
+    with _shard_tar(shard_path) as tar:
+        for item in task["items"]:
+            r, b = _process_item(root, task["source"], item, task["params"], tar)
+            records += r
+            bad += b
     sidecar = {"fingerprint": task["fingerprint"], "sha256": _file_sha256(shard_path),
                "clips": records, "bad": bad}
     shard_path.with_suffix(".json").write_text(json.dumps(sidecar, sort_keys=True, indent=1))

@@ -1,10 +1,12 @@
 """Decoding, normalising and encoding media with PyAV (bundled FFmpeg) and torchaudio.
 
-Ingestion decodes a raw file once (`load_media`: frames resampled to the configured fps and
-short side, audio down-mixed to mono and resampled with torchaudio), cuts clips from it and
-stores each clip as an MJPEG MP4 (video) and a 16-bit PCM WAV (audio), both encoded
-deterministically so that re-runs give byte-identical shards. The loader decodes those clip
-files back with `decode_video` / `decode_wav`.
+Ingestion decodes a raw file once, as a stream (`MediaDecoder.pieces`: frames resampled to the
+configured fps and short side, audio down-mixed to mono and resampled with torchaudio's sinc
+kernel), cuts clips from it as they complete and stores each clip as an MJPEG MP4 (video) and a
+16-bit PCM WAV (audio), both encoded deterministically so that re-runs give byte-identical
+shards. Memory stays bounded by a clip plus one audio-resampling span (AUDIO_CHUNK_SECONDS),
+whatever the file's length; `load_media` puts the pieces of a whole file together (the same
+numbers). The loader decodes the clip files back with `decode_video` / `decode_wav`.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ import wave
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import av
 import numpy as np
 
 # a decoded stream shorter than this share of its declared duration counts as truncated
 MIN_DECODED_SHARE = 0.9
+# audio is resampled in spans of this much input (see _MonoResampler): a file with less audio
+# is resampled in one piece
+AUDIO_CHUNK_SECONDS = 20.0
 
 
 class MediaError(Exception):
@@ -46,70 +51,191 @@ def _aligned(x: float) -> int:
     return max(16, int(round(x / 16.0)) * 16)
 
 
-def _pick_frames(times: list[float], frames: list[np.ndarray], fps: float) -> tuple[np.ndarray, float]:
-    """Resample decoded frames (any rate, possibly variable) to a constant `fps`."""
-    if not frames:
-        raise MediaError("video stream holds no decodable frame")
-    step = (times[-1] - times[0]) / max(1, len(times) - 1) if len(times) > 1 else 1.0 / fps
-    end = times[-1] + step
-    targets = np.arange(max(1, int(np.floor(end * fps + 1e-6)))) / fps
-    # the frame shown at time t is the last one that starts at or before t
-    idx = np.clip(np.searchsorted(np.asarray(times), targets + 1e-6, side="right") - 1,
-                  0, len(frames) - 1)
-    return np.stack([frames[i] for i in idx]), end
+class _ConstantRate:
+    """Resamples decoded frames (any rate, possibly variable) to a constant `fps` as they come:
+    the frame shown at target time t = k / fps is the last one that starts at or before t
+    (targets before the first frame show the first), so a target is settled as soon as a later
+    frame has arrived, and only the latest decoded frame is held."""
+
+    def __init__(self, fps: float) -> None:
+        self.fps = fps
+        self.first_time: Optional[float] = None
+        self.last: Optional[tuple[float, np.ndarray]] = None  # (time, image)
+        self.count = 0  # decoded frames seen
+        self.emitted = 0  # target frames settled
+
+    def push(self, time: float, image: np.ndarray) -> list[np.ndarray]:
+        shown = self.last[1] if self.last is not None else image
+        out = []
+        while self.emitted / self.fps + 1e-6 < time:
+            out.append(shown)
+            self.emitted += 1
+        if self.first_time is None:
+            self.first_time = time
+        self.last = (time, image)
+        self.count += 1
+        return out
+
+    def finish(self) -> tuple[list[np.ndarray], float]:
+        """The remaining target frames and the video's end time (its last frame lasts as long
+        as the mean frame interval)."""
+        if self.last is None:
+            raise MediaError("video stream holds no decodable frame")
+        last_time, image = self.last
+        step = ((last_time - self.first_time) / max(1, self.count - 1) if self.count > 1
+                else 1.0 / self.fps)
+        end = last_time + step
+        total = max(1, int(np.floor(end * self.fps + 1e-6)))
+        out = [image] * (total - self.emitted)
+        self.emitted = total
+        return out, end
 
 
-def _mono_audio(chunks: list[np.ndarray], start: float, rate: int,
-                sample_rate: int) -> tuple[np.ndarray, float]:
-    import torch
-    import torchaudio.functional as AF
+class _MonoResampler:
+    """Mono audio at the source rate in, at `sample_rate` out, as it comes: torchaudio's sinc
+    resampling (`torchaudio.functional.resample`'s kernel and padding), applied to fixed spans of
+    AUDIO_CHUNK_SECONDS of input counted from the first sample, so every output sample is the
+    same number whatever the pace of the decode. Input that fits in one span is resampled in
+    one piece, exactly as `torchaudio.functional.resample` does it."""
 
-    if not chunks:
-        raise MediaError("audio stream holds no decodable sample")
-    mono = np.concatenate(chunks).astype(np.float32)
-    lead = int(round(start * rate))
-    mono = np.pad(mono, (lead, 0)) if lead > 0 else mono[-lead:]
-    duration = len(mono) / rate
-    if rate != sample_rate:
-        mono = AF.resample(torch.from_numpy(mono), rate, sample_rate).numpy()
-    return np.clip(mono, -1.0, 1.0).astype(np.float32), duration
+    def __init__(self, rate: int, sample_rate: int, lead: int) -> None:
+        import torch
+        import torchaudio.transforms as AT
+
+        self.length = 0  # input samples taken (after the lead)
+        self.skip = -lead if lead < 0 else 0  # input starts before time 0: dropped
+        self.passthrough = rate == sample_rate
+        self.pending: list[np.ndarray] = [np.zeros(lead, np.float32)] if lead > 0 else []
+        if self.passthrough:
+            return
+        kernel = AT.Resample(rate, sample_rate, dtype=torch.float32)
+        self.kernel, self.width = kernel.kernel, kernel.width  # (new, 1, taps), taps = 2 w + orig
+        self.orig, self.new = rate // kernel.gcd, sample_rate // kernel.gcd
+        self.span = max(1, int(np.ceil(AUDIO_CHUNK_SECONDS * rate / self.orig)))  # blocks
+        # the padded input (`width` zeros before the first sample) from the unresampled span on
+        self.buffer = np.zeros(self.width, np.float32)
+        self.spans = 0  # spans resampled
+        self.out = 0  # output samples produced
+
+    def _blocks(self, data: np.ndarray) -> np.ndarray:
+        """conv1d of a piece of the padded input: (..,) -> (blocks * new,)"""
+        import torch
+
+        signal = torch.from_numpy(np.ascontiguousarray(data))[None, None]  # (1, 1, samples)
+        out = torch.nn.functional.conv1d(signal, self.kernel, stride=self.orig)  # (1, new, blocks)
+        return out.transpose(1, 2).reshape(-1).numpy()
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """Take input samples; return the output samples they settle."""
+        if self.skip:
+            dropped = min(self.skip, len(samples))
+            samples, self.skip = samples[dropped:], self.skip - dropped
+        data = np.concatenate(self.pending + [samples]).astype(np.float32)
+        self.pending = []
+        self.length += len(data)
+        if self.passthrough:
+            return np.clip(data, -1.0, 1.0)
+        self.buffer = np.concatenate([self.buffer, data])
+        reads = (self.span - 1) * self.orig + self.kernel.shape[-1]  # padded input one span reads
+        pieces = []
+        # a span is settled once all the input its last block reads is there
+        while self.length >= (self.spans + 1) * self.span * self.orig + self.width:
+            pieces.append(self._blocks(self.buffer[:reads]))
+            self.buffer = self.buffer[self.span * self.orig:]
+            self.spans += 1
+        self.out += sum(len(p) for p in pieces)
+        return np.clip(np.concatenate(pieces), -1.0, 1.0) if pieces else np.zeros(0, np.float32)
+
+    def finish(self) -> np.ndarray:
+        """The remaining output samples (the input has ended)."""
+        import torch
+
+        if self.passthrough or self.length == 0:
+            return np.zeros(0, np.float32)
+        tail = np.concatenate([self.buffer, np.zeros(self.width + self.orig, np.float32)])
+        # torchaudio's output length, computed as it does (in float32)
+        target = int(torch.ceil(torch.as_tensor(self.new * self.length / self.orig)))
+        rest = self._blocks(tail)[:target - self.out]
+        self.out += len(rest)
+        return np.clip(rest, -1.0, 1.0)
 
 
-def load_media(path: str | Path, *, fps: float, short_side: int, sample_rate: int,
-               video: str = "required", audio: str = "required") -> Media:
-    """Decode and normalise one raw file; raises MediaError with the reason it is unusable.
+class MediaDecoder:
+    """Decodes and normalises one raw file piece by piece, in memory bounded by the pieces:
 
-    `video` is "required", "optional" (decoded when present) or "none" (ignored); `audio` is
-    "required" or "optional".
-    """
-    need_video, need_audio = video == "required", audio == "required"
-    path = Path(path)
-    if path.stat().st_size == 0:
-        raise MediaError("empty file (0 bytes)")
-    try:
-        container = av.open(str(path))
-    except av.FFmpegError as err:
-        raise MediaError(f"unreadable: {err}") from None
-    with container:
-        v_stream = container.streams.video[0] if container.streams.video else None
-        a_stream = container.streams.audio[0] if container.streams.audio else None
-        if need_video and v_stream is None:
-            raise MediaError("no video stream")
-        if need_audio and a_stream is None:
-            raise MediaError("no audio stream (this source needs audio)")
+        with MediaDecoder(path, fps=10, short_side=224, sample_rate=48000) as decoder:
+            for frames, audio in decoder.pieces():   # lists of (H, W, 3) uint8, (S,) float32
+                ...
+            decoder.duration                          # seconds, once the pieces are exhausted
+
+    Frames come at `fps` (frame k shows time k / fps) at the short side `short_side` (aspect
+    kept), audio as mono float32 in [-1, 1] at `sample_rate` (sample 0 at time 0); the pieces
+    put together are what `load_media` returns. Opening raises MediaError when a required
+    stream is missing; `pieces()` raises it when the decode fails or the file is truncated."""
+
+    def __init__(self, path: str | Path, *, fps: float, short_side: int, sample_rate: int,
+                 video: str = "required", audio: str = "required") -> None:
+        self.fps, self.short_side, self.sample_rate = fps, short_side, sample_rate
+        self.duration: Optional[float] = None
+        self._frames: Optional[_ConstantRate] = None
+        self._audio: Optional[_MonoResampler] = None
+        self._monotonic = True  # frame times never went backwards (then the last is the latest)
+        path = Path(path)
+        if path.stat().st_size == 0:
+            raise MediaError("empty file (0 bytes)")
+        try:
+            self.container = av.open(str(path))
+        except av.FFmpegError as err:
+            raise MediaError(f"unreadable: {err}") from None
+        streams = self.container.streams
+        self.v_stream = streams.video[0] if streams.video else None
+        self.a_stream = streams.audio[0] if streams.audio else None
+        problem = None
+        if video == "required" and self.v_stream is None:
+            problem = "no video stream"
+        elif audio == "required" and self.a_stream is None:
+            problem = "no audio stream (this source needs audio)"
         if video == "none":
-            v_stream = None
-        if v_stream is None and a_stream is None:
-            raise MediaError("no video or audio stream")
+            self.v_stream = None
+        if problem is None and self.v_stream is None and self.a_stream is None:
+            problem = "no video or audio stream"
+        if problem:
+            self.container.close()
+            raise MediaError(problem)
+
+    @property
+    def has_video(self) -> bool:
+        return self.v_stream is not None
+
+    @property
+    def lasts_at_least(self) -> float:
+        """Seconds the media surely lasts, from what has been decoded so far (its duration
+        is the longer of the video, which ends after its last frame, and the audio)."""
+        seconds = 0.0
+        if self._frames is not None and self._frames.last is not None and self._monotonic:
+            seconds = self._frames.last[0]
+        if self._audio is not None:
+            seconds = max(seconds, self._audio.length / self.a_stream.rate)
+        return seconds
+
+    @property
+    def has_audio(self) -> bool:
+        return self.a_stream is not None
+
+    def __enter__(self) -> "MediaDecoder":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.container.close()
+
+    def pieces(self) -> Iterator[tuple[list[np.ndarray], Optional[np.ndarray]]]:
+        container, v_stream, a_stream = self.container, self.v_stream, self.a_stream
         declared = container.duration / av.time_base if container.duration else None
         streams = [s for s in (v_stream, a_stream) if s is not None]
         starts = [s.start_time * s.time_base for s in streams if s.start_time is not None]
         t0 = float(min(starts)) if starts else 0.0
-        times: list[float] = []
-        images: list[np.ndarray] = []
+        frames = self._frames = _ConstantRate(self.fps)
         size: Optional[tuple[int, int]] = None
-        chunks: list[np.ndarray] = []
-        a_start: Optional[float] = None
         resampler = av.AudioResampler(format="fltp")  # planar float; rate and layout kept
         try:
             for packet in container.demux(*streams):
@@ -118,29 +244,59 @@ def load_media(path: str | Path, *, fps: float, short_side: int, sample_rate: in
                         continue
                     if packet.stream is v_stream:
                         if size is None:
-                            scale = short_side / min(frame.width, frame.height)
+                            scale = self.short_side / min(frame.width, frame.height)
                             size = (_aligned(frame.width * scale), _aligned(frame.height * scale))
-                        times.append(frame.time - t0)
-                        images.append(frame.to_ndarray(width=size[0], height=size[1],
-                                                       format="rgb24", interpolation="AREA"))
+                        image = frame.to_ndarray(width=size[0], height=size[1], format="rgb24",
+                                                 interpolation="AREA")
+                        if frames.last is not None and frame.time - t0 < frames.last[0]:
+                            self._monotonic = False
+                        yield frames.push(frame.time - t0, image), None
                     else:
-                        if a_start is None:
-                            a_start = frame.time - t0
+                        if self._audio is None:
+                            lead = int(round((frame.time - t0) * a_stream.rate))
+                            self._audio = _MonoResampler(a_stream.rate, self.sample_rate, lead)
                         for out in resampler.resample(frame):
-                            chunks.append(out.to_ndarray().mean(axis=0))  # (ch, n) -> mono
+                            # (channels, n) -> mono
+                            yield [], self._audio.push(out.to_ndarray().mean(axis=0))
         except av.FFmpegError as err:
             raise MediaError(f"corrupt or truncated: decoding failed: {err}") from None
-        rate = a_stream.rate if a_stream is not None else 0
-    frames = audio = None
-    duration = 0.0
-    if v_stream is not None:
-        frames, duration = _pick_frames(times, images, fps)
-    if a_stream is not None:
-        audio, a_dur = _mono_audio(chunks, a_start or 0.0, rate, sample_rate)
-        duration = max(duration, a_dur)
-    if declared and duration < MIN_DECODED_SHARE * declared:
-        raise MediaError(f"truncated: decoded {duration:.2f} s of the {declared:.2f} s declared")
-    return Media(frames, audio, fps, sample_rate, duration)
+        duration = 0.0
+        tail_frames: list[np.ndarray] = []
+        tail_audio = None
+        if v_stream is not None:
+            tail_frames, duration = frames.finish()
+        if a_stream is not None:
+            audio = self._audio
+            if audio is None or audio.length == 0:
+                raise MediaError("audio stream holds no decodable sample")
+            tail_audio = audio.finish()
+            duration = max(duration, audio.length / a_stream.rate)
+        if declared and duration < MIN_DECODED_SHARE * declared:
+            raise MediaError(f"truncated: decoded {duration:.2f} s of the {declared:.2f} s declared")
+        self.duration = duration
+        yield tail_frames, tail_audio
+
+
+def load_media(path: str | Path, *, fps: float, short_side: int, sample_rate: int,
+               video: str = "required", audio: str = "required") -> Media:
+    """Decode and normalise one whole raw file (`MediaDecoder`'s pieces put together); raises
+    MediaError with the reason it is unusable. It holds the whole file at output size: ingest
+    streams the pieces instead.
+
+    `video` is "required", "optional" (decoded when present) or "none" (ignored); `audio` is
+    "required" or "optional".
+    """
+    with MediaDecoder(path, fps=fps, short_side=short_side, sample_rate=sample_rate,
+                      video=video, audio=audio) as decoder:
+        images: list[np.ndarray] = []
+        chunks: list[np.ndarray] = []
+        for frames, samples in decoder.pieces():
+            images += frames
+            if samples is not None:
+                chunks.append(samples)
+        frames_out = np.stack(images) if decoder.has_video else None
+        audio_out = np.concatenate(chunks).astype(np.float32) if decoder.has_audio else None
+        return Media(frames_out, audio_out, fps, sample_rate, decoder.duration)
 
 
 def encode_video(frames: np.ndarray, fps: float, qmax: int = 4) -> bytes:
