@@ -1,7 +1,8 @@
 """What a sweep leaves for a person: the table, the trade-off plot and the best config.
 
 One row per trial: the swept values, the selection metric at the trial's last report and the
-validation scores beside it, the step it reached, backbone and model parameters, training
+validation scores beside it, the step it reached, parameters (of the Transformer stacks, of the backbones with their
+tokenizers and word embedding, of the whole model), training
 GFLOPs per clip (paper convention, DropToken on), the measured step time and clips/s (the
 median over the trial's reports after its first, which holds start-up), and the status
 (finished, stopped early by the scheduler at step N, or failed). `best.yaml` is the config of
@@ -56,7 +57,8 @@ def trial_row(space: Space, base: Config, config: dict[str, Any], last: dict[str
     row: dict[str, Any] = {"trial": last.get("trial_id", "")}
     row |= assignment
     row |= {key: last.get(key) for key in dict.fromkeys((space.metric, *SCORE_KEYS))}
-    row |= {"step": step, "params_backbones_M": round(cost["params_backbones_M"], 3),
+    row |= {"step": step, "params_transformers_M": round(cost["params_transformers_M"], 3),
+            "params_backbones_M": round(cost["params_backbones_M"], 3),
             "params_total_M": round(cost["params_total_M"], 3),
             "gflops_per_clip": round(cost["train_gflops_per_clip"], 4),
             "step_s": step_s, "clips_per_s": clips_per_s, "status": status}

@@ -46,6 +46,11 @@ def model_cost(cfg: Config, batch_size: int = 2) -> dict:
         # a shared backbone appears under every modality: count each module once
         "params_backbones_M": sum(p.numel() for p in {id(p): p for b in meta_model.backbones.values()
                                                       for p in b.parameters()}.values()) / 1e6,
+        # the Transformer stacks alone (without tokenizers and the word embedding): what
+        # modality-agnostic sharing divides by the number of modalities
+        "params_transformers_M": sum(p.numel() for p in {
+            id(p): p for b in meta_model.backbones.values()
+            for p in b.transformer.parameters()}.values()) / 1e6,
         "params_total_M": _params(meta_model) / 1e6,
         "train_gflops_per_clip": flops.paper_gflops,
         "drop_rate": {"video": cfg.model.video.drop_rate, "audio": cfg.model.audio.drop_rate},
