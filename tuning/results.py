@@ -162,6 +162,8 @@ def write_results(out: Path, space: Space, base: Config, grid: Any
     """From a Tune ResultGrid: the rows, the best row and the files written under `out`."""
     rows = []
     for result in grid:
+        if not all(key in (result.config or {}) for key in space.params):
+            continue  # a trial Tune created but never started (a sweep stopped before it)
         history = []
         if result.metrics_dataframe is not None:
             history = result.metrics_dataframe.to_dict("records")
