@@ -13,7 +13,9 @@ from vatt.data.synthetic import RATE, write_wav
 from vatt.storage import ObjectStore
 
 
-def test_ingest_from_s3_and_load_from_s3(s3_env, tmp_path):
+def test_ingest_from_s3_and_load_from_s3(s3_env, tmp_path, monkeypatch):
+    """The endpoint only in the config (storage.endpoint_url), as a cluster deployment with its
+    own endpoint gives it: ingest and the loader's Ray workers build their store from it."""
     raw = tmp_path / "esc"
     (raw / "audio").mkdir(parents=True)
     (raw / "meta").mkdir()
@@ -27,7 +29,10 @@ def test_ingest_from_s3_and_load_from_s3(s3_env, tmp_path):
     prefix = f"s3://{s3_env.bucket}/raw/esc50-test"
     store.upload_dir(raw, prefix)
 
-    cfg = load_config("tiny", ["data.ingest.num_workers=1"])
+    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(var, raising=False)
+    endpoint = f"storage.endpoint_url={s3_env.endpoint_url}"
+    cfg = load_config("tiny", ["data.ingest.num_workers=1", endpoint])
     [summary] = ingest(cfg, "esc50", prefix, tmp_path / "data", progress=False)
     assert summary["per_split"] == {"test": 1, "train": 1} and summary["quarantined"] == 0
 
@@ -37,7 +42,7 @@ def test_ingest_from_s3_and_load_from_s3(s3_env, tmp_path):
     store.upload_dir(tmp_path / "data", data_uri)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     try:
-        cfg = load_config("tiny", [f"data.path={data_uri}", "data.eval_num_windows=1"])
+        cfg = load_config("tiny", [f"data.path={data_uri}", "data.eval_num_windows=1", endpoint])
         [batch] = list(torch_batches(build_dataset(cfg, "train", False, dataset="esc50"), 4, False))
     finally:
         ray.shutdown()

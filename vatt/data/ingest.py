@@ -49,7 +49,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from vatt.config import Config
+from vatt.config import Config, StorageConfig
 from vatt.data.media import MediaDecoder, MediaError, encode_video, encode_wav
 from vatt.data.pool import WorkerDied, map_in_processes
 from vatt.data.sources import READERS, ClipSpec, LayoutError, SourceIndex, WorkItem
@@ -461,7 +461,7 @@ def _reusable(shard: Path, fingerprint: str) -> Optional[dict]:
     return data
 
 
-def _local_source(src: str, out: Path) -> Path:
+def _local_source(src: str, out: Path, storage: StorageConfig) -> Path:
     """A local folder for SRC: itself, or a download of an s3:// prefix into a cache folder
     beside OUT (kept out of OUT so that DVC does not version raw media)."""
     from vatt.storage import ObjectStore, is_s3_uri
@@ -472,7 +472,7 @@ def _local_source(src: str, out: Path) -> Path:
             raise IngestError(f"--path {src}: no such folder")
         return root
     cache = out.resolve().parent / ".cache" / "raw" / _safe_key(src[len("s3://"):])
-    count = ObjectStore.from_config().download_dir(src, cache)  # endpoint/keys: environment
+    count = ObjectStore.from_config(storage).download_dir(src, cache)  # keys: environment
     log.info("downloaded %d files from %s to %s", count, src, cache)
     return cache
 
@@ -624,7 +624,7 @@ def _ingest(cfg: Config, source: str, src: Optional[str], out: Path, progress: b
         raise IngestError(f"unknown --source {source!r}; choose one of {', '.join(SOURCES)}")
     if not src:
         raise IngestError(f"--source {source} needs --path (a local folder or s3:// prefix)")
-    root = _local_source(src, out)
+    root = _local_source(src, out, cfg.storage)
     try:
         index = READERS[source](root, cfg.data.ingest)
     except LayoutError as err:

@@ -53,7 +53,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 
-from vatt.config import Config, CropStyle
+from vatt.config import Config, CropStyle, StorageConfig
 from vatt.data.media import decode_video, decode_wav
 
 STRING_COLUMNS = ("clip_id", "video_id")
@@ -68,18 +68,22 @@ def _join(root: str, *parts: str) -> str:
 
 
 @lru_cache(maxsize=4)
-def _store(endpoint: Optional[str], key_id: Optional[str]):
+def _store(settings: tuple, endpoint: Optional[str], key_id: Optional[str]):
     from vatt.storage import ObjectStore
 
-    return ObjectStore.from_config()
+    return ObjectStore.from_config(StorageConfig(**dict(settings)))
 
 
-def _read_bytes(uri: str) -> bytes:
+def _read_bytes(uri: str, storage: Optional[StorageConfig] = None) -> bytes:
+    """A file's bytes, local or s3:// (through the store `storage` describes: the config's
+    endpoint, region and timeouts; credentials from the environment)."""
     if uri.startswith("s3://"):
         import os
+        from dataclasses import asdict
 
-        # one client per process and environment (endpoint and keys come from the environment)
-        store = _store(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
+        # one client per process, settings and environment
+        store = _store(tuple(sorted(asdict(storage or StorageConfig()).items())),
+                       os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
                        os.environ.get("AWS_ACCESS_KEY_ID"))
         return store.read_bytes(uri)
     try:
@@ -90,16 +94,16 @@ def _read_bytes(uri: str) -> bytes:
                         "data.path at the ingested folder") from None
 
 
-def read_manifest(root: str, dataset: str) -> dict:
-    return json.loads(_read_bytes(_join(root, dataset, "manifest.json")))
+def read_manifest(root: str, dataset: str, storage: Optional[StorageConfig] = None) -> dict:
+    return json.loads(_read_bytes(_join(root, dataset, "manifest.json"), storage))
 
 
-def manifest_sha256(root: str, dataset: str) -> str:
+def manifest_sha256(root: str, dataset: str, storage: Optional[StorageConfig] = None) -> str:
     """SHA-256 of a dataset's manifest: it lists every clip with its members' checksums, so it
     identifies the data a run reads."""
     import hashlib
 
-    return hashlib.sha256(_read_bytes(_join(root, dataset, "manifest.json"))).hexdigest()
+    return hashlib.sha256(_read_bytes(_join(root, dataset, "manifest.json"), storage)).hexdigest()
 
 
 @dataclass
@@ -145,12 +149,13 @@ _MEMBER_NAME = re.compile(r"^[A-Za-z0-9_\-]+\.(json|mp4|wav)$")  # what vatt ing
 
 
 def _read_shard(row: dict, root: str, dataset: str, clip_index: dict,
-                checksums: Optional[dict] = None) -> list[dict]:
+                checksums: Optional[dict] = None,
+                storage: Optional[StorageConfig] = None) -> list[dict]:
     """The clips of one shard. Every member must be a plain file with a name ingest writes
     (no paths, no '..') and, with `checksums` (clip_id -> {ext: sha256}, from the manifest),
     match its manifest checksum: a corrupt or tampered shard is an error, not training data."""
     uri = _join(root, dataset, row["shard"])
-    data = _read_bytes(uri)
+    data = _read_bytes(uri, storage)
     clips: dict[str, dict] = {}
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         for member in tar.getmembers():
@@ -377,10 +382,10 @@ def clip_spec(cfg: Config, manifest: dict, training: bool, vocab_words: tuple[st
         saturation=d.saturation, hue=d.hue, noise_std=d.audio_noise_std)
 
 
-def load_vocab_words(root: str) -> tuple[str, ...]:
+def load_vocab_words(root: str, storage: Optional[StorageConfig] = None) -> tuple[str, ...]:
     uri = _join(root, "vocab.json")
     try:
-        words = json.loads(_read_bytes(uri))["words"]
+        words = json.loads(_read_bytes(uri, storage))["words"]
     except DataError:
         raise DataError(f"{uri}: no word vocabulary; `vatt ingest` writes it from the training "
                         "captions of the sources under data.path") from None
@@ -399,7 +404,7 @@ def build_dataset(cfg: Config, split: str, training: bool, dataset: str = "synth
     import ray
 
     root = str(root or cfg.data.path)
-    manifest = read_manifest(root, dataset)
+    manifest = read_manifest(root, dataset, cfg.storage)
     if split not in manifest["splits"]:
         raise DataError(f"{_join(root, dataset, 'manifest.json')}: no split {split!r}; this "
                         f"dataset has {sorted(manifest['splits'])}")
@@ -410,7 +415,7 @@ def build_dataset(cfg: Config, split: str, training: bool, dataset: str = "synth
                  if c.get("shard") in wanted and "sha256" in c}
     if num_crops < 1:
         raise ValueError(f"num_crops={num_crops}: evaluation needs at least one crop per window")
-    words = tuple(vocab_words) if vocab_words is not None else load_vocab_words(root)
+    words = tuple(vocab_words) if vocab_words is not None else load_vocab_words(root, cfg.storage)
     spec = clip_spec(cfg, manifest, training, words, num_windows, num_crops)
     ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
     if training:
@@ -418,6 +423,7 @@ def build_dataset(cfg: Config, split: str, training: bool, dataset: str = "synth
     elif shard_seed is not None:
         ds = ds.randomize_block_order(seed=shard_seed)
     ds = ds.flat_map(partial(_read_shard, root=root, dataset=dataset, clip_index=index,
+                             storage=cfg.storage,
                              checksums=checksums))
     return ds.flat_map(partial(decode_clip, spec=spec))
 

@@ -107,9 +107,9 @@ class EvalSplit:
             raise DataError(f"dataset {self.dataset}, split {self.split}: no clip could be read")
 
 
-def _has_manifest(root: str, dataset: str) -> bool:
+def _has_manifest(root: str, dataset: str, storage=None) -> bool:
     try:
-        read_manifest(root, dataset)
+        read_manifest(root, dataset, storage)
     except DataError:
         return False
     return True
@@ -122,12 +122,12 @@ def choose_datasets(cfg: Config, tasks: Iterable[str],
     chosen: dict[str, str] = {}
     for task in check_tasks(tasks):
         if datasets and task in datasets:
-            if not _has_manifest(root, datasets[task]):
+            if not _has_manifest(root, datasets[task], cfg.storage):
                 raise DataError(f"{task}: no ingested dataset {datasets[task]!r} under data.path="
                                 f"{root} (no manifest.json); run `vatt ingest` for it first")
             chosen[task] = datasets[task]
             continue
-        found = [name for name in DEFAULT_DATASETS[task] if _has_manifest(root, name)]
+        found = [name for name in DEFAULT_DATASETS[task] if _has_manifest(root, name, cfg.storage)]
         if not found:
             raise DataError(
                 f"{task}: none of {', '.join(DEFAULT_DATASETS[task])} is ingested under "
@@ -153,7 +153,7 @@ def read_split(cfg: Config, dataset: str, split: str, columns: Iterable[str],
     """One split of `dataset` in evaluation mode (`num_windows` x `num_crops` views per clip),
     in batches of `batch_size` (default eval.batch_size) holding `columns` plus the metadata;
     read when iterated."""
-    manifest = read_manifest(str(cfg.data.path), dataset)
+    manifest = read_manifest(str(cfg.data.path), dataset, cfg.storage)
     name = _split_name(manifest, split, dataset)
     if num_crops < 1:
         raise ValueError(f"num_crops={num_crops}: evaluation needs at least one crop per window")

@@ -136,7 +136,7 @@ def evaluation_identity(cfg: Config, data: Mapping[str, Mapping[str, Any]]) -> d
             name = getattr(split, "dataset", None)
             try:
                 hashes[getattr(split, "split", split_name)] = (
-                    manifest_sha256(str(cfg.data.path), name) if name else None)
+                    manifest_sha256(str(cfg.data.path), name, cfg.storage) if name else None)
             except DataError:
                 hashes[getattr(split, "split", split_name)] = None
         per_task[task] = {"dataset": dataset, "splits": hashes}

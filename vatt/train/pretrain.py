@@ -101,7 +101,7 @@ def data_version_of(cfg: Config) -> dict[str, Any]:
     record: dict[str, Any] = {"data_path": cfg.data.path, "dataset": cfg.train.dataset,
                               "split": cfg.train.dataset_split, "md5": None}
     try:
-        record["manifest_sha256"] = manifest_sha256(cfg.data.path, cfg.train.dataset)
+        record["manifest_sha256"] = manifest_sha256(cfg.data.path, cfg.train.dataset, cfg.storage)
     except DataError:
         record["manifest_sha256"] = None  # the loader says what is missing when it reads
     try:
@@ -134,7 +134,7 @@ def run_vocabulary(cfg: Config, storage: Storage) -> tuple[str, ...]:
     import pyarrow.fs as pafs
 
     path = f"{storage.run_path(cfg.train.run_name)}/{VOCAB_JSON}"
-    data_words = load_vocab_words(cfg.data.path)
+    data_words = load_vocab_words(cfg.data.path, cfg.storage)
     if storage.filesystem.get_file_info(path).type == pafs.FileType.File:
         with storage.filesystem.open_input_stream(path) as stream:
             words = tuple(json.loads(stream.read())["words"])
