@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Iterable
 
 import torch
 
@@ -13,6 +14,12 @@ from vatt.model.vatt import build_model
 
 def _params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def _params_once(modules: Iterable[torch.nn.Module]) -> int:
+    """Parameters of `modules` together, each counted once (a shared backbone appears under
+    every modality)."""
+    return sum(p.numel() for p in {id(p): p for m in modules for p in m.parameters()}.values())
 
 
 def random_batch(cfg: Config, batch_size: int, generator: torch.Generator | None = None
@@ -43,14 +50,11 @@ def model_cost(cfg: Config, batch_size: int = 2) -> dict:
         "preset": cfg.name,
         "sharing": cfg.model.sharing.value,
         "params_M": backbones,
-        # a shared backbone appears under every modality: count each module once
-        "params_backbones_M": sum(p.numel() for p in {id(p): p for b in meta_model.backbones.values()
-                                                      for p in b.parameters()}.values()) / 1e6,
+        "params_backbones_M": _params_once(meta_model.backbones.values()) / 1e6,
         # the Transformer stacks alone (without tokenizers and the word embedding): what
         # modality-agnostic sharing divides by the number of modalities
-        "params_transformers_M": sum(p.numel() for p in {
-            id(p): p for b in meta_model.backbones.values()
-            for p in b.transformer.parameters()}.values()) / 1e6,
+        "params_transformers_M": _params_once(
+            b.transformer for b in meta_model.backbones.values()) / 1e6,
         "params_total_M": _params(meta_model) / 1e6,
         "train_gflops_per_clip": flops.paper_gflops,
         "drop_rate": {"video": cfg.model.video.drop_rate, "audio": cfg.model.audio.drop_rate},
