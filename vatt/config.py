@@ -220,6 +220,14 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0  # only read when use_gpu
+    # TPU (Ray's ScalingConfig(use_tpu=True, topology, accelerator_type); TorchTrainer then uses
+    # the `tpu_dist` backend of the torch_tpu package): one worker per TPU VM host, each with
+    # tpus_per_worker chips; num_workers = hosts per slice x slices. Not testable on CPUs: see
+    # README, "Kubernetes"
+    use_tpu: bool = False
+    tpu_topology: Optional[str] = None  # slice topology, e.g. "4x4" (gke-tpu-topology)
+    tpu_accelerator_type: Optional[str] = None  # Ray's accelerator type, e.g. "TPU-V6E"
+    tpus_per_worker: float = 4.0  # chips per host: only read when use_tpu
     # Ray Train RunConfig: run folder = <storage_path>/<run_name>; a local folder or s3://bucket/prefix
     storage_path: str = "runs"
     run_name: Optional[str] = None  # None: "<preset>-<timestamp>"; the same name again resumes
@@ -274,6 +282,44 @@ class EvalConfig:
 
 
 # ---------------------------------------------------------------------------------------------
+# Cluster: where the flows train (vatt.cluster)
+
+
+class TrainingTarget(str, Enum):
+    local = "local"  # this machine's Ray, or the Ray cluster at RAY_ADDRESS
+    kubernetes = "kubernetes"  # a KubeRay RayJob, submitted and followed by vatt.cluster
+
+
+class Accelerator(str, Enum):
+    gpu = "gpu"  # k8s/overlays/gpu: nvidia.com/gpu node pool
+    tpu = "tpu"  # k8s/overlays/tpu: GKE TPU slices
+
+
+class CleanupPolicy(str, Enum):
+    always = "always"  # delete the RayJob when it ends, whatever the outcome
+    on_success = "on_success"  # keep a failed RayJob (and its logs) for inspection
+    never = "never"
+
+
+@dataclass
+class ClusterConfig:
+    """`target=kubernetes`: pretraining runs as a KubeRay RayJob rendered from
+    `<manifests>/overlays/<accelerator>` (kustomize), with this config shipped inside it; the
+    client follows it until it ends and reads the results back from object storage, so
+    train.storage_path and data.path must be s3:// there."""
+
+    target: TrainingTarget = TrainingTarget.local
+    accelerator: Accelerator = Accelerator.gpu
+    namespace: str = "vatt"
+    manifests: str = "k8s"  # the kustomize folder holding base/ and overlays/
+    kube_context: Optional[str] = None  # kubeconfig context; None: current, or in-cluster
+    timeout_s: float = 7 * 24 * 3600.0  # stop following (the job keeps running) after this
+    poll_s: float = 10.0  # seconds between status reads
+    api_attempts: int = 6  # tries of an API call on transient faults (refused, 429, 5xx)
+    cleanup: CleanupPolicy = CleanupPolicy.on_success
+
+
+# ---------------------------------------------------------------------------------------------
 # Storage: object store access (vatt.storage) and data versioning (vatt.data.versioning)
 
 
@@ -300,6 +346,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,6 +418,20 @@ def _check_values(cfg: Config) -> None:
             "train.validation.split='test': validation (and the sweeps that tune on it) must not "
             "read the test split that reports and the promotion gate measure; use 'val' (or "
             "another held-out split of train.validation.dataset)")
+    train = cfg.train
+    if train.use_tpu and train.use_gpu:
+        raise ConfigError("train.use_tpu=true and train.use_gpu=true: a run trains on one kind "
+                          "of accelerator; set one of them to false")
+    if train.use_tpu and train.num_workers > 1 and not (train.tpu_topology
+                                                        and train.tpu_accelerator_type):
+        raise ConfigError(
+            f"train.use_tpu=true with train.num_workers={train.num_workers} needs the slice: set "
+            "train.tpu_topology (e.g. 4x4) and train.tpu_accelerator_type (e.g. TPU-V6E), as "
+            "in k8s/overlays/tpu")
+    if cfg.cluster.poll_s <= 0 or cfg.cluster.timeout_s <= 0 or cfg.cluster.api_attempts < 1:
+        raise ConfigError(
+            f"cluster: poll_s={cfg.cluster.poll_s} and timeout_s={cfg.cluster.timeout_s} must be "
+            f"positive and api_attempts={cfg.cluster.api_attempts} at least 1")
     if cfg.eval.finetune_test_crops < 1:
         raise ConfigError(
             f"eval.finetune_test_crops={cfg.eval.finetune_test_crops}: fine-tuning tests on at "
@@ -456,5 +517,5 @@ __all__ = [
     "Config", "ConfigError", "ModelConfig", "DataConfig", "TrainConfig", "LossConfig",
     "EncoderConfig", "BackboneSharing", "DropTokenSampling", "CropStyle", "load_config",
     "available_presets", "to_dict", "to_yaml", "from_dict", "replace",
-    "StorageConfig",
+    "StorageConfig", "ClusterConfig", "TrainingTarget", "Accelerator", "CleanupPolicy",
 ]

@@ -207,6 +207,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         import ray.train.torch
         device = ray.train.torch.get_device()
         torch.cuda.set_device(device)
+    elif cfg.train.use_tpu:  # torch_tpu: one TPU device per process, bound by the runtime
+        import ray.train.torch
+        device = ray.train.torch.get_device()
     else:
         device = torch.device("cpu")
     batch_size = micro_batch_size(cfg, world)

@@ -76,6 +76,13 @@ def check_resources(cfg: Config, cluster: dict[str, float], where: Optional[str]
             f"= {need_cpus:g} CPUs, but {where} has {cpus:g}; lower train.num_workers or "
             "train.cpus_per_worker (fractions such as 0.5 are allowed)"
         )
+    if train.use_tpu:
+        tpus, need_tpus = cluster.get("TPU", 0.0), train.num_workers * train.tpus_per_worker
+        if need_tpus > tpus:
+            raise PreflightError(
+                f"train.use_tpu=true: train.num_workers={train.num_workers} x "
+                f"train.tpus_per_worker={train.tpus_per_worker} = {need_tpus:g} TPU chips, but "
+                f"{where} has {tpus:g}; run on a TPU slice (k8s/overlays/tpu) or lower them")
     if train.use_gpu:
         gpus = cluster.get("GPU", 0.0)
         need_gpus = train.num_workers * train.gpus_per_worker

@@ -162,26 +162,42 @@ def build_dataset(cfg: Config, vocab_words: Optional[tuple[str, ...]] = None):
                  vocab_words=vocab_words)
 
 
-def build_trainer(cfg: Config, storage: Storage, datasets: dict[str, Any],
-                  data_version: Optional[dict[str, Any]], callbacks: Iterable[Any] = (),
-                  vocab_words: Optional[tuple[str, ...]] = None):
-    """The TorchTrainer of a run; `callbacks` (Ray Train UserCallbacks, e.g. a progress feed or
-    Tune's report callback) go into its RunConfig."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from vatt.train.loop import train_loop_per_worker
+def scaling_config(cfg: Config):
+    """Ray Train's ScalingConfig of the run: CPU workers, GPU workers, or one worker per TPU VM
+    host of a slice (Ray then reserves the slice and TorchTrainer picks the `tpu_dist` backend
+    of torch_tpu)."""
+    from ray.train import ScalingConfig
 
     train = cfg.train
     resources = {"CPU": train.cpus_per_worker}
     if train.use_gpu:
         resources["GPU"] = train.gpus_per_worker
+    if train.use_tpu:
+        resources["TPU"] = train.tpus_per_worker
+        return ScalingConfig(num_workers=train.num_workers, use_tpu=True,
+                             topology=train.tpu_topology,
+                             accelerator_type=train.tpu_accelerator_type,
+                             resources_per_worker=resources)
+    return ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
+                         resources_per_worker=resources)
+
+
+def build_trainer(cfg: Config, storage: Storage, datasets: dict[str, Any],
+                  data_version: Optional[dict[str, Any]], callbacks: Iterable[Any] = (),
+                  vocab_words: Optional[tuple[str, ...]] = None):
+    """The TorchTrainer of a run; `callbacks` (Ray Train UserCallbacks, e.g. a progress feed or
+    Tune's report callback) go into its RunConfig."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    from vatt.train.loop import train_loop_per_worker
+
+    train = cfg.train
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": to_dict(cfg), "data_version": data_version,
                            "vocab_words": list(vocab_words) if vocab_words is not None else None},
-        scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
-                                     resources_per_worker=resources),
+        scaling_config=scaling_config(cfg),
         run_config=RunConfig(
             name=train.run_name, storage_path=storage.path, storage_filesystem=storage.filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=train.keep_checkpoints),
