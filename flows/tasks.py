@@ -141,12 +141,22 @@ def pull_data(cfg: Config, rev: str) -> dict[str, Any]:
 
 @task(name="pretrain", cache_policy=NO_CACHE)
 def pretrain_model(cfg: Config) -> dict[str, Any]:
-    """Ray Train pretraining; a worker that dies is replaced by Ray Train itself
-    (train.max_failures) and a retried flow run resumes from the run's last checkpoint."""
-    from vatt.train.pretrain import pretrain
+    """Ray Train pretraining on the target of cluster.target: this machine's Ray (local), or a
+    KubeRay RayJob (kubernetes: submitted, followed to its end, results read back from object
+    storage). A worker that dies is replaced by Ray Train itself (train.max_failures); a retried
+    flow run resumes from the run's last checkpoint (on Kubernetes it follows the run's RayJob,
+    or re-creates it when it had failed)."""
+    from vatt.config import TrainingTarget
 
     with _Timer() as timer:
-        result = pretrain(cfg)
+        if cfg.cluster.target == TrainingTarget.kubernetes:
+            from vatt.cluster.jobs import pretrain_on_cluster
+
+            result = pretrain_on_cluster(cfg)
+        else:
+            from vatt.train.pretrain import pretrain
+
+            result = pretrain(cfg)
     return {"run_uri": result.run_uri, "checkpoint": result.checkpoint_uri,
             "history": result.history, "run_name": result.config.train.run_name,
             "seconds": timer.seconds}

@@ -16,6 +16,9 @@ def _add_config_args(parser: argparse.ArgumentParser, config_file: bool = True) 
         which.add_argument("--config", default=None, metavar="FILE",
                            help="a whole config as YAML (e.g. the best.yaml of `vatt sweep`), "
                                 "instead of a preset")
+        which.add_argument("--config-env", default=None, metavar="VAR",
+                           help="a whole config as YAML in this environment variable (how a "
+                                "RayJob of `vatt submit` carries its config)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotlist overrides, e.g. model.video.drop_rate=0.25")
 
@@ -192,6 +195,53 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_submit(args: argparse.Namespace) -> int:
+    import time
+    from dataclasses import replace
+
+    from vatt.cluster import jobs
+    from vatt.cluster.client import ClusterError
+    from vatt.cluster.render import RenderError, render_job
+    from vatt.config import load_config
+
+    overrides = list(args.overrides)
+    for key, value in (("cluster.accelerator", args.target), ("cluster.namespace", args.namespace),
+                       ("cluster.timeout_s", args.timeout)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    cfg = load_config(args.preset, overrides)
+    if not cfg.train.run_name:  # pinned here: the RayJob and the resumable run are named after it
+        run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        cfg = replace(cfg, train=replace(cfg.train, run_name=run_name))
+    try:
+        rendered = render_job(cfg)
+    except RenderError as err:
+        print(f"vatt submit: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(rendered.to_yaml(), end="")
+        return 0
+    where = f"namespace {rendered.namespace}"
+    try:
+        client = jobs.client_for(cfg)
+        if not args.wait:
+            jobs.submit(client, rendered)
+            print(f"rayjob {rendered.name} created in {where} (run {rendered.run_name}); follow it "
+                  f"with `kubectl get rayjob {rendered.name} -n {rendered.namespace} -w`")
+            return 0
+        outcome = jobs.run_job(cfg, client, rendered)
+    except jobs.JobFailedError as err:
+        print(f"vatt submit: {err}", file=sys.stderr)
+        return 1
+    except ClusterError as err:
+        print(f"vatt submit: {err}", file=sys.stderr)
+        return 1
+    print(f"rayjob {outcome.name}: {outcome.status.deployment} in {outcome.status.elapsed_s:.0f} s"
+          f"{' (deleted)' if outcome.deleted else ''}")
+    print(f"run folder: {cfg.train.storage_path.rstrip('/')}/{rendered.run_name}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vatt", description=__doc__)
     parser.add_argument("--verbose", action="store_true",
@@ -281,6 +331,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="replace the space's scheduler (fifo: every trial runs to the end)")
     sweep.set_defaults(handler=_cmd_sweep)
 
+    submit = sub.add_parser("submit", help="pretrain on Kubernetes: render the run's KubeRay "
+                                           "RayJob from k8s/, create it, and with --wait follow "
+                                           "it to its end")
+    _add_config_args(submit)
+    submit.add_argument("--target", choices=("gpu", "tpu"), default=None,
+                        help="the overlay k8s/overlays/<target> (default: cluster.accelerator)")
+    submit.add_argument("--namespace", default=None,
+                        help="Kubernetes namespace (default: cluster.namespace)")
+    submit.add_argument("--dry-run", action="store_true",
+                        help="print the rendered manifests as multi-document YAML and exit")
+    submit.add_argument("--wait", action="store_true",
+                        help="follow the RayJob until it ends; exit 1 when it failed")
+    submit.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="stop following after this long (default: cluster.timeout_s)")
+    submit.set_defaults(handler=_cmd_submit)
+
     data = sub.add_parser("data", help="version data/ with DVC: track, push, pull, version")
     data_sub = data.add_subparsers(dest="action", required=True)
     track = data_sub.add_parser("track", help="dvc add: hash the folder into data.dvc")
@@ -315,6 +381,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose:
         set_verbose(True)
     configure_console()
+    if getattr(args, "config_env", None):
+        import os
+        import tempfile
+
+        text = os.environ.get(args.config_env)
+        if not text:
+            print(f"vatt {args.command}: --config-env {args.config_env}: that environment "
+                  "variable is not set or empty (it should hold a whole config as YAML)",
+                  file=sys.stderr)
+            return 2
+        folder = Path(tempfile.mkdtemp(prefix="vatt-config-"))
+        args.config = str(folder / "config.yaml")
+        Path(args.config).write_text(text)
     if getattr(args, "config", None):
         config = Path(args.config)
         if not config.is_file() or config.suffix not in (".yaml", ".yml"):

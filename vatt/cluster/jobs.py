@@ -1,0 +1,210 @@
+"""Submit a run's RayJob, follow it to its end, clean up, and read the results back.
+
+KubeRay drives a RayJob through `status.jobDeploymentStatus` (New, Initializing, Running, then
+Complete or Failed; ValidationFailed when the operator refuses the spec) while
+`status.jobStatus` is Ray's own view of the job (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED).
+`follow` reads both until the deployment status is terminal, calling `on_status` at every change
+(the CLI prints a progress line from it; flows log it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from vatt.cluster.client import ClusterError, JobExistsError, KubeClient, api_client_from_kubeconfig
+from vatt.cluster.render import RUN_NAME_LABEL, RenderedJob, render_job
+from vatt.config import CleanupPolicy, Config
+
+log = logging.getLogger("vatt.cluster")
+
+SUCCEEDED = "Complete"
+FAILED = ("Failed", "ValidationFailed")
+TERMINAL = (SUCCEEDED, *FAILED)
+
+
+class JobFailedError(ClusterError):
+    """The RayJob ended Failed; the message holds KubeRay's reason and message and the tail of
+    the submitter's logs."""
+
+
+class FollowTimeout(ClusterError):
+    """Stopped following before the RayJob ended (it keeps running)."""
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    name: str
+    deployment: str  # status.jobDeploymentStatus ("" before the operator has seen the job)
+    job: str  # status.jobStatus
+    reason: str = ""
+    message: str = ""
+    elapsed_s: float = 0.0
+
+    @classmethod
+    def of(cls, obj: dict[str, Any], elapsed_s: float = 0.0) -> "JobStatus":
+        status = obj.get("status") or {}
+        return cls(name=obj["metadata"]["name"], deployment=status.get("jobDeploymentStatus", ""),
+                   job=status.get("jobStatus", ""), reason=status.get("reason", ""),
+                   message=status.get("message", ""), elapsed_s=elapsed_s)
+
+    @property
+    def finished(self) -> bool:
+        return self.deployment in TERMINAL
+
+    @property
+    def succeeded(self) -> bool:
+        return self.deployment == SUCCEEDED
+
+    def line(self) -> str:
+        """One progress line: `rayjob NAME: Running (ray job RUNNING) 0:12:34`."""
+        minutes, seconds = divmod(int(self.elapsed_s), 60)
+        hours, minutes = divmod(minutes, 60)
+        job = f" (ray job {self.job})" if self.job else ""
+        return (f"rayjob {self.name}: {self.deployment or 'waiting for the operator'}{job} "
+                f"{hours}:{minutes:02d}:{seconds:02d}")
+
+
+@dataclass
+class JobOutcome:
+    name: str
+    namespace: str
+    run_name: str
+    status: JobStatus
+    logs: str = ""  # the submitter's log tail (read when the job failed)
+    deleted: bool = False
+    history: list[JobStatus] = field(default_factory=list)  # every status change seen
+
+
+def client_for(cfg: Config, api_client: Any = None) -> KubeClient:
+    """A KubeClient in cluster.namespace: on `api_client` when given, else on the kubeconfig
+    context cluster.kube_context (or the pod's service account inside the cluster)."""
+    api_client = api_client or api_client_from_kubeconfig(cfg.cluster.kube_context)
+    return KubeClient(api_client, cfg.cluster.namespace, attempts=cfg.cluster.api_attempts)
+
+
+def submit(client: KubeClient, rendered: RenderedJob, attach: bool = False) -> dict[str, Any]:
+    """Create the RayJob. An existing one of that name is a JobExistsError, unless `attach`:
+    then the existing RayJob of the same run is followed instead (a retried flow run), or, when
+    it has ended Failed, deleted and created again so the entrypoint resumes the run from its
+    last checkpoint."""
+    try:
+        return client.create_rayjob(rendered.rayjob)
+    except JobExistsError:
+        if not attach:
+            raise
+    existing = client.get_rayjob(rendered.name)
+    owner = (existing["metadata"].get("labels") or {}).get(RUN_NAME_LABEL)
+    if owner != rendered.rayjob["metadata"]["labels"][RUN_NAME_LABEL]:
+        raise JobExistsError(
+            f"RayJob {rendered.name} in namespace {rendered.namespace} exists but was not "
+            f"submitted for run {rendered.run_name} (label {RUN_NAME_LABEL}={owner!r}); delete it "
+            "or submit under another train.run_name")
+    status = JobStatus.of(existing)
+    if status.deployment in FAILED:
+        log.info("rayjob %s ended %s before; creating it again to resume run %s", rendered.name,
+                 status.deployment, rendered.run_name)
+        client.delete_rayjob(rendered.name)
+        _wait_gone(client, rendered.name)
+        return client.create_rayjob(rendered.rayjob)
+    log.info("rayjob %s exists (%s): following it", rendered.name, status.deployment or "new")
+    return existing
+
+
+def _wait_gone(client: KubeClient, name: str, timeout_s: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while client.find_rayjob(name) is not None:
+        if time.monotonic() > deadline:
+            raise ClusterError(f"rayjob {name} was deleted but is still there after "
+                               f"{timeout_s:.0f} s (a finalizer?); check `kubectl describe rayjob "
+                               f"{name}`")
+        time.sleep(1.0)
+
+
+def follow(client: KubeClient, name: str, timeout_s: float, poll_s: float,
+           on_status: Optional[Callable[[JobStatus], None]] = None) -> tuple[JobStatus, list[JobStatus]]:
+    """Read the RayJob's status every `poll_s` until it is terminal; (last status, every change).
+    FollowTimeout after `timeout_s`."""
+    started = time.monotonic()
+    changes: list[JobStatus] = []
+    seen: Optional[tuple[str, str]] = None
+    while True:
+        elapsed = time.monotonic() - started
+        status = JobStatus.of(client.get_rayjob(name), elapsed)
+        if (status.deployment, status.job) != seen:
+            seen = (status.deployment, status.job)
+            changes.append(status)
+            log.info("%s", status.line())
+        if on_status is not None:
+            on_status(status)
+        if status.finished:
+            return status, changes
+        if elapsed > timeout_s:
+            raise FollowTimeout(
+                f"rayjob {name} has not ended after {timeout_s:.0f} s (cluster.timeout_s); it "
+                f"is {status.deployment or 'not yet picked up by the operator'} and keeps "
+                f"running: follow it with `kubectl get rayjob {name} -n {client.namespace} -w`")
+        time.sleep(poll_s)
+
+
+def cleanup_wanted(policy: CleanupPolicy, succeeded: bool) -> bool:
+    return policy == CleanupPolicy.always or (policy == CleanupPolicy.on_success and succeeded)
+
+
+def run_job(cfg: Config, client: KubeClient, rendered: RenderedJob, attach: bool = False,
+            on_status: Optional[Callable[[JobStatus], None]] = None) -> JobOutcome:
+    """Submit, follow to the end, read the logs of a failure, clean up per cluster.cleanup.
+    Raises JobFailedError when the job failed (after the clean-up)."""
+    submit(client, rendered, attach=attach)
+    status, changes = follow(client, rendered.name, cfg.cluster.timeout_s, cfg.cluster.poll_s,
+                             on_status)
+    outcome = JobOutcome(rendered.name, rendered.namespace, rendered.run_name, status,
+                         history=changes)
+    if not status.succeeded:
+        outcome.logs = client.submitter_logs(rendered.name)
+    if cleanup_wanted(cfg.cluster.cleanup, status.succeeded):
+        client.delete_rayjob(rendered.name)
+        outcome.deleted = True
+    if not status.succeeded:
+        kept = "deleted" if outcome.deleted else (
+            f"kept for inspection: `kubectl describe rayjob {rendered.name} -n {rendered.namespace}`")
+        raise JobFailedError(
+            f"rayjob {rendered.name} ended {status.deployment} (ray job {status.job or 'unknown'})"
+            f": {status.reason or 'no reason given'}: {status.message or 'no message'}. The "
+            f"RayJob is {kept}. Submitter log tail:\n{outcome.logs}")
+    return outcome
+
+
+def pretrain_on_cluster(cfg: Config, api_client: Any = None,
+                        on_status: Optional[Callable[[JobStatus], None]] = None):
+    """Pretraining as a RayJob (cluster.target=kubernetes), for the flows: render, submit (or
+    follow the run's existing RayJob: a retried flow run), follow, then read the run's history
+    and latest checkpoint back from train.storage_path. Returns a PretrainResult as local
+    pretraining does."""
+    import json
+
+    from vatt.checkpoints import HISTORY_FILE, file_uri, list_checkpoints
+    from vatt.storage import ObjectStore
+    from vatt.train.pretrain import PretrainResult
+
+    rendered = render_job(cfg)
+    client = client_for(cfg, api_client)
+    run_job(cfg, client, rendered, attach=True, on_status=on_status)
+    store = ObjectStore.from_config(cfg.storage)
+    run_uri = f"{cfg.train.storage_path.rstrip('/')}/{cfg.train.run_name}"
+    found = [uri for _, uri in list_checkpoints(cfg.train.storage_path, store)
+             if uri.startswith(run_uri + "/")]
+    if not found:
+        raise ClusterError(
+            f"rayjob {rendered.name} completed but {run_uri} holds no checkpoint: the entrypoint "
+            "did not write where train.storage_path says (check the pods' object-store "
+            "settings, the vatt-object-store ConfigMap and Secret)")
+    checkpoint = found[-1]
+    history = json.loads(store.read_bytes(file_uri(checkpoint, HISTORY_FILE)))
+    return PretrainResult(run_uri=run_uri, checkpoint_uri=checkpoint, history=history, config=cfg)
+
+
+__all__ = ["JobStatus", "JobOutcome", "JobFailedError", "FollowTimeout", "client_for", "submit",
+           "follow", "run_job", "pretrain_on_cluster", "cleanup_wanted", "TERMINAL"]
