@@ -17,7 +17,10 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+# the presets: configs/ of the source tree, or vatt/configs/ (package data) when installed
+CONFIG_DIR = (_PACKAGE_DIR / "configs" if (_PACKAGE_DIR / "configs").is_dir()
+              else _PACKAGE_DIR.parent / "configs")
 
 
 class ConfigError(ValueError):

@@ -1,0 +1,45 @@
+# The vatt image: the package installed from this checkout (not editable) with its dependencies,
+# run as uid/gid 1000 like every pod under k8s/. One Dockerfile, three builds:
+#
+#   docker build --build-arg VARIANT=cpu -t REGISTRY/vatt:0.1.0-cpu .  # Prefect, submitters, CPU Ray
+#   docker build --build-arg VARIANT=gpu -t REGISTRY/vatt:0.1.0-gpu .  # Ray on NVIDIA GPUs
+#   docker build --build-arg VARIANT=tpu -t REGISTRY/vatt:0.1.0-tpu .  # Ray on TPU VMs
+#
+# and name them in k8s/image/images.yaml. No credentials go into the image: object-store keys
+# come from the Secret vatt-object-store at run time.
+FROM python:3.11-slim
+
+# cpu: torch's CPU wheels; gpu: PyPI's default torch (CUDA); tpu: CPU torch plus torch_tpu
+# (Ray Train's tpu_dist backend) and libtpu
+ARG VARIANT=cpu
+ARG TORCH_VERSION=2.14.1
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# wget: KubeRay's readiness and liveness probes of Ray pods call it; PyAV's wheels bring ffmpeg
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends wget \
+    && rm -rf /var/lib/apt/lists/*
+
+RUN groupadd --gid 1000 vatt \
+    && useradd --uid 1000 --gid 1000 --create-home --home-dir /home/vatt --shell /bin/bash vatt
+
+# torch first, from the variant's index, so that installing the package finds it satisfied
+RUN case "$VARIANT" in \
+      cpu|tpu) pip install "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu ;; \
+      gpu) pip install "torch==${TORCH_VERSION}" ;; \
+      *) echo "VARIANT must be cpu, gpu or tpu, not '${VARIANT}'" >&2; exit 1 ;; \
+    esac \
+    && if [ "$VARIANT" = tpu ]; then pip install "torch-tpu==0.2.*"; fi
+
+# the package and the Prefect Kubernetes worker (the k8s extra); the source does not stay
+COPY . /tmp/vatt-src
+RUN pip install "/tmp/vatt-src[k8s]" && rm -rf /tmp/vatt-src
+
+USER 1000:1000
+ENV HOME=/home/vatt
+# relative paths of the defaults (runs/, artifacts/, data/) land in the user's home
+WORKDIR /home/vatt
+CMD ["vatt", "--help"]
