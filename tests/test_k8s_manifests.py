@@ -29,6 +29,7 @@ K8S = REPO / "k8s"
 # every kustomization a user applies or `vatt submit` renders
 TARGETS = {
     "base": "base",
+    "cpu": "overlays/cpu",
     "gpu": "overlays/gpu",
     "tpu": "overlays/tpu",
     "raycluster": "raycluster",
@@ -37,7 +38,7 @@ TARGETS = {
     "prefect": "prefect",
     "platform": ".",  # object-store + rbac + prefect in one namespace
 }
-RAY_JOB_TARGETS = ("base", "gpu", "tpu")
+RAY_JOB_TARGETS = ("base", "cpu", "gpu", "tpu")
 OBJECT_STORE = "vatt-object-store"
 SERVICE_ACCOUNT = "vatt-worker"
 SHM = "/dev/shm"

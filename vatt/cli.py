@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "RayJob from k8s/, create it, and with --wait follow "
                                            "it to its end")
     _add_config_args(submit)
-    submit.add_argument("--target", choices=("gpu", "tpu"), default=None,
+    submit.add_argument("--target", choices=("cpu", "gpu", "tpu"), default=None,
                         help="the overlay k8s/overlays/<target> (default: cluster.accelerator)")
     submit.add_argument("--namespace", default=None,
                         help="Kubernetes namespace (default: cluster.namespace)")

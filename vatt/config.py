@@ -294,6 +294,7 @@ class TrainingTarget(str, Enum):
 
 
 class Accelerator(str, Enum):
+    cpu = "cpu"  # k8s/overlays/cpu: CPU workers only
     gpu = "gpu"  # k8s/overlays/gpu: nvidia.com/gpu node pool
     tpu = "tpu"  # k8s/overlays/tpu: GKE TPU slices
 

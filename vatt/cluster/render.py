@@ -10,12 +10,18 @@ module sets what belongs to one run:
 - the entrypoint, `vatt pretrain --config-env VATT_JOB_CONFIG`, and the config itself, as YAML in
   that environment variable of the job's `runtimeEnvYAML`: the config travels inside the
   RayJob, so what runs is exactly what was submitted, with no file to mount or copy.
+
+The overlay's own entrypoint says what its hardware needs (`train.use_gpu=true
+train.num_workers=2` beside 2 one-GPU worker pods; the TPU slice's topology and hosts): those
+KEY=VALUE settings are applied to the run's config before it is shipped, so the config and the
+pods it runs on agree. They are edited in the overlay, next to the pods they describe.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass, replace as dc_replace
@@ -24,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from vatt.config import Config, TrainingTarget, to_yaml
+from vatt.config import Config, ConfigError, TrainingTarget, replace, to_yaml
 
 JOB_CONFIG_ENV = "VATT_JOB_CONFIG"  # the runtime-env variable holding the run's config YAML
 RUN_NAME_LABEL = "vatt.dev/run-name"
@@ -46,6 +52,8 @@ class RenderedJob:
     namespace: str
     run_name: str  # train.run_name inside the shipped config
     documents: list[dict[str, Any]]  # every object to create, the RayJob among them
+    config: Config  # what the job runs: the run's config with the overlay's hardware settings
+    hardware: tuple[str, ...] = ()  # those settings (KEY=VALUE from the overlay's entrypoint)
 
     @property
     def rayjob(self) -> dict[str, Any]:
@@ -119,6 +127,12 @@ def render_job(cfg: Config, manifests: str | Path | None = None) -> RenderedJob:
     if len(rayjobs) != 1:
         raise RenderError(f"`kubectl kustomize {folder}` rendered {len(rayjobs)} RayJobs; the "
                           "overlay must render exactly one (k8s/base/rayjob.yaml)")
+    hardware = tuple(token for token in shlex.split(rayjobs[0]["spec"].get("entrypoint", ""))
+                     if "=" in token and not token.startswith("-"))
+    try:
+        cfg = replace(cfg, list(hardware))
+    except ConfigError as err:
+        raise RenderError(f"the entrypoint of {folder} sets {' '.join(hardware)}: {err}") from None
     name, namespace = job_name(cfg.train.run_name), cfg.cluster.namespace
     for doc in documents:
         if doc.get("kind") not in CLUSTER_SCOPED_KINDS:
@@ -135,7 +149,7 @@ def render_job(cfg: Config, manifests: str | Path | None = None) -> RenderedJob:
     spec["runtimeEnvYAML"] = yaml.safe_dump(runtime_env, sort_keys=False)
     spec["entrypoint"] = f"vatt pretrain --config-env {JOB_CONFIG_ENV}"
     return RenderedJob(name=name, namespace=namespace, run_name=cfg.train.run_name,
-                       documents=documents)
+                       documents=documents, config=cfg, hardware=hardware)
 
 
 __all__ = ["JOB_CONFIG_ENV", "RUN_NAME_LABEL", "RenderError", "RenderedJob", "job_name",
