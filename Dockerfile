@@ -20,8 +20,16 @@ ENV PYTHONUNBUFFERED=1 \
 
 # wget: KubeRay's readiness and liveness probes of Ray pods call it; PyAV's wheels bring ffmpeg
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends wget \
+    && apt-get install -y --no-install-recommends wget ca-certificates \
     && rm -rf /var/lib/apt/lists/*
+
+# kubectl: a flow run in the cluster with cluster.target=kubernetes renders its RayJob from k8s/
+# with `kubectl kustomize` (checked against the release's published SHA-256)
+ARG KUBECTL_VERSION=v1.32.4
+RUN wget -q "https://dl.k8s.io/release/${KUBECTL_VERSION}/bin/linux/amd64/kubectl" \
+         "https://dl.k8s.io/release/${KUBECTL_VERSION}/bin/linux/amd64/kubectl.sha256" \
+    && echo "$(cat kubectl.sha256)  kubectl" | sha256sum --check \
+    && install -m 0755 kubectl /usr/local/bin/kubectl && rm kubectl kubectl.sha256
 
 RUN groupadd --gid 1000 vatt \
     && useradd --uid 1000 --gid 1000 --create-home --home-dir /home/vatt --shell /bin/bash vatt
@@ -40,6 +48,8 @@ RUN pip install "/tmp/vatt-src[k8s]" && rm -rf /tmp/vatt-src
 
 USER 1000:1000
 ENV HOME=/home/vatt
-# relative paths of the defaults (runs/, artifacts/, data/) land in the user's home
+# relative paths of the defaults (runs/, artifacts/, data/, k8s/) resolve in the user's home;
+# the manifests travel with the image for flow runs that submit RayJobs (cluster.manifests=k8s)
 WORKDIR /home/vatt
+COPY --chown=1000:1000 k8s /home/vatt/k8s
 CMD ["vatt", "--help"]
