@@ -1,0 +1,384 @@
+"""vatt.cluster and `vatt submit` against a real Kubernetes API server (tests/kube.py: Debian's
+kube-apiserver 1.20 beside etcd, RBAC on, token identities) with KubeRay's CRDs installed.
+
+No KubeRay operator runs here: where a test needs the RayJob to move, the test plays the
+operator and patches `status` through the status subresource, as KubeRay does. The RayJob's
+entrypoint itself is run on a real Ray in tests/test_cluster_ray.py.
+"""
+
+from __future__ import annotations
+
+import http.server
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO_ROOT, vatt_command
+from k8s_validate import validate
+from vatt.cluster import jobs
+from vatt.cluster.client import (InvalidObjectError, JobExistsError, KubeClient,
+                                 PermissionDeniedError, TransientClusterError)
+from vatt.cluster.render import JOB_CONFIG_ENV, RenderError, job_name, render_job
+from vatt.config import load_config, replace, to_dict
+
+NAMESPACE = "vatt"
+WORKER = f"system:serviceaccount:{NAMESPACE}:vatt-worker"
+NOPERM = f"system:serviceaccount:{NAMESPACE}:vatt-noperm"
+S3_PATHS = ["train.storage_path=s3://vatt-data/runs", "data.path=s3://vatt-data/data"]
+
+
+def _cfg(run_name: str, *overrides: str):
+    return load_config("tiny", [*S3_PATHS, f"train.run_name={run_name}",
+                                f"cluster.manifests={REPO_ROOT / 'k8s'}", "cluster.poll_s=0.2",
+                                "cluster.timeout_s=120", *overrides])
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering (no server)
+
+
+def test_job_names_are_dns_labels_of_at_most_47_characters():
+    assert job_name("tiny-20261202-101500") == "tiny-20261202-101500"
+    assert job_name("My_Run.2") == "my-run-2"
+    assert job_name("2026 run") == "vatt-2026-run"
+    long_a, long_b = job_name("x" * 80 + "a"), job_name("x" * 80 + "b")
+    assert len(long_a) <= 47 and len(long_b) <= 47 and long_a != long_b
+
+
+@pytest.mark.parametrize("accelerator, hardware", [
+    ("cpu", ()), ("gpu", ("train.use_gpu=true", "train.num_workers=2")),
+    ("tpu", ("train.use_tpu=true", "train.tpu_topology=4x4", "train.tpu_accelerator_type=TPU-V6E",
+             "train.num_workers=4"))])
+def test_rendered_job_carries_the_config_and_validates(accelerator, hardware):
+    cfg = _cfg("render-check", f"cluster.accelerator={accelerator}", "model.video.drop_rate=0.25")
+    rendered = render_job(cfg)
+    spec = rendered.rayjob["spec"]
+    assert rendered.rayjob["metadata"]["name"] == "render-check"
+    assert spec["entrypoint"] == f"vatt pretrain --config-env {JOB_CONFIG_ENV}"
+    shipped = yaml.safe_load(yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"][JOB_CONFIG_ENV])
+    # the config travels whole, with the overlay's hardware settings (what its pods have): the
+    # run resumes under its name with the same settings
+    assert rendered.hardware == hardware
+    expected = to_dict(replace(cfg, list(hardware)))
+    expected["cluster"]["target"] = "local"  # it trains on the RayJob's own Ray
+    assert shipped == expected
+    assert shipped["model"]["video"]["drop_rate"] == 0.25 and shipped["train"]["run_name"] == "render-check"
+    assert all(doc["metadata"].get("namespace") == NAMESPACE for doc in rendered.documents)
+    for doc in rendered.documents:
+        assert validate(doc) == [], (doc["kind"], validate(doc))
+
+
+def test_local_paths_are_refused_before_anything_is_rendered():
+    cfg = load_config("tiny", ["train.run_name=x", f"cluster.manifests={REPO_ROOT / 'k8s'}"])
+    with pytest.raises(RenderError, match="train.storage_path='runs'.*data.path='data'"):
+        render_job(cfg)
+
+
+@pytest.mark.parametrize("target", ["cpu", "gpu", "tpu"])
+def test_submit_dry_run_prints_valid_manifests(target, tmp_path):
+    done = subprocess.run([*vatt_command(), "submit", "--target", target, "--dry-run",
+                           "train.run_name=dry", f"cluster.manifests={REPO_ROOT / 'k8s'}",
+                           *S3_PATHS], cwd=tmp_path, text=True, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    documents = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    kinds = [doc["kind"] for doc in documents]
+    assert kinds.count("RayJob") == 1
+    for doc in documents:
+        assert validate(doc) == [], (doc["kind"], validate(doc))
+    worker = next(doc for doc in documents if doc["kind"] == "RayJob")["spec"][
+        "rayClusterSpec"]["workerGroupSpecs"][0]
+    limits = worker["template"]["spec"]["containers"][0]["resources"]["limits"]
+    accelerators = {"nvidia.com/gpu", "google.com/tpu"} & set(limits)
+    assert accelerators == {"cpu": set(), "gpu": {"nvidia.com/gpu"}, "tpu": {"google.com/tpu"}}[target]
+
+
+def test_tpu_config_reaches_ray_train_scaling_config():
+    from vatt.train.pretrain import scaling_config
+
+    cfg = load_config("tiny", ["train.use_tpu=true", "train.num_workers=4",
+                               "train.tpu_topology=4x4", "train.tpu_accelerator_type=TPU-V6E"])
+    scaling = scaling_config(cfg)
+    assert scaling.use_tpu and not scaling.use_gpu
+    assert (scaling.topology, scaling.accelerator_type) == ("4x4", "TPU-V6E")
+    assert scaling.resources_per_worker["TPU"] == 4.0
+    with pytest.raises(Exception, match="train.tpu_topology"):
+        load_config("tiny", ["train.use_tpu=true", "train.num_workers=4"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Against the API server
+
+
+@pytest.fixture(scope="module")
+def rbac(kube_api):
+    """The platform's RBAC (k8s/rbac) applied in the namespace, as a cluster admin would."""
+    rendered = subprocess.run(["kubectl", "kustomize", str(REPO_ROOT / "k8s" / "rbac")],
+                              text=True, capture_output=True, check=True).stdout
+    kube_api.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=rendered)
+    return [doc for doc in yaml.safe_load_all(rendered) if doc]
+
+
+@pytest.fixture
+def worker(kube_api, rbac) -> KubeClient:
+    return KubeClient(kube_api.api_client(kube_api.tokens[WORKER]), NAMESPACE, attempts=3)
+
+
+@pytest.fixture
+def operator(kube_api):
+    """The test's stand-in for the KubeRay operator: patches a RayJob's status (admin)."""
+    from kubernetes import client
+
+    custom = client.CustomObjectsApi(kube_api.api_client())
+
+    def set_status(name: str, **status):
+        for _ in range(100):  # the RayJob may not exist yet when the client is just submitting
+            try:
+                return custom.patch_namespaced_custom_object_status(
+                    "ray.io", "v1", NAMESPACE, "rayjobs", name, {"status": status})
+            except client.exceptions.ApiException as err:
+                if err.status != 404:
+                    raise
+                time.sleep(0.1)
+        raise AssertionError(f"rayjob {name} never appeared")
+
+    return set_status
+
+
+def _run_in_thread(fn):
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as err:  # noqa: BLE001 - handed to the test
+            box["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def test_client_follows_a_job_to_complete_and_cleans_up(worker, operator):
+    cfg = _cfg(_unique("complete"))
+    rendered = render_job(cfg)
+    seen = []
+    thread, box = _run_in_thread(lambda: jobs.run_job(cfg, worker, rendered, on_status=seen.append))
+    for deployment, job in (("Initializing", ""), ("Running", "PENDING"), ("Running", "RUNNING"),
+                            ("Complete", "SUCCEEDED")):
+        operator(rendered.name, jobDeploymentStatus=deployment, **({"jobStatus": job} if job else {}))
+        time.sleep(0.6)  # a few polls at each state
+    thread.join(30)
+    assert "error" not in box, box.get("error")
+    outcome = box["value"]
+    assert [(s.deployment, s.job) for s in outcome.history if s.deployment] == [
+        ("Initializing", ""), ("Running", "PENDING"), ("Running", "RUNNING"),
+        ("Complete", "SUCCEEDED")]
+    assert outcome.status.succeeded and outcome.deleted
+    assert worker.find_rayjob(rendered.name) is None  # cluster.cleanup=on_success
+    assert "rayjob" in seen[-1].line() and "Complete" in seen[-1].line()
+
+
+def test_a_failed_job_says_why_and_is_kept_for_inspection(worker, operator):
+    cfg = _cfg(_unique("failed"))
+    rendered = render_job(cfg)
+    thread, box = _run_in_thread(lambda: jobs.run_job(cfg, worker, rendered))
+    operator(rendered.name, jobDeploymentStatus="Running", jobStatus="RUNNING")
+    time.sleep(0.5)
+    operator(rendered.name, jobDeploymentStatus="Failed", jobStatus="FAILED", reason="AppFailed",
+             message="Job entrypoint command failed with exit code 2")
+    thread.join(30)
+    error = box.get("error")
+    assert isinstance(error, jobs.JobFailedError), box
+    text = str(error)
+    assert "ended Failed" in text and "AppFailed" in text and "exit code 2" in text
+    assert "kept for inspection" in text and "submitter log" in text.lower()
+    assert worker.find_rayjob(rendered.name) is not None  # on_success keeps failures
+    worker.delete_rayjob(rendered.name)
+
+
+def test_cleanup_always_deletes_a_failed_job_too(worker, operator):
+    cfg = _cfg(_unique("always"), "cluster.cleanup=always")
+    rendered = render_job(cfg)
+    thread, box = _run_in_thread(lambda: jobs.run_job(cfg, worker, rendered))
+    operator(rendered.name, jobDeploymentStatus="ValidationFailed", reason="ValidationFailed",
+             message="spec.rayClusterSpec is required")
+    thread.join(30)
+    assert isinstance(box.get("error"), jobs.JobFailedError)
+    assert "deleted" in str(box["error"]) and worker.find_rayjob(rendered.name) is None
+
+
+def test_following_times_out_with_how_to_keep_following(worker):
+    cfg = _cfg(_unique("slow"), "cluster.timeout_s=0.5")
+    rendered = render_job(cfg)
+    jobs.submit(worker, rendered)
+    with pytest.raises(jobs.FollowTimeout, match=f"kubectl get rayjob {rendered.name} -n vatt -w"):
+        jobs.follow(worker, rendered.name, cfg.cluster.timeout_s, cfg.cluster.poll_s)
+    worker.delete_rayjob(rendered.name)
+
+
+def test_409_says_the_job_exists_and_how_to_resume_or_rename(worker):
+    rendered = render_job(_cfg(_unique("twice")))
+    jobs.submit(worker, rendered)
+    with pytest.raises(JobExistsError) as caught:
+        jobs.submit(worker, rendered)
+    text = str(caught.value)
+    assert "already exists" in text and f"kubectl delete rayjob {rendered.name}" in text
+    assert "train.run_name" in text
+    worker.delete_rayjob(rendered.name)
+
+
+def test_a_retried_flow_attaches_to_its_running_job_or_recreates_a_failed_one(worker, operator):
+    rendered = render_job(_cfg(_unique("attach")))
+    created = jobs.submit(worker, rendered)
+    operator(rendered.name, jobDeploymentStatus="Running", jobStatus="RUNNING")
+    again = jobs.submit(worker, rendered, attach=True)
+    assert again["metadata"]["uid"] == created["metadata"]["uid"]  # followed, not re-created
+    operator(rendered.name, jobDeploymentStatus="Failed", jobStatus="FAILED", reason="AppFailed")
+    fresh = jobs.submit(worker, rendered, attach=True)
+    assert fresh["metadata"]["uid"] != created["metadata"]["uid"]  # re-created: resumes the run
+    worker.delete_rayjob(rendered.name)
+
+
+def test_403_names_the_verb_and_resource_the_identity_lacks(kube_api, rbac):
+    noperm = KubeClient(kube_api.api_client(kube_api.tokens[NOPERM]), NAMESPACE, attempts=1)
+    rendered = render_job(_cfg(_unique("denied")))
+    with pytest.raises(PermissionDeniedError) as caught:
+        jobs.submit(noperm, rendered)
+    text = str(caught.value)
+    assert "lacks the 'create' verb on 'rayjobs.ray.io' in namespace vatt" in text
+    assert "k8s/rbac" in text
+
+
+def test_422_names_the_field_the_server_rejected(worker):
+    rendered = render_job(_cfg(_unique("invalid")))
+    body = rendered.rayjob
+    body["spec"]["backoffLimit"] = "three"
+    with pytest.raises(InvalidObjectError, match=r"spec\.backoffLimit"):
+        worker.create_rayjob(body)
+
+
+def test_connection_refused_is_retried_with_backoff_then_reported(kube_api):
+    from kubernetes import client
+
+    api = kube_api.api_client()
+    api.configuration.host = "https://127.0.0.1:9"  # nothing listens there
+    api.configuration.retries = False
+    pauses = []
+    unreachable = KubeClient(client.ApiClient(api.configuration), NAMESPACE, attempts=4,
+                             sleep=pauses.append)
+    with pytest.raises(TransientClusterError, match="after 4 tries"):
+        unreachable.get_rayjob("anything")
+    assert len(pauses) == 3 and pauses[0] < pauses[1] < pauses[2]  # exponential
+
+
+class _Overloaded(http.server.BaseHTTPRequestHandler):
+    """An HTTP server that answers 503 (with Retry-After) twice, then 404: a stand-in for an
+    overloaded API server, which the real one here cannot be made to be."""
+
+    answers = [503, 429]
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        status = self.answers.pop(0) if self.answers else 404
+        body = b'{"kind":"Status","message":"busy"}' if status != 404 else (
+            b'{"kind":"Status","message":"rayjobs.ray.io \\"x\\" not found","reason":"NotFound"}')
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Retry-After", "0.25")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_429_and_5xx_are_retried_honouring_retry_after():
+    from kubernetes import client
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Overloaded)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    configuration = client.Configuration()
+    configuration.host = f"http://127.0.0.1:{server.server_port}"
+    configuration.retries = False
+    pauses = []
+    busy = KubeClient(client.ApiClient(configuration), NAMESPACE, attempts=5, sleep=pauses.append)
+    assert busy.find_rayjob("x") is None  # 503, 429, then a real answer: not found
+    assert len(pauses) == 2 and all(0.25 <= pause <= 0.25 * 1.25 for pause in pauses)
+    server.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------
+# RBAC: what the worker may do, exactly
+
+
+def _allowed(kube_api, token: str, verb: str, resource: str, group: str = "",
+             subresource: str = "", namespace: str = NAMESPACE) -> bool:
+    from kubernetes import client
+
+    review = client.AuthorizationV1Api(kube_api.api_client(token)).create_self_subject_access_review(
+        {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+         "spec": {"resourceAttributes": {"namespace": namespace, "verb": verb, "group": group,
+                                         "resource": resource, "subresource": subresource}}})
+    return review.status.allowed
+
+
+NEEDED = [  # what vatt.cluster and the flows do (verb, resource, group, subresource)
+    ("create", "rayjobs", "ray.io", ""), ("get", "rayjobs", "ray.io", ""),
+    ("delete", "rayjobs", "ray.io", ""), ("list", "pods", "", ""), ("get", "pods", "", "log"),
+    ("create", "rayclusters", "ray.io", ""), ("delete", "rayclusters", "ray.io", ""),
+]
+DENIED = [
+    ("get", "secrets", "", ""), ("list", "secrets", "", ""), ("create", "pods", "", ""),
+    ("delete", "pods", "", ""), ("create", "pods", "", "exec"), ("create", "roles", "rbac.authorization.k8s.io", ""),
+    ("create", "rolebindings", "rbac.authorization.k8s.io", ""), ("update", "rayjobs", "ray.io", "status"),
+    ("patch", "rayjobs", "ray.io", "status"), ("create", "configmaps", "", ""),
+    ("delete", "namespaces", "", ""), ("create", "customresourcedefinitions", "apiextensions.k8s.io", ""),
+]
+
+
+def test_rbac_grants_the_worker_what_the_flows_need(kube_api, rbac):
+    token = kube_api.tokens[WORKER]
+    for verb, resource, group, sub in NEEDED:
+        assert _allowed(kube_api, token, verb, resource, group, sub), (verb, resource, sub)
+
+
+def test_rbac_grants_nothing_more(kube_api, rbac):
+    token = kube_api.tokens[WORKER]
+    for verb, resource, group, sub in DENIED:
+        assert not _allowed(kube_api, token, verb, resource, group, sub), (verb, resource, sub)
+    # and only in its own namespace
+    assert not _allowed(kube_api, token, "create", "rayjobs", "ray.io", namespace="default")
+    kinds = {doc["kind"] for doc in rbac}
+    assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
+    for doc in rbac:
+        for rule in doc.get("rules", []):
+            assert "*" not in rule.get("verbs", []) + rule.get("resources", [])
+            assert "secrets" not in rule.get("resources", [])
+
+
+def test_vatt_submit_waits_for_the_job_and_exits_by_its_outcome(kube_api, rbac, operator, tmp_path):
+    """The CLI end to end with the worker's kubeconfig: create, follow, Complete, exit 0."""
+    kubeconfig = kube_api.kubeconfig(tmp_path / "kubeconfig", token=kube_api.tokens[WORKER])
+    run = _unique("cli")
+    command = [*vatt_command(), "submit", "--target", "gpu", "--wait", f"train.run_name={run}",
+               f"cluster.manifests={REPO_ROOT / 'k8s'}", "cluster.poll_s=0.2", *S3_PATHS]
+    env = {**__import__("os").environ, "KUBECONFIG": str(kubeconfig)}
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    operator(job_name(run), jobDeploymentStatus="Running", jobStatus="RUNNING")
+    time.sleep(1.0)
+    operator(job_name(run), jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    assert f"rayjob {job_name(run)}: Running (ray job RUNNING)" in output
+    assert f"rayjob {job_name(run)}: Complete" in output
+    assert f"run folder: s3://vatt-data/runs/{run}" in output
