@@ -7,7 +7,7 @@
 # so that later test runs, of this or of fresh clones on the same machine, reuse it. Prints the
 # binary's path as the last line of stdout. Does nothing (but print it) when it is already there.
 # Also installs what the tests run beside it: etcd (etcd-server) and kubectl (kubernetes-client,
-# unless a kubectl is already on PATH).
+# unless there is a /usr/bin/kubectl already).
 #
 # No registry ships kube-apiserver; Debian ships its source. The build takes about 5 minutes on 2
 # cores, needs root (apt) and Debian's mirrors, and nothing else from the network (GOPROXY=off).
@@ -98,7 +98,7 @@ ensure_deb_src() {
 }
 
 runtime_packages=(etcd-server)
-command -v kubectl >/dev/null || runtime_packages+=(kubernetes-client)
+[[ -x /usr/bin/kubectl ]] || runtime_packages+=(kubernetes-client)  # tests/kube.py runs /usr/bin/kubectl
 apt_install "${runtime_packages[@]}"
 
 version=$(debian_version)
