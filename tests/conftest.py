@@ -290,3 +290,16 @@ def _ray_per_module() -> Iterator[None]:
     ray = sys.modules.get("ray")
     if ray is not None and not before and ray.is_initialized():
         ray.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------
+# A real Kubernetes API server (kube-apiserver 1.20 and etcd; see tests/kube.py)
+
+from kube import KubeAPI, kube_api_server  # noqa: E402 - the section's own import
+
+
+@pytest.fixture(scope="session")
+def kube_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeAPI]:
+    """kube-apiserver with RBAC, namespace `vatt` and KubeRay's CRDs, for the whole session."""
+    with kube_api_server(tmp_path_factory.mktemp("kube")) as api:
+        yield api

@@ -1,0 +1,472 @@
+"""A real Kubernetes API server for the tests: kube-apiserver 1.20 (built from Debian's source
+package by tests/kube/build-kube-apiserver.sh, cached outside the clone) beside Debian's etcd,
+both on free 127.0.0.1 ports with their data, keys and logs in a temp folder. No kubelet, no
+scheduler, no controller-manager: objects are stored, validated, authorized and watched, nothing
+runs them (pods stay Pending, namespaces stay Terminating once deleted).
+
+Authentication is a static token file: an admin in `system:masters`, and one token per
+service account of namespace `vatt` (`vatt-worker`, `vatt-noperm`) under the user name and
+groups the API server gives a real service-account token, so RBAC bindings to a ServiceAccount
+subject apply to it. Authorization is RBAC. Namespace `vatt` and KubeRay's RayJob and
+RayCluster CRDs (tests/fixtures/kuberay-crds, edited in memory for 1.20: see
+`crds_for_kube_1_20`) are installed before the fixture yields.
+
+    def test_something(kube_api):
+        kube_api.kubectl("get", "rayjobs")                       # admin, namespace vatt
+        worker = kube_api.tokens["system:serviceaccount:vatt:vatt-worker"]
+        api = kubernetes.client.CustomObjectsApi(kube_api.api_client(worker))
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import secrets
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+if TYPE_CHECKING:
+    import kubernetes
+
+APISERVER_ENV_VAR = "VATT_KUBE_APISERVER"  # a kube-apiserver binary to use instead of the cache
+CACHE_ENV_VAR = "VATT_KUBE_CACHE"  # the build script's cache folder
+DEFAULT_CACHE = Path("/var/cache/vatt")
+BUILD_SCRIPT = Path(__file__).resolve().parent / "kube" / "build-kube-apiserver.sh"
+BUILD_TIMEOUT_S = 60 * 60  # 5 minutes on 2 idle cores; 37 beside a Ray training
+ETCD = "/usr/bin/etcd"  # Debian's etcd-server
+KUBECTL = "/usr/bin/kubectl"
+CRD_DIR = Path(__file__).resolve().parent / "fixtures" / "kuberay-crds"
+CRD_FILES = ("ray.io_rayjobs.yaml", "ray.io_rayclusters.yaml")
+NAMESPACE = "vatt"
+SERVICE_ACCOUNTS = ("vatt-worker", "vatt-noperm")
+ADMIN_USER = "vatt-admin"
+STARTUP_TIMEOUT_S = 90.0  # kube-apiserver on 2 busy cores
+CRD_ESTABLISHED_TIMEOUT_S = 60.0
+SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+
+
+class KubectlError(subprocess.CalledProcessError):
+    """A failed kubectl call; unlike its base class, says what kubectl said."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\nstderr: {self.stderr}\nstdout: {str(self.stdout)[-2000:]}"
+
+
+@dataclass(frozen=True)
+class KubeAPI:
+    url: str  # https://127.0.0.1:<port>
+    ca_file: Path  # verifies the server's serving cert
+    admin_token: str
+    tokens: dict[str, str]  # user name -> token, e.g. "system:serviceaccount:vatt:vatt-worker"
+    log_path: Path
+
+    def kubeconfig(self, path: Path, token: str | None = None, namespace: str = NAMESPACE) -> Path:
+        """Writes a kubeconfig for this server (the admin's token unless `token`), whose
+        context's namespace is `namespace`. JSON, which every kubeconfig reader takes as YAML."""
+        path = Path(path)
+        config = {
+            "apiVersion": "v1", "kind": "Config", "preferences": {},
+            "clusters": [{"name": "vatt-test", "cluster": {
+                "server": self.url, "certificate-authority": str(self.ca_file)}}],
+            "users": [{"name": "vatt-test", "user": {"token": token or self.admin_token}}],
+            "contexts": [{"name": "vatt-test", "context": {
+                "cluster": "vatt-test", "user": "vatt-test", "namespace": namespace}}],
+            "current-context": "vatt-test",
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config, indent=2))
+        path.chmod(0o600)
+        return path
+
+    def kubectl(self, *args: str, token: str | None = None, input: str | None = None,
+                check: bool = True) -> subprocess.CompletedProcess:
+        """Runs /usr/bin/kubectl against this server (the admin's token unless `token`;
+        namespace `vatt` unless `-n`), nothing of ~/.kube involved. Text output, captured."""
+        token = token or self.admin_token
+        name = hashlib.sha256(token.encode()).hexdigest()[:16]
+        config = self.log_path.parent / "kubeconfigs" / name
+        if not config.exists():  # written aside and renamed: concurrent calls see all or none
+            aside = config.with_name(f"{name}.{secrets.token_hex(4)}.tmp")
+            os.replace(self.kubeconfig(aside, token), config)
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        done = subprocess.run([KUBECTL, f"--kubeconfig={config}", *args], input=input, text=True,
+                              capture_output=True, env=env, timeout=300)
+        if check and done.returncode != 0:
+            raise KubectlError(done.returncode, done.args, done.stdout, done.stderr)
+        return done
+
+    def api_client(self, token: str | None = None) -> "kubernetes.client.ApiClient":
+        """A kubernetes Python client for this server (the admin's token unless `token`),
+        verifying its serving certificate."""
+        from kubernetes import client
+
+        configuration = client.Configuration()
+        configuration.host = self.url
+        configuration.ssl_ca_cert = str(self.ca_file)
+        configuration.verify_ssl = True
+        configuration.api_key = {"authorization": token or self.admin_token}
+        configuration.api_key_prefix = {"authorization": "Bearer"}
+        return client.ApiClient(configuration)
+
+
+# ---------------------------------------------------------------------------------------------
+# The binaries
+
+
+def _cached_apiservers() -> list[Path]:
+    cache = Path(os.environ.get(CACHE_ENV_VAR) or DEFAULT_CACHE)
+    found = [path for path in cache.glob("kube-apiserver-*")
+             if ".tmp." not in path.name and os.access(path, os.X_OK)]
+    return sorted(found, key=lambda path: path.stat().st_mtime, reverse=True)
+
+
+def _run_build_script(why: str) -> Path:
+    """Runs tests/kube/build-kube-apiserver.sh (builds kube-apiserver, about 5 minutes on 2
+    cores; installs etcd-server and kubectl) and returns the binary it prints."""
+    # pytest captures the fixture's output: say on the terminal why the session waits
+    print(f"\n[kube_api] {why}: running {BUILD_SCRIPT} (builds kube-apiserver once per "
+          f"machine, about 5 minutes on 2 cores)", file=sys.__stderr__, flush=True)
+    try:
+        done = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True,
+                              timeout=BUILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired as err:
+        said = err.stderr or ""
+        said = said.decode(errors="replace") if isinstance(said, bytes) else said
+        raise RuntimeError(f"{BUILD_SCRIPT} ({why}) did not finish in {BUILD_TIMEOUT_S} s:\n"
+                           f"{said[-4000:]}") from err
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines or not os.access(lines[-1], os.X_OK):
+        raise RuntimeError(
+            f"{BUILD_SCRIPT} ({why}) failed with code {done.returncode}; it builds kube-apiserver "
+            f"from Debian's kubernetes source package and needs root and Debian's apt mirrors. "
+            f"Run it by hand to see why, or set {APISERVER_ENV_VAR} to a kube-apiserver 1.20 "
+            f"binary.\n{done.stderr[-4000:]}")
+    return Path(lines[-1])
+
+
+def find_binaries() -> tuple[Path, Path]:
+    """kube-apiserver ($VATT_KUBE_APISERVER, else the newest in the build script's cache) and
+    etcd. Runs the build script when the binary, etcd or kubectl is missing (a fresh machine)."""
+    override = os.environ.get(APISERVER_ENV_VAR)
+    if override and not os.access(override, os.X_OK):
+        raise RuntimeError(f"{APISERVER_ENV_VAR}={override} is not an executable file; unset it to "
+                           f"use the cached build (or build one with {BUILD_SCRIPT})")
+    apiserver = Path(override) if override else next(iter(_cached_apiservers()), None)
+    needed = (("kube-apiserver", apiserver), ("etcd", ETCD), ("kubectl", KUBECTL))
+    missing = [name for name, path in needed if path is None or not os.access(path, os.X_OK)]
+    if missing:
+        built = _run_build_script(f"{', '.join(missing)} missing")
+        apiserver = apiserver if override else built
+    for name, path in (("etcd", ETCD), ("kubectl", KUBECTL)):
+        if not os.access(path, os.X_OK):
+            raise RuntimeError(f"{path} missing after {BUILD_SCRIPT}: install Debian's "
+                               f"{'etcd-server' if name == 'etcd' else 'kubernetes-client'}")
+    assert apiserver is not None
+    return apiserver, Path(ETCD)
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+
+def _free_ports(count: int) -> list[int]:
+    """Distinct free TCP ports on 127.0.0.1 (held open together so they cannot repeat)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _start(args: list[str], log_path: Path, cwd: Path) -> subprocess.Popen:
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
+                                start_new_session=True)  # its own process group, for _stop
+
+
+def _stop(proc: subprocess.Popen | None, grace_s: float = 5.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _log_tail(path: Path, chars: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def _wait_for(proc: subprocess.Popen, url: str, name: str, log_path: Path, deadline: float,
+              context: ssl.SSLContext | None = None, token: str | None = None,
+              ca_file: Path | None = None) -> None:
+    """Polls `url` until it answers 200; raises with the log's tail when the process exits or
+    the deadline passes. With `ca_file`, verifies TLS with it once the server wrote it."""
+    last_error = "no answer"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with code {proc.returncode} ({log_path}):\n"
+                               f"{_log_tail(log_path)}")
+        try:
+            if ca_file is not None:  # read again each time: the server may be writing it
+                if not ca_file.exists():
+                    raise FileNotFoundError(f"{ca_file} not yet written")
+                context = ssl.create_default_context(cafile=str(ca_file))
+            request = urllib.request.Request(url)
+            if token:
+                request.add_header("Authorization", f"Bearer {token}")
+            with urllib.request.urlopen(request, timeout=5, context=context) as response:
+                if response.status == 200:
+                    return
+                last_error = f"HTTP {response.status}"
+        except urllib.error.HTTPError as err:  # e.g. 500 while post-start hooks still run
+            last_error = f"HTTP {err.code}: {err.read()[-500:].decode(errors='replace')}"
+        except (OSError, ssl.SSLError) as err:
+            last_error = f"{type(err).__name__}: {err}"
+        time.sleep(0.25)
+    raise RuntimeError(f"{name} not ready at {url} within the timeout ({last_error}); "
+                       f"log {log_path}:\n{_log_tail(log_path)}")
+
+
+def _start_etcd(etcd: Path, root: Path, deadline: float) -> tuple[subprocess.Popen, str]:
+    client_port, peer_port = _free_ports(2)
+    client_url, peer_url = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+    log_path = root / "etcd.log"
+    proc = _start([str(etcd), "--name=vatt-test", f"--data-dir={root / 'etcd-data'}",
+                   f"--listen-client-urls={client_url}", f"--advertise-client-urls={client_url}",
+                   f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
+                   f"--initial-cluster=vatt-test={peer_url}", "--logger=zap",
+                   "--log-outputs=stderr"], log_path, root)
+    try:
+        _wait_for(proc, f"{client_url}/health", "etcd", log_path, deadline)
+    except BaseException:
+        _stop(proc)
+        raise
+    return proc, client_url
+
+
+def _service_account_keys(root: Path) -> Path:
+    """An RSA key pair (PEM, private key file; the public key derives from it) to sign and
+    verify service-account tokens."""
+    key_path = root / "service-account.key"
+    try:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+    except ImportError:
+        subprocess.run(["openssl", "genrsa", "-out", str(key_path), "2048"], check=True,
+                       capture_output=True)
+    else:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                               serialization.PrivateFormat.TraditionalOpenSSL,
+                                               serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return key_path
+
+
+def _token_file(root: Path) -> tuple[Path, str, dict[str, str]]:
+    """kube-apiserver's --token-auth-file (CSV: token,user,uid,"group,...") with the admin and
+    the service accounts of namespace `vatt`, as the names and groups a real service-account
+    token authenticates as (no controller-manager here issues those)."""
+    admin_token = secrets.token_urlsafe(32)
+    rows = [f'{admin_token},{ADMIN_USER},{ADMIN_USER},"system:masters,system:authenticated"']
+    tokens = {}
+    for account in SERVICE_ACCOUNTS:
+        user = f"system:serviceaccount:{NAMESPACE}:{account}"
+        tokens[user] = secrets.token_urlsafe(32)
+        groups = f"system:serviceaccounts,system:serviceaccounts:{NAMESPACE},system:authenticated"
+        rows.append(f'{tokens[user]},{user},{user},"{groups}"')
+    path = root / "tokens.csv"
+    path.write_text("\n".join(rows) + "\n")
+    path.chmod(0o600)
+    return path, admin_token, tokens
+
+
+def _start_apiserver(apiserver: Path, root: Path, etcd_url: str, token_file: Path,
+                     key_file: Path) -> tuple[subprocess.Popen, str, Path, Path]:
+    (port,) = _free_ports(1)
+    cert_dir = root / "certs"
+    cert_dir.mkdir(exist_ok=True)
+    log_path = root / "kube-apiserver.log"
+    args = [str(apiserver),
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={port}",
+            "--insecure-port=0",  # 1.20 still serves an unauthenticated :8080 unless told not to
+            f"--cert-dir={cert_dir}",  # a self-signed CA and serving cert for 127.0.0.1, localhost
+            f"--etcd-servers={etcd_url}",
+            "--authorization-mode=RBAC", f"--token-auth-file={token_file}",
+            f"--service-account-key-file={key_file}",
+            f"--service-account-signing-key-file={key_file}",
+            f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+            # no controller-manager makes service-account token secrets, so this admission
+            # plugin would refuse every pod; RBAC still governs who may create one
+            "--disable-admission-plugins=ServiceAccount",
+            # the `kubernetes` Service's endpoint would be 127.0.0.1, which validation refuses
+            "--endpoint-reconciler-type=none",
+            "--profiling=false", "--logtostderr=true", "--v=1"]
+    proc = _start(args, log_path, root)
+    return proc, f"https://127.0.0.1:{port}", cert_dir / "apiserver.crt", log_path
+
+
+# ---------------------------------------------------------------------------------------------
+# KubeRay's CRDs on a 1.20 server
+
+
+def _load_crds() -> list[dict[str, Any]]:
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: seconds faster on 2.3 MB
+    return [yaml.load((CRD_DIR / name).read_text(), Loader=loader) for name in CRD_FILES]
+
+
+def crds_for_kube_1_20(crds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """KubeRay v1.7.0's CRDs with what a 1.20 API server rejects removed (copies; the files on
+    disk stay as published). Found by creating them (server-side dry run) until accepted:
+
+    - every `default: ""` (212 in RayJob, 146 in RayCluster: `name` of the object references
+      such as `secretKeyRef`, `service` of gRPC probes): 1.20 reads an empty-string default as
+      null and refuses it ("default: Invalid value: "null": in body must be of type string");
+    - then `x-kubernetes-list-type: map` and `x-kubernetes-list-map-keys` of the lists whose map
+      key thereby lost its default: only the pod templates' `imagePullSecrets`, keyed on the
+      optional `name` (6 in RayJob: head, workers, submitter, in v1 and v1alpha1; 4 in
+      RayCluster); 1.20 requires a list-map key to be required or defaulted. They become plain
+      (atomic) lists, which also accept two entries of one name.
+
+    So here an omitted `name` stays omitted rather than defaulting to "".
+
+    Kept, because 1.20 accepts them: the `x-kubernetes-validations` CEL rules (5 in RayJob, 2
+    in RayCluster: deletionStrategy, managedBy, gcsFaultToleranceOptions). It drops them as
+    unknown fields, so this server does not enforce them (1.25+ does).
+    """
+    crds = copy.deepcopy(crds)
+
+    def edit(schema: Any) -> None:
+        if isinstance(schema, list):
+            for item in schema:
+                edit(item)
+            return
+        if not isinstance(schema, dict):
+            return
+        if schema.get("default") == "":
+            del schema["default"]
+        for value in schema.values():
+            edit(value)
+        if schema.get("x-kubernetes-list-type") == "map":  # its items are edited by now
+            item = schema["items"]
+            if any(key not in item.get("required", ()) and "default" not in item["properties"][key]
+                   for key in schema["x-kubernetes-list-map-keys"]):
+                del schema["x-kubernetes-list-type"], schema["x-kubernetes-list-map-keys"]
+
+    for crd in crds:
+        for version in crd["spec"]["versions"]:
+            edit(version["schema"]["openAPIV3Schema"])
+    return crds
+
+
+def _install_crds(api: KubeAPI, crds: list[dict[str, Any]]) -> None:
+    manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": crds},
+                          separators=(",", ":"))
+    # `create`, not `apply`: apply's last-applied annotation would exceed the 256 KiB limit;
+    # --validate=false: kubectl's own check knows fields this server does not
+    api.kubectl("create", "--validate=false", "-f", "-", input=manifest)
+    _wait_until_established(api, [crd["metadata"]["name"] for crd in crds])
+
+
+def _wait_until_established(api: KubeAPI, names: list[str]) -> None:
+    """Watches the CRDs until each is Established. (`kubectl wait` gives up at once on a CRD
+    without conditions yet; polling GETs of these 0.3-0.4 MB objects slow the server down.)"""
+    context = ssl.create_default_context(cafile=str(api.ca_file))
+    request = urllib.request.Request(
+        f"{api.url}/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+        f"?watch=1&timeoutSeconds={CRD_ESTABLISHED_TIMEOUT_S:.0f}",
+        headers={"Authorization": f"Bearer {api.admin_token}"})
+    waiting = {name: "not seen" for name in names}
+    timeout_s = CRD_ESTABLISHED_TIMEOUT_S + 10
+    with urllib.request.urlopen(request, timeout=timeout_s, context=context) as events:
+        for line in events:  # one JSON event a line; the server ends the watch at timeoutSeconds
+            event = json.loads(line)
+            crd = event["object"]
+            name = crd.get("metadata", {}).get("name")
+            if name not in waiting:
+                continue
+            conditions = crd.get("status", {}).get("conditions") or []
+            if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+                del waiting[name]
+                if not waiting:
+                    return
+            else:
+                waiting[name] = json.dumps(conditions)
+    raise RuntimeError(f"CRDs not Established within {CRD_ESTABLISHED_TIMEOUT_S:.0f} s (their "
+                       f"conditions: {waiting}); log {api.log_path}:\n{_log_tail(api.log_path)}")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def kube_api_server(root: Path) -> Iterator[KubeAPI]:
+    """Starts etcd and kube-apiserver in `root` (a fresh temp folder), creates namespace `vatt`
+    and KubeRay's CRDs, yields the server, and stops both (their process groups) on exit."""
+    apiserver, etcd = find_binaries()
+    # parsing 2.3 MB of YAML takes seconds: done while the servers start
+    loading = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kuberay-crds")
+    crds_future = loading.submit(lambda: crds_for_kube_1_20(_load_crds()))
+    loading.shutdown(wait=False)
+    key_file = _service_account_keys(root)
+    token_file, admin_token, tokens = _token_file(root)
+    failures = []
+    etcd_proc = apiserver_proc = None
+    try:
+        for attempt in range(3):  # a free port can be taken by another run between pick and bind
+            attempt_root = root / f"try{attempt}"
+            attempt_root.mkdir()
+            deadline = time.monotonic() + STARTUP_TIMEOUT_S
+            try:
+                etcd_proc, etcd_url = _start_etcd(etcd, attempt_root, deadline)
+                apiserver_proc, url, ca_file, log_path = _start_apiserver(
+                    apiserver, attempt_root, etcd_url, token_file, key_file)
+                _wait_for(apiserver_proc, f"{url}/readyz", "kube-apiserver", log_path, deadline,
+                          token=admin_token, ca_file=ca_file)
+                break
+            except RuntimeError as err:
+                _stop(apiserver_proc)
+                _stop(etcd_proc)
+                etcd_proc = apiserver_proc = None
+                failures.append(f"attempt {attempt + 1}: {err}")
+        else:
+            raise RuntimeError("the test Kubernetes API server did not start:\n"
+                               + "\n".join(failures))
+        api = KubeAPI(url=url, ca_file=ca_file, admin_token=admin_token, tokens=tokens,
+                      log_path=log_path)
+        api.kubectl("create", "namespace", NAMESPACE)
+        _install_crds(api, crds_future.result())
+        yield api
+    finally:
+        _stop(apiserver_proc)
+        _stop(etcd_proc)
