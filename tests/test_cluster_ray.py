@@ -19,6 +19,7 @@ not travel, or an environment that only works in the developer's shell fails her
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -27,6 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -45,7 +47,7 @@ SHORT = ["train.optim.total_steps=4", "train.optim.warmup_steps=1", "train.log_e
 def ray_head(s3_server):
     """A Ray head of its own (`ray start --head --block` in its own process group, stopped by
     signalling that group: `ray stop` would stop every Ray on the machine)."""
-    gcs, dashboard, client_port = _free_ports(3)
+    gcs, dashboard = _free_ports(2)
     temp_dir = tempfile.mkdtemp(prefix="rayk", dir="/tmp")  # short: Ray's socket paths
     workdir = tempfile.mkdtemp(prefix="vatt-head-")
     venv_bin = str(Path(sys.executable).parent)
@@ -53,18 +55,22 @@ def ray_head(s3_server):
            if not k.startswith(("RAY_", "AWS_", "PYTHONPATH", "VIRTUAL_ENV"))}
     env.update(s3_server.env)
     env["PATH"] = f"{venv_bin}{os.pathsep}{env.get('PATH', '')}"
+    # Ray 2.60's token authentication, as KubeRay sets it up (authOptions.mode=token): the
+    # head and the job's driver have the token; the submitter sends it
+    token = secrets.token_hex(16)
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     log_path = Path(temp_dir) / "ray-start.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             [str(Path(venv_bin) / "ray"), "start", "--head", "--block", f"--port={gcs}",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-             f"--ray-client-server-port={client_port}", "--num-cpus=2", "--include-dashboard=true",
+             "--num-cpus=2", "--include-dashboard=true",
              f"--temp-dir={temp_dir}", "--disable-usage-stats"],
             cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     try:
-        _wait_for_jobs_api(address, process, log_path)
-        yield address
+        _wait_for_jobs_api(address, token, process, log_path)
+        yield RayHead(address, token)
     finally:
         for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
             try:
@@ -77,20 +83,32 @@ def ray_head(s3_server):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _wait_for_jobs_api(address: str, process: subprocess.Popen, log_path: Path) -> None:
-    from ray.job_submission import JobSubmissionClient
+@dataclass(frozen=True)
+class RayHead:
+    address: str  # the dashboard: Ray's Job Submission API
+    token: str  # its auth token
 
-    deadline = time.monotonic() + 120
+    def client(self):
+        """A JobSubmissionClient that sends the token as KubeRay's submitter does (a bearer
+        token; this process's own Ray auth settings play no part)."""
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.address, headers={"Authorization": f"Bearer {self.token}"})
+
+
+def _wait_for_jobs_api(address: str, token: str, process: subprocess.Popen, log_path: Path) -> None:
+    deadline, last = time.monotonic() + 120, None
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"`ray start --head` exited {process.returncode}:\n"
                                f"{log_path.read_text()[-3000:]}")
         try:
-            JobSubmissionClient(address).list_jobs()
+            RayHead(address, token).client().list_jobs()
             return
-        except Exception:  # noqa: BLE001 - not up yet
+        except Exception as err:  # noqa: BLE001 - not up yet
+            last = err
             time.sleep(1.0)
-    raise RuntimeError(f"Ray's job API at {address} not up after 120 s:\n"
+    raise RuntimeError(f"Ray's job API at {address} not up after 120 s (last: {last!r}):\n"
                        f"{log_path.read_text()[-3000:]}")
 
 
@@ -99,12 +117,11 @@ class PlayedOperator:
     entrypoint with its runtime env to the head's Job Submission API and mirror the job's
     status into the RayJob's status (Initializing -> Running -> Complete / Failed)."""
 
-    def __init__(self, kube_api, ray_address: str):
+    def __init__(self, kube_api, head: RayHead):
         from kubernetes import client
-        from ray.job_submission import JobSubmissionClient
 
         self.custom = client.CustomObjectsApi(kube_api.api_client())
-        self.jobs = JobSubmissionClient(ray_address)
+        self.jobs = head.client()
         self.stop = threading.Event()
         self.submitted: dict[str, str] = {}  # RayJob name -> Ray submission id
         self.errors: list[BaseException] = []
@@ -206,9 +223,7 @@ def test_pretrain_flow_runs_the_rayjob_on_ray_and_reads_the_checkpoint_back(
         checkpoint, operator.logs())
     store = ObjectStore()
     assert store.exists(f"{checkpoint}/model.pt")
-    from ray.job_submission import JobSubmissionClient
-
-    logs = JobSubmissionClient(ray_head).get_job_logs(operator.submitted[run_name])
+    logs = operator.jobs.get_job_logs(operator.submitted[run_name])
     assert "step 4/4" in logs, logs[-3000:]  # the training progress line, in the job's logs
     # cluster.cleanup=on_success: the RayJob is gone
     from kubernetes import client
