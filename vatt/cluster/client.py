@@ -129,13 +129,16 @@ def api_client_from_kubeconfig(context: Optional[str] = None):
     from kubernetes import client, config
 
     configuration = client.Configuration()
-    kubeconfig = os.environ.get("KUBECONFIG", os.path.expanduser(config.KUBE_CONFIG_DEFAULT_LOCATION))
-    in_cluster = "KUBERNETES_SERVICE_HOST" in os.environ and not os.path.exists(kubeconfig.split(os.pathsep)[0])
+    # KUBECONFIG as it is now: the client library reads it once, when it is first imported
+    kubeconfig = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    in_cluster = ("KUBERNETES_SERVICE_HOST" in os.environ
+                  and not os.path.exists(kubeconfig.split(os.pathsep)[0]))
     try:
         if in_cluster and context is None:
             config.load_incluster_config(client_configuration=configuration)
         else:
-            config.load_kube_config(context=context, client_configuration=configuration)
+            config.load_kube_config(config_file=kubeconfig, context=context,
+                                    client_configuration=configuration)
     except (config.ConfigException, OSError) as err:
         raise ClusterError(
             f"no Kubernetes credentials: {err}. Point KUBECONFIG at a kubeconfig (or run inside "
