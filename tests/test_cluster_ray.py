@@ -47,7 +47,8 @@ SHORT = ["train.optim.total_steps=4", "train.optim.warmup_steps=1", "train.log_e
 def ray_head(s3_server):
     """A Ray head of its own (`ray start --head --block` in its own process group, stopped by
     signalling that group: `ray stop` would stop every Ray on the machine)."""
-    gcs, dashboard = _free_ports(2)
+    # every port of its own: another Ray on the machine (a test's, a user's) keeps its defaults
+    gcs, dashboard, agent_http, agent_grpc, metrics, runtime_env = _free_ports(6)
     temp_dir = tempfile.mkdtemp(prefix="rayk", dir="/tmp")  # short: Ray's socket paths
     workdir = tempfile.mkdtemp(prefix="vatt-head-")
     venv_bin = str(Path(sys.executable).parent)
@@ -64,7 +65,9 @@ def ray_head(s3_server):
         process = subprocess.Popen(
             [str(Path(venv_bin) / "ray"), "start", "--head", "--block", f"--port={gcs}",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-             "--num-cpus=2", "--include-dashboard=true",
+             f"--dashboard-agent-listen-port={agent_http}",
+             f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+             f"--runtime-env-agent-port={runtime_env}", "--num-cpus=2", "--include-dashboard=true",
              f"--temp-dir={temp_dir}", "--disable-usage-stats"],
             cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
