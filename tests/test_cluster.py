@@ -120,11 +120,13 @@ def test_tpu_config_reaches_ray_train_scaling_config():
 
 @pytest.fixture(scope="module")
 def rbac(kube_api):
-    """The platform's RBAC (k8s/rbac) applied in the namespace, as a cluster admin would."""
+    """The platform's RBAC (k8s/rbac) applied in the namespace, as a cluster admin would; removed
+    again after the module (the server is shared by the session)."""
     rendered = subprocess.run(["kubectl", "kustomize", str(REPO_ROOT / "k8s" / "rbac")],
                               text=True, capture_output=True, check=True).stdout
     kube_api.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=rendered)
-    return [doc for doc in yaml.safe_load_all(rendered) if doc]
+    yield [doc for doc in yaml.safe_load_all(rendered) if doc]
+    kube_api.kubectl("delete", "-n", NAMESPACE, "--ignore-not-found", "-f", "-", input=rendered)
 
 
 @pytest.fixture

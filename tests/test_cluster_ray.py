@@ -217,8 +217,11 @@ def test_pretrain_flow_runs_the_rayjob_on_ray_and_reads_the_checkpoint_back(
                  f"cluster.manifests={REPO_ROOT / 'k8s'}",
                  "cluster.poll_s=1", "cluster.timeout_s=900",
                  f"train.storage_path=s3://{BUCKET}/k8s-runs", f"data.path={s3_data}", *SHORT]
-    with PlayedOperator(kube_api, ray_head) as operator:
-        result = pretrain_flow(preset="tiny", overrides=overrides, run_name=run_name)
+    try:
+        with PlayedOperator(kube_api, ray_head) as operator:
+            result = pretrain_flow(preset="tiny", overrides=overrides, run_name=run_name)
+    finally:  # the server is shared by the session: leave the worker without rights again
+        kube_api.kubectl("delete", "-n", NAMESPACE, "--ignore-not-found", "-f", "-", input=rbac)
     assert not operator.errors, operator.errors
     assert list(operator.submitted) == [run_name], operator.submitted
     checkpoint = result["checkpoint"]
