@@ -27,7 +27,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -183,20 +182,6 @@ def find_binaries() -> tuple[Path, Path]:
 # Processes
 
 
-def _free_ports(count: int) -> list[int]:
-    """Distinct free TCP ports on 127.0.0.1 (held open together so they cannot repeat)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def _start(args: list[str], log_path: Path, cwd: Path) -> subprocess.Popen:
     with open(log_path, "wb") as log:
         return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
@@ -255,6 +240,8 @@ def _wait_for(proc: subprocess.Popen, url: str, name: str, log_path: Path, deadl
 
 
 def _start_etcd(etcd: Path, root: Path, deadline: float) -> tuple[subprocess.Popen, str]:
+    from conftest import _free_ports  # conftest imports this module: not at the top
+
     client_port, peer_port = _free_ports(2)
     client_url, peer_url = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
     log_path = root / "etcd.log"
@@ -310,6 +297,8 @@ def _token_file(root: Path) -> tuple[Path, str, dict[str, str]]:
 
 def _start_apiserver(apiserver: Path, root: Path, etcd_url: str, token_file: Path,
                      key_file: Path) -> tuple[subprocess.Popen, str, Path, Path]:
+    from conftest import _free_ports
+
     (port,) = _free_ports(1)
     cert_dir = root / "certs"
     cert_dir.mkdir(exist_ok=True)
