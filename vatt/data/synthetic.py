@@ -1,26 +1,22 @@
 """The embedded default dataset: generated clips of moving shapes, written in published layouts.
 
-A *scene* has one sounding actor (shape, colour, motion, tempo), at most one small silent
-distractor drifting over a softly cluttered backdrop (one of a few rooms shared by all videos),
-and a soundtrack: the actor's colour is its material and sets the sound kind (red rubber boings,
-yellow brass rings like a bell, orange wood knocks, ...), its motion sets when the sounds happen
-(a bounce sounds at each floor contact, a fall at each ever closer impact, a shake at each random
-jolt, ...), and bigger actors sound lower; mixed with background noise and sometimes an
-unrelated quieter sound. Captions name the actor with paraphrases (synonyms, eight templates,
-attributes sometimes left out, the distractor sometimes mentioned); HowTo100M-style videos add
-narration unrelated to the picture and caption timing that drifts around the scenes. So
-video-audio agreement holds in material (colour <-> timbre), size (<-> pitch) and rhythm
-(motion <-> event times), video-text agreement in attributes (colour, shape, motion, sound), and
-neither is readable from a single frame or a spectrum bin alone.
+A *scene* has one sounding actor (shape, colour, motion, tempo), up to two small silent
+distractors drifting over a softly cluttered backdrop (one of a few rooms shared by all videos),
+half of them of the actor's own colour and shape, and a soundtrack. The **motion** is what every
+modality agrees on: it sets the sound kind (a bouncing thing boings, a sliding one hisses, an
+orbiting one chirps, a shaken one rattles, ...) and when the sounds happen (a bounce sounds at
+each floor contact, a fall at each ever closer impact, a shake at each random jolt, ...), and it
+is what the captions name, with paraphrases (synonyms, eight templates, the sound and tempo
+sometimes added); bigger actors sound lower. The colour and shape are seen but never heard or
+named, so a pretraining pair can only be matched by what moves how. HowTo100M-style videos add
+narration unrelated to the picture and caption timing that drifts around the scenes.
 
-Generator version 2 was designed to be learnable on a CPU budget (issue 5: the default pipeline
-must show a learning signal), measured against version 1 (sound kind = shape, 120 videos of four
-4 s scenes, each video in its own cluttered room): there, `tiny` pretraining memorised which
-captions go with which room and nothing reached the held-out tasks. Version 2 shares a few rooms
-between videos (a backdrop no longer identifies a video), has 1600 pretraining scenes (one per
-3.2 s clip) instead of 600, a larger actor on calmer backdrops, motions slow enough for 5 fps
-frames, narration closer to its scene, and ties the sound to the colour, the attribute a model
-picks up first (BENCHMARKS.md, "Learning signal").
+Generator version 4 (issue 14). Versions 2-3 tied the sound to the colour and named colour and
+shape in the captions: `tiny` pretraining then learned colour, which met both contrastive
+objectives, and left the action probe (8 motions) near chance (BENCHMARKS.md, "Learning
+signal"). Version 2 (issue 5) had already made the data learnable on a CPU budget: rooms shared
+between videos (a per-video backdrop was memorised), 1600 pretraining scenes, a large actor and
+motions slow enough for 5 fps frames.
 
 `generate(cfg, root)` writes, deterministically for `data.ingest.synthetic_seed`:
   root/howto100m/  videos/<id>.mp4 (12.8 s, 4 scenes of 3.2 s) + caption.json   (pretraining)
@@ -28,6 +24,14 @@ picks up first (BENCHMARKS.md, "Learning signal").
   root/esc50/      audio/<fold>-<id>-A-<target>.wav + meta/esc50.csv  (label = sound kind, 5 folds)
   root/msrvtt/     videos/video<i>.mp4 + MSRVTT_data.json + MSRVTT_JSFUSION_test.csv (retrieval:
                    3/8 test, 1/4 validate for sweeps and validation during training, the rest train)
+  root/kinetics/   <split>/<class>/<ytid>_<start>_<end>.mp4 + train/validate/test.csv (motion)
+  root/audioset/   segments/<ytid>_30.000.mp4 + {balanced_train,unbalanced_train,eval}_segments.csv
+                   + class_labels_indices.csv (multi-label: the seen sound and 0-2 off-screen ones)
+  root/youcook2/   raw_videos/<subset>/<recipe>/<vid>.mp4 + youcookii_annotations_trainval.json
+                   (three annotated segments per video, each with its sentence)
+  root/imagenet/   ILSVRC/Data/CLS-LOC/{train/<wnid>/*.JPEG, val/*.JPEG} + LOC_val_solution.csv +
+                   LOC_synset_mapping.txt (class = shape; a PNG, a greyscale and a CMYK file among
+                   the .JPEG, as real ImageNet has)
 Raw media are 128x96 at 10 fps with 16 kHz audio (stereo in the AVI files), larger and longer than the tiny
 preset's input, so that ingestion's resizing, resampling, down-mixing and cutting all run.
 """
@@ -45,9 +49,11 @@ import numpy as np
 from vatt.config import Config
 from vatt.data.pool import WorkerDied, map_in_processes
 
-LAYOUTS = ("howto100m", "ucf101", "esc50", "msrvtt")
+LAYOUTS = ("howto100m", "ucf101", "esc50", "msrvtt", "kinetics", "audioset", "youcook2",
+           "imagenet")
 WIDTH, HEIGHT, FPS, RATE = 128, 96, 10, 16000
-GENERATOR_VERSION = 3  # 3: MSR-VTT has a validate split (sweeps tune on it)
+GENERATOR_VERSION = 4  # 4: sound and captions follow the motion; Kinetics, AudioSet, YouCook2 and
+# ImageNet layouts; a validation split in every set (3: MSR-VTT validate; 2: shared rooms)
 SCENE_SECONDS = 3.2  # one pretraining clip (2 x the tiny window) per scene
 
 SHAPES = ["circle", "square", "triangle", "diamond", "ring", "cross"]
@@ -56,10 +62,11 @@ COLOURS = {"red": (0.9, 0.15, 0.1), "green": (0.1, 0.75, 0.2), "blue": (0.15, 0.
            "yellow": (0.95, 0.85, 0.1), "purple": (0.6, 0.2, 0.8), "orange": (1.0, 0.55, 0.05),
            "white": (0.95, 0.95, 0.95), "cyan": (0.1, 0.85, 0.9)}
 COLOUR_NAMES = list(COLOURS)
-# each colour is a material with its own sound: SOUNDS[i] is the sound of COLOUR_NAMES[i] (red
-# rubber boings, green plastic chirps, blue glass beeps, yellow brass rings like a bell, purple
-# metal buzzes, orange wood knocks, white paper hisses, cyan beads rattle)
-SOUNDS = ["boing", "chirp", "beep", "bell", "buzz", "knock", "hiss", "rattle"]
+# each motion has its own sound: SOUNDS[i] is the sound of MOTIONS[i] (a bouncing thing boings,
+# a sliding one hisses as it scrapes along, an orbiting one whirrs in rising chirps, a zigzagging
+# one buzzes, a pulsing one beeps, a shaken one rattles, a spinning one rings like a bell, a
+# falling one knocks on the floor); the colour and shape make no sound
+SOUNDS = ["boing", "hiss", "chirp", "buzz", "beep", "rattle", "bell", "knock"]
 
 SHAPE_WORDS = {"circle": ["circle", "ball", "disc", "round shape", "dot"],
                "square": ["square", "box", "block", "cube"],
@@ -110,6 +117,12 @@ CHATTER = [
     "some people prefer the square version", "it gets louder if you press harder",
 ]
 UCF_CLASSES = ["Bounce", "Slide", "Orbit", "Zigzag", "Pulse", "Shake", "Spin", "Fall"]
+KINETICS_CLASSES = ["bouncing", "sliding", "orbiting", "zigzagging", "pulsing", "shaking",
+                    "spinning", "falling"]
+# ImageNet-style synsets: one per shape (still images show the shape, not the motion)
+IMAGENET_SYNSETS = [(f"n9000000{i}", f"{shape}, {', '.join(SHAPE_WORDS[shape][1:3])}")
+                    for i, shape in enumerate(SHAPES)]
+RECIPES = ["101", "113", "226"]  # YouCook2 recipe types (labels of its videos)
 
 
 @dataclass
@@ -140,7 +153,7 @@ class Scene:
 
     @property
     def sound(self) -> str:
-        return SOUNDS[COLOUR_NAMES.index(self.actor.colour)]
+        return SOUNDS[MOTIONS.index(self.motion)]
 
 
 def _tint(colour: str, rng: np.random.Generator) -> np.ndarray:
@@ -167,7 +180,10 @@ def make_scene(rng: np.random.Generator, duration: float, motion: str | None = N
     # 0.8-1.6 events/s: at least one in the tiny preset's 1.6 s window, and slow enough that
     # its 5 fps frames do not alias the motion
     rate = rng.uniform(0.8, 1.6)
-    distractors = [_thing(rng, small=True) for _ in range(rng.integers(0, 2))]
+    distractors = [_thing(rng, small=True) for _ in range(rng.integers(0, 3))]
+    for d in distractors:  # half of them look like the actor: its colour and shape say little
+        if rng.random() < 0.5:
+            d.shape, d.colour, d.rgb = actor.shape, actor.colour, _tint(actor.colour, rng)
     jolts = np.sort(rng.uniform(0.1, duration - 0.1, max(1, rng.poisson(rate * duration))))
     return Scene(actor, motion, rate, rng.uniform(0.25, 0.5), distractors, jolts)
 
@@ -384,28 +400,28 @@ def _a(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
+# the actor is named without its colour or shape: those are what a model picks up first, and a
+# caption that names them can be matched without seeing the motion (generator version 3 was)
+THING_WORDS = ["something", "an object", "a thing", "a shape", "the toy", "a small object",
+               "the figure", "it"]
+
+
 def describe(scene: Scene, rng: np.random.Generator) -> str:
-    """One paraphrased, possibly partial description of the scene's actor."""
-    a = scene.actor
-    shape, colour = _pick(rng, SHAPE_WORDS[a.shape]), _pick(rng, COLOUR_WORDS[a.colour])
+    """One paraphrased, possibly partial description of what the actor does: its motion, with
+    the sound and the tempo that follow the motion; never its colour or shape."""
     motion = _pick(rng, MOTION_WORDS[scene.motion])
     verb, noun = _pick(rng, SOUND_VERBS[scene.sound]), _pick(rng, SOUND_NOUNS[scene.sound])
     tempo = _pick(rng, TEMPO_WORDS[scene.tempo])
-    thing = _a(f"{colour} {shape}")
-    if scene.distractors:
-        d = scene.distractors[rng.integers(len(scene.distractors))]
-        other = _a(f"small {_pick(rng, COLOUR_WORDS[d.colour])} {_pick(rng, SHAPE_WORDS[d.shape])}")
-    else:
-        other = "an empty wall"
+    thing = _pick(rng, THING_WORDS)
     templates = [
         f"{thing} {motion} {tempo}",
         f"{thing} {motion} and {verb}",
-        f"the {shape} {motion}, it {verb}",
-        f"there is {thing} that {verb} {tempo}",
-        f"watch the {colour} {shape} as it {motion}",
+        f"watch as {thing} {motion}",
+        f"here {thing} {motion}, it {verb}",
         f"you can hear {noun} {tempo} while {thing} {motion}",
-        f"{thing} {motion} next to {other}",
-        f"the {shape} is {colour} and it {motion}",
+        f"{thing} {motion}",
+        f"{noun} as {thing} {motion}",
+        f"look how {thing} {motion} {tempo}",
     ]
     return templates[rng.integers(len(templates))]
 
@@ -508,7 +524,7 @@ def _ucf_video(task: dict) -> dict:
 
 def _esc_clip(task: dict) -> dict:
     rng = _rng(task["seed"], "esc50", task["index"])
-    scene = make_scene(rng, 5.0, colour=COLOUR_NAMES[task["target"]])
+    scene = make_scene(rng, 5.0, motion=MOTIONS[task["target"]])  # the sound kind's motion
     name = f"{task['fold']}-{100000 + task['index']}-A-{task['target']}.wav"
     write_wav(Path(task["root"]) / "audio" / name, soundtrack(scene, 5.0, rng))
     return {"filename": name, "fold": task["fold"], "target": task["target"],
@@ -522,6 +538,94 @@ def _msrvtt_video(task: dict) -> dict:
     write_video(Path(task["root"]) / "videos" / f"{vid}.mp4",
                 render(scene, room(task["seed"], rng), 0.0, 4.0, rng), soundtrack(scene, 4.0, rng))
     return {"video_id": vid, "captions": [describe(scene, rng) for _ in range(5)]}
+
+
+def _kinetics_video(task: dict) -> dict:
+    """A 4 s clip of one motion, named as the common Kinetics downloaders name them."""
+    rng = _rng(task["seed"], "kinetics", task["index"])
+    scene = make_scene(rng, 4.0, motion=MOTIONS[task["class"]])
+    ytid, start = f"synK{task['index']:07d}", int(rng.integers(0, 290))
+    label = KINETICS_CLASSES[task["class"]]
+    rel = f"{task['split']}/{label}/{ytid}_{start:06d}_{start + 10:06d}.mp4"
+    (Path(task["root"]) / rel).parent.mkdir(parents=True, exist_ok=True)
+    write_video(Path(task["root"]) / rel, render(scene, room(task["seed"], rng), 0.0, 4.0, rng),
+                soundtrack(scene, 4.0, rng))
+    return {"label": label, "youtube_id": ytid, "time_start": start, "time_end": start + 10,
+            "split": task["split"]}
+
+
+def _audioset_clip(task: dict) -> dict:
+    """A 4 s segment whose soundtrack mixes the seen actor's sound with 0-2 off-screen sources of
+    other kinds: multi-label, as AudioSet's segments are."""
+    rng = _rng(task["seed"], "audioset", task["index"])
+    scene = make_scene(rng, 4.0)
+    audio = soundtrack(scene, 4.0, rng, distractor_sound=False)
+    kinds = {SOUNDS.index(scene.sound)}
+    for _ in range(int(rng.integers(0, 3))):
+        other = make_scene(rng, 4.0, motion=MOTIONS[rng.integers(len(MOTIONS))])
+        audio = audio + 0.8 * soundtrack(other, 4.0, rng, distractor_sound=False)
+        kinds.add(SOUNDS.index(other.sound))
+    ytid = f"synA{task['index']:07d}"
+    write_video(Path(task["root"]) / "segments" / f"{ytid}_30.000.mp4",
+                render(scene, room(task["seed"], rng), 0.0, 4.0, rng),
+                np.clip(audio, -1, 1).astype(np.float32))
+    return {"ytid": ytid, "labels": sorted(kinds), "list": task["list"]}
+
+
+YOUCOOK_SCENE_SECONDS = 3.0  # whole seconds, as YouCook2's segment boundaries are
+
+
+def _youcook_video(task: dict) -> dict:
+    """A video of three scenes, each an annotated segment with its own sentence."""
+    rng = _rng(task["seed"], "youcook2", task["index"])
+    background, seconds = room(task["seed"], rng), YOUCOOK_SCENE_SECONDS
+    frames, audio, annotations = [], [], []
+    for k in range(3):
+        scene = make_scene(rng, seconds)
+        frames.append(render(scene, background, 0.0, seconds, rng))
+        audio.append(soundtrack(scene, seconds, rng))
+        annotations.append({"segment": [int(k * seconds), int((k + 1) * seconds)], "id": k,
+                            "sentence": describe(scene, rng)})
+    vid, recipe = f"synY{task['index']:07d}", RECIPES[task["index"] % len(RECIPES)]
+    path = Path(task["root"]) / "raw_videos" / task["subset"] / recipe / f"{vid}.mp4"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_video(path, np.concatenate(frames), np.concatenate(audio))
+    return {vid: {"duration": 3 * seconds, "subset": task["subset"], "recipe_type": recipe,
+                  "url": f"https://www.youtube.com/watch?v={vid}", "annotations": annotations}}
+
+
+def _imagenet_image(task: dict) -> dict:
+    """A still of one shape (any colour, any motion) as an ILSVRC JPEG; `kind` makes the odd but
+    valid files real ImageNet holds: a PNG, a greyscale and a CMYK image named .JPEG."""
+    import io
+
+    from PIL import Image
+
+    rng = _rng(task["seed"], "imagenet", task["index"])
+    scene = make_scene(rng, 4.0)
+    scene.actor.shape = SHAPES[task["class"]]
+    t = float(rng.uniform(0, 3.9))
+    image = Image.fromarray(render(scene, room(task["seed"], rng), t, 1 / FPS, rng)[0])
+    x, y, r, _ = _actor_state(scene, t, 4.0)
+    box = [int(np.clip(v, 0, limit - 1)) for v, limit in
+           ((x - r, WIDTH), (y - r, HEIGHT), (x + r, WIDTH), (y + r, HEIGHT))]
+    buffer = io.BytesIO()
+    kind = task.get("kind", "jpeg")
+    if kind == "png":
+        image.save(buffer, format="PNG")
+    elif kind == "grey":
+        image.convert("L").save(buffer, format="JPEG", quality=90)
+    elif kind == "cmyk":
+        image.convert("CMYK").save(buffer, format="JPEG", quality=90)
+    else:
+        image.save(buffer, format="JPEG", quality=90)
+    wnid = IMAGENET_SYNSETS[task["class"]][0]
+    base = Path(task["root"]) / "ILSVRC" / "Data" / "CLS-LOC"
+    name = (f"train/{wnid}/{wnid}_{task['index']}.JPEG" if task["split"] == "train"
+            else f"val/ILSVRC2012_val_{task['number']:08d}.JPEG")
+    (base / name).parent.mkdir(parents=True, exist_ok=True)
+    (base / name).write_bytes(buffer.getvalue())
+    return {"name": Path(name).stem, "wnid": wnid, "box": box, "split": task["split"]}
 
 
 def _run(fn, tasks: list[dict], workers: int, desc: str, progress: bool) -> list[dict]:
@@ -546,7 +650,15 @@ def _run(fn, tasks: list[dict], workers: int, desc: str, progress: bool) -> list
 def default_counts(scale: float) -> dict[str, int]:
     """Files per layout at `data.ingest.synthetic_scale`."""
     return {"howto100m": max(2, int(400 * scale)), "ucf101_per_class": max(5, int(25 * scale)),
-            "esc50_per_class": max(5, int(40 * scale)), "msrvtt": max(8, int(160 * scale))}
+            "esc50_per_class": max(5, int(40 * scale)), "msrvtt": max(8, int(160 * scale)),
+            # per class: train, val, test
+            "kinetics_per_class": (max(3, int(8 * scale)), max(1, int(2 * scale)),
+                                   max(2, int(4 * scale))),
+            # balanced train, unbalanced train, eval segments
+            "audioset": (max(8, int(64 * scale)), max(4, int(32 * scale)), max(8, int(48 * scale))),
+            # training, validation videos (3 annotated segments each)
+            "youcook2": (max(4, int(20 * scale)), max(4, int(20 * scale))),
+            "imagenet_per_class": (max(4, int(20 * scale)), max(2, int(8 * scale)))}
 
 
 def generate(cfg: Config, root: str | Path, progress: bool = True) -> Path:
@@ -623,8 +735,98 @@ def generate(cfg: Config, root: str | Path, progress: bool = True) -> Path:
         writer.writerow(["key", "vid_key", "video_id", "sentence"])
         for i, e in enumerate(e for e in entries if e["video_id"] in test_ids):
             writer.writerow([f"ret{i}", f"msr{e['video_id'][5:]}", e["video_id"], e["captions"][0]])
+    _generate_kinetics(root / "kinetics", seed, counts["kinetics_per_class"], workers, progress)
+    _generate_audioset(root / "audioset", seed, counts["audioset"], workers, progress)
+    _generate_youcook2(root / "youcook2", seed, counts["youcook2"], workers, progress)
+    _generate_imagenet(root / "imagenet", seed, counts["imagenet_per_class"], workers, progress)
     done.write_text(json.dumps(stamp))
     return root
+
+
+def _generate_kinetics(root: Path, seed: int, per_class: tuple[int, int, int], workers: int,
+                       progress: bool) -> None:
+    """Kinetics-400 style: <split>/<class>/<ytid>_<start>_<end>.mp4 and train/validate/test.csv
+    (label,youtube_id,time_start,time_end,split); label = motion."""
+    splits = [split for split, n in zip(("train", "val", "test"), per_class) for _ in range(n)]
+    tasks = [{"seed": seed, "index": c * len(splits) + j, "class": c, "split": split,
+              "root": str(root)} for c in range(len(KINETICS_CLASSES))
+             for j, split in enumerate(splits)]
+    rows = _run(_kinetics_video, tasks, workers, "synthetic kinetics", progress)
+    for split, file in (("train", "train.csv"), ("val", "validate.csv"), ("test", "test.csv")):
+        with open(root / file, "w", newline="") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
+            for r in rows:
+                if r["split"] == split:
+                    writer.writerow([r["label"], r["youtube_id"], r["time_start"], r["time_end"],
+                                     split])
+
+
+def _generate_audioset(root: Path, seed: int, counts: tuple[int, int, int], workers: int,
+                       progress: bool) -> None:
+    """AudioSet style: class_labels_indices.csv, balanced_train / unbalanced_train / eval
+    segment CSVs (three # lines, then YTID, start, end, "mid,mid"), segments/<YTID>_30.000.mp4."""
+    (root / "segments").mkdir(parents=True, exist_ok=True)
+    lists = [name for name, n in zip(("balanced_train", "unbalanced_train", "eval"), counts)
+             for _ in range(n)]
+    rows = _run(_audioset_clip, [{"seed": seed, "index": i, "list": name, "root": str(root)}
+                                 for i, name in enumerate(lists)],
+                workers, "synthetic audioset", progress)
+    mids = [f"/m/0syn{i}" for i in range(len(SOUNDS))]
+    with open(root / "class_labels_indices.csv", "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["index", "mid", "display_name"])
+        for i, (mid, kind) in enumerate(zip(mids, SOUNDS)):
+            writer.writerow([i, mid, kind.capitalize()])
+    for name in ("balanced_train", "unbalanced_train", "eval"):
+        mine = [r for r in rows if r["list"] == name]
+        lines = [f"# Segments csv created by vatt.data.synthetic (generator {GENERATOR_VERSION})",
+                 f"# num_ytids={len(mine)}, num_segs={len(mine)}, num_unique_labels={len(SOUNDS)}",
+                 "# YTID, start_seconds, end_seconds, positive_labels"]
+        lines += [f'{r["ytid"]}, 30.000, 34.000, "{",".join(mids[k] for k in r["labels"])}"'
+                  for r in mine]
+        (root / f"{name}_segments.csv").write_text("\n".join(lines) + "\n")
+
+
+def _generate_youcook2(root: Path, seed: int, counts: tuple[int, int], workers: int,
+                       progress: bool) -> None:
+    """YouCook2 style: raw_videos/<subset>/<recipe>/<vid>.mp4 and
+    youcookii_annotations_trainval.json; every video has three annotated segments."""
+    subsets = ["training"] * counts[0] + ["validation"] * counts[1]
+    database: dict = {}
+    for entry in _run(_youcook_video, [{"seed": seed, "index": i, "subset": subset,
+                                        "root": str(root)} for i, subset in enumerate(subsets)],
+                      workers, "synthetic youcook2", progress):
+        database.update(entry)
+    (root / "youcookii_annotations_trainval.json").write_text(
+        json.dumps({"database": database}, sort_keys=True))
+
+
+def _generate_imagenet(root: Path, seed: int, per_class: tuple[int, int], workers: int,
+                       progress: bool) -> None:
+    """ILSVRC2012 as distributed for the localisation challenge: ILSVRC/Data/CLS-LOC/train/<wnid>/
+    and val/ILSVRC2012_val_<n>.JPEG, LOC_synset_mapping.txt, LOC_val_solution.csv; class =
+    shape. The first three training images of the first class are a PNG, a greyscale and a
+    CMYK image named .JPEG, as real ImageNet has."""
+    train, val = per_class
+    tasks = []
+    for c in range(len(IMAGENET_SYNSETS)):
+        for j in range(train + val):
+            index = c * (train + val) + j
+            task = {"seed": seed, "index": index, "class": c, "root": str(root),
+                    "split": "train" if j < train else "val",
+                    "number": 1 + c * val + (j - train)}
+            if c == 0 and j < 3:
+                task["kind"] = ("png", "grey", "cmyk")[j]
+            tasks.append(task)
+    rows = _run(_imagenet_image, tasks, workers, "synthetic imagenet", progress)
+    (root / "LOC_synset_mapping.txt").write_text(
+        "".join(f"{wnid} {names}\n" for wnid, names in IMAGENET_SYNSETS))
+    with open(root / "LOC_val_solution.csv", "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["ImageId", "PredictionString"])
+        for r in sorted((r for r in rows if r["split"] == "val"), key=lambda r: r["name"]):
+            writer.writerow([r["name"], f"{r['wnid']} {' '.join(map(str, r['box']))} "])
 
 
 __all__ = ["generate", "LAYOUTS", "SHAPES", "SOUNDS", "MOTIONS", "make_scene", "render",
