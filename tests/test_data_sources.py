@@ -184,8 +184,8 @@ def test_imagenet_with_the_val_solution_csv(cfg, tmp_path):
     assert index.label_names == ["tench", "goldfish"]
     items = {i.key: i for i in index.items}
     assert all(i.kind == "image" for i in index.items)
-    assert (items["ILSVRC2012_val_00000001"].split, items["ILSVRC2012_val_00000001"].clips[0].label) \
-        == ("test", 1)  # the first wnid of PredictionString
+    first = items["ILSVRC2012_val_00000001"]
+    assert (first.split, first.clips[0].label) == ("test", 1)  # PredictionString's first wnid
     assert items["ILSVRC2012_val_00000002"].clips[0].label == 0
     train_keys = [k for k in items if not k.startswith("ILSVRC2012_val")]
     assert len(train_keys) == 11

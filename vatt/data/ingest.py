@@ -125,15 +125,17 @@ def dataset_name(source: str, name: Optional[str] = None) -> str:
 def source_fingerprint(cfg: Config, source: str, src: Optional[str], out: str | Path,
                        name: Optional[str] = None) -> str:
     """One hash of everything that decides what `ingest(cfg, source, src, out, name=name)`
-    writes: the source and the dataset name, its input files (relative path, size and mtime; on S3 key, size and ETag; for
-    `synthetic` the generator's settings), the ingest parameters, the vocabulary size, the
-    output folder and the ingest code itself. Equal fingerprints mean an ingest would write the
-    same output (flows cache ingestion on it); computing it reads no media."""
+    writes: the source and the dataset name, its input files (relative path, size and mtime;
+    on S3 key, size and ETag; for `synthetic` the generator's settings), the ingest parameters,
+    the vocabulary size, the output folder and the ingest code itself. Equal fingerprints mean
+    an ingest would write the same output (flows cache ingestion on it); computing it reads no
+    media."""
     from vatt.storage import ObjectStore, is_s3_uri
 
     here = Path(__file__).resolve().parent
     record: dict[str, Any] = {
-        "source": source, "name": dataset_name(source, name), "params": ingest_params(cfg), "ingest": asdict(cfg.data.ingest),
+        "source": source, "name": dataset_name(source, name), "params": ingest_params(cfg),
+        "ingest": asdict(cfg.data.ingest),
         "vocab_size": cfg.data.vocab_size, "out": str(Path(out).resolve()),
         "code": [_file_sha256(here / name) for name in _INGEST_CODE],
     }

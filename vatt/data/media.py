@@ -317,7 +317,9 @@ def load_image(path: str | Path, *, short_side: int) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()  # decodes everything now: a truncated file fails here
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            transparent = image.mode in ("RGBA", "LA", "PA") or (
+                image.mode == "P" and "transparency" in image.info)
+            if transparent:
                 # transparent pixels over white, as a viewer shows them (dropping alpha would
                 # expose whatever colour the transparent pixels happen to hold)
                 rgba = image.convert("RGBA")

@@ -511,8 +511,8 @@ def read_imagenet(root: Path, cfg: IngestConfig) -> SourceIndex:
             where = f"{_rel(root, solution[0])}:{line}"
             image_id, first = row["ImageId"], (row["PredictionString"].split() or [""])[0]
             if first not in index:
-                bad.append({"item": where, "reason": f"malformed row: PredictionString must "
-                            f"start with a wnid of {mapping.name}, got {row['PredictionString']!r}"})
+                bad.append({"item": where, "reason": "malformed row: PredictionString must start "
+                            f"with a wnid of {mapping.name}, got {row['PredictionString']!r}"})
                 continue
             labelled.add(image_id)
             if image_id not in loose:
