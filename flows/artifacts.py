@@ -61,7 +61,7 @@ def _fmt(value: Any) -> str:
 
 @task(name="publish-ingest", cache_policy=NO_CACHE, **transient_retries)
 def publish_ingest(summaries: list[dict[str, Any]], version: Optional[dict[str, Any]]) -> None:
-    rows = [{"dataset": s["source"], "clips": s["clips"], "minutes": round(s["hours"] * 60, 1),
+    rows = [{"dataset": s.get("name", s["source"]), "clips": s["clips"], "minutes": round(s["hours"] * 60, 1),
              "per split": ", ".join(f"{k} {v}" for k, v in s["per_split"].items()),
              "quarantined": s["quarantined"]} for s in summaries]
     create_table_artifact(key=KEYS["ingest"], table=rows,

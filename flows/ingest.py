@@ -14,29 +14,32 @@ from typing import Any, Optional
 from prefect import flow
 
 from flows.artifacts import publish_ingest
-from flows.params import Overrides, Preset, Source
+from flows.params import DatasetName, Overrides, Preset, Source
 from flows.tasks import fingerprint_source, ingest_source, resolve_config, version_data
 from vatt.config import Config
 
 log = logging.getLogger("vatt.flows")
 
 
-def ingest_data(cfg: Config, source: str, path: Optional[str], version: bool = True) -> dict[str, Any]:
+def ingest_data(cfg: Config, source: str, path: Optional[str], version: bool = True,
+                name: Optional[str] = None) -> dict[str, Any]:
     """The steps of an ingest inside any flow: fingerprint, ingest (cached), version, publish.
+    `name`: the dataset folder under data.path (default: the source's name).
     Returns {"summaries", "version", "cached", "seconds": {stage: s}}."""
     from vatt.data.ingest import missing_outputs
 
     out = cfg.data.path
-    fingerprint = fingerprint_source(cfg, source, path, out)
-    state = ingest_source(cfg, source, path, out, fingerprint["fingerprint"], return_state=True)
+    fingerprint = fingerprint_source(cfg, source, path, out, name)
+    state = ingest_source(cfg, source, path, out, fingerprint["fingerprint"], name,
+                          return_state=True)
     ingested = state.result()
     cached = state.is_completed() and state.name == "Cached"
     if cached:
-        missing = missing_outputs(source, out)
+        missing = missing_outputs(source, out, name)
         if missing:
             log.info("ingest cached, but its output is gone (%s): ingesting again", missing[0])
             ingested = ingest_source.with_options(refresh_cache=True)(
-                cfg, source, path, out, fingerprint["fingerprint"])
+                cfg, source, path, out, fingerprint["fingerprint"], name)
             cached = False
         else:
             log.info("ingest: cached (the input and settings are unchanged, fingerprint %s); "
@@ -52,8 +55,10 @@ def ingest_data(cfg: Config, source: str, path: Optional[str], version: bool = T
 @flow(name="ingest", description="Raw video/audio/text -> validated shards under data/, "
                                  "versioned with DVC")
 def ingest(source: Source = "synthetic", path: Optional[str] = None, preset: Preset = "tiny",
-           overrides: Overrides = [], version: bool = True) -> dict[str, Any]:
+           overrides: Overrides = [], version: bool = True,
+           name: Optional[DatasetName] = None) -> dict[str, Any]:
     """`source` in its published layout at `path` (a folder or s3:// prefix; for `synthetic`,
-    where the generated raw media go) into `data.path`."""
+    where the generated raw media go) into `data.path`/`name` (default: the source's name,
+    e.g. name=kinetics600 beside an earlier kinetics400)."""
     cfg = resolve_config(preset, overrides)
-    return ingest_data(cfg, source, path, version)
+    return ingest_data(cfg, source, path, version, name)

@@ -10,10 +10,12 @@ from typing import Annotated, Literal, Optional
 from pydantic import Field, StringConstraints
 
 from vatt.config import available_presets
-from vatt.data.ingest import SOURCES
+from vatt.data.ingest import NAME_PATTERN, SOURCES
 
 Preset = Literal[tuple(available_presets())]  # type: ignore[valid-type]  # configs/*.yaml
 Source = Literal[tuple(SOURCES)]  # type: ignore[valid-type]
+# an ingested dataset's folder under data.path (vatt.data.ingest.dataset_name checks it too)
+DatasetName = Annotated[str, StringConstraints(pattern=f"^{NAME_PATTERN.pattern}$")]
 
 Override = Annotated[str, StringConstraints(
     pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*=.*$")]
@@ -25,4 +27,4 @@ RunName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-
 # a git revision of data.dvc; a leading '-' would be read by git as an option
 GitRev = Annotated[str, StringConstraints(pattern=r"^[^\-\s][^\s]{0,199}$")]
 
-__all__ = ["Preset", "Source", "Override", "Overrides", "RunName", "GitRev", "Optional"]
+__all__ = ["Preset", "Source", "DatasetName", "Override", "Overrides", "RunName", "GitRev", "Optional"]

@@ -85,12 +85,14 @@ def resolve_config(preset: str, overrides: list[str], run_name: Optional[str] = 
 
 
 @task(name="fingerprint-source", cache_policy=NO_CACHE, **transient_retries)
-def fingerprint_source(cfg: Config, source: str, path: Optional[str], out: str) -> dict[str, Any]:
-    """The hash of what determines the ingest's output (vatt.data.ingest.source_fingerprint)."""
+def fingerprint_source(cfg: Config, source: str, path: Optional[str], out: str,
+                       name: Optional[str] = None) -> dict[str, Any]:
+    """The hash of what determines the ingest's output (vatt.data.ingest.source_fingerprint),
+    the dataset name included."""
     from vatt.data.ingest import source_fingerprint
 
     with _Timer() as timer:
-        fingerprint = source_fingerprint(cfg, source, path, out)
+        fingerprint = source_fingerprint(cfg, source, path, out, name)
     return {"fingerprint": fingerprint, "seconds": timer.seconds}
 
 
@@ -102,13 +104,14 @@ def _ingest_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> st
 @task(name="ingest", cache_key_fn=_ingest_cache_key, persist_result=True,
       result_serializer="json", **transient_retries)
 def ingest_source(cfg: Config, source: str, path: Optional[str], out: str,
-                  fingerprint: str) -> dict[str, Any]:
-    """Ingest (cached on `fingerprint`: a second run on unchanged input and settings is a cache
-    hit and does no work). Returns the summaries and the seconds spent."""
+                  fingerprint: str, name: Optional[str] = None) -> dict[str, Any]:
+    """Ingest into dataset folder `name` (default: the source's; cached on `fingerprint`,
+    which covers the name: a second run on unchanged input and settings is a cache hit and
+    does no work). Returns the summaries and the seconds spent."""
     from vatt.data.ingest import ingest
 
     with _Timer() as timer:
-        summaries = ingest(cfg, source, path, out, progress=False)
+        summaries = ingest(cfg, source, path, out, progress=False, name=name)
     return {"summaries": summaries, "seconds": timer.seconds, "fingerprint": fingerprint}
 
 

@@ -113,7 +113,7 @@ def test_distractors_often_share_the_actors_colour_and_shape():
 
 def test_synthetic_ingest_writes_every_layout_with_held_out_splits(tmp_path):
     cfg = load_config("tiny", ["data.ingest.synthetic_scale=0.02", "data.ingest.num_workers=2"])
-    summaries = {s["source"]: s for s in ingest(cfg, "synthetic", str(tmp_path / "raw"),
+    summaries = {s["name"]: s for s in ingest(cfg, "synthetic", str(tmp_path / "raw"),
                                                 tmp_path / "data", progress=False)}
     assert set(summaries) == {f"synthetic-{x}" for x in S.LAYOUTS}
     assert all(s["quarantined"] == 0 for s in summaries.values())

@@ -58,7 +58,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.preset, args.overrides)
     try:
-        ingest(cfg, args.source, args.path, args.out)
+        ingest(cfg, args.source, args.path, args.out, name=args.name)
     except IngestError as err:
         print(f"vatt ingest: {err}", file=sys.stderr)
         return 1
@@ -276,12 +276,21 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--no-forward", action="store_true", help="count only, skip the forward pass")
     info.set_defaults(handler=_cmd_info)
 
+    from vatt.data.sources import SOURCES  # light: no media libraries
+
     ingest = sub.add_parser("ingest", help="raw dataset (local folder or s3:// prefix) -> tar "
-                                           "shards, manifest, report and vocabulary under --out")
+                                           "shards, manifest, report and vocabulary under "
+                                           "--out/NAME")
     _add_config_args(ingest)
-    ingest.add_argument("--source", required=True,
-                        help="howto100m, audioset, kinetics, ucf101, esc50, msrvtt, youcook2, "
-                             "or synthetic (the generated default dataset)")
+    ingest.add_argument("--source", required=True, choices=SOURCES, metavar="SOURCE",
+                        help="the reader: howto100m, audioset, kinetics, ucf101, esc50, msrvtt, "
+                             "youcook2, mit (Moments in Time), imagenet (ILSVRC2012, each image "
+                             "a one-frame clip), or synthetic (the generated default dataset)")
+    ingest.add_argument("--name", default=None,
+                        help="the dataset's folder under --out (lowercase letters, digits, - "
+                             "and _; default: the source's name), e.g. --name kinetics600 "
+                             "beside an earlier kinetics400; not for synthetic, which writes "
+                             "synthetic-<layout>")
     ingest.add_argument("--path", default=None,
                         help="the source folder in its published layout, or s3://bucket/prefix "
                              "(synthetic: where the raw media are generated)")

@@ -145,6 +145,9 @@ class IngestConfig:
     max_bad_fraction: float = 0.1  # fail the run when a larger share of items is quarantined
     ucf101_split: int = 1  # trainlist0N/testlist0N
     esc50_test_fold: int = 5  # the other folds train
+    # share of the official training items held out as split `val` (MiT, ImageNet, AudioSet's
+    # balanced list), chosen by a stable hash of the item key, so tuning never reads `test`
+    holdout_fraction: float = 0.1
     synthetic_seed: int = 0
     synthetic_scale: float = 1.0  # multiplies the default number of generated clips
 
@@ -436,6 +439,11 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(
             f"cluster: poll_s={cfg.cluster.poll_s} and timeout_s={cfg.cluster.timeout_s} must be "
             f"positive and api_attempts={cfg.cluster.api_attempts} at least 1")
+    holdout = cfg.data.ingest.holdout_fraction
+    if not 0.0 <= holdout < 1.0:
+        raise ConfigError(
+            f"data.ingest.holdout_fraction={holdout} is outside [0, 1): it is the share of the "
+            "training items held out as split val (0.1 holds out a tenth; 0 none)")
     if cfg.eval.finetune_test_crops < 1:
         raise ConfigError(
             f"eval.finetune_test_crops={cfg.eval.finetune_test_crops}: fine-tuning tests on at "

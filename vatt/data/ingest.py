@@ -1,21 +1,28 @@
 """`vatt ingest`: raw sources -> WebDataset-style tar shards + manifest + report + vocabulary.
 
-Output, for a source NAME ingested into OUT:
+Output, for a source ingested into OUT as dataset NAME (`--name`; default: the source's name, and
+`synthetic-<layout>` for the generated default dataset, one per layout):
 
     OUT/NAME/shards/<split>-<NNNNNN>.tar   per clip: <key>.mp4 (MJPEG video, if any), <key>.wav (mono
                                            16-bit audio, if any), <key>.json (clip record below)
     OUT/NAME/shards/<split>-<NNNNNN>.json  that shard's records, checksums and input fingerprint
-    OUT/NAME/manifest.json                 source, ingest parameters, label names, splits, and
-                                           every clip (record + sha256 of each member)
+    OUT/NAME/manifest.json                 source (the reader), name, ingest parameters, label
+                                           names, splits, and every clip (record + sha256 of
+                                           each member)
     OUT/NAME/report.json                   quarantined rows and media with reasons, summary
     OUT/NAME/vocab.json                    word vocabulary of NAME's training captions
     OUT/vocab.json                         word vocabulary of all sources' training captions
                                            under OUT (the one the model uses)
 
-Clip record (<key>.json): clip_id, video_id, source, split, media (raw path), start/end (s, in
-the raw media), fps, num_frames, sample_rate, num_samples, has_video, has_audio, captions (list,
-narrated sources: the `data.num_text_candidates` narrations nearest in time), caption_times,
-label (class index or -1), labels (multi-label class indices), fold (ESC-50's 1-5, else 0).
+Clip record (<key>.json): clip_id ("<NAME>/<key>"), video_id, source (the reader, e.g. kinetics),
+dataset (NAME), split, media (raw path), start/end (s, in the raw media), fps, num_frames,
+sample_rate, num_samples, has_video, has_audio, image (true for a still image stored as a
+one-frame clip: ImageNet), captions (list, narrated sources: the `data.num_text_candidates`
+narrations nearest in time), caption_times, label (class index or -1), labels (multi-label class
+indices), fold (ESC-50's 1-5, else 0).
+
+Several datasets of one source (kinetics400 and kinetics600) live side by side under OUT, each
+in its own folder; an ingest refuses a folder that holds a dataset of another source.
 
 A shard holds the clips of up to `data.ingest.media_per_shard` raw files of one split, so its
 content depends on those files only: a re-run re-uses every shard whose inputs and parameters
@@ -50,12 +57,15 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from vatt.config import Config, StorageConfig
-from vatt.data.media import MediaDecoder, MediaError, encode_video, encode_wav
+from vatt.data.media import MediaDecoder, MediaError, encode_video, encode_wav, load_image
 from vatt.data.pool import WorkerDied, map_in_processes
-from vatt.data.sources import READERS, ClipSpec, LayoutError, SourceIndex, WorkItem
+from vatt.data.sources import READERS, SOURCES, ClipSpec, LayoutError, SourceIndex, WorkItem
 
-FORMAT_VERSION = 2  # bump when the shard content changes for the same input (2: clip folds)
-SOURCES = sorted(READERS) + ["synthetic"]
+# bump when the shard content changes for the same input (2: clip folds; 3: records name their
+# reader and dataset and say whether they are an image, AudioSet's lists and hold-out val split)
+FORMAT_VERSION = 3
+# a dataset name is a folder under OUT and the first part of every clip_id
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_\-]{0,63}")
 # the code that decides what an ingest writes: a change to it is a change of output
 _INGEST_CODE = ("ingest.py", "sources.py", "media.py", "synthetic.py")
 
@@ -93,19 +103,39 @@ def ingest_params(cfg: Config) -> dict[str, Any]:
     }
 
 
-def source_fingerprint(cfg: Config, source: str, src: Optional[str], out: str | Path) -> str:
-    """One hash of everything that decides what `ingest(cfg, source, src, out)` writes: the
-    source, its input files (relative path, size and mtime; on S3 key, size and ETag; for
-    `synthetic` the generator's settings), the ingest parameters, the vocabulary size, the
-    output folder and the ingest code itself. Equal fingerprints mean an ingest would write the
-    same output (flows cache ingestion on it); computing it reads no media."""
-    from vatt.storage import ObjectStore, is_s3_uri
-
+def dataset_name(source: str, name: Optional[str] = None) -> str:
+    """The folder an ingest of `source` writes (under OUT): `name`, checked, or the source's
+    own name. The synthetic source writes one folder per layout and takes no name."""
     if source not in SOURCES:
         raise IngestError(f"unknown --source {source!r}; choose one of {', '.join(SOURCES)}")
+    if source == "synthetic":
+        if name is not None:
+            raise IngestError("--name does not apply to --source synthetic: it writes one "
+                              "folder per layout (synthetic-<layout>); leave --name out")
+        return source
+    if name is None:
+        return source
+    if not NAME_PATTERN.fullmatch(name):
+        raise IngestError(f"--name {name!r} is not a valid dataset name: use 1-64 lowercase "
+                          "letters, digits, '-' and '_', starting with a letter or digit "
+                          "(e.g. kinetics600)")
+    return name
+
+
+def source_fingerprint(cfg: Config, source: str, src: Optional[str], out: str | Path,
+                       name: Optional[str] = None) -> str:
+    """One hash of everything that decides what `ingest(cfg, source, src, out, name=name)`
+    writes: the source and the dataset name, its input files (relative path, size and mtime;
+    on S3 key, size and ETag; for `synthetic` the generator's settings), the ingest parameters,
+    the vocabulary size, the output folder and the ingest code itself. Equal fingerprints mean
+    an ingest would write the same output (flows cache ingestion on it); computing it reads no
+    media."""
+    from vatt.storage import ObjectStore, is_s3_uri
+
     here = Path(__file__).resolve().parent
     record: dict[str, Any] = {
-        "source": source, "params": ingest_params(cfg), "ingest": asdict(cfg.data.ingest),
+        "source": source, "name": dataset_name(source, name), "params": ingest_params(cfg),
+        "ingest": asdict(cfg.data.ingest),
         "vocab_size": cfg.data.vocab_size, "out": str(Path(out).resolve()),
         "code": [_file_sha256(here / name) for name in _INGEST_CODE],
     }
@@ -121,20 +151,59 @@ def source_fingerprint(cfg: Config, source: str, src: Optional[str], out: str | 
     return _sha256(json.dumps(record, sort_keys=True, default=str).encode())
 
 
-def ingested_names(source: str) -> list[str]:
-    """The dataset folders an ingest of `source` writes under its output folder."""
+def ingested_names(source: str, name: Optional[str] = None) -> list[str]:
+    """The dataset folders an ingest of `source` (as dataset `name`) writes under its output
+    folder."""
     if source == "synthetic":
         from vatt.data.synthetic import LAYOUTS
 
+        dataset_name(source, name)  # refuses a name
         return [f"synthetic-{layout}" for layout in LAYOUTS]
-    return [source]
+    return [dataset_name(source, name)]
 
 
-def missing_outputs(source: str, out: str | Path) -> list[str]:
-    """The manifests an ingest of `source` into `out` should have written and that are not
-    there (deleted or never written): a cached ingest whose output is gone must run again."""
-    return [str(Path(out) / name / "manifest.json") for name in ingested_names(source)
-            if not (Path(out) / name / "manifest.json").is_file()]
+def missing_outputs(source: str, out: str | Path, name: Optional[str] = None) -> list[str]:
+    """The manifests an ingest of `source` (as dataset `name`) into `out` should have written
+    and that are not there (deleted or never written): a cached ingest whose output is gone
+    must run again."""
+    return [str(Path(out) / folder / "manifest.json") for folder in ingested_names(source, name)
+            if not (Path(out) / folder / "manifest.json").is_file()]
+
+
+def _recorded_source(target: Path) -> Optional[str]:
+    """The source of the dataset in folder `target`, from its manifest (or, for an ingest that
+    failed its bad-share threshold, its report); None when neither is there. Manifests of
+    format 2 recorded only the folder name, as `source`."""
+    for file, get in (("manifest.json", lambda d: d), ("report.json", lambda d: d["summary"])):
+        try:
+            record = get(json.loads((target / file).read_text()))
+        except FileNotFoundError:
+            continue
+        except (ValueError, KeyError, TypeError):
+            return f"unknown (unreadable {file})"
+        source = record.get("source")
+        if "name" not in record and isinstance(source, str) and source.startswith("synthetic-"):
+            return "synthetic"  # format 2
+        return source
+    return None
+
+
+def _check_owner(target: Path, source: str) -> None:
+    """Refuse to write into a folder that holds another source's dataset, or files that are
+    no dataset at all: an ingest rewrites and deletes files in its folder."""
+    if not target.exists():
+        return
+    recorded = _recorded_source(target)
+    if recorded is not None and recorded != source:
+        raise IngestError(f"{target} holds a dataset of source {recorded!r}, not {source!r}; "
+                          f"ingesting would overwrite it. Choose another --name for this "
+                          f"{source} dataset, or remove {target} if that data is no longer wanted")
+    foreign = sorted(p.name for p in target.iterdir()
+                     if p.name not in ("shards", "manifest.json", "report.json", "vocab.json")
+                     and not p.name.startswith("."))
+    if recorded is None and foreign:
+        raise IngestError(f"{target} exists and holds files that are not an ingested dataset "
+                          f"({', '.join(foreign[:3])}); choose another --name, or move them away")
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -288,27 +357,29 @@ class _Spool:
         self.file.close()
 
 
-def _encode_clip(source: str, item: WorkItem, index: int, spec: ClipSpec, caption_times: list,
-                 end: float, window: _Window, decoder: MediaDecoder, params: dict,
+def _encode_clip(dataset: dict, item: WorkItem, index: int, spec: ClipSpec, caption_times: list,
+                 end: float, window: _Window, has_video: bool, has_audio: bool, params: dict,
                  spool: _Spool) -> dict:
-    """Encode one clip (media time spec.start to `end`) into the spool; returns its record."""
+    """Encode one clip (media time spec.start to `end`) into the spool; returns its record.
+    `dataset`: {"source": the reader, "name": the dataset's folder}."""
     fps, rate = params["fps"], params["sample_rate"]
     key = _safe_key(f"{item.key}_{index:04d}")
     record: dict[str, Any] = {
-        "clip_id": f"{source}/{key}", "video_id": item.key, "source": source,
+        "clip_id": f"{dataset['name']}/{key}", "video_id": item.key,
+        "source": dataset["source"], "dataset": dataset["name"],
         "split": item.split, "media": item.media, "start": round(spec.start, 4),
         "end": round(end, 4), "fps": fps, "sample_rate": rate,
         "captions": spec.captions, "caption_times": caption_times,
         "label": spec.label, "labels": list(spec.labels), "fold": spec.fold,
-        "has_video": decoder.has_video, "has_audio": decoder.has_audio,
+        "has_video": has_video, "has_audio": has_audio, "image": item.kind == "image",
         "num_frames": 0, "num_samples": 0,
     }
     members = []
-    if decoder.has_video:
+    if has_video:
         frames = window.video(int(round(spec.start * fps)), int(round(end * fps)))
         record["num_frames"] = len(frames)
         members.append(("mp4", encode_video(frames, fps, params["video_qmax"])))
-    if decoder.has_audio:
+    if has_audio:
         audio = window.audio(int(round(spec.start * rate)), int(round(end * rate)))
         record["num_samples"] = len(audio)
         members.append(("wav", encode_wav(audio, rate)))
@@ -319,13 +390,40 @@ def _encode_clip(source: str, item: WorkItem, index: int, spec: ClipSpec, captio
     return record
 
 
-def _process_item(root: Path, source: str, item: WorkItem, params: dict,
+def _process_image(root: Path, dataset: dict, item: WorkItem, params: dict,
+                   tar: tarfile.TarFile) -> tuple[list[dict], list[dict]]:
+    """A still image -> one clip of one frame at the ingest's short side (the same MJPEG MP4 as
+    video, so the loader reads it like any clip), no audio; (clip records, bad entries)."""
+    try:
+        frame = load_image(root / item.media, short_side=params["short_side"])
+    except MediaError as err:
+        return [], [{"item": item.media, "kind": "media", "reason": str(err)}]
+    except Exception as err:  # a decoder fault on one file must not stop the whole run
+        return [], [{"item": item.media, "kind": "media",
+                     "reason": f"unreadable image: {type(err).__name__}: {err}"}]
+    window, spool = _Window(), _Spool(Path(tar.name).parent)
+    try:
+        window.add([frame], None)
+        spec = (item.clips or [ClipSpec()])[0]
+        # one frame lasts 1 / fps: the clip covers frame 0 only
+        record = _encode_clip(dataset, item, 0, ClipSpec(0.0, None, spec.captions, spec.label,
+                                                         spec.labels, spec.fold),
+                              [], 1.0 / params["fps"], window, True, False, params, spool)
+        spool.append_to(tar)
+        return [record], []
+    finally:
+        spool.close()
+
+
+def _process_item(root: Path, dataset: dict, item: WorkItem, params: dict,
                   tar: tarfile.TarFile) -> tuple[list[dict], list[dict]]:
     """Decode one raw file and append its clips to `tar`: (clip records, bad entries).
 
     The decode streams: a clip is encoded as soon as its end is decoded, and the window keeps
     only what the clips not yet written need, so memory does not grow with the file's length.
     The output is what cutting the whole decoded file (`load_media`) would give."""
+    if item.kind == "image":
+        return _process_image(root, dataset, item, params, tar)
     fps, rate = params["fps"], params["sample_rate"]
 
     def quarantined(reason: str) -> tuple[list[dict], list[dict]]:
@@ -354,8 +452,8 @@ def _process_item(root: Path, source: str, item: WorkItem, params: dict,
         if end - spec.start < params["min_seconds"]:
             short.append(done)
         else:
-            records.append(_encode_clip(source, item, done, spec, caption_times, end, window,
-                                        decoder, params, spool))
+            records.append(_encode_clip(dataset, item, done, spec, caption_times, end, window,
+                                        decoder.has_video, decoder.has_audio, params, spool))
         done += 1
         if item.clips is None:
             first = done * params["clip_seconds"]
@@ -430,7 +528,7 @@ def _process_shard(task: dict) -> dict:
     records, bad = [], []
     with _shard_tar(shard_path) as tar:
         for item in task["items"]:
-            r, b = _process_item(root, task["source"], item, task["params"], tar)
+            r, b = _process_item(root, task["dataset"], item, task["params"], tar)
             records += r
             bad += b
     sidecar = {"fingerprint": task["fingerprint"], "sha256": _file_sha256(shard_path),
@@ -496,16 +594,21 @@ def build_vocabulary(out: Path, max_size: int) -> Optional[Path]:
 
 
 def ingest_index(cfg: Config, index: SourceIndex, root: Path, out: Path, name: str,
-                 progress: bool = True) -> dict:
-    """Write shards, manifest, report and vocabularies for an indexed source; returns the
-    summary. Raises IngestError when the quarantined share exceeds the threshold."""
+                 progress: bool = True, source: Optional[str] = None) -> dict:
+    """Write shards, manifest, report and vocabularies for an indexed source into dataset
+    folder OUT/`name`; returns the summary. `source`: what the manifest records as the source
+    (default: the reader's name, index.name). Raises IngestError when the quarantined share
+    exceeds the threshold, or when OUT/`name` holds another source's dataset."""
     from tqdm import tqdm
 
     from vatt.text import Vocabulary
 
     started = time.perf_counter()
     params = ingest_params(cfg)
+    source = source or index.name
+    dataset = {"source": source, "name": name}
     target = out / name
+    _check_owner(target, source)
     shard_dir = target / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     per_shard = max(1, cfg.data.ingest.media_per_shard)
@@ -521,7 +624,7 @@ def ingest_index(cfg: Config, index: SourceIndex, root: Path, out: Path, name: s
             if done is not None:
                 reused.append((shard, done))
             else:
-                tasks.append({"root": str(root), "source": name, "shard": str(shard),
+                tasks.append({"root": str(root), "dataset": dataset, "shard": str(shard),
                               "items": group, "params": params, "fingerprint": fingerprint})
     results = list(reused)
     bar = tqdm(total=len(tasks), desc=f"ingest {name}", unit="shard", disable=not progress)
@@ -562,7 +665,7 @@ def ingest_index(cfg: Config, index: SourceIndex, root: Path, out: Path, name: s
             entry["hours"] += (record["end"] - record["start"]) / 3600.0
     for entry in splits.values():
         entry["hours"] = round(entry["hours"], 4)
-    manifest = {"source": name, "params": params, "label_names": index.label_names,
+    manifest = {"source": source, "name": name, "params": params, "label_names": index.label_names,
                 "multi_label": index.multi_label, "splits": splits, "clips": clips}
 
     # the share counts rows and media files; a bad segment of a good file counts as one item more
@@ -570,7 +673,7 @@ def ingest_index(cfg: Config, index: SourceIndex, root: Path, out: Path, name: s
     total = len(index.items) + len(index.bad) + sum(1 for b in bad if b.get("kind") == "segment")
     share = bad_items / max(1, total)
     summary = {
-        "source": name, "clips": len(clips),
+        "name": name, "source": source, "clips": len(clips),
         "hours": round(sum(s["hours"] for s in splits.values()), 4),
         "per_split": {k: v["clips"] for k, v in sorted(splits.items())},
         "media": len(index.items), "quarantined": bad_items, "bad_share": round(share, 4),
@@ -602,26 +705,27 @@ def ingest_index(cfg: Config, index: SourceIndex, root: Path, out: Path, name: s
 
 
 def ingest(cfg: Config, source: str, src: Optional[str], out: str | Path,
-           progress: bool = True) -> list[dict]:
-    """Ingest SOURCE from SRC (local folder or s3:// prefix) into OUT; returns the summaries.
-    One ingest at a time writes into OUT; a second one is refused while the first runs."""
+           progress: bool = True, name: Optional[str] = None) -> list[dict]:
+    """Ingest SOURCE from SRC (local folder or s3:// prefix) into OUT/NAME (default NAME: the
+    source's name; `synthetic` writes OUT/synthetic-<layout>); returns the summaries. One
+    ingest at a time writes into OUT; a second one is refused while the first runs."""
+    folder = dataset_name(source, name)  # a bad name or source fails before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with _exclusive(out):
-        return _ingest(cfg, source, src, out, progress)
+        return _ingest(cfg, source, src, out, progress, folder)
 
 
-def _ingest(cfg: Config, source: str, src: Optional[str], out: Path, progress: bool) -> list[dict]:
+def _ingest(cfg: Config, source: str, src: Optional[str], out: Path, progress: bool,
+            name: str) -> list[dict]:
     if source == "synthetic":
         from vatt.data.synthetic import LAYOUTS, generate
 
         raw = Path(src) if src else out.resolve().parent / ".cache" / "synthetic-raw"
         generate(cfg, raw, progress=progress)
         return [ingest_index(cfg, READERS[layout](raw / layout, cfg.data.ingest),
-                             raw / layout, out, f"synthetic-{layout}", progress)
+                             raw / layout, out, f"synthetic-{layout}", progress, source)
                 for layout in LAYOUTS]
-    if source not in READERS:
-        raise IngestError(f"unknown --source {source!r}; choose one of {', '.join(SOURCES)}")
     if not src:
         raise IngestError(f"--source {source} needs --path (a local folder or s3:// prefix)")
     root = _local_source(src, out, cfg.storage)
@@ -629,8 +733,8 @@ def _ingest(cfg: Config, source: str, src: Optional[str], out: Path, progress: b
         index = READERS[source](root, cfg.data.ingest)
     except LayoutError as err:
         raise IngestError(str(err)) from None
-    return [ingest_index(cfg, index, root, out, source, progress)]
+    return [ingest_index(cfg, index, root, out, name, progress, source)]
 
 
 __all__ = ["ingest", "ingest_index", "ingest_params", "build_vocabulary", "IngestError", "SOURCES",
-           "source_fingerprint", "ingested_names", "missing_outputs"]
+           "dataset_name", "source_fingerprint", "ingested_names", "missing_outputs"]

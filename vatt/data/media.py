@@ -6,7 +6,9 @@ kernel), cuts clips from it as they complete and stores each clip as an MJPEG MP
 16-bit PCM WAV (audio), both encoded deterministically so that re-runs give byte-identical
 shards. Memory stays bounded by a clip plus one audio-resampling span (AUDIO_CHUNK_SECONDS),
 whatever the file's length; `load_media` puts the pieces of a whole file together (the same
-numbers). The loader decodes the clip files back with `decode_video` / `decode_wav`.
+numbers). Still images (ImageNet) are decoded with Pillow by `load_image` and stored as
+one-frame clips the same way. The loader decodes the clip files back with `decode_video` /
+`decode_wav`.
 """
 
 from __future__ import annotations
@@ -297,6 +299,43 @@ def load_media(path: str | Path, *, fps: float, short_side: int, sample_rate: in
         frames_out = np.stack(images) if decoder.has_video else None
         audio_out = np.concatenate(chunks).astype(np.float32) if decoder.has_audio else None
         return Media(frames_out, audio_out, fps, sample_rate, decoder.duration)
+
+
+def load_image(path: str | Path, *, short_side: int) -> np.ndarray:
+    """One still image -> (H, W, 3) uint8 RGB at short side `short_side` (aspect kept, sides
+    multiples of 16, resized with the same area filter as video frames); raises MediaError with
+    the reason it is unusable.
+
+    Decoded by content, not by extension: real ImageNet holds `.JPEG` files that are PNG,
+    greyscale or CMYK; all are valid images and are converted to RGB. A truncated or
+    unidentifiable file is an error (Pillow's LOAD_TRUNCATED_IMAGES stays off)."""
+    from PIL import Image
+
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise MediaError("empty file (0 bytes)")
+    try:
+        with Image.open(path) as image:
+            image.load()  # decodes everything now: a truncated file fails here
+            transparent = image.mode in ("RGBA", "LA", "PA") or (
+                image.mode == "P" and "transparency" in image.info)
+            if transparent:
+                # transparent pixels over white, as a viewer shows them (dropping alpha would
+                # expose whatever colour the transparent pixels happen to hold)
+                rgba = image.convert("RGBA")
+                rgb = Image.new("RGB", rgba.size, (255, 255, 255))
+                rgb.paste(rgba, mask=rgba.getchannel("A"))
+            else:
+                rgb = image.convert("RGB")  # L, CMYK, P, I;16, YCbCr, ... -> RGB
+            pixels = np.asarray(rgb, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        # OSError covers "image file is truncated" and UnidentifiedImageError
+        raise MediaError(f"unreadable image: {type(err).__name__}: {err}") from None
+    height, width = pixels.shape[:2]
+    scale = short_side / min(width, height)
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")
+    return frame.to_ndarray(width=_aligned(width * scale), height=_aligned(height * scale),
+                            format="rgb24", interpolation="AREA")
 
 
 def encode_video(frames: np.ndarray, fps: float, qmax: int = 4) -> bytes:

@@ -4,11 +4,17 @@ Each reader turns a source folder into a `SourceIndex`: one `WorkItem` per media
 its split and the clips to cut from it with captions and labels) plus the rows that could not be
 used (malformed rows, rows naming a missing media file), each with its reason. Readers only read
 the folder; nothing under it is modified.
+
+Splits: `train`, `val` (what validation and sweeps tune on) and `test` (what papers report on:
+reports and the promotion gate only). A source without an official val split holds out
+`data.ingest.holdout_fraction` of its training items as `val` (`held_out`: a stable hash of the
+item key, so the same items are held out on every machine and every re-run).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +22,7 @@ from typing import Callable, Optional
 
 from vatt.config import IngestConfig
 
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 MEDIA_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv",
                     ".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus")
 
@@ -39,6 +46,7 @@ class WorkItem:
     narration: list[tuple[float, float, str]] = field(default_factory=list)
     video: str = "required"  # "required" | "optional" | "none"
     audio: str = "required"  # "required" | "optional"
+    kind: str = "media"  # "media": a video or audio file; "image": a still image (one frame)
 
 
 @dataclass
@@ -61,6 +69,17 @@ def media_index(root: Path) -> dict[str, str]:
         if path.suffix.lower() in MEDIA_EXTENSIONS and path.is_file():
             found.setdefault(path.stem, path.relative_to(root).as_posix())
     return found
+
+
+def held_out(key: str, fraction: float) -> bool:
+    """Whether the training item `key` belongs to the held-out val split: the first 8 bytes of
+    sha256(key) as a number in [0, 1) below `fraction`. Stable across machines, runs and Python
+    versions (unlike hash()), and independent of which other items exist."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2.0 ** 64 < fraction
+
+
+def _train_or_val(key: str, cfg: IngestConfig) -> str:
+    return "val" if held_out(key, cfg.holdout_fraction) else "train"
 
 
 def _find(root: Path, pattern: str, source: str, what: str) -> list[Path]:
@@ -317,10 +336,18 @@ def read_youcook2(root: Path, cfg: IngestConfig) -> SourceIndex:
     return SourceIndex("youcook2", items, bad, recipes)
 
 
+AUDIOSET_LISTS = {"balanced_train_segments.csv": "train",
+                  "unbalanced_train_segments.csv": "train_unbalanced",
+                  "eval_segments.csv": "test"}
+
+
 def read_audioset(root: Path, cfg: IngestConfig) -> SourceIndex:
     """Segment CSVs (# comment lines, then YTID, start_seconds, end_seconds, positive_labels)
     and class_labels_indices.csv (index,mid,display_name); media named <YTID>_<start_seconds as
-    in the CSV>.<ext> or Y<YTID>.<ext>. eval_segments.csv is the test split. Multi-label."""
+    in the CSV>.<ext> or Y<YTID>.<ext>. Multi-label. Splits by list (AUDIOSET_LISTS):
+    balanced_train_segments.csv is `train` less the held-out `val`, unbalanced_train_segments.csv
+    `train_unbalanced` (the ~2M clips; a training recipe picks the lists it trains on) and
+    eval_segments.csv `test`."""
     class_file = _find(root, "class_labels_indices.csv", "audioset", "the class list")[0]
     bad: list[dict] = []
     classes = _read_csv(class_file, root, ["index", "mid", "display_name"], bad)
@@ -329,7 +356,11 @@ def read_audioset(root: Path, cfg: IngestConfig) -> SourceIndex:
     media = media_index(root)
     items, seen = [], set()
     for path in _find(root, "*segments*.csv", "audioset", "the segment CSVs"):
-        split = "test" if "eval" in path.name else "train"
+        if path.name not in AUDIOSET_LISTS:
+            raise LayoutError(f"{path}: not one of AudioSet's segment lists "
+                              f"({', '.join(AUDIOSET_LISTS)}), so its split is unknown; rename "
+                              "it to the published name or move it out of the source folder")
+        split = AUDIOSET_LISTS[path.name]
         with open(path, newline="") as fh:
             for line_no, row in enumerate(csv.reader(fh, skipinitialspace=True), start=1):
                 if not row or row[0].startswith("#"):
@@ -354,8 +385,146 @@ def read_audioset(root: Path, cfg: IngestConfig) -> SourceIndex:
                     bad.append({"item": where, "reason": f"row names segment {ytid!r} but no media "
                                 f"file {ytid}_{start_text}.* or Y{ytid}.* exists under the source folder"})
                     continue
-                items.append(WorkItem(ytid, rel, split, [ClipSpec(labels=labels)], video="optional"))
+                item_split = _train_or_val(ytid, cfg) if split == "train" else split
+                items.append(WorkItem(ytid, rel, item_split, [ClipSpec(labels=labels)],
+                                      video="optional"))
     return SourceIndex("audioset", items, bad, label_names, multi_label=True)
+
+
+def read_mit(root: Path, cfg: IngestConfig) -> SourceIndex:
+    """Moments in Time (Moments_in_Time_Raw/): moments_categories.txt ("<name>,<index>" lines:
+    the labels), trainingSet.csv and validationSet.csv (no header; rows
+    "<class>/<file>,<class>,<agreement>,<disagreement>"), videos at training/<class>/<file> and
+    validation/<class>/<file>. training is `train` less the held-out `val`; validation is `test`
+    (the paper reports MiT on it). Audio is optional (some videos are silent)."""
+    categories = _find(root, "moments_categories.txt", "mit", "the class list")[0]
+    base = categories.parent  # Moments_in_Time_Raw/
+    names: dict[int, str] = {}
+    for line_no, line in enumerate(categories.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        name, _, number = line.rpartition(",")
+        if not name or not number.strip().isdigit():
+            raise LayoutError(f"{categories}:{line_no}: expected '<name>,<index>', got {line!r}")
+        names[int(number)] = name.strip()
+    if sorted(names) != list(range(len(names))):
+        raise LayoutError(f"{categories}: class indices must be 0..{len(names) - 1}, each once")
+    label_names = [names[i] for i in range(len(names))]
+    index = {n: i for i, n in enumerate(label_names)}
+    items: list[WorkItem] = []
+    bad: list[dict] = []
+    for list_name, folder, split in (("trainingSet.csv", "training", "train"),
+                                     ("validationSet.csv", "validation", "test")):
+        list_file = base / list_name
+        if not list_file.is_file():
+            raise LayoutError(f"mit: no {list_name} beside {categories} (the {folder} list); is "
+                              "--path the Moments_in_Time_Raw folder in its published layout?")
+        with open(list_file, newline="") as fh:
+            for line_no, row in enumerate(csv.reader(fh), start=1):
+                if not row:
+                    continue
+                where = f"{_rel(root, list_file)}:{line_no}"
+                cells = [c.strip() for c in row]
+                if (len(cells) != 4 or cells[1] not in index or "/" not in cells[0]
+                        or not cells[2].isdigit() or not cells[3].isdigit()):
+                    bad.append({"item": where, "reason": "malformed row: expected '<class>/<file>,"
+                                "<class>,<agreement>,<disagreement>' with a class of "
+                                f"{categories.name} and integer counts, got {row}"})
+                    continue
+                media = base / folder / cells[0]
+                if not media.is_file():
+                    bad.append({"item": where, "reason": f"row names video {cells[0]!r} but "
+                                f"{_rel(root, media)} does not exist"})
+                    continue
+                key = f"{folder}/{Path(cells[0]).with_suffix('').as_posix()}"
+                items.append(WorkItem(key, _rel(root, media),
+                                      _train_or_val(key, cfg) if split == "train" else split,
+                                      [ClipSpec(label=index[cells[1]])], audio="optional"))
+    return SourceIndex("mit", items, bad, label_names)
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def read_imagenet(root: Path, cfg: IngestConfig) -> SourceIndex:
+    """ILSVRC2012 as distributed for the localisation challenge: LOC_synset_mapping.txt
+    ("<wnid> <name>, <other names>" lines; label = line order, label name = the first name),
+    ILSVRC/Data/CLS-LOC/train/<wnid>/*.JPEG and ILSVRC/Data/CLS-LOC/val/*.JPEG labelled by
+    LOC_val_solution.csv (ImageId,PredictionString "<wnid> x1 y1 x2 y2 ..."; the label is the
+    first wnid), or val/<wnid>/*.JPEG (class folders, no CSV needed). train is `train` less the
+    held-out `val`; val is `test` (the paper's ImageNet numbers are on it). The unlabelled
+    test/ images are not read. Each image becomes a one-frame clip (WorkItem.kind "image")."""
+    # the published places first: a walk of the whole tree reads 1.3M names
+    mapping = root / "LOC_synset_mapping.txt"
+    if not mapping.is_file():
+        mapping = _find(root, "LOC_synset_mapping.txt", "imagenet", "the class list")[0]
+    wnids: list[str] = []
+    label_names: list[str] = []
+    for line_no, line in enumerate(mapping.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        wnid, _, names = line.strip().partition(" ")
+        if not wnid or not names.strip():
+            raise LayoutError(f"{mapping}:{line_no}: expected '<wnid> <name>, <other names>', "
+                              f"got {line!r}")
+        wnids.append(wnid)
+        label_names.append(names.split(",")[0].strip())
+    index = {w: i for i, w in enumerate(wnids)}
+    places = [mapping.parent, root, *root.glob("*")]
+    data = [d for place in places for d in (place / "ILSVRC" / "Data" / "CLS-LOC",
+                                            place / "Data" / "CLS-LOC", place / "CLS-LOC")
+            if (d / "train").is_dir()]
+    if not data:
+        raise LayoutError(f"imagenet: no ILSVRC/Data/CLS-LOC/train folder under {root}; is "
+                          "--path the ILSVRC2012 localisation download in its published layout?")
+    data_dir = data[0]
+    items: list[WorkItem] = []
+    bad: list[dict] = []
+
+    def class_folders(folder: Path, split_of: Callable[[str], str]) -> None:
+        for class_dir in sorted(d for d in folder.iterdir() if d.is_dir()):
+            for image in _images(class_dir):
+                if class_dir.name not in index:
+                    bad.append({"item": _rel(root, image), "reason": f"class folder "
+                                f"{class_dir.name!r} is not a wnid of {mapping.name}"})
+                    continue
+                items.append(WorkItem(image.stem, _rel(root, image), split_of(image.stem),
+                                      [ClipSpec(label=index[class_dir.name])], audio="optional",
+                                      kind="image"))
+
+    class_folders(data_dir / "train", lambda key: _train_or_val(key, cfg))
+    val_dir = data_dir / "val"
+    if not val_dir.is_dir():
+        raise LayoutError(f"imagenet: no val folder beside {data_dir / 'train'}")
+    loose = {p.stem: p for p in _images(val_dir)}
+    solution = [p for p in (mapping.parent / "LOC_val_solution.csv",) if p.is_file()] or sorted(
+        root.rglob("LOC_val_solution.csv"))
+    if loose and not solution:
+        raise LayoutError(f"imagenet: {val_dir} holds images but there is no LOC_val_solution.csv "
+                          "to label them; add it (it comes with the localisation download) or "
+                          "sort the images into val/<wnid>/ class folders")
+    if solution:
+        labelled = set()
+        for line, row in _read_csv(solution[0], root, ["ImageId", "PredictionString"], bad):
+            where = f"{_rel(root, solution[0])}:{line}"
+            image_id, first = row["ImageId"], (row["PredictionString"].split() or [""])[0]
+            if first not in index:
+                bad.append({"item": where, "reason": "malformed row: PredictionString must start "
+                            f"with a wnid of {mapping.name}, got {row['PredictionString']!r}"})
+                continue
+            labelled.add(image_id)
+            if image_id not in loose:
+                bad.append({"item": where, "reason": f"row names image {image_id!r} but "
+                            f"{_rel(root, val_dir)}/{image_id}.JPEG does not exist"})
+                continue
+            items.append(WorkItem(image_id, _rel(root, loose[image_id]), "test",
+                                  [ClipSpec(label=index[first])], audio="optional", kind="image"))
+        bad += [{"item": _rel(root, path), "reason": f"image has no row in {solution[0].name}, "
+                 "so no label"} for stem, path in loose.items() if stem not in labelled]
+    class_folders(val_dir, lambda key: "test")
+    return SourceIndex("imagenet", items, bad, label_names)
 
 
 READERS: dict[str, Callable[[Path, IngestConfig], SourceIndex]] = {
@@ -366,4 +535,7 @@ READERS: dict[str, Callable[[Path, IngestConfig], SourceIndex]] = {
     "esc50": read_esc50,
     "msrvtt": read_msrvtt,
     "youcook2": read_youcook2,
+    "mit": read_mit,
+    "imagenet": read_imagenet,
 }
+SOURCES = sorted(READERS) + ["synthetic"]  # what `vatt ingest --source` accepts
