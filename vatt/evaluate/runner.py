@@ -29,20 +29,9 @@ import torch
 
 from vatt.config import Config
 from vatt.evaluate.features import Features, extract_features, resolve_device
-from vatt.evaluate.tasks import TASKS, TaskRun, check_tasks
+from vatt.evaluate.tasks import TASKS, TaskRun, check_tasks, result_key, split_key
 
 UNNAMED = "batches"  # the dataset name of batches held in memory that carry none
-
-
-def result_key(task: str, dataset: str) -> str:
-    return f"{task}@{dataset}"
-
-
-def split_key(name: str) -> tuple[str, Optional[str], str]:
-    """A flat metric key -> (task, dataset or None for the task's first, metric)."""
-    head, _, metric = name.rpartition(".")
-    task, _, dataset = head.partition("@")
-    return task, dataset or None, metric
 
 
 def _is_split_mapping(value: Mapping[str, Any]) -> bool:

@@ -131,6 +131,19 @@ def check_tasks(tasks: Iterable[str]) -> list[str]:
     return tasks
 
 
+def result_key(task: str, dataset: str) -> str:
+    """The key of one (task, dataset) in the results: "<task>@<dataset>"."""
+    return f"{task}@{dataset}"
+
+
+def split_key(name: str) -> tuple[str, Optional[str], str]:
+    """A flat metric key -> (task, dataset or None for the task's first, metric). Metric
+    names hold no ".", so the key splits at its last one."""
+    head, _, metric = name.rpartition(".")
+    task, _, dataset = head.partition("@")
+    return task, dataset or None, metric
+
+
 def describe_tasks() -> list[str]:
     """One line per registered task: name, protocol, datasets (sources), metrics."""
     return [f"{t.name:22s} {t.protocol:9s} on {', '.join(t.sources)}: {', '.join(t.metrics)}"
@@ -349,4 +362,4 @@ def paper_result(preset: Optional[str], task: str, source: Optional[str],
 
 
 __all__ = ["Task", "TaskRun", "TASKS", "register", "get_task", "check_tasks", "describe_tasks",
-           "paper_result", "PAPER_RESULTS", "TEST_SPLITS", "AUDIOSET_TRAIN", "num_classes"]
+           "paper_result", "PAPER_RESULTS", "result_key", "split_key", "TEST_SPLITS", "AUDIOSET_TRAIN", "num_classes"]
