@@ -271,7 +271,7 @@ class EvalConfig:
     probe_epochs: int = 100
     probe_batch_size: int = 256
     probe_weight_decay: float = 0.0
-    # fine-tuning (task action_finetune, not in the default tasks): spec SGD momentum 0.9, lr
+    # fine-tuning (action_finetune, audio_finetune, image_finetune): spec SGD momentum 0.9, lr
     # 0.005, 2.5k warmup then cosine to 0, batch 64, label smoothing 0.1; the spec gives no
     # step count, so finetune_steps is this project's choice
     finetune_steps: int = 10000
