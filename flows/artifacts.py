@@ -98,19 +98,13 @@ def publish_training(cfg: Config, trained: dict[str, Any]) -> None:
                              link_text=trained["checkpoint"], description="Latest checkpoint")
 
 
-def metrics_table(metrics: dict[str, float],
+def metrics_table(results: dict[str, Any],
                   promoted: Optional[dict[str, Any]]) -> list[dict[str, str]]:
-    """One row per metric: this model's value beside the promoted model's (before the gate)."""
-    theirs = (promoted or {}).get("metrics", {})
-    rows = []
-    for name, value in sorted(metrics.items()):
-        task_name, _, metric = name.partition(".")
-        other = theirs.get(name)
-        diff = value - other if isinstance(other, (int, float)) else None
-        rows.append({"task": task_name, "metric": metric, "this model": _fmt(value),
-                     "promoted model": _fmt(other) if other is not None else "none",
-                     "difference": _fmt(diff)})
-    return rows
+    """One row per (task, dataset): this model's headline metrics beside the promoted model's
+    (before the gate) and the paper's number for a paper preset (vatt.evaluate.report)."""
+    from vatt.evaluate.report import result_rows
+
+    return result_rows(results, promoted)
 
 
 def gate_markdown(decision: Optional[dict[str, Any]], promoted: Optional[dict[str, Any]]) -> str:
@@ -137,9 +131,10 @@ def publish_evaluation(cfg: Config, evaluated: dict[str, Any],
     from vatt.evaluate.report import REPORT_FILE
 
     store = ObjectStore.from_config(cfg.storage)
-    create_table_artifact(key=KEYS["metrics"], table=metrics_table(evaluated["metrics"], promoted),
-                          description=f"Evaluation of step {evaluated['step']} beside the "
-                                      "promoted model's numbers")
+    create_table_artifact(key=KEYS["metrics"], table=metrics_table(evaluated["results"], promoted),
+                          description=f"Evaluation of step {evaluated['step']}, one row per "
+                                      "(task, dataset), beside the promoted model's numbers "
+                                      "and the paper's")
     report = store.read_text(_join(evaluated["report"], REPORT_FILE))
     create_markdown_artifact(key=KEYS["report"],
                              markdown=inline_images(report, evaluated["report"], store),

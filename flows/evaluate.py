@@ -10,7 +10,7 @@ from prefect import flow
 from flows.artifacts import publish_evaluation
 from flows.params import Overrides, Preset
 from flows.tasks import evaluate_checkpoint, read_promoted, resolve_config
-from vatt.evaluate.runner import TASKS
+from vatt.evaluate.tasks import TASKS
 
 Task = Literal[tuple(TASKS)]  # type: ignore[valid-type]
 
@@ -19,7 +19,9 @@ Task = Literal[tuple(TASKS)]  # type: ignore[valid-type]
 def evaluate(checkpoint: str = "latest", preset: Preset = "tiny", overrides: Overrides = [],
              tasks: Optional[list[Task]] = None, promote: bool = True) -> dict[str, Any]:
     """`checkpoint`: a checkpoint folder or s3:// prefix, or "latest" (the newest under
-    train.storage_path). `overrides` set evaluation keys (eval.*, data.path)."""
+    train.storage_path). `overrides` set evaluation keys (eval.*, data.path, e.g.
+    eval.datasets.action_linear=[ucf101,kinetics400]). `tasks`: any of vatt.evaluate.tasks
+    (default: eval.tasks, and eval.tasks_if_ingested where their data is ingested)."""
     cfg = resolve_config(preset, overrides)
     promoted = read_promoted(cfg)
     evaluated = evaluate_checkpoint(checkpoint, cfg, list(overrides), tasks, promote)

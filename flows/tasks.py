@@ -189,7 +189,13 @@ def evaluate_checkpoint(checkpoint: str, cfg: Config, overrides: list[str],
     if outcome.decision is not None:
         log.info("%s", describe_decision(outcome.decision))
         decision = asdict(outcome.decision)
-    return {"metrics": outcome.results["metrics"], "report": outcome.report_uri,
+    results = outcome.results  # what the table needs: one row per (task, dataset)
+    summary = {"config_name": results.get("config_name"),
+               "tasks": {key: {k: v for k, v in body.items()
+                               if k in ("task", "dataset", "source", "num_classes", "metrics")}
+                         for key, body in results["tasks"].items()}}
+    return {"metrics": outcome.results["metrics"], "results": summary,
+            "report": outcome.report_uri,
             "checkpoint": outcome.results.get("checkpoint"), "step": outcome.results.get("step"),
             "data_version": outcome.results.get("data_version"), "decision": decision,
             "seconds": timer.seconds}

@@ -49,6 +49,11 @@ def test_tasks_read_their_datasets_sorted_with_manifest_classes(setup):
 
     cfg, _ = setup
     data = build_eval_data(cfg)
+    # the generated default: one dataset per task, found by its manifest's source
+    assert {task: list(datasets) for task, datasets in data.items()} == {
+        "action_linear": ["synthetic-ucf101"], "audio_linear": ["synthetic-esc50"],
+        "text_video_retrieval": ["synthetic-msrvtt"], "video_audio_retrieval": ["synthetic-msrvtt"]}
+    data = {task: datasets[next(iter(datasets))] for task, datasets in data.items()}
     action, audio = data["action_linear"], data["audio_linear"]
     assert (action["train"].dataset, action["test"].dataset) == ("synthetic-ucf101",) * 2
     assert audio["test"].dataset == "synthetic-esc50"
@@ -69,7 +74,8 @@ def test_finetuning_tests_on_windows_times_the_specs_crops(setup):
 
     cfg, _ = setup
     data = build_eval_data(cfg, ["action_linear", "action_finetune"])
-    probe, finetune = data["action_linear"], data["action_finetune"]
+    probe = data["action_linear"]["synthetic-ucf101"]
+    finetune = data["action_finetune"]["synthetic-ucf101"]
     assert finetune["train"] is probe["train"]  # fine-tuning trains on the probe's windows
     views = [(int(c), int(w)) for b in finetune["test"] for c, w in zip(b["clip_index"], b["window"])]
     assert {w for _, w in views} == set(range(2 * 3))  # 2 windows x eval.finetune_test_crops=3
@@ -138,8 +144,8 @@ def test_evaluation_encodes_captions_with_the_checkpoints_vocabulary(setup, tmp_
                     vocab_words=words)
 
     def caption_ids(vocab_words=None):
-        split = build_eval_data(moved, ["text_video_retrieval"],
-                                vocab_words=vocab_words)["text_video_retrieval"]["test"]
+        split = build_eval_data(moved, ["text_video_retrieval"], vocab_words=vocab_words
+                                )["text_video_retrieval"]["synthetic-msrvtt"]["test"]
         return torch.cat([batch["text"] for batch in split])
 
     trained_with = caption_ids()
@@ -252,7 +258,7 @@ def test_finetuning_reads_its_splits_from_the_loader(setup):
     data = build_eval_data(cfg, ["action_finetune"])
     torch.manual_seed(0)
     result = evaluate_model(build_model(cfg), cfg, ["action_finetune"], data)
-    test = data["action_finetune"]["test"]
+    test = data["action_finetune"]["synthetic-ucf101"]["test"]
     m = result["metrics"]
     assert m["action_finetune.num_test_windows"] == test.num_clips * test.views_per_clip
     assert 0 <= m["action_finetune.top1"] <= 1 and m["action_finetune.steps"] == 3

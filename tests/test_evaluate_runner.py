@@ -64,8 +64,8 @@ def test_evaluate_model_all_tasks_deterministic(setup):
     assert 0 <= m["action_linear.top1"] <= 1 and m["action_linear.top5"] == 1.0  # 3 classes
     assert m["text_video_retrieval.num_queries"] == 8 and m["text_video_retrieval.num_items"] == 8
     assert 1 <= m["video_audio_retrieval.MedR"] <= 8
-    assert len(first["tasks"]["text_video_retrieval"]["ranks"]) == 8
-    assert np.asarray(first["tasks"]["action_linear"]["confusion"]).sum() == 8
+    assert len(first["tasks"]["text_video_retrieval@batches"]["ranks"]) == 8
+    assert np.asarray(first["tasks"]["action_linear@batches"]["confusion"]).sum() == 8
 
 
 def test_multilabel_and_folds(setup):
@@ -84,10 +84,10 @@ def test_multilabel_and_folds(setup):
     result = evaluate_model(model, cfg, ["audio_linear"],
                             {"audio_linear": {"train": train, "test": test}})
     assert result["metrics"]["audio_linear.num_folds"] == 5
-    per_fold = result["tasks"]["audio_linear"]["metrics"]["top1_per_fold"]
+    per_fold = result["tasks"]["audio_linear@batches"]["metrics"]["top1_per_fold"]
     assert len(per_fold) == 5 and result["metrics"]["audio_linear.top1"] == np.mean(per_fold)
     # every clip of both splits is tested once: 12 + 8 videos
-    assert np.asarray(result["tasks"]["audio_linear"]["confusion"]).sum() == 20
+    assert np.asarray(result["tasks"]["audio_linear@batches"]["confusion"]).sum() == 20
     # without folds (0 = none) the train -> test protocol applies
     plain = [dict(b, fold=np.zeros(len(b["video_id"]), dtype=np.int64)) for b in data["test"]]
     result = evaluate_model(model, cfg, ["audio_linear"],

@@ -28,7 +28,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     from vatt.config import load_config
 
-    print_summary(load_config(args.preset, args.overrides), forward=not args.no_forward)
+    cfg = load_config(args.preset, args.overrides)
+    print_summary(cfg, forward=not args.no_forward)
+    from vatt.evaluate.tasks import describe_tasks
+
+    print(f"\nevaluation tasks (eval.tasks: {', '.join(cfg.eval.tasks)}; when their data is "
+          f"ingested: {', '.join(cfg.eval.tasks_if_ingested)}):")
+    for line in describe_tasks():
+        print(f"  {line}")
     return 0
 
 
@@ -77,7 +84,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from vatt.evaluate.pipeline import run_evaluation
     from vatt.evaluate.registry import RegistryError
 
-    datasets = dict(item.split("=", 1) for item in args.dataset)
+    datasets: dict[str, list[str]] = {}
+    for item in args.dataset:  # TASK=NAME, repeated: the task's datasets in order
+        task, _, name = item.partition("=")
+        if not name:
+            print(f"vatt evaluate: --dataset {item!r}: give TASK=NAME, e.g. "
+                  "action_linear=ucf101", file=sys.stderr)
+            return 2
+        datasets.setdefault(task, []).append(name)
     try:
         outcome = run_evaluation(args.checkpoint, load_config(args.preset, args.overrides),
                                  args.overrides, args.tasks, datasets, promote=not args.no_promote)
@@ -271,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_cmd_serve)
 
     info = sub.add_parser("info", help="build a model from a preset, print parameter counts, "
-                                       "FLOPs and run one forward pass")
+                                       "FLOPs and run one forward pass; list the evaluation "
+                                       "tasks")
     _add_config_args(info)
     info.add_argument("--no-forward", action="store_true", help="count only, skip the forward pass")
     info.set_defaults(handler=_cmd_info)
@@ -314,13 +329,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", default="latest",
                           help="checkpoint folder or s3:// prefix, or 'latest' (newest under "
                                "train.storage_path)")
-    evaluate.add_argument("--tasks", nargs="+", default=None,
-                          help="action_linear action_finetune audio_linear text_video_retrieval "
-                               "video_audio_retrieval (default: eval.tasks)")
+    from vatt.evaluate.tasks import TASKS
+
+    evaluate.add_argument("--tasks", nargs="+", default=None, choices=list(TASKS),
+                          metavar="TASK",
+                          help=f"{' '.join(TASKS)} (default: eval.tasks, plus "
+                               "eval.tasks_if_ingested where their data is ingested; "
+                               "`vatt info` describes them)")
     evaluate.add_argument("--dataset", action="append", default=[], metavar="TASK=NAME",
-                          help="ingested dataset under data.path for a task, e.g. "
-                               "action_linear=ucf101 (default: the first ingested of "
-                               "vatt.evaluate.data.DEFAULT_DATASETS)")
+                          help="an ingested dataset folder under data.path for a task, e.g. "
+                               "action_linear=ucf101; repeat for several (the first is what "
+                               "<task>.<metric> means). Default: eval.datasets, else every "
+                               "ingested dataset whose source the task reads (real before "
+                               "generated)")
     evaluate.add_argument("--no-promote", action="store_true",
                           help="report only; leave the registry alone")
     evaluate.set_defaults(handler=_cmd_evaluate)

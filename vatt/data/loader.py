@@ -14,7 +14,10 @@ are the folder names `vatt ingest` writes: a source name (`howto100m`, `kinetics
 Row / batch schema (B = batch size, T = data.num_frames, H = W = data.frame_size,
 S = data.audio_samples, L = data.num_text_candidates, K = data.max_text_tokens, C = classes):
 
-    video        float32 [B, T, H, W, 3]  in [-1, 1], channels last; zeros when has_video is 0
+    video        float32 [B, T, H, W, 3]  in [-1, 1], channels last; zeros when has_video is 0;
+                                          an image (a 1-frame clip, ImageNet) is its frame
+                                          replicated to T = model.video.patch_size[0] (one
+                                          temporal patch), one window per image
     audio        float32 [B, S]           in [-1, 1], mono, the same time span as the video
     text         int64   [B, L, K]        word ids (pad 0, unk 1) of up to L captions
     text_mask    float32 [B, L]           1 for a real caption, 0 for a missing one
@@ -132,6 +135,7 @@ class ClipSpec:
     saturation: float
     hue: float
     noise_std: float
+    image_frames: int = 1  # frames an image (a 1-frame clip) becomes: the temporal patch size
 
 
 @lru_cache(maxsize=4)
@@ -301,19 +305,23 @@ def decode_clip(row: dict, spec: ClipSpec) -> list[dict]:
             raise DataError(f"{record['clip_id']}: audio stored at {rate} Hz but data.sample_rate"
                             f" is {spec.sample_rate}; re-ingest with the same data config")
     has_video = len(row["mp4"]) > 0
+    # an image (ImageNet: a clip of one stored frame) fills one temporal patch, its frame
+    # replicated, in one window: there is no time to spread windows over
+    image = has_video and (bool(record.get("image")) or int(record["num_frames"]) == 1)
+    num_frames = spec.image_frames if image else spec.num_frames
     if has_video:
         stored = int(record["num_frames"])
         length = max(1, int(stored * fps_ratio))  # frames at data.fps
     else:
         length = int((len(audio) if audio is not None else 0) / spec.sample_rate * spec.fps)
-    starts = _window_starts(length, spec, rng)
+    starts = [0] if image else _window_starts(length, spec, rng)
     frames: dict[int, np.ndarray] = {}
     if has_video:
         # stored frame of each frame at data.fps; only the windows' frames are decoded
         def source(j: int) -> int:
             return min(stored - 1, int(min(j, length - 1) / fps_ratio))
 
-        needed = sorted({source(j) for s in starts for j in range(s, s + spec.num_frames)})
+        needed = sorted({source(j) for s in starts for j in range(s, s + num_frames)})
         frames = dict(zip(needed, decode_video(row["mp4"], needed)))
 
     vocab = _vocabulary(spec.vocab_words)
@@ -333,7 +341,7 @@ def decode_clip(row: dict, spec: ClipSpec) -> list[dict]:
     views = [(w, start, c) for w, start in enumerate(starts) for c in range(crops)]
     for window, start, crop in views:
         if has_video:
-            clip = np.stack([frames[source(j)] for j in range(start, start + spec.num_frames)])
+            clip = np.stack([frames[source(j)] for j in range(start, start + num_frames)])
             video = _spatial(clip, rng, spec, crop)
         else:
             video = np.zeros((spec.num_frames, spec.frame_size, spec.frame_size, 3), np.float32)
@@ -379,7 +387,8 @@ def clip_spec(cfg: Config, manifest: dict, training: bool, vocab_words: tuple[st
         crop=d.crop.value if hasattr(d.crop, "value") else str(d.crop),
         crop_area=tuple(d.crop_area), crop_aspect=tuple(d.crop_aspect),
         jitter_prob=d.color_jitter_prob, brightness=d.brightness, contrast=d.contrast,
-        saturation=d.saturation, hue=d.hue, noise_std=d.audio_noise_std)
+        saturation=d.saturation, hue=d.hue, noise_std=d.audio_noise_std,
+        image_frames=int(cfg.model.video.patch_size[0]))
 
 
 def load_vocab_words(root: str, storage: Optional[StorageConfig] = None) -> tuple[str, ...]:

@@ -1,16 +1,23 @@
-"""Evaluation data: the ingested datasets -> `data[task][split]` for `evaluate_model`.
+"""Evaluation data: the ingested datasets -> `data[task][dataset][split]` for `evaluate_model`.
 
     data = build_eval_data(cfg, tasks)                 # reads cfg.data.path (local or s3://)
     outcome = evaluate_checkpoint(loaded, data, tasks, store=store)
 
-Which dataset feeds which task: the first of these folders that `vatt ingest` wrote under
-data.path (real sources before the generated default); `datasets={task: name}` overrides it.
+Which datasets feed a task: every dataset folder `vatt ingest` wrote under data.path (a
+`manifest.json`) whose manifest `source` (the reader that wrote it: kinetics, ucf101, mit,
+audioset, esc50, msrvtt, youcook2, imagenet, ...) the task accepts (vatt.evaluate.tasks), real
+sources before generated ones: when a real dataset is there, the real ones only; else the
+generated `synthetic-<layout>` folders (the embedded default). Among them, the task's order of
+sources, then the folder name; the first is the one the flat `<task>.<metric>` keys mean.
+`eval.datasets` ({task: [folder, ...]}) or `datasets=` names them instead, in that order.
 
-    action_linear          kinetics, ucf101, synthetic-ucf101          (train -> test)
-    audio_linear           audioset, esc50, synthetic-esc50            (train -> test; ESC-50:
-                                                                        folds 1-4 -> fold 5)
-    text_video_retrieval   msrvtt, youcook2, synthetic-msrvtt          (test)
-    video_audio_retrieval  the same as text_video_retrieval            (test)
+    action_linear / action_finetune   kinetics, ucf101, mit        synthetic-ucf101
+    audio_linear                      audioset, esc50               synthetic-esc50 (ESC-50:
+                                                                    folds 1-4 -> fold 5)
+    audio_finetune                    audioset (train list: eval.audioset_train)
+    image_finetune                    imagenet (1-frame clips)
+    text_video_retrieval              msrvtt (per video), youcook2 (per segment)  synthetic-msrvtt
+    video_audio_retrieval             the same as text_video_retrieval
 
 Each split is read through the loader in evaluation mode (`num_windows` evenly spread windows
 per clip, centre crop, no augmentation, the first captions) every time it is iterated: nothing
@@ -21,49 +28,58 @@ preserve, so two evaluations run the model on the same batches; extraction then 
 features in (clip, window) order, which the probes' results depend on. Only the columns a task
 needs are kept (audio-only sources carry no video tensor).
 
-A split is an `EvalSplit`: re-iterable batches that also carry the dataset's `num_classes` and
-`label_names` from its manifest, which the probes use instead of "largest label seen + 1", and
-its size (`num_clips`, `views_per_clip`) without reading it.
+A split is an `EvalSplit`: re-iterable batches that also carry the dataset's `num_classes`,
+`label_names` and `source` from its manifest, which the probes use instead of "largest label
+seen + 1", and its size (`num_clips`, `views_per_clip`) without reading it. A train role may
+read several manifest splits one after the other (AudioSet balanced + unbalanced).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 
 from vatt.config import Config
 from vatt.data.loader import DataError, read_manifest
-from vatt.evaluate.runner import TASKS, check_tasks
+from vatt.evaluate.tasks import TASKS, TEST_SPLITS, Task, check_tasks
 
-# task -> datasets to look for under data.path, in order of preference
-DEFAULT_DATASETS: dict[str, tuple[str, ...]] = {
-    "action_linear": ("kinetics", "ucf101", "synthetic-ucf101"),
-    "action_finetune": ("kinetics", "ucf101", "synthetic-ucf101"),
-    "audio_linear": ("audioset", "esc50", "synthetic-esc50"),
-    "text_video_retrieval": ("msrvtt", "youcook2", "synthetic-msrvtt"),
-    "video_audio_retrieval": ("msrvtt", "youcook2", "synthetic-msrvtt"),
-}
-# the split names a test split may have in a manifest, in order of preference
-TEST_SPLITS = ("test", "val", "validation")
+GENERATED_PREFIX = "synthetic-"  # the embedded default dataset's folders: synthetic-<layout>
 METADATA = ("label", "labels", "video_id", "clip_id", "fold")
 
 
-class EvalSplit:
-    """One dataset split, read through the loader each time it is iterated (see the module
-    doc), with the manifest's class vocabulary and the split's size."""
+def dataset_source(manifest: dict, folder: str) -> tuple[str, bool]:
+    """(the reader that wrote a dataset, whether it is generated). A generated folder is
+    `synthetic-<layout>`; its manifest's source is the layout's reader (or, from before ingest
+    recorded the reader, the folder name itself)."""
+    source = str(manifest.get("source") or folder)
+    generated = folder.startswith(GENERATED_PREFIX) or source.startswith(GENERATED_PREFIX) \
+        or bool(manifest.get("generated"))
+    if source.startswith(GENERATED_PREFIX):
+        source = source[len(GENERATED_PREFIX):]
+    return source, generated
 
-    def __init__(self, cfg: Config, dataset: str, split: str, columns: Iterable[str],
-                 num_windows: int, num_crops: int, batch_size: int,
+
+class EvalSplit:
+    """One dataset split (or several, read one after the other), read through the loader each
+    time it is iterated (see the module doc), with the manifest's class vocabulary, source and
+    the split's size."""
+
+    def __init__(self, cfg: Config, dataset: str, split: str | tuple[str, ...],
+                 columns: Iterable[str], num_windows: int, num_crops: int, batch_size: int,
                  vocab_words: Optional[tuple[str, ...]], manifest: dict):
-        self.cfg, self.dataset, self.split = cfg, dataset, split
+        self.cfg, self.dataset = cfg, dataset
+        self.splits = (split,) if isinstance(split, str) else tuple(split)
+        self.split = "+".join(self.splits)
         self.columns = set(columns) | set(METADATA) | {"clip_index", "window"}
         if "text" in self.columns:
             self.columns.add("text_mask")
         self.num_windows, self.num_crops, self.batch_size = num_windows, num_crops, batch_size
         self.vocab_words = vocab_words
         self.label_names = list(manifest.get("label_names") or [])
-        shards = set(manifest["splits"][split]["shards"])
+        self.source, self.generated = dataset_source(manifest, dataset)
+        shards = {s for name in self.splits for s in manifest["splits"][name]["shards"]}
         clips = [c for c in manifest["clips"] if c.get("shard") in shards]
         self.num_clips = len(clips)
         self.num_videos = len({c.get("video_id", c.get("clip_id")) for c in clips})
@@ -82,11 +98,15 @@ class EvalSplit:
 
     def batches(self, shard_seed: Optional[int] = None) -> Iterator[dict[str, Any]]:
         """Batches of `batch_size` views (torch tensors; strings as lists) holding `columns`."""
+        for split in self.splits:
+            yield from self._split_batches(split, shard_seed)
+
+    def _split_batches(self, split: str, shard_seed: Optional[int]) -> Iterator[dict[str, Any]]:
         import torch
 
         from vatt.data.loader import build_dataset
 
-        ds = build_dataset(self.cfg, self.split, training=False, dataset=self.dataset,
+        ds = build_dataset(self.cfg, split, training=False, dataset=self.dataset,
                            root=str(self.cfg.data.path), num_windows=self.num_windows,
                            num_crops=self.num_crops, vocab_words=self.vocab_words,
                            shard_seed=shard_seed)
@@ -104,107 +124,201 @@ class EvalSplit:
             empty = False
             yield batch
         if empty:
-            raise DataError(f"dataset {self.dataset}, split {self.split}: no clip could be read")
+            raise DataError(f"dataset {self.dataset}, split {split}: no clip could be read")
 
 
-def _has_manifest(root: str, dataset: str, storage=None) -> bool:
-    try:
-        read_manifest(root, dataset, storage)
-    except DataError:
-        return False
-    return True
+def ingested_datasets(cfg: Config) -> dict[str, dict]:
+    """Every dataset folder under data.path with a manifest.json (local or s3://): name ->
+    manifest, sorted by name."""
+    root = str(cfg.data.path)
+    if root.startswith("s3://"):
+        from vatt.storage import ObjectStore
+
+        names = {path.split("/")[0] for path in ObjectStore.from_config(cfg.storage).list(root)
+                 if path.count("/") == 1 and path.endswith("/manifest.json")}
+    else:
+        folder = Path(root)
+        names = {p.name for p in folder.iterdir() if (p / "manifest.json").is_file()} \
+            if folder.is_dir() else set()
+    return {name: read_manifest(root, name, cfg.storage) for name in sorted(names)}
+
+
+def default_datasets(task: Task, ingested: Mapping[str, dict]) -> list[str]:
+    """The datasets a task runs on by default (see the module doc): those whose source it
+    accepts, the real ones when there is one, else the generated ones; in the task's order of
+    sources, then by name."""
+    accepted = []
+    for name, manifest in ingested.items():
+        source, generated = dataset_source(manifest, name)
+        if source in task.sources:
+            accepted.append((generated, task.sources.index(source), name))
+    real = [a for a in accepted if not a[0]]
+    return [name for _, _, name in sorted(real or accepted)]
 
 
 def choose_datasets(cfg: Config, tasks: Iterable[str],
-                    datasets: Optional[Mapping[str, str]] = None) -> dict[str, str]:
-    """task -> dataset folder under data.path (see the module doc)."""
+                    datasets: Optional[Mapping[str, Iterable[str] | str]] = None,
+                    optional: Iterable[str] = ()) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """({task: [dataset folder, ...]}, {task: why it was skipped}). `datasets` (default
+    eval.datasets) names a task's datasets; the rest are found (see the module doc). A task
+    without data is an error, except one of `optional` (eval.tasks_if_ingested), which is
+    skipped with its reason."""
     root = str(cfg.data.path)
-    chosen: dict[str, str] = {}
+    named = {task: [names] if isinstance(names, str) else list(names)
+             for task, names in dict(cfg.eval.datasets or {}).items()}
+    named.update({task: [names] if isinstance(names, str) else list(names)
+                  for task, names in (datasets or {}).items()})
+    unknown = [task for task in named if task not in TASKS]
+    if unknown:
+        raise DataError(f"eval.datasets / --dataset: unknown task(s) {unknown}; tasks: "
+                        f"{', '.join(TASKS)}")
+    ingested = ingested_datasets(cfg)
+    chosen: dict[str, list[str]] = {}
+    skipped: dict[str, str] = {}
+    optional = set(optional)
     for task in check_tasks(tasks):
-        if datasets and task in datasets:
-            if not _has_manifest(root, datasets[task], cfg.storage):
-                raise DataError(f"{task}: no ingested dataset {datasets[task]!r} under data.path="
-                                f"{root} (no manifest.json); run `vatt ingest` for it first")
-            chosen[task] = datasets[task]
+        spec = TASKS[task]
+        if named.get(task):
+            for name in named[task]:
+                if name not in ingested:
+                    raise DataError(f"{task}: no ingested dataset {name!r} under data.path="
+                                    f"{root} (no {name}/manifest.json); run `vatt ingest` for "
+                                    "it first, or fix eval.datasets / --dataset")
+                source, _ = dataset_source(ingested[name], name)
+                if source not in spec.sources:
+                    raise DataError(f"{task}: dataset {name!r} is of source {source!r}; the "
+                                    f"task reads {', '.join(spec.sources)}. Name another "
+                                    f"dataset in eval.datasets.{task}")
+            chosen[task] = named[task]
             continue
-        found = [name for name in DEFAULT_DATASETS[task] if _has_manifest(root, name, cfg.storage)]
-        if not found:
+        found = default_datasets(spec, ingested)
+        if found:
+            chosen[task] = found
+        elif task in optional:
+            skipped[task] = (f"no ingested dataset of source {' / '.join(spec.sources)} under "
+                             f"data.path={root}")
+        else:
             raise DataError(
-                f"{task}: none of {', '.join(DEFAULT_DATASETS[task])} is ingested under "
+                f"{task}: no ingested dataset of source {', '.join(spec.sources)} under "
                 f"data.path={root}; run `vatt ingest --source synthetic` (the default dataset) "
                 "or ingest one of them, or point data.path at the ingested folder")
-        chosen[task] = found[0]
-    return chosen
+    return chosen, skipped
 
 
-def _split_name(manifest: dict, wanted: str, dataset: str) -> str:
+def _split_names(manifest: dict, wanted: tuple[str, ...], role: str, dataset: str,
+                 needed_by: str) -> tuple[str, ...]:
+    """The manifest splits a role reads: every one of the `wanted` train splits (all must be
+    there), the first present of the `wanted` test splits."""
     splits = manifest["splits"]
-    names = (wanted,) if wanted == "train" else TEST_SPLITS
-    for name in names:
-        if name in splits and splits[name]["shards"]:
-            return name
-    raise DataError(f"dataset {dataset}: no {' / '.join(names)} split with clips (it has "
-                    f"{sorted(splits)}); evaluation needs it")
+
+    def present(name: str) -> bool:
+        return name in splits and bool(splits[name]["shards"])
+
+    if role == "train":
+        missing = [name for name in wanted if not present(name)]
+        if not missing:
+            return wanted
+    else:
+        for name in wanted:
+            if present(name):
+                return (name,)
+        missing = list(wanted)
+    raise DataError(f"dataset {dataset}: no {' / '.join(missing)} split with clips (it has "
+                    f"{sorted(splits)}); {needed_by} needs it")
 
 
-def read_split(cfg: Config, dataset: str, split: str, columns: Iterable[str],
+def read_split(cfg: Config, dataset: str, split: str | tuple[str, ...], columns: Iterable[str],
                num_windows: Optional[int] = None, batch_size: Optional[int] = None,
                num_crops: int = 1, vocab_words: Optional[tuple[str, ...]] = None) -> EvalSplit:
     """One split of `dataset` in evaluation mode (`num_windows` x `num_crops` views per clip),
     in batches of `batch_size` (default eval.batch_size) holding `columns` plus the metadata;
-    read when iterated."""
+    read when iterated. `split` "train" or "test" (its first present of TEST_SPLITS), or the
+    manifest split names to read one after the other."""
     manifest = read_manifest(str(cfg.data.path), dataset, cfg.storage)
-    name = _split_name(manifest, split, dataset)
+    if isinstance(split, str) and split in ("train", "test"):
+        wanted = ("train",) if split == "train" else TEST_SPLITS
+        names = _split_names(manifest, wanted, split, dataset, "evaluation")
+    else:
+        names = (split,) if isinstance(split, str) else tuple(split)
     if num_crops < 1:
         raise ValueError(f"num_crops={num_crops}: evaluation needs at least one crop per window")
-    return EvalSplit(cfg, dataset, name, columns, num_windows or cfg.data.eval_num_windows,
+    return EvalSplit(cfg, dataset, names, columns, num_windows or cfg.data.eval_num_windows,
                      num_crops, batch_size or cfg.eval.batch_size, vocab_words, manifest)
 
 
 def build_eval_data(cfg: Config, tasks: Optional[Iterable[str]] = None,
-                    datasets: Optional[Mapping[str, str]] = None,
+                    datasets: Optional[Mapping[str, Iterable[str] | str]] = None,
                     num_windows: Optional[int] = None,
-                    vocab_words: Optional[tuple[str, ...]] = None) -> dict[str, dict[str, EvalSplit]]:
-    """data[task][split] for `tasks` (default cfg.eval.tasks). A (dataset, split) used by
-    several tasks is read once, with every column they need, and shared (so evaluate_model
-    extracts its features once). Captions are encoded with `vocab_words`, the evaluated
-    checkpoint's vocabulary (default: the data's vocab.json)."""
+                    vocab_words: Optional[tuple[str, ...]] = None,
+                    optional: Iterable[str] = ()) -> dict[str, dict[str, dict[str, EvalSplit]]]:
+    """data[task][dataset][split] for `tasks` (default cfg.eval.tasks) on the datasets
+    `choose_datasets` picks. A (dataset, splits, crops) used by several tasks is read once,
+    with every column they need, and shared (so evaluate_model extracts its features once).
+    Captions are encoded with `vocab_words`, the evaluated checkpoint's vocabulary (default:
+    the data's vocab.json). Tasks of `optional` without data are left out (see
+    `choose_datasets`; `skipped_tasks` says why)."""
+    data, _ = build_eval_data_and_skipped(cfg, tasks, datasets, num_windows, vocab_words,
+                                          optional)
+    return data
+
+
+def build_eval_data_and_skipped(cfg: Config, tasks: Optional[Iterable[str]] = None,
+                                datasets: Optional[Mapping[str, Iterable[str] | str]] = None,
+                                num_windows: Optional[int] = None,
+                                vocab_words: Optional[tuple[str, ...]] = None,
+                                optional: Iterable[str] = ()
+                                ) -> tuple[dict[str, dict[str, dict[str, EvalSplit]]],
+                                           dict[str, str]]:
+    """`build_eval_data` and {task: why it was skipped}."""
     tasks = check_tasks(tasks or cfg.eval.tasks)
-    chosen = choose_datasets(cfg, tasks, datasets)
+    chosen, skipped = choose_datasets(cfg, tasks, datasets, optional)
+    manifests = {name: read_manifest(str(cfg.data.path), name, cfg.storage)
+                 for names in chosen.values() for name in names}
 
-    def key(task: str, split: str) -> tuple[str, str, int]:
+    def key(task: str, dataset: str, role: str) -> tuple[str, tuple[str, ...], int]:
+        spec = TASKS[task]
         # fine-tuning tests on the spec's crops per window; everything else on the centre crop
-        crops = cfg.eval.finetune_test_crops if task == "action_finetune" and split == "test" else 1
-        return chosen[task], split, crops
+        crops = cfg.eval.finetune_test_crops if spec.needs_model and role == "test" else 1
+        needed_by = spec.name + (" (eval.audioset_train picks balanced / unbalanced / both)"
+                                 if spec.split_names is not None else "")
+        return dataset, _split_names(manifests[dataset], spec.manifest_splits(cfg, role), role,
+                                     dataset, needed_by), crops
 
-    columns: dict[tuple[str, str, int], set[str]] = {}
-    for task in tasks:
-        modalities, splits = TASKS[task]
-        for split in splits:
-            columns.setdefault(key(task, split), set()).update(modalities)
-    read = {k: read_split(cfg, k[0], k[1], cols, num_windows, num_crops=k[2],
-                          vocab_words=vocab_words)
+    columns: dict[tuple[str, tuple[str, ...], int], set[str]] = {}
+    for task, names in chosen.items():
+        for dataset in names:
+            for role in TASKS[task].splits:
+                columns.setdefault(key(task, dataset, role), set()).update(TASKS[task].modalities)
+    read = {k: EvalSplit(cfg, k[0], k[1], cols, num_windows or cfg.data.eval_num_windows, k[2],
+                         cfg.eval.batch_size, vocab_words, manifests[k[0]])
             for k, cols in sorted(columns.items())}
-    return {task: {split: read[key(task, split)] for split in TASKS[task][1]} for task in tasks}
+    data = {task: {dataset: {role: read[key(task, dataset, role)]
+                             for role in TASKS[task].splits} for dataset in names}
+            for task, names in chosen.items()}
+    return data, skipped
 
 
-def describe_data(data: Mapping[str, Mapping[str, Iterable[dict]]]) -> list[str]:
-    """One line per task: which dataset and split feed it, how many videos and windows (an
-    EvalSplit says so from its manifest; batches held in memory are counted)."""
+def describe_data(data: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One line per (task, dataset): which dataset and splits feed it, how many videos and
+    windows (an EvalSplit says so from its manifest; batches held in memory are counted)."""
+    from vatt.evaluate.runner import per_dataset
+
     lines = []
-    for task, splits in data.items():
-        parts = []
-        for split, source in splits.items():
-            if isinstance(source, EvalSplit):
-                videos, windows = source.num_videos, source.num_clips * source.views_per_clip
-            else:
-                windows = sum(len(b["video_id"]) for b in source)
-                videos = len({v for b in source for v in b["video_id"]})
-            parts.append(f"{split}={getattr(source, 'dataset', '?')}/{getattr(source, 'split', split)}"
-                         f" ({videos} videos, {windows} windows)")
-        lines.append(f"{task}: {', '.join(parts)}")
+    for task, datasets in per_dataset(data, list(data)).items():
+        for dataset, splits in datasets.items():
+            parts = []
+            for split, source in splits.items():
+                if isinstance(source, EvalSplit):
+                    videos, windows = source.num_videos, source.num_clips * source.views_per_clip
+                else:
+                    windows = sum(len(b["video_id"]) for b in source)
+                    videos = len({v for b in source for v in b["video_id"]})
+                parts.append(f"{split}={dataset}/{getattr(source, 'split', split)}"
+                             f" ({videos} videos, {windows} windows)")
+            lines.append(f"{task}: {', '.join(parts)}")
     return lines
 
 
-__all__ = ["build_eval_data", "read_split", "choose_datasets", "describe_data", "EvalSplit",
-           "DEFAULT_DATASETS"]
+__all__ = ["build_eval_data", "build_eval_data_and_skipped", "read_split", "choose_datasets",
+           "default_datasets", "ingested_datasets", "dataset_source", "describe_data",
+           "EvalSplit"]

@@ -16,6 +16,7 @@ order of their rows.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
@@ -48,7 +49,8 @@ def resolve_device(name: str | torch.device) -> torch.device:
 class Features:
     """windows[key]: [N, ...] per window (video_pooled, video_va, video_vt, audio_pooled,
     audio_va and the metadata keys present); captions[key]: [Nc, ...] per distinct caption
-    (text_vt, text_pooled, video_id)."""
+    (text_vt, video_id, clip_id when the batches carry it, text_key: a digest of its
+    tokens). A caption is kept once per clip (once per video when there are no clip ids)."""
 
     windows: dict[str, np.ndarray] = field(default_factory=dict)
     captions: dict[str, np.ndarray] = field(default_factory=dict)
@@ -73,6 +75,10 @@ def _kept(value: torch.Tensor) -> np.ndarray:
     and keeping the view would keep every token of its batch (1,569 x d per window at the
     spec's input)."""
     return value.detach().float().cpu().numpy().copy()
+
+
+def _item(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
 
 
 def _numpy(value: Any) -> np.ndarray:
@@ -129,8 +135,11 @@ def extract_features(model: torch.nn.Module, batches: Iterable[dict[str, Any]],
             vt = _numpy(outputs["text"]["vt"].float())  # (B, L, D), read from, not kept
             tokens = _numpy(batch["text"])  # (B, L, n)
             video_ids = _numpy(batch["video_id"])
+            clip_ids = _numpy(batch["clip_id"]) if "clip_id" in batch else None
             for b, slot in zip(*np.nonzero(text_mask)):
-                key = (video_ids[b].item() if hasattr(video_ids[b], "item") else video_ids[b],
+                # a caption per clip (the windows of a clip repeat it); a video's clips that
+                # share a caption are told apart here, per-video retrieval merges them again
+                key = (_item(video_ids[b]), _item(clip_ids[b]) if clip_ids is not None else None,
                        tokens[b, slot].tobytes())
                 if key in seen_captions:  # the same caption arrives with every window
                     row, place = seen_captions[key]
@@ -142,6 +151,10 @@ def extract_features(model: torch.nn.Module, batches: Iterable[dict[str, Any]],
                 caption_places.append(places[b])
                 captions.setdefault("text_vt", []).append(vt[b, slot][None].copy())
                 captions.setdefault("video_id", []).append(video_ids[b:b + 1])
+                captions.setdefault("text_key", []).append(
+                    np.asarray([hashlib.sha1(key[2]).hexdigest()[:16]]))
+                if clip_ids is not None:
+                    captions.setdefault("clip_id", []).append(clip_ids[b:b + 1])
         num_windows += size
     if num_windows == 0:
         raise ValueError("no batches to extract features from: the split is empty")

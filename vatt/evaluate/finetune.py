@@ -1,7 +1,8 @@
-"""Fine-tuning the video backbone for action recognition (spec section 7), the `action_finetune`
-task of `vatt evaluate`.
+"""Fine-tuning a backbone with a linear layer (spec section 7): the `action_finetune`,
+`image_finetune` (video backbone) and `audio_finetune` (audio backbone, multi-label) tasks of
+`vatt evaluate` (vatt.evaluate.tasks).
 
-A copy of the pretrained video backbone (the model itself is left untouched) gets a linear
+A copy of the pretrained backbone (the model itself is left untouched) gets a linear
 classifier on its pooled output and is trained end to end on the train split's windows, read from
 the loader epoch after epoch (an `EvalSplit` reads its shards in a seeded order each epoch;
 batches held in memory are permuted) and mixed through a seeded shuffle buffer of
@@ -11,8 +12,12 @@ momentum 0.9, lr `eval.finetune_lr` (spec 0.005) with linear warmup over
 (spec 64), label smoothing 0.1, no DropToken. Test: logits averaged over each video's views,
 the spec's 4 clips x 3 crops (`data.eval_num_windows` windows x `eval.finetune_test_crops`
 left / centre / right crops, as vatt.evaluate.data reads the test split for this task).
+Multi-label (AudioSet): binary cross-entropy on the multi-hot `labels` (no label smoothing, which
+the spec gives for the softmax), scored with mAP, AUC and d-prime. Images (ImageNet): each image
+is one frame replicated to the video patch's temporal size (`ImageToPatch`), one token slab.
 
-    result = finetune_action(model, train_batches, test_batches, num_classes, settings)
+    result = finetune_classifier(model, train_batches, test_batches, num_classes, settings,
+                                 modality="video")
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -55,8 +60,8 @@ class FinetuneSettings:
                    batch_size=eval_cfg.finetune_batch_size, seed=eval_cfg.seed)
 
 
-class VideoClassifier(nn.Module):
-    """The video backbone (pooled output, before the heads) + a linear layer."""
+class BackboneClassifier(nn.Module):
+    """A backbone (pooled output, before the heads) + a linear layer."""
 
     def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int):
         super().__init__()
@@ -65,18 +70,45 @@ class VideoClassifier(nn.Module):
         nn.init.zeros_(self.classifier.weight)
         nn.init.zeros_(self.classifier.bias)
 
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.backbone(video))
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.backbone(inputs))
 
 
-def _labelled(batch: dict, task: str) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """(video [n, T, H, W, 3], labels [n], video ids [n]) of the labelled windows of a batch."""
-    if "video" not in batch or "label" not in batch:
-        raise KeyError(f"{task}: batches need 'video' and 'label' (a labelled video split)")
-    label = np.asarray(batch["label"]).astype(np.int64)
-    keep = label >= 0
-    video = torch.as_tensor(np.asarray(batch["video"]))[torch.as_tensor(keep)]
-    return video, label[keep], np.asarray(batch["video_id"])[keep]
+class ImageToPatch:
+    """An image batch as the video backbone's input: each image (one frame, T = 1) replicated
+    to the temporal patch size, so it fills exactly one temporal patch (spec: 4 frames; tiny:
+    2). The loader already gives 1-frame clips that many frames; anything else is refused."""
+
+    def __init__(self, temporal_patch: int, task: str):
+        self.temporal_patch, self.task = temporal_patch, task
+
+    def __call__(self, video: torch.Tensor) -> torch.Tensor:  # (B, T, H, W, 3)
+        frames = video.shape[1]
+        if frames == 1:
+            return video.expand(-1, self.temporal_patch, -1, -1, -1)  # (B, t, H, W, 3)
+        if frames != self.temporal_patch:
+            raise ValueError(f"{self.task}: image batches of {frames} frames; an image is one "
+                             f"frame (or {self.temporal_patch}, model.video.patch_size[0], as "
+                             "the loader replicates it): ingest the images as 1-frame clips")
+        return video
+
+
+def _labelled(batch: dict, task: str, modality: str = "video", multilabel: bool = False
+              ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """(inputs [n, ...], targets [n] or [n, C] multi-hot, video ids [n]) of the labelled
+    windows of a batch."""
+    target_key = "labels" if multilabel else "label"
+    if modality not in batch or target_key not in batch:
+        raise KeyError(f"{task}: batches need '{modality}' and '{target_key}' (a labelled "
+                       f"{modality} split{', multi-hot' if multilabel else ''})")
+    if multilabel:
+        targets = np.asarray(batch["labels"]).astype(np.float32)
+        keep = np.ones(len(targets), dtype=bool)  # every AudioSet clip has its label set
+    else:
+        targets = np.asarray(batch["label"]).astype(np.int64)
+        keep = targets >= 0
+    inputs = torch.as_tensor(np.asarray(batch[modality]))[torch.as_tensor(keep)]
+    return inputs, targets[keep], np.asarray(batch["video_id"])[keep]
 
 
 def _epoch(batches: Iterable[dict], seed: int, generator: torch.Generator) -> Iterable[dict]:
@@ -93,22 +125,26 @@ class _TrainingStream:
     SHUFFLE_BATCHES batches. Labels are checked against `num_classes` as they arrive."""
 
     def __init__(self, batches: Iterable[dict], num_classes: int, settings: "FinetuneSettings",
-                 task: str):
+                 task: str, modality: str = "video", multilabel: bool = False):
         self.source, self.num_classes = batches, num_classes
         self.settings, self.task = settings, task
+        self.modality, self.multilabel = modality, multilabel
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.windows_per_epoch = 0  # labelled windows in one pass (known after the first)
 
-    def _windows(self) -> Iterator[tuple[torch.Tensor, int]]:
+    def _windows(self) -> Iterator[tuple[torch.Tensor, Any]]:
         epoch = 0
         while True:
             count = 0
             for batch in _epoch(self.source, self.settings.seed + epoch, self.generator):
-                video, labels, _ = _labelled(batch, self.task)
-                if len(labels) and int(labels.max()) >= self.num_classes:
+                inputs, labels, _ = _labelled(batch, self.task, self.modality, self.multilabel)
+                if self.multilabel and labels.shape[1:] != (self.num_classes,):
+                    raise ValueError(f"{self.task}: multi-hot labels of {labels.shape[1:]} "
+                                     f"classes, expected {self.num_classes}")
+                if not self.multilabel and len(labels) and int(labels.max()) >= self.num_classes:
                     raise ValueError(f"{self.task}: label {int(labels.max())} is outside the "
                                      f"dataset's {self.num_classes} classes")
-                for window, label in zip(video, labels.tolist()):
+                for window, label in zip(inputs, list(labels)):
                     count += 1
                     yield window.clone(), label  # a copy: a view would keep its whole batch
             if count == 0:
@@ -119,7 +155,7 @@ class _TrainingStream:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         size = self.settings.batch_size
         capacity = size * SHUFFLE_BATCHES
-        buffer: list[tuple[torch.Tensor, int]] = []
+        buffer: list[tuple[torch.Tensor, Any]] = []
         for item in self._windows():
             buffer.append(item)
             if len(buffer) < capacity:
@@ -129,8 +165,8 @@ class _TrainingStream:
                 i = int(torch.randint(len(buffer), (1,), generator=self.generator))
                 buffer[i], buffer[-1] = buffer[-1], buffer[i]
                 picked.append(buffer.pop())
-            yield (torch.stack([video for video, _ in picked]),  # (B, T, H, W, 3)
-                   torch.as_tensor([label for _, label in picked]))
+            yield (torch.stack([inputs for inputs, _ in picked]),  # (B, T, H, W, 3) or (B, S)
+                   torch.as_tensor(np.stack([label for _, label in picked])))  # (B,) or (B, C)
 
 
 def learning_rate(step: int, settings: FinetuneSettings) -> float:
@@ -141,54 +177,68 @@ def learning_rate(step: int, settings: FinetuneSettings) -> float:
     return 0.5 * settings.lr * (1 + math.cos(math.pi * min(1.0, (step - settings.warmup_steps) / span)))
 
 
-def finetune_action(model: nn.Module, train_batches: Iterable[dict], test_batches: Iterable[dict],
-                    num_classes: int, settings: FinetuneSettings = FinetuneSettings(),
-                    device: str | torch.device = "cpu",
-                    task: str = "action_finetune") -> ClassificationResult:
-    """Fine-tune a copy of `model`'s video backbone on the train windows; score the test videos
-    (window logits averaged per video). Both splits are read batch by batch (re-iterable
-    sources: lists of batches or vatt.evaluate.data.EvalSplit). Deterministic for
-    `settings.seed` when the sources give the same batches each time."""
+def finetune_classifier(model: nn.Module, train_batches: Iterable[dict],
+                        test_batches: Iterable[dict], num_classes: int,
+                        settings: FinetuneSettings = FinetuneSettings(), *,
+                        modality: str = "video", multilabel: bool = False,
+                        prepare: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                        device: str | torch.device = "cpu",
+                        task: str = "action_finetune") -> ClassificationResult:
+    """Fine-tune a copy of `model`'s `modality` backbone on the train windows; score the test
+    videos (window logits averaged per video). `multilabel`: multi-hot `labels`, binary
+    cross-entropy, mAP/AUC/d-prime; else `label` ids, cross-entropy with label smoothing,
+    top-1/top-5. `prepare` maps each input batch before the backbone (ImageToPatch). Both
+    splits are read batch by batch (re-iterable sources: lists of batches or
+    vatt.evaluate.data.EvalSplit). Deterministic for `settings.seed` when the sources give the
+    same batches each time."""
     if settings.steps < 1 or settings.batch_size < 1:
         raise ValueError(f"{task}: eval.finetune_steps and eval.finetune_batch_size must be >= 1")
+    if modality not in model.backbones:
+        raise KeyError(f"{task}: the model has no {modality} backbone ({sorted(model.backbones)})")
     device = torch.device(device)
-    backbone = copy.deepcopy(model.backbones["video"]).to(device)
+    prepare = prepare or (lambda inputs: inputs)
+    backbone = copy.deepcopy(model.backbones[modality]).to(device)
     backbone.drop_rate = 0.0  # spec: no DropToken at fine-tuning
-    stream = _TrainingStream(train_batches, num_classes, settings, task)
+    stream = _TrainingStream(train_batches, num_classes, settings, task, modality, multilabel)
     net, optimizer, loss = None, None, None
-    for step, (video, labels) in zip(range(settings.steps), stream):
+    for step, (inputs, targets) in zip(range(settings.steps), stream):
+        inputs = prepare(inputs).to(device)
         if net is None:  # the feature width, from the first batch
             with torch.no_grad():
-                feature_dim = backbone.eval()(video[:1].to(device)).shape[-1]
-            net = VideoClassifier(backbone, feature_dim, num_classes).to(device)
+                feature_dim = backbone.eval()(inputs[:1]).shape[-1]
+            net = BackboneClassifier(backbone, feature_dim, num_classes).to(device)
             optimizer = torch.optim.SGD(net.parameters(), lr=settings.lr,
                                         momentum=settings.momentum)
             net.train()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, settings)
-        logits = net(video.to(device))
-        loss = F.cross_entropy(logits, labels.to(device), label_smoothing=settings.label_smoothing)
+        logits = net(inputs)
+        if multilabel:
+            loss = F.binary_cross_entropy_with_logits(logits, targets.float().to(device))
+        else:
+            loss = F.cross_entropy(logits, targets.to(device),
+                                   label_smoothing=settings.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     net.eval()
-    window_logits, test_labels, test_ids = [], [], []
+    window_logits, test_targets, test_ids = [], [], []
     with torch.no_grad():
         for batch in test_batches:
-            video, labels, ids = _labelled(batch, task)
-            if not len(labels):
+            inputs, targets, ids = _labelled(batch, task, modality, multilabel)
+            if not len(targets):
                 continue
-            if int(labels.max()) >= num_classes:
+            if not multilabel and int(targets.max()) >= num_classes:
                 raise ValueError(f"{task}: a label is outside the dataset's {num_classes} classes")
-            window_logits.append(net(video.to(device)).float().cpu().numpy())
-            test_labels.append(labels)
+            window_logits.append(net(prepare(inputs).to(device)).float().cpu().numpy())
+            test_targets.append(targets)
             test_ids.append(ids)
     if not window_logits:
         raise ValueError(f"{task}: no labelled window in the test split")
-    test_y, test_ids = np.concatenate(test_labels), np.concatenate(test_ids)
+    test_y, test_ids = np.concatenate(test_targets), np.concatenate(test_ids)
     _, video_logits = group_mean(np.concatenate(window_logits), test_ids)
     video_targets = _per_video_targets(test_y, test_ids, task)  # same sorted-id order
-    result = score_predictions(video_logits, video_targets, num_classes, multilabel=False)
+    result = score_predictions(video_logits, video_targets, num_classes, multilabel=multilabel)
     # None when the steps ended within the first pass over the train split
     result.metrics.update({"num_train_windows": stream.windows_per_epoch or None,
                            "num_test_windows": int(len(test_y)), "steps": settings.steps,
@@ -196,4 +246,5 @@ def finetune_action(model: nn.Module, train_batches: Iterable[dict], test_batche
     return result
 
 
-__all__ = ["FinetuneSettings", "VideoClassifier", "finetune_action", "learning_rate"]
+__all__ = ["FinetuneSettings", "BackboneClassifier", "ImageToPatch", "finetune_classifier",
+           "learning_rate"]

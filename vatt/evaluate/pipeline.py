@@ -118,28 +118,36 @@ def _new_report_folder(cfg: Config, checkpoint: str, step: Optional[int],
 # the evaluation settings that change a metric's value (where the report goes does not)
 # nor where it ran: eval.device (a GPU's float rounding is not another evaluation)
 _SETTINGS_NOT_IN_IDENTITY = ("output_path", "registry_path", "promotion_metric", "tasks",
-                             "promote_incomparable", "promotion_margin", "device")
+                             "promote_incomparable", "promotion_margin", "device",
+                             "tasks_if_ingested", "datasets")
 
 
 def evaluation_identity(cfg: Config, data: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """What produced an evaluation's numbers: per task its dataset and the SHA-256 of that
-    dataset's manifest (the exact clips, by checksum) per split, and the settings that change a
-    metric (probe and fine-tuning recipe, windows per clip, crops). Two values of a metric are
-    comparable only when this is the same for its task (vatt.evaluate.registry)."""
+    """What produced an evaluation's numbers: per (task, dataset) the dataset and the SHA-256 of
+    its manifest (the exact clips, by checksum) per split read, under "<task>@<dataset>" and,
+    for the task's first dataset, under "<task>" (what "<task>.<metric>" means); and the
+    settings that change a metric (probe and fine-tuning recipe, windows per clip, crops). Two
+    values of a metric are comparable only when this is the same for it
+    (vatt.evaluate.registry)."""
     from vatt.data.loader import DataError, manifest_sha256
+    from vatt.evaluate.runner import per_dataset, result_key
 
     per_task: dict[str, Any] = {}
-    for task, splits in data.items():
-        dataset = next((getattr(s, "dataset", None) for s in splits.values()), None)
-        hashes = {}
-        for split_name, split in splits.items():
-            name = getattr(split, "dataset", None)
-            try:
-                hashes[getattr(split, "split", split_name)] = (
-                    manifest_sha256(str(cfg.data.path), name, cfg.storage) if name else None)
-            except DataError:
-                hashes[getattr(split, "split", split_name)] = None
-        per_task[task] = {"dataset": dataset, "splits": hashes}
+    for task, datasets in per_dataset(data, list(data)).items():
+        for index, (dataset, splits) in enumerate(datasets.items()):
+            hashes = {}
+            for split_name, split in splits.items():
+                name = getattr(split, "dataset", None)
+                try:
+                    hashes[getattr(split, "split", split_name)] = (
+                        manifest_sha256(str(cfg.data.path), name, cfg.storage) if name else None)
+                except DataError:
+                    hashes[getattr(split, "split", split_name)] = None
+            used = {"dataset": next((getattr(s, "dataset", None) for s in splits.values()), None),
+                    "splits": hashes}
+            per_task[result_key(task, dataset)] = used
+            if index == 0:
+                per_task[task] = used
     settings = {key: value for key, value in to_dict(cfg)["eval"].items()
                 if key not in _SETTINGS_NOT_IN_IDENTITY}
     settings["eval_num_windows"] = cfg.data.eval_num_windows
@@ -157,12 +165,14 @@ def evaluate_checkpoint(checkpoint: str | LoadedCheckpoint,
                         data: Mapping[str, Mapping[str, Iterable[dict]]],
                         tasks: Optional[Iterable[str]] = None, overrides: Iterable[str] = (),
                         promote: bool = True, *, store: ObjectStore,
-                        device: Optional[str | torch.device] = None) -> EvaluationOutcome:
+                        device: Optional[str | torch.device] = None,
+                        skipped: Optional[Mapping[str, str]] = None) -> EvaluationOutcome:
     """Evaluate a checkpoint (a folder or s3:// prefix, loaded here with `overrides`, or one
     `load_checkpoint_for_eval` has loaded), write the report to <eval.output_path>/<run id>/
     and, if `promote`, put the result through the registry's promotion gate. `store` (built
     from cfg.storage by the caller) reads the checkpoint and writes the report and registry;
-    the model runs on `device` (default: the evaluated config's eval.device)."""
+    the model runs on `device` (default: the evaluated config's eval.device). `tasks` default:
+    every task of `data`; `skipped` ({task: why}) is recorded in the results and the report."""
     if isinstance(checkpoint, LoadedCheckpoint):
         if list(overrides):
             raise ValueError("evaluate_checkpoint: a loaded checkpoint already has its overrides; "
@@ -171,12 +181,18 @@ def evaluate_checkpoint(checkpoint: str | LoadedCheckpoint,
     else:
         loaded = load_checkpoint_for_eval(checkpoint, overrides, store)
     cfg = loaded.config
+    tasks = list(tasks or data)
     results = evaluate_model(loaded.model, cfg, tasks, data, device=device)
     identity = evaluation_identity(cfg, data)
     results.update(checkpoint=loaded.uri, step=loaded.step, config_name=cfg.name,
-                   data_version=loaded.data_version, evaluation=identity)
+                   data_version=loaded.data_version, evaluation=identity,
+                   skipped=dict(skipped or {}))
+    try:  # the promoted model's numbers, beside this one's in the report
+        promoted = Registry(cfg.eval.registry_path, store).promoted
+    except RegistryError:  # the gate below says what is wrong with the registry
+        promoted = None
     report_uri = write_report(results, _new_report_folder(cfg, loaded.uri, loaded.step, store),
-                              store)
+                              store, promoted=promoted)
     decision = None
     if promote:
         try:
@@ -193,27 +209,40 @@ def evaluate_checkpoint(checkpoint: str | LoadedCheckpoint,
 
 def run_evaluation(checkpoint: str, cfg: Config, overrides: Iterable[str] = (),
                    tasks: Optional[Iterable[str]] = None,
-                   datasets: Optional[Mapping[str, str]] = None,
+                   datasets: Optional[Mapping[str, Iterable[str] | str]] = None,
                    promote: bool = True) -> EvaluationOutcome:
     """The `vatt evaluate` job: resolve `checkpoint` ("latest" looks under cfg.train.storage_path),
-    load it with its own config (+ `overrides`: eval.*, data.path, ...), build data[task][split]
-    from the ingested datasets (vatt.evaluate.data) and evaluate, report and (if `promote`) gate
-    it. The checkpoint's files are read once, through the store `cfg.storage` configures."""
-    from vatt.evaluate.data import build_eval_data, describe_data
+    load it with its own config (+ `overrides`: eval.*, data.path, ...), build
+    data[task][dataset][split] from the ingested datasets (vatt.evaluate.data) and evaluate,
+    report and (if `promote`) gate it. `tasks` given: exactly those, each needing its data;
+    default: eval.tasks plus those of eval.tasks_if_ingested whose data is ingested (the others
+    are listed as skipped). `datasets`: {task: [folder, ...]} over eval.datasets. The
+    checkpoint's files are read once, through the store `cfg.storage` configures."""
+    from vatt.evaluate.data import build_eval_data_and_skipped, describe_data
 
     store = ObjectStore.from_config(cfg.storage)  # the endpoint, region and timeouts configured
     folder = resolve_checkpoint(checkpoint, cfg.train.storage_path, store)
     loaded = load_checkpoint_for_eval(folder, overrides, store)
-    tasks = list(tasks or loaded.config.eval.tasks)
-    log.info("evaluating checkpoint %s on %s", folder, ", ".join(tasks))
+    optional: list[str] = []
+    if tasks:
+        tasks = list(tasks)
+    else:
+        tasks = list(loaded.config.eval.tasks)
+        optional = [t for t in loaded.config.eval.tasks_if_ingested if t not in tasks]
+    log.info("evaluating checkpoint %s on %s", folder, ", ".join([*tasks, *optional]))
     from vatt.console import init_ray
 
     init_ray()  # the loader reads through Ray Data
     # captions encoded with the checkpoint's own vocabulary, not whatever data.path holds now
-    data = build_eval_data(loaded.config, tasks, datasets, vocab_words=loaded.vocab_words)
+    data, skipped = build_eval_data_and_skipped(loaded.config, [*tasks, *optional], datasets,
+                                                vocab_words=loaded.vocab_words,
+                                                optional=optional)
     for line in describe_data(data):
         log.info("  %s", line)
-    return evaluate_checkpoint(loaded, data, tasks, promote=promote, store=store)
+    for task, why in skipped.items():
+        log.info("  %s: skipped, %s (eval.tasks_if_ingested)", task, why)
+    return evaluate_checkpoint(loaded, data, list(data), promote=promote, store=store,
+                               skipped=skipped)
 
 
 def describe_decision(decision: Decision) -> str:

@@ -70,10 +70,11 @@ class Decision:
 
 def comparable_part(evaluation: Optional[dict[str, Any]], metric: str) -> Optional[dict[str, Any]]:
     """The part of an evaluation's identity that decides whether two values of `metric` can be
-    compared: the metric's task's data and the evaluation settings."""
+    compared: the data of the metric's task (its first dataset for "<task>.<metric>", the named
+    one for "<task>@<dataset>.<metric>") and the evaluation settings."""
     if not evaluation:
         return None
-    task = metric.split(".", 1)[0]
+    task = metric.rpartition(".")[0]  # metric names hold no "."
     return {"task": task, "data": (evaluation.get("data") or {}).get(task),
             "settings": evaluation.get("settings")}
 
@@ -88,7 +89,8 @@ def _describe(part: Optional[dict[str, Any]]) -> str:
 
 
 def lookup_metric(metrics: dict[str, Any], name: str) -> float:
-    """Value of a flat "<task>.<metric>" name; the error lists what is available."""
+    """Value of a flat "<task>.<metric>" or "<task>@<dataset>.<metric>" name; the error lists
+    what is available."""
     if name not in metrics:
         raise RegistryError(f"promotion metric '{name}' (eval.promotion_metric) is not among the "
                             f"evaluated metrics: {', '.join(sorted(metrics))}. Evaluate its task "

@@ -2,14 +2,17 @@
 
 text -> video: each caption's S_vt embedding is a query; the items are the videos, each the
 average of its windows' S_vt embeddings, then L2-normalised (the spec's "averaged over clips then
-normalised"). video -> audio: each video's averaged S_va embedding is a query against every
+normalised"). The item ids decide what an item is: video ids group a video's clips into one item
+(MSR-VTT); clip ids make every clip its own item (YouCook2: each annotated segment, with its
+caption, is one item, as the paper counts them), and then a caption repeated on two segments is
+two queries. video -> audio: each video's averaged S_va embedding is a query against every
 video's averaged audio S_va embedding. Similarity is the cosine (dot product of unit vectors).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -38,12 +41,14 @@ def _result(similarity: np.ndarray, match: np.ndarray) -> RetrievalResult:
 
 
 def text_to_video(video_embeddings: Any, video_ids: Any, text_embeddings: Any,
-                  text_video_ids: Any) -> RetrievalResult:
-    """Retrieve videos for captions.
+                  text_video_ids: Any, caption_keys: Optional[Any] = None) -> RetrievalResult:
+    """Retrieve videos (or clips) for captions.
 
-    video_embeddings: [Nw, D] S_vt per window; video_ids: [Nw] the window's video;
-    text_embeddings: [Nc, D] S_vt per caption; text_video_ids: [Nc] the video each caption
-    describes. Every caption's video must be among the windows' videos.
+    video_embeddings: [Nw, D] S_vt per window; video_ids: [Nw] the window's item (video or
+    clip id); text_embeddings: [Nc, D] S_vt per caption; text_video_ids: [Nc] the item each
+    caption describes. Every caption's item must be among the windows' items. caption_keys:
+    [Nc] the caption's text (any hashable digest); when given, a caption that appears twice
+    for the same item (the clips of one video sharing it) is one query, the first.
     """
     ids, videos = group_mean(video_embeddings, video_ids)  # (V, D), ids sorted
     videos = l2_normalize(videos)
@@ -52,6 +57,11 @@ def text_to_video(video_embeddings: Any, video_ids: Any, text_embeddings: Any,
     if captions.ndim != 2 or len(captions) != len(caption_ids) or len(captions) == 0:
         raise ValueError(f"text_embeddings {captions.shape} must be [Nc, D] with one video id "
                          f"per caption (got {len(caption_ids)} ids) and Nc > 0")
+    if caption_keys is not None:
+        seen: set = set()
+        first = [i for i, pair in enumerate(zip(caption_ids.tolist(), list(caption_keys)))
+                 if not (pair in seen or seen.add(pair))]
+        captions, caption_ids = captions[first], caption_ids[first]
     match = np.searchsorted(ids, caption_ids)
     unknown = (match >= len(ids)) | (ids[np.minimum(match, len(ids) - 1)] != caption_ids)
     if unknown.any():
