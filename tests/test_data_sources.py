@@ -229,7 +229,8 @@ def test_imagenet_with_the_val_solution_csv(cfg, tmp_path):
     assert np.allclose(pixels("n01443537_2"), CYAN, atol=25)  # CMYK -> RGB
     assert clips["n01443537_2"]["label"] == 1
 
-    # the loader reads a one-frame clip: the frame repeated over the model's window
+    # the loader reads a one-frame clip as one temporal patch: the frame repeated over the video
+    # patch's frames (model.video.patch_size[0]; the paper: an image fills one patch)
     row_clip = clips["n01440764_2"]
     key = row_clip["clip_id"].split("/", 1)[1]
     members = _members(out / row_clip["shard"])
@@ -239,7 +240,8 @@ def test_imagenet_with_the_val_solution_csv(cfg, tmp_path):
         spec = clip_spec(cfg, manifest, training, ("<pad>", "<unk>"))
         rows = decode_clip(row, spec)
         video = rows[0]["video"]
-        assert video.shape == (cfg.data.num_frames, cfg.data.frame_size, cfg.data.frame_size, 3)
+        assert video.shape == (cfg.model.video.patch_size[0], cfg.data.frame_size,
+                               cfg.data.frame_size, 3)
         assert rows[0]["has_audio"] == 0 and rows[0]["label"] == 0
         if not training:
             assert np.array_equal(video[0], video[-1])

@@ -124,6 +124,12 @@ class LossConfig:
 # Data: input geometry is read by the model too (position tables follow the input grid)
 
 
+class SyntheticCue(str, Enum):
+    """What the generated default dataset's sound and captions follow (vatt.data.synthetic)."""
+    colour = "colour"  # the sound kind follows the colour; captions name colour, shape, motion
+    motion = "motion"  # the sound kind and the captions follow the motion only
+
+
 class CropStyle(str, Enum):
     inception = "inception"  # paper: random resized crop (area 0.08-1, aspect 0.5-2)
     vgg = "vgg"  # reference code: resize + scale jitter
@@ -149,6 +155,11 @@ class IngestConfig:
     # balanced list), chosen by a stable hash of the item key, so tuning never reads `test`
     holdout_fraction: float = 0.1
     synthetic_seed: int = 0
+    # what the generated scenes' sound and captions follow: `colour` (learnable on the `tiny` CPU
+    # budget: retrieval and the audio probe learn, the motions do not) or `motion` (pairs can only
+    # be matched by the motion; at the tiny budget nothing is learned: BENCHMARKS.md, "Learning
+    # signal", generator version 4)
+    synthetic_cue: SyntheticCue = SyntheticCue.colour
     synthetic_scale: float = 1.0  # multiplies the default number of generated clips
 
 

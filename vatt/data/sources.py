@@ -187,7 +187,9 @@ def read_kinetics(root: Path, cfg: IngestConfig) -> SourceIndex:
 
 def read_ucf101(root: Path, cfg: IngestConfig) -> SourceIndex:
     """classInd.txt ("<index> <Class>"), trainlist0N.txt ("<Class>/<file> <index>") and
-    testlist0N.txt ("<Class>/<file>") for N = ingest.ucf101_split; videos found by file name."""
+    testlist0N.txt ("<Class>/<file>") for N = ingest.ucf101_split; videos found by file name.
+    The val split holds out whole groups of the train list (v_<Class>_gGG_cCC: the clips of a
+    group come from one long video, so a clip-wise hold-out would leak near-duplicates)."""
     class_file = _find(root, "classInd.txt", "ucf101", "the class list")[0]
     bad: list[dict] = []
     names: dict[int, str] = {}
@@ -221,7 +223,10 @@ def read_ucf101(root: Path, cfg: IngestConfig) -> SourceIndex:
                 bad.append({"item": where, "reason": f"row names video {file_name!r} but it does "
                                                      "not exist under the source folder"})
                 continue
-            items.append(WorkItem(Path(file_name).stem, media[file_name], split,
+            stem = Path(file_name).stem
+            group = stem.rsplit("_c", 1)[0]  # v_<Class>_gGG
+            item_split = _train_or_val(group, cfg) if split == "train" else split
+            items.append(WorkItem(stem, media[file_name], item_split,
                                   [ClipSpec(label=index[class_name])], audio="optional"))
     return SourceIndex("ucf101", items, bad, label_names)
 
@@ -306,7 +311,8 @@ def read_youcook2(root: Path, cfg: IngestConfig) -> SourceIndex:
     """youcookii_annotations_trainval.json ({"database": {vid: {subset, recipe_type,
     annotations: [{segment: [s, e], sentence}]}}}); videos under
     raw_videos/<subset>/<recipe_type>/<vid>.<ext> (or anywhere, by name). One clip per
-    annotated segment; label = recipe type."""
+    annotated segment; label = recipe type. The paper reports YouCook2 on its validation
+    subset, which is the test split here; val is held out of the training subset by video."""
     path = _find(root, "youcookii_annotations_trainval.json", "youcook2", "the annotations")[0]
     try:
         database = json.loads(path.read_text())["database"]
@@ -315,13 +321,14 @@ def read_youcook2(root: Path, cfg: IngestConfig) -> SourceIndex:
     media = media_index(root)
     recipes = sorted({str(v.get("recipe_type")) for v in database.values() if isinstance(v, dict)})
     index = {r: i for i, r in enumerate(recipes)}
-    splits = {"training": "train", "validation": "val", "testing": "test"}
+    splits = {"training": "train", "validation": "test"}
     items, bad = [], []
     for vid in sorted(database):
         entry = database[vid]
         where = f"{_rel(root, path)}[{vid!r}]"
         try:
             split = splits[entry["subset"]]
+            split = _train_or_val(vid, cfg) if split == "train" else split
             clips = [ClipSpec(float(a["segment"][0]), float(a["segment"][1]),
                               [str(a["sentence"])], index[str(entry["recipe_type"])])
                      for a in entry["annotations"]]

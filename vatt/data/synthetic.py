@@ -62,11 +62,18 @@ COLOURS = {"red": (0.9, 0.15, 0.1), "green": (0.1, 0.75, 0.2), "blue": (0.15, 0.
            "yellow": (0.95, 0.85, 0.1), "purple": (0.6, 0.2, 0.8), "orange": (1.0, 0.55, 0.05),
            "white": (0.95, 0.95, 0.95), "cyan": (0.1, 0.85, 0.9)}
 COLOUR_NAMES = list(COLOURS)
-# each motion has its own sound: SOUNDS[i] is the sound of MOTIONS[i] (a bouncing thing boings,
-# a sliding one hisses as it scrapes along, an orbiting one whirrs in rising chirps, a zigzagging
-# one buzzes, a pulsing one beeps, a shaken one rattles, a spinning one rings like a bell, a
-# falling one knocks on the floor); the colour and shape make no sound
-SOUNDS = ["boing", "hiss", "chirp", "buzz", "beep", "rattle", "bell", "knock"]
+SOUNDS = ["boing", "chirp", "beep", "bell", "buzz", "knock", "hiss", "rattle"]  # the sound kinds
+# cue `colour`: each colour is a material with its own sound (red rubber boings, green plastic
+# chirps, blue glass beeps, yellow brass rings like a bell, purple metal buzzes, orange wood
+# knocks, white paper hisses, cyan beads rattle)
+SOUND_OF_COLOUR = dict(zip(COLOUR_NAMES, SOUNDS))
+# cue `motion`: each motion has its own sound (a bouncing thing boings, a sliding one hisses as it
+# scrapes along, an orbiting one whirrs in rising chirps, a zigzagging one buzzes, a pulsing one
+# beeps, a shaken one rattles, a spinning one rings like a bell, a falling one knocks on the
+# floor); the colour and shape make no sound
+SOUND_OF_MOTION = {"bounce": "boing", "slide": "hiss", "orbit": "chirp", "zigzag": "buzz",
+                   "pulse": "beep", "shake": "rattle", "spin": "bell", "fall": "knock"}
+CUES = ("colour", "motion")
 
 SHAPE_WORDS = {"circle": ["circle", "ball", "disc", "round shape", "dot"],
                "square": ["square", "box", "block", "cube"],
@@ -146,6 +153,7 @@ class Scene:
     loudness: float
     distractors: list[Thing] = field(default_factory=list)
     jolts: np.ndarray = field(default_factory=lambda: np.zeros(0))  # shake event times
+    cue: str = "colour"  # what the sound and the captions follow (CUES)
 
     @property
     def tempo(self) -> int:
@@ -153,7 +161,8 @@ class Scene:
 
     @property
     def sound(self) -> str:
-        return SOUNDS[MOTIONS.index(self.motion)]
+        return SOUND_OF_MOTION[self.motion] if self.cue == "motion" \
+            else SOUND_OF_COLOUR[self.actor.colour]
 
 
 def _tint(colour: str, rng: np.random.Generator) -> np.ndarray:
@@ -171,7 +180,9 @@ def _thing(rng: np.random.Generator, small: bool = False) -> Thing:
 
 
 def make_scene(rng: np.random.Generator, duration: float, motion: str | None = None,
-               colour: str | None = None) -> Scene:
+               colour: str | None = None, cue: str = "colour") -> Scene:
+    """A random scene; `cue` "motion" also gives it up to two distractors, half of them of the
+    actor's colour and shape (so that those say little about which thing sounds)."""
     actor = _thing(rng)
     if colour is not None:
         actor.colour = colour
@@ -180,12 +191,13 @@ def make_scene(rng: np.random.Generator, duration: float, motion: str | None = N
     # 0.8-1.6 events/s: at least one in the tiny preset's 1.6 s window, and slow enough that
     # its 5 fps frames do not alias the motion
     rate = rng.uniform(0.8, 1.6)
-    distractors = [_thing(rng, small=True) for _ in range(rng.integers(0, 3))]
-    for d in distractors:  # half of them look like the actor: its colour and shape say little
+    distractors = [_thing(rng, small=True)
+                   for _ in range(rng.integers(0, 3 if cue == "motion" else 2))]
+    for d in distractors if cue == "motion" else ():
         if rng.random() < 0.5:
             d.shape, d.colour, d.rgb = actor.shape, actor.colour, _tint(actor.colour, rng)
     jolts = np.sort(rng.uniform(0.1, duration - 0.1, max(1, rng.poisson(rate * duration))))
-    return Scene(actor, motion, rate, rng.uniform(0.25, 0.5), distractors, jolts)
+    return Scene(actor, motion, rate, rng.uniform(0.25, 0.5), distractors, jolts, cue)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,15 +412,21 @@ def _a(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
-# the actor is named without its colour or shape: those are what a model picks up first, and a
-# caption that names them can be matched without seeing the motion (generator version 3 was)
+# cue `motion`: the actor is named without its colour or shape: those are what a model picks up
+# first, and a caption that names them can be matched without seeing the motion
 THING_WORDS = ["something", "an object", "a thing", "a shape", "the toy", "a small object",
                "the figure", "it"]
 
 
 def describe(scene: Scene, rng: np.random.Generator) -> str:
-    """One paraphrased, possibly partial description of what the actor does: its motion, with
-    the sound and the tempo that follow the motion; never its colour or shape."""
+    """One paraphrased, possibly partial description of the scene's actor (its cue says what)."""
+    return _describe_motion(scene, rng) if scene.cue == "motion" \
+        else _describe_appearance(scene, rng)
+
+
+def _describe_motion(scene: Scene, rng: np.random.Generator) -> str:
+    """Cue `motion`: what the actor does (its motion, with the sound and tempo that follow it),
+    never its colour or shape."""
     motion = _pick(rng, MOTION_WORDS[scene.motion])
     verb, noun = _pick(rng, SOUND_VERBS[scene.sound]), _pick(rng, SOUND_NOUNS[scene.sound])
     tempo = _pick(rng, TEMPO_WORDS[scene.tempo])
@@ -422,6 +440,32 @@ def describe(scene: Scene, rng: np.random.Generator) -> str:
         f"{thing} {motion}",
         f"{noun} as {thing} {motion}",
         f"look how {thing} {motion} {tempo}",
+    ]
+    return templates[rng.integers(len(templates))]
+
+
+def _describe_appearance(scene: Scene, rng: np.random.Generator) -> str:
+    """Cue `colour`: the actor's colour, shape, motion, sound or tempo, paraphrased."""
+    a = scene.actor
+    shape, colour = _pick(rng, SHAPE_WORDS[a.shape]), _pick(rng, COLOUR_WORDS[a.colour])
+    motion = _pick(rng, MOTION_WORDS[scene.motion])
+    verb, noun = _pick(rng, SOUND_VERBS[scene.sound]), _pick(rng, SOUND_NOUNS[scene.sound])
+    tempo = _pick(rng, TEMPO_WORDS[scene.tempo])
+    thing = _a(f"{colour} {shape}")
+    if scene.distractors:
+        d = scene.distractors[rng.integers(len(scene.distractors))]
+        other = _a(f"small {_pick(rng, COLOUR_WORDS[d.colour])} {_pick(rng, SHAPE_WORDS[d.shape])}")
+    else:
+        other = "an empty wall"
+    templates = [
+        f"{thing} {motion} {tempo}",
+        f"{thing} {motion} and {verb}",
+        f"the {shape} {motion}, it {verb}",
+        f"there is {thing} that {verb} {tempo}",
+        f"watch the {colour} {shape} as it {motion}",
+        f"you can hear {noun} {tempo} while {thing} {motion}",
+        f"{thing} {motion} next to {other}",
+        f"the {shape} is {colour} and it {motion}",
     ]
     return templates[rng.integers(len(templates))]
 
@@ -492,7 +536,7 @@ def _howto_video(task: dict) -> dict:
     background = room(task["seed"], rng)
     frames, audio, narration = [], [], []
     for k in range(num_scenes):
-        scene = make_scene(rng, scene_seconds)
+        scene = make_scene(rng, scene_seconds, cue=task["cue"])
         frames.append(render(scene, background, 0.0, scene_seconds, rng))
         audio.append(soundtrack(scene, scene_seconds, rng))
         for _ in range(rng.integers(2, 4)):  # narration drifts around its scene
@@ -514,7 +558,7 @@ def _howto_video(task: dict) -> dict:
 def _ucf_video(task: dict) -> dict:
     rng = _rng(task["seed"], "ucf101", task["index"])
     motion = MOTIONS[task["class"]]
-    scene = make_scene(rng, 4.0, motion=motion)
+    scene = make_scene(rng, 4.0, motion=motion, cue=task["cue"])
     name = UCF_CLASSES[task["class"]]
     rel = f"UCF-101/{name}/v_{name}_g{task['group']:02d}_c{task['clip']:02d}.avi"
     write_video(Path(task["root"]) / rel, render(scene, room(task["seed"], rng), 0.0, 4.0, rng),
@@ -524,7 +568,12 @@ def _ucf_video(task: dict) -> dict:
 
 def _esc_clip(task: dict) -> dict:
     rng = _rng(task["seed"], "esc50", task["index"])
-    scene = make_scene(rng, 5.0, motion=MOTIONS[task["target"]])  # the sound kind's motion
+    kind = SOUNDS[task["target"]]
+    if task["cue"] == "motion":  # a scene whose motion makes this sound
+        motion = next(m for m, k in SOUND_OF_MOTION.items() if k == kind)
+        scene = make_scene(rng, 5.0, motion=motion, cue="motion")
+    else:  # one whose colour (material) does
+        scene = make_scene(rng, 5.0, colour=COLOUR_NAMES[task["target"]])
     name = f"{task['fold']}-{100000 + task['index']}-A-{task['target']}.wav"
     write_wav(Path(task["root"]) / "audio" / name, soundtrack(scene, 5.0, rng))
     return {"filename": name, "fold": task["fold"], "target": task["target"],
@@ -533,7 +582,7 @@ def _esc_clip(task: dict) -> dict:
 
 def _msrvtt_video(task: dict) -> dict:
     rng = _rng(task["seed"], "msrvtt", task["index"])
-    scene = make_scene(rng, 4.0)
+    scene = make_scene(rng, 4.0, cue=task["cue"])
     vid = f"video{task['index']}"
     write_video(Path(task["root"]) / "videos" / f"{vid}.mp4",
                 render(scene, room(task["seed"], rng), 0.0, 4.0, rng), soundtrack(scene, 4.0, rng))
@@ -543,7 +592,7 @@ def _msrvtt_video(task: dict) -> dict:
 def _kinetics_video(task: dict) -> dict:
     """A 4 s clip of one motion, named as the common Kinetics downloaders name them."""
     rng = _rng(task["seed"], "kinetics", task["index"])
-    scene = make_scene(rng, 4.0, motion=MOTIONS[task["class"]])
+    scene = make_scene(rng, 4.0, motion=MOTIONS[task["class"]], cue=task["cue"])
     ytid, start = f"synK{task['index']:07d}", int(rng.integers(0, 290))
     label = KINETICS_CLASSES[task["class"]]
     rel = f"{task['split']}/{label}/{ytid}_{start:06d}_{start + 10:06d}.mp4"
@@ -558,11 +607,11 @@ def _audioset_clip(task: dict) -> dict:
     """A 4 s segment whose soundtrack mixes the seen actor's sound with 0-2 off-screen sources of
     other kinds: multi-label, as AudioSet's segments are."""
     rng = _rng(task["seed"], "audioset", task["index"])
-    scene = make_scene(rng, 4.0)
+    scene = make_scene(rng, 4.0, cue=task["cue"])
     audio = soundtrack(scene, 4.0, rng, distractor_sound=False)
     kinds = {SOUNDS.index(scene.sound)}
     for _ in range(int(rng.integers(0, 3))):
-        other = make_scene(rng, 4.0, motion=MOTIONS[rng.integers(len(MOTIONS))])
+        other = make_scene(rng, 4.0, motion=MOTIONS[rng.integers(len(MOTIONS))], cue=task["cue"])
         audio = audio + 0.8 * soundtrack(other, 4.0, rng, distractor_sound=False)
         kinds.add(SOUNDS.index(other.sound))
     ytid = f"synA{task['index']:07d}"
@@ -581,7 +630,7 @@ def _youcook_video(task: dict) -> dict:
     background, seconds = room(task["seed"], rng), YOUCOOK_SCENE_SECONDS
     frames, audio, annotations = [], [], []
     for k in range(3):
-        scene = make_scene(rng, seconds)
+        scene = make_scene(rng, seconds, cue=task["cue"])
         frames.append(render(scene, background, 0.0, seconds, rng))
         audio.append(soundtrack(scene, seconds, rng))
         annotations.append({"segment": [int(k * seconds), int((k + 1) * seconds)], "id": k,
@@ -602,7 +651,7 @@ def _imagenet_image(task: dict) -> dict:
     from PIL import Image
 
     rng = _rng(task["seed"], "imagenet", task["index"])
-    scene = make_scene(rng, 4.0)
+    scene = make_scene(rng, 4.0, cue=task["cue"])
     scene.actor.shape = SHAPES[task["class"]]
     t = float(rng.uniform(0, 3.9))
     image = Image.fromarray(render(scene, room(task["seed"], rng), t, 1 / FPS, rng)[0])
@@ -649,7 +698,7 @@ def _run(fn, tasks: list[dict], workers: int, desc: str, progress: bool) -> list
 
 def default_counts(scale: float) -> dict[str, int]:
     """Files per layout at `data.ingest.synthetic_scale`."""
-    return {"howto100m": max(2, int(400 * scale)), "ucf101_per_class": max(5, int(25 * scale)),
+    return {"howto100m": max(2, int(400 * scale)), "ucf101_per_class": max(5, int(30 * scale)),
             "esc50_per_class": max(5, int(40 * scale)), "msrvtt": max(8, int(160 * scale)),
             # per class: train, val, test
             "kinetics_per_class": (max(3, int(8 * scale)), max(1, int(2 * scale)),
@@ -662,11 +711,15 @@ def default_counts(scale: float) -> dict[str, int]:
 
 
 def generate(cfg: Config, root: str | Path, progress: bool = True) -> Path:
-    """Write the four layouts under `root` (skipped when a finished copy for the same seed,
-    scale and generator version is there). Returns `root`."""
+    """Write every layout of LAYOUTS under `root` (skipped when a finished copy for the same
+    seed, scale, cue and generator version is there). Returns `root`."""
     ing = cfg.data.ingest
     root = Path(root)
-    stamp = {"version": GENERATOR_VERSION, "seed": ing.synthetic_seed, "scale": ing.synthetic_scale}
+    cue = getattr(ing.synthetic_cue, "value", ing.synthetic_cue)
+    if cue not in CUES:
+        raise ValueError(f"data.ingest.synthetic_cue={cue!r}: pick one of {', '.join(CUES)}")
+    stamp = {"version": GENERATOR_VERSION, "seed": ing.synthetic_seed, "scale": ing.synthetic_scale,
+             "cue": cue}
     done = root / "generated.json"
     if done.exists() and json.loads(done.read_text()) == stamp:
         return root
@@ -678,7 +731,7 @@ def generate(cfg: Config, root: str | Path, progress: bool = True) -> Path:
     howto = root / "howto100m"
     (howto / "videos").mkdir(exist_ok=True)
     captions: dict = {}
-    for entry in _run(_howto_video, [{"seed": seed, "index": i, "root": str(howto)}
+    for entry in _run(_howto_video, [{"seed": seed, "cue": cue, "index": i, "root": str(howto)}
                                      for i in range(counts["howto100m"])],
                       workers, "synthetic howto100m", progress):
         captions.update(entry)
@@ -688,8 +741,10 @@ def generate(cfg: Config, root: str | Path, progress: bool = True) -> Path:
     for name in UCF_CLASSES:
         (ucf / "UCF-101" / name).mkdir(parents=True, exist_ok=True)
     per_class = counts["ucf101_per_class"]
-    tasks = [{"seed": seed, "index": c * per_class + j, "class": c, "group": 1 + j * 5 // per_class,
-              "clip": 1 + j, "root": str(ucf)} for c in range(len(UCF_CLASSES))
+    # six groups per class (of five clips at scale 1), as UCF101's groups of clips of one video
+    tasks = [{"seed": seed, "cue": cue, "index": c * per_class + j, "class": c,
+              "group": 1 + j * 6 // per_class, "clip": 1 + j, "root": str(ucf)}
+             for c in range(len(UCF_CLASSES))
              for j in range(per_class)]
     videos = _run(_ucf_video, tasks, workers, "synthetic ucf101", progress)
     lists = ucf / "ucfTrainTestlist"
@@ -705,7 +760,7 @@ def generate(cfg: Config, root: str | Path, progress: bool = True) -> Path:
     (esc / "audio").mkdir(exist_ok=True)
     (esc / "meta").mkdir(exist_ok=True)
     per_class = counts["esc50_per_class"]
-    tasks = [{"seed": seed, "index": t * per_class + j, "target": t, "fold": 1 + j % 5,
+    tasks = [{"seed": seed, "cue": cue, "index": t * per_class + j, "target": t, "fold": 1 + j % 5,
               "root": str(esc)} for t in range(len(SOUNDS)) for j in range(per_class)]
     rows = _run(_esc_clip, tasks, workers, "synthetic esc50", progress)
     with open(esc / "meta" / "esc50.csv", "w", newline="") as fh:
@@ -718,7 +773,7 @@ def generate(cfg: Config, root: str | Path, progress: bool = True) -> Path:
     msr = root / "msrvtt"
     (msr / "videos").mkdir(exist_ok=True)
     count = counts["msrvtt"]
-    entries = _run(_msrvtt_video, [{"seed": seed, "index": i, "root": str(msr)}
+    entries = _run(_msrvtt_video, [{"seed": seed, "cue": cue, "index": i, "root": str(msr)}
                                    for i in range(count)], workers, "synthetic msrvtt", progress)
     num_test, num_val = count * 3 // 8, count // 4
     test_ids = {e["video_id"] for e in entries[count - num_test:]}
@@ -735,20 +790,22 @@ def generate(cfg: Config, root: str | Path, progress: bool = True) -> Path:
         writer.writerow(["key", "vid_key", "video_id", "sentence"])
         for i, e in enumerate(e for e in entries if e["video_id"] in test_ids):
             writer.writerow([f"ret{i}", f"msr{e['video_id'][5:]}", e["video_id"], e["captions"][0]])
-    _generate_kinetics(root / "kinetics", seed, counts["kinetics_per_class"], workers, progress)
-    _generate_audioset(root / "audioset", seed, counts["audioset"], workers, progress)
-    _generate_youcook2(root / "youcook2", seed, counts["youcook2"], workers, progress)
-    _generate_imagenet(root / "imagenet", seed, counts["imagenet_per_class"], workers, progress)
+    _generate_kinetics(root / "kinetics", seed, cue, counts["kinetics_per_class"], workers,
+                       progress)
+    _generate_audioset(root / "audioset", seed, cue, counts["audioset"], workers, progress)
+    _generate_youcook2(root / "youcook2", seed, cue, counts["youcook2"], workers, progress)
+    _generate_imagenet(root / "imagenet", seed, cue, counts["imagenet_per_class"], workers,
+                       progress)
     done.write_text(json.dumps(stamp))
     return root
 
 
-def _generate_kinetics(root: Path, seed: int, per_class: tuple[int, int, int], workers: int,
-                       progress: bool) -> None:
+def _generate_kinetics(root: Path, seed: int, cue: str, per_class: tuple[int, int, int],
+                       workers: int, progress: bool) -> None:
     """Kinetics-400 style: <split>/<class>/<ytid>_<start>_<end>.mp4 and train/validate/test.csv
     (label,youtube_id,time_start,time_end,split); label = motion."""
     splits = [split for split, n in zip(("train", "val", "test"), per_class) for _ in range(n)]
-    tasks = [{"seed": seed, "index": c * len(splits) + j, "class": c, "split": split,
+    tasks = [{"seed": seed, "cue": cue, "index": c * len(splits) + j, "class": c, "split": split,
               "root": str(root)} for c in range(len(KINETICS_CLASSES))
              for j, split in enumerate(splits)]
     rows = _run(_kinetics_video, tasks, workers, "synthetic kinetics", progress)
@@ -762,15 +819,15 @@ def _generate_kinetics(root: Path, seed: int, per_class: tuple[int, int, int], w
                                      split])
 
 
-def _generate_audioset(root: Path, seed: int, counts: tuple[int, int, int], workers: int,
-                       progress: bool) -> None:
+def _generate_audioset(root: Path, seed: int, cue: str, counts: tuple[int, int, int],
+                       workers: int, progress: bool) -> None:
     """AudioSet style: class_labels_indices.csv, balanced_train / unbalanced_train / eval
     segment CSVs (three # lines, then YTID, start, end, "mid,mid"), segments/<YTID>_30.000.mp4."""
     (root / "segments").mkdir(parents=True, exist_ok=True)
     lists = [name for name, n in zip(("balanced_train", "unbalanced_train", "eval"), counts)
              for _ in range(n)]
-    rows = _run(_audioset_clip, [{"seed": seed, "index": i, "list": name, "root": str(root)}
-                                 for i, name in enumerate(lists)],
+    rows = _run(_audioset_clip, [{"seed": seed, "cue": cue, "index": i, "list": name,
+                                  "root": str(root)} for i, name in enumerate(lists)],
                 workers, "synthetic audioset", progress)
     mids = [f"/m/0syn{i}" for i in range(len(SOUNDS))]
     with open(root / "class_labels_indices.csv", "w", newline="") as fh:
@@ -788,13 +845,13 @@ def _generate_audioset(root: Path, seed: int, counts: tuple[int, int, int], work
         (root / f"{name}_segments.csv").write_text("\n".join(lines) + "\n")
 
 
-def _generate_youcook2(root: Path, seed: int, counts: tuple[int, int], workers: int,
+def _generate_youcook2(root: Path, seed: int, cue: str, counts: tuple[int, int], workers: int,
                        progress: bool) -> None:
     """YouCook2 style: raw_videos/<subset>/<recipe>/<vid>.mp4 and
     youcookii_annotations_trainval.json; every video has three annotated segments."""
     subsets = ["training"] * counts[0] + ["validation"] * counts[1]
     database: dict = {}
-    for entry in _run(_youcook_video, [{"seed": seed, "index": i, "subset": subset,
+    for entry in _run(_youcook_video, [{"seed": seed, "cue": cue, "index": i, "subset": subset,
                                         "root": str(root)} for i, subset in enumerate(subsets)],
                       workers, "synthetic youcook2", progress):
         database.update(entry)
@@ -802,8 +859,8 @@ def _generate_youcook2(root: Path, seed: int, counts: tuple[int, int], workers: 
         json.dumps({"database": database}, sort_keys=True))
 
 
-def _generate_imagenet(root: Path, seed: int, per_class: tuple[int, int], workers: int,
-                       progress: bool) -> None:
+def _generate_imagenet(root: Path, seed: int, cue: str, per_class: tuple[int, int],
+                       workers: int, progress: bool) -> None:
     """ILSVRC2012 as distributed for the localisation challenge: ILSVRC/Data/CLS-LOC/train/<wnid>/
     and val/ILSVRC2012_val_<n>.JPEG, LOC_synset_mapping.txt, LOC_val_solution.csv; class =
     shape. The first three training images of the first class are a PNG, a greyscale and a
@@ -813,7 +870,7 @@ def _generate_imagenet(root: Path, seed: int, per_class: tuple[int, int], worker
     for c in range(len(IMAGENET_SYNSETS)):
         for j in range(train + val):
             index = c * (train + val) + j
-            task = {"seed": seed, "index": index, "class": c, "root": str(root),
+            task = {"seed": seed, "cue": cue, "index": index, "class": c, "root": str(root),
                     "split": "train" if j < train else "val",
                     "number": 1 + c * val + (j - train)}
             if c == 0 and j < 3:
