@@ -236,7 +236,9 @@ def test_datasets_are_found_by_source_real_before_generated(tmp_path):
     _manifest(tmp_path / "ucf101", "ucf101")
     _manifest(tmp_path / "kinetics600", "kinetics", name="kinetics600")
     chosen, _ = choose_datasets(cfg, ["action_linear"])
-    assert chosen == {"action_linear": ["kinetics600", "ucf101"]}  # real only; kinetics first
+    assert chosen == {"action_linear": ["ucf101", "kinetics600"]}  # real only; ucf101 first
+    assert choose_datasets(cfg, ["action_finetune"])[0] == {
+        "action_finetune": ["kinetics600", "ucf101"]}  # the paper fine-tunes on Kinetics
     named = replace(cfg, ["eval.datasets.action_linear=[ucf101,synthetic-ucf101]"])
     assert choose_datasets(named, ["action_linear"])[0]["action_linear"] == \
         ["ucf101", "synthetic-ucf101"]
