@@ -1,9 +1,7 @@
 """Ingestion: every layout reader on small hand-made folders (media written with PyAV here),
 quarantine of bad input, the bad-share threshold, and byte-identical, resumable re-runs."""
 
-import csv
 import hashlib
-import io
 import json
 import os
 import shutil

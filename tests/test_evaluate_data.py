@@ -5,6 +5,7 @@ dataset feeds which task, the manifests' class counts, and the same checkpoint e
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -262,3 +263,32 @@ def test_finetuning_reads_its_splits_from_the_loader(setup):
     m = result["metrics"]
     assert m["action_finetune.num_test_windows"] == test.num_clips * test.views_per_clip
     assert 0 <= m["action_finetune.top1"] <= 1 and m["action_finetune.steps"] == 3
+
+
+def test_two_datasets_of_one_source_evaluated_in_one_run(setup, tmp_path):
+    """The generated Kinetics layout ingested twice, as `kinetics400` and `kinetics600`, beside
+    each other: one evaluation reads both through the loader and gives a row per dataset."""
+    from vatt.config import replace
+    from vatt.data.ingest import ingest
+    from vatt.evaluate.data import build_eval_data, describe_data
+    from vatt.evaluate.runner import evaluate_model
+    from vatt.model import build_model
+
+    cfg, _ = setup
+    raw = Path(cfg.data.path).parent / ".cache" / "synthetic-raw" / "kinetics"  # generated
+    for name in ("kinetics400", "kinetics600"):
+        [summary] = ingest(cfg, "kinetics", str(raw), tmp_path, progress=False, name=name)
+        assert summary["name"] == name and summary["quarantined"] == 0
+    cfg = replace(cfg, [f"data.path={tmp_path}"])
+    data = build_eval_data(cfg, ["action_linear"])
+    assert sorted(data["action_linear"]) == ["kinetics400", "kinetics600"]
+    assert all(line.startswith("action_linear") for line in describe_data(data))
+    torch.manual_seed(0)
+    results = evaluate_model(build_model(cfg), cfg, ["action_linear"], data)
+    m = results["metrics"]
+    for name in ("kinetics400", "kinetics600"):
+        assert m[f"action_linear@{name}.num_test_videos"] == 16  # 8 motions x 2 test clips
+        assert results["tasks"][f"action_linear@{name}"]["class_names"][0] == "bouncing"
+    # the same clips and the same model: the same numbers, and the first is the flat key
+    assert m["action_linear@kinetics400.top1"] == m["action_linear@kinetics600.top1"] \
+        == m["action_linear.top1"]

@@ -54,11 +54,12 @@ def test_audio_probe_beats_chance_and_the_random_model(rows):
 
 
 # Known failure, measured (BENCHMARKS.md, "Learning signal"): at the tiny budget the frozen
-# video features do not separate the motions 3x better than chance (even supervised training of
-# the same backbone reaches only ~0.4 top-1 in 300 steps). strict: the day they do, this XPASS
-# fails and the marker must go.
+# video features do not separate the motions 3x better than chance. Even with labels the same
+# backbone reaches only ~0.3 top-1 in 300 steps; the data version 4 cue `motion` (pairs matched
+# by the motion only) learned nothing at all in 300 steps. strict: the day the probe passes, this
+# XPASS fails and the marker must go.
 @pytest.mark.xfail(strict=True, raises=AssertionError,
                    reason="action linear probe below 3x chance after tiny pretraining "
-                          "(BENCHMARKS.md, Learning signal)")
+                          "(BENCHMARKS.md, Learning signal; issue 14)")
 def test_action_probe_beats_chance_and_the_random_model(rows):
     assert _failures(rows, "action_linear") == []

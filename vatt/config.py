@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # the presets: configs/ of the source tree, or vatt/configs/ (package data) when installed
@@ -268,9 +268,9 @@ class EvalConfig:
     # not ingested is an error. Each runs on every ingested dataset it accepts (eval.datasets)
     tasks: list[str] = field(default_factory=lambda: [
         "action_linear", "audio_linear", "text_video_retrieval", "video_audio_retrieval"])
-    # tasks that run too when a dataset they accept is ingested (no generated stand-in exists:
-    # AudioSet, ImageNet), else are listed as skipped in the results and the report; short
-    # schedules (finetune_steps). `vatt evaluate --tasks` runs exactly the tasks it names
+    # tasks that run too when a dataset they accept is ingested (AudioSet, ImageNet; the
+    # generated default dataset has both), else are listed as skipped in the results and the
+    # report; schedules of finetune_steps. `vatt evaluate --tasks` runs exactly the tasks named
     tasks_if_ingested: list[str] = field(default_factory=lambda: [
         "audio_finetune", "image_finetune"])
     # task -> dataset folders under data.path to run it on, in order (the first is what the

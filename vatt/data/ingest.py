@@ -40,12 +40,10 @@ death: its shard is written again, or its files are quarantined if it dies twice
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
 import re
-import shutil
 import tarfile
 import tempfile
 import time

@@ -52,7 +52,7 @@ import re
 import tarfile
 from dataclasses import dataclass
 from functools import lru_cache, partial
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
