@@ -225,7 +225,8 @@ def test_datasets_are_found_by_source_real_before_generated(tmp_path):
     from vatt.evaluate.data import choose_datasets
 
     _manifest(tmp_path / "synthetic-ucf101", "synthetic-ucf101")  # today's generated manifests
-    _manifest(tmp_path / "synthetic-esc50", "esc50", name="synthetic-esc50")  # after ingest --name
+    # what `vatt ingest --source synthetic` writes: source synthetic, the layout in the name
+    _manifest(tmp_path / "synthetic-esc50", "synthetic", name="synthetic-esc50")
     cfg = load_config("tiny", [f"data.path={tmp_path}"])
     chosen, skipped = choose_datasets(cfg, ["action_linear", "audio_linear", "audio_finetune"],
                                       optional=["audio_finetune"])

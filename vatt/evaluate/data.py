@@ -50,12 +50,15 @@ METADATA = ("label", "labels", "video_id", "clip_id", "fold")
 
 
 def dataset_source(manifest: dict, folder: str) -> tuple[str, bool]:
-    """(the reader that wrote a dataset, whether it is generated). A generated folder is
-    `synthetic-<layout>`; its manifest's source is the layout's reader (or, from before ingest
-    recorded the reader, the folder name itself)."""
+    """(the reader that wrote a dataset, whether it is generated). `vatt ingest --source
+    synthetic` writes one folder per layout, `synthetic-<layout>`, whose manifest's source is
+    `synthetic`: the layout (the reader) is the rest of its name."""
+    name = str(manifest.get("name") or folder)
     source = str(manifest.get("source") or folder)
-    generated = folder.startswith(GENERATED_PREFIX) or source.startswith(GENERATED_PREFIX) \
-        or bool(manifest.get("generated"))
+    generated = source == "synthetic" or source.startswith(GENERATED_PREFIX) \
+        or name.startswith(GENERATED_PREFIX) or bool(manifest.get("generated"))
+    if source == "synthetic":
+        source = name if name.startswith(GENERATED_PREFIX) else folder
     if source.startswith(GENERATED_PREFIX):
         source = source[len(GENERATED_PREFIX):]
     return source, generated
