@@ -293,6 +293,10 @@ class EvalConfig:
     finetune_warmup_steps: int = 2500
     finetune_batch_size: int = 64
     finetune_test_crops: int = 3  # the spec's test: 4 clips (data.eval_num_windows) x 3 crops
+    # a train split whose decoded windows fit in this many MiB is read through the loader once
+    # and held for the later epochs (a small split re-read every epoch costs more than its
+    # steps); a larger one streams every epoch. 0: always stream
+    finetune_cache_mb: float = 512.0
     seed: int = 0
     batch_size: int = 32  # clips per forward pass when extracting features
     # where feature extraction and fine-tuning run: "auto" (cuda when a GPU is visible, else

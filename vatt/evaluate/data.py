@@ -280,8 +280,8 @@ def build_eval_data_and_skipped(cfg: Config, tasks: Optional[Iterable[str]] = No
 
     def key(task: str, dataset: str, role: str) -> tuple[str, tuple[str, ...], int]:
         spec = TASKS[task]
-        # fine-tuning tests on the spec's crops per window; everything else on the centre crop
-        crops = cfg.eval.finetune_test_crops if spec.needs_model and role == "test" else 1
+        # video fine-tuning tests on the spec's crops per window; all else on the centre crop
+        crops = cfg.eval.finetune_test_crops if spec.multi_crop_test and role == "test" else 1
         needed_by = spec.name + (" (eval.audioset_train picks balanced / unbalanced / both)"
                                  if spec.split_names is not None else "")
         return dataset, _split_names(manifests[dataset], spec.manifest_splits(cfg, role), role,

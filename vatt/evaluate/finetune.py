@@ -52,12 +52,14 @@ class FinetuneSettings:
     momentum: float = 0.9
     label_smoothing: float = 0.1
     seed: int = _EVAL_DEFAULTS.seed
+    cache_mb: float = _EVAL_DEFAULTS.finetune_cache_mb
 
     @classmethod
     def from_config(cls, eval_cfg: Any) -> "FinetuneSettings":
         return cls(steps=eval_cfg.finetune_steps, lr=eval_cfg.finetune_lr,
                    warmup_steps=eval_cfg.finetune_warmup_steps,
-                   batch_size=eval_cfg.finetune_batch_size, seed=eval_cfg.seed)
+                   batch_size=eval_cfg.finetune_batch_size, seed=eval_cfg.seed,
+                   cache_mb=eval_cfg.finetune_cache_mb)
 
 
 class BackboneClassifier(nn.Module):
@@ -133,8 +135,18 @@ class _TrainingStream:
         self.windows_per_epoch = 0  # labelled windows in one pass (known after the first)
 
     def _windows(self) -> Iterator[tuple[torch.Tensor, Any]]:
-        epoch = 0
+        """The split's labelled windows, epoch after epoch. A split whose decoded windows fit in
+        settings.cache_mb is read once and then permuted (reading a small split through the
+        loader again every epoch costs more than the steps); a larger one streams every epoch."""
+        epoch, budget = 0, self.settings.cache_mb * 2 ** 20
+        cached: Optional[list[tuple[torch.Tensor, Any]]] = [] if budget > 0 else None
+        held = 0
         while True:
+            if cached and epoch > 0:
+                order = torch.randperm(len(cached), generator=self.generator).tolist()
+                yield from (cached[i] for i in order)
+                epoch += 1
+                continue
             count = 0
             for batch in _epoch(self.source, self.settings.seed + epoch, self.generator):
                 inputs, labels, _ = _labelled(batch, self.task, self.modality, self.multilabel)
@@ -146,7 +158,14 @@ class _TrainingStream:
                                      f"dataset's {self.num_classes} classes")
                 for window, label in zip(inputs, list(labels)):
                     count += 1
-                    yield window.clone(), label  # a copy: a view would keep its whole batch
+                    item = (window.clone(), label)  # a copy: a view would keep its whole batch
+                    if cached is not None:
+                        held += item[0].numel() * item[0].element_size()
+                        if held <= budget:
+                            cached.append(item)
+                        else:  # too large to hold: stream it every epoch
+                            cached = None
+                    yield item
             if count == 0:
                 raise ValueError(f"{self.task}: no labelled window in the split")
             self.windows_per_epoch = self.windows_per_epoch or count

@@ -78,6 +78,9 @@ class Task:
     items: Mapping[str, str] = field(default_factory=dict)  # source -> item where it differs
     # the manifest splits a role reads, when not the default ("train"; TEST_SPLITS for test)
     split_names: Optional[Callable[["Config", str], tuple[str, ...]]] = None
+    # tested on eval.finetune_test_crops crops per window (the spec's video fine-tuning test);
+    # audio has no crops, and an image is one view
+    multi_crop_test: bool = False
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS or self.labels not in LABEL_KINDS:
@@ -320,8 +323,7 @@ register(Task("action_linear", "linear probe on pooled video features", ("video"
               linear_probe_task("video")))
 register(Task("action_finetune", "the video backbone fine-tuned with a linear layer",
               ("video",), ("kinetics", "ucf101", "mit"), ("train", "test"), "finetune",
-              CLASSIFICATION,
-              "single", finetune_task("video")))
+              CLASSIFICATION, "single", finetune_task("video"), multi_crop_test=True))
 register(Task("audio_linear", "linear probe on pooled audio features (AudioSet multi-label; "
               "ESC-50 leave-one-fold-out)", ("audio",), ("esc50", "audioset"),
               ("train", "test"), "linear", (*MULTILABEL, *CLASSIFICATION), "single",
