@@ -701,13 +701,13 @@ def default_counts(scale: float) -> dict[str, int]:
     return {"howto100m": max(2, int(400 * scale)), "ucf101_per_class": max(5, int(30 * scale)),
             "esc50_per_class": max(5, int(40 * scale)), "msrvtt": max(8, int(160 * scale)),
             # per class: train, val, test
-            "kinetics_per_class": (max(3, int(8 * scale)), max(1, int(2 * scale)),
-                                   max(2, int(4 * scale))),
+            "kinetics_per_class": (max(3, int(6 * scale)), max(1, int(2 * scale)),
+                                   max(2, int(3 * scale))),
             # balanced train, unbalanced train, eval segments
-            "audioset": (max(8, int(64 * scale)), max(4, int(32 * scale)), max(8, int(48 * scale))),
+            "audioset": (max(8, int(48 * scale)), max(4, int(16 * scale)), max(8, int(32 * scale))),
             # training, validation videos (3 annotated segments each)
-            "youcook2": (max(4, int(20 * scale)), max(4, int(20 * scale))),
-            "imagenet_per_class": (max(4, int(20 * scale)), max(2, int(8 * scale)))}
+            "youcook2": (max(4, int(12 * scale)), max(4, int(16 * scale))),
+            "imagenet_per_class": (max(4, int(16 * scale)), max(2, int(6 * scale)))}
 
 
 def generate(cfg: Config, root: str | Path, progress: bool = True) -> Path:
