@@ -23,6 +23,8 @@ Metric names hold no "." (the flat key splits at its last one).
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any, Iterable, Mapping, Optional
 
 import torch
@@ -30,6 +32,8 @@ import torch
 from vatt.config import Config
 from vatt.evaluate.features import Features, extract_features, resolve_device
 from vatt.evaluate.tasks import TASKS, TaskRun, check_tasks, result_key, split_key
+
+log = logging.getLogger("vatt.evaluate")
 
 UNNAMED = "batches"  # the dataset name of batches held in memory that carry none
 
@@ -133,6 +137,7 @@ def evaluate_model(model: torch.nn.Module, cfg: Config, tasks: Optional[Iterable
                 needs.setdefault(id(splits[split]), (splits[split], set()))[1].update(
                     TASKS[task].modalities)
     home = next(model.parameters()).device
+    started = time.perf_counter()
     try:
         model.to(device)
         extracted: dict[int, Features] = {
@@ -140,6 +145,9 @@ def evaluate_model(model: torch.nn.Module, cfg: Config, tasks: Optional[Iterable
             for key, (source, modalities) in needs.items()}
     finally:
         model.to(home)
+    if needs:
+        log.info("features of %d split(s) extracted in %.0f s", len(needs),
+                 time.perf_counter() - started)
     for key, (source, _) in needs.items():  # e.g. vatt.evaluate.data.EvalSplit: the manifest's
         extracted[key].num_classes = getattr(source, "num_classes", None)
     results: dict[str, Any] = {"metrics": {}, "tasks": {}, "datasets": {}}
@@ -152,7 +160,9 @@ def evaluate_model(model: torch.nn.Module, cfg: Config, tasks: Optional[Iterable
             else:
                 ctx = TaskRun(spec, dataset, cfg, source=_source(splits),
                               features={s: extracted[id(splits[s])] for s in spec.splits})
+            started = time.perf_counter()
             body = spec.run(ctx)
+            log.info("%s on %s: %.0f s", task, dataset, time.perf_counter() - started)
             _describe(body, task, dataset, splits)
             _add_result(results, task, dataset, body, first=index == 0)
     results["seed"] = cfg.eval.seed
