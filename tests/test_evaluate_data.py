@@ -283,8 +283,11 @@ def test_two_datasets_of_one_source_evaluated_in_one_run(setup, tmp_path):
     for name in ("kinetics400", "kinetics600"):
         [summary] = ingest(cfg, "kinetics", str(raw), tmp_path, progress=False, name=name)
         assert summary["name"] == name and summary["quarantined"] == 0
+    from vatt.data.loader import load_vocab_words
+
+    words = load_vocab_words(str(cfg.data.path))  # Kinetics has no captions: the model's words
     cfg = replace(cfg, [f"data.path={tmp_path}"])
-    data = build_eval_data(cfg, ["action_linear"])
+    data = build_eval_data(cfg, ["action_linear"], vocab_words=words)
     assert sorted(data["action_linear"]) == ["kinetics400", "kinetics600"]
     assert all(line.startswith("action_linear") for line in describe_data(data))
     torch.manual_seed(0)
