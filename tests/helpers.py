@@ -31,3 +31,22 @@ def latest_registered_checkpoint(run: Path) -> Optional[str]:
         return None
     latest = snapshot.get("latest_checkpoint_result")
     return latest and latest["checkpoint_dir_name"]
+
+
+def tree_digest(root: Path) -> str:
+    """SHA-256 over every file under `root`: its relative path and bytes, in sorted order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(root).as_posix().encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def tar_members(tar_path: Path) -> dict[str, bytes]:
+    """A shard's members by name."""
+    import tarfile
+
+    with tarfile.open(tar_path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}

@@ -5,7 +5,6 @@ import hashlib
 import json
 import os
 import shutil
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from vatt.data.ingest import IngestError, ingest
 from vatt.data.media import decode_video, decode_wav
 from vatt.data.sources import READERS
 from vatt.data.synthetic import HEIGHT, RATE, WIDTH, write_video, write_wav
+from helpers import tar_members, tree_digest
 
 OVERRIDES = ["data.ingest.num_workers=1", "data.ingest.media_per_shard=2"]
 
@@ -46,17 +46,6 @@ def _video(path: Path, seconds=3.4, audio=True, container="mp4", seed=0):
     write_video(path, _frames(seconds, seed), _audio(seconds) if audio else None, container)
 
 
-def _tree_digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            h.update(p.relative_to(root).as_posix().encode() + p.read_bytes())
-    return h.hexdigest()
-
-
-def _members(tar_path: Path) -> dict[str, bytes]:
-    with tarfile.open(tar_path) as tar:
-        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,10 +77,10 @@ def howto(tmp_path):
 
 
 def test_howto100m_ingest_quarantines_bad_input_and_keeps_the_rest(cfg, howto, tmp_path):
-    before = _tree_digest(howto)
+    before = tree_digest(howto)
     cfg.data.ingest.max_bad_fraction = 1.0
     [summary] = ingest(cfg, "howto100m", str(howto), tmp_path / "out", progress=False)
-    assert _tree_digest(howto) == before  # raw input untouched
+    assert tree_digest(howto) == before  # raw input untouched
 
     out = tmp_path / "out" / "howto100m"
     report = json.loads((out / "report.json").read_text())
@@ -112,7 +101,7 @@ def test_howto100m_ingest_quarantines_bad_input_and_keeps_the_rest(cfg, howto, t
     assert second["captions"] == ["two", "three", "four", "five", "six"]
     assert first["num_frames"] == 16 and first["num_samples"] == 3.2 * 8000
 
-    members = _members(out / second["shard"])
+    members = tar_members(out / second["shard"])
     frames = decode_video(members["good1_0001.mp4"])
     assert frames.shape == (16, 64, 80, 3)  # short side 64, aspect kept (sides multiples of 16)
     audio, rate = decode_wav(members["good1_0001.wav"])
@@ -166,7 +155,7 @@ def test_reruns_are_byte_identical_and_skip_finished_shards(cfg, howto, tmp_path
     a, b = tmp_path / "a", tmp_path / "b"
     ingest(cfg, "howto100m", str(howto), a, progress=False)
     ingest(cfg, "howto100m", str(howto), b, progress=False)
-    assert _tree_digest(a / "howto100m" / "shards") == _tree_digest(b / "howto100m" / "shards")
+    assert tree_digest(a / "howto100m" / "shards") == tree_digest(b / "howto100m" / "shards")
     assert (a / "howto100m" / "manifest.json").read_bytes() == \
         (b / "howto100m" / "manifest.json").read_bytes()
     [again] = ingest(cfg, "howto100m", str(howto), a, progress=False)
@@ -176,7 +165,7 @@ def test_reruns_are_byte_identical_and_skip_finished_shards(cfg, howto, tmp_path
     copy = tmp_path / "raw-copy"
     shutil.copytree(howto, copy)
     ingest(cfg, "howto100m", str(copy), b, progress=False)
-    assert _tree_digest(a) == _tree_digest(b)
+    assert tree_digest(a) == tree_digest(b)
     # a changed input file rewrites only its own shard
     _video(howto / "videos" / "good2.mp4", seed=5)
     [changed] = ingest(cfg, "howto100m", str(howto), a, progress=False)
@@ -361,7 +350,7 @@ def test_streamed_clips_equal_clips_cut_from_the_whole_decoded_file(cfg, tmp_pat
     assert summary["clips"] == int(whole.duration / params["clip_seconds"] + 1e-3) == 14
     manifest = json.loads((tmp_path / "out" / "howto100m" / "manifest.json").read_text())
     for clip in manifest["clips"]:
-        members = _members(tmp_path / "out" / "howto100m" / clip["shard"])
+        members = tar_members(tmp_path / "out" / "howto100m" / clip["shard"])
         key = clip["clip_id"].split("/")[1]
         frames = whole.frames[round(clip["start"] * fps):round(clip["end"] * fps)]
         audio = whole.audio[round(clip["start"] * rate):round(clip["end"] * rate)]

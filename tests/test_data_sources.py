@@ -2,10 +2,8 @@
 file names (media written here with PyAV and Pillow), the hashed hold-out val split, and datasets
 named with --name: two of one source side by side, a clash with another source refused."""
 
-import hashlib
 import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from vatt.data.loader import clip_spec, decode_clip
 from vatt.data.media import decode_video
 from vatt.data.sources import READERS, LayoutError, held_out
 from vatt.data.synthetic import HEIGHT, RATE, WIDTH, write_video
+from helpers import tar_members, tree_digest
 
 OVERRIDES = ["data.ingest.num_workers=1", "data.ingest.media_per_shard=2",
              "data.ingest.max_bad_fraction=1.0"]
@@ -39,17 +38,6 @@ def _video(path: Path, seconds=1.0, audio=True, seed=0):
     write_video(path, frames, sound if audio else None)
 
 
-def _tree_digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            h.update(p.relative_to(root).as_posix().encode() + p.read_bytes())
-    return h.hexdigest()
-
-
-def _members(tar_path: Path) -> dict[str, bytes]:
-    with tarfile.open(tar_path) as tar:
-        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
 
 
 def _reasons(report_path: Path) -> dict[str, str]:
@@ -107,9 +95,9 @@ def test_mit_splits_labels_hold_out_and_quarantine(cfg, mit, tmp_path):
         assert splits[key][0] == ("val" if held_out(key, 0.5) else "train")
     assert {splits[k][0] for k in train_keys} == {"train", "val"}
 
-    before = _tree_digest(mit)
+    before = tree_digest(mit)
     [summary] = ingest(cfg, "mit", str(mit), tmp_path / "out", progress=False)
-    assert _tree_digest(mit) == before  # raw input untouched
+    assert tree_digest(mit) == before  # raw input untouched
     out = tmp_path / "out" / "mit"
     reasons = _reasons(out / "report.json")
     raw = "Moments_in_Time_Raw/trainingSet.csv"
@@ -193,9 +181,9 @@ def test_imagenet_with_the_val_solution_csv(cfg, tmp_path):
         assert items[key].split == ("val" if held_out(key, 0.3) else "train")
     assert {items[k].split for k in train_keys} == {"train", "val"}
 
-    before = _tree_digest(src)
+    before = tree_digest(src)
     [summary] = ingest(cfg, "imagenet", str(src), tmp_path / "out", progress=False)
-    assert _tree_digest(src) == before
+    assert tree_digest(src) == before
     out = tmp_path / "out" / "imagenet"
     reasons = _reasons(out / "report.json")
     train = "ILSVRC/Data/CLS-LOC/train"
@@ -218,7 +206,7 @@ def test_imagenet_with_the_val_solution_csv(cfg, tmp_path):
         assert (clip["image"], clip["has_video"], clip["has_audio"]) == (True, True, False)
         assert clip["num_frames"] == 1 and clip["num_samples"] == 0 and "wav" not in clip["sha256"]
         key = clip["clip_id"].split("/", 1)[1]
-        frames = decode_video(_members(out / clip["shard"])[f"{key}.mp4"])
+        frames = decode_video(tar_members(out / clip["shard"])[f"{key}.mp4"])
         assert frames.shape == (1, 64, 96, 3)  # 150 x 100 at short side 64, sides of 16
         return frames[0].reshape(-1, 3).mean(axis=0)
 
@@ -233,7 +221,7 @@ def test_imagenet_with_the_val_solution_csv(cfg, tmp_path):
     # patch's frames (model.video.patch_size[0]; the paper: an image fills one patch)
     row_clip = clips["n01440764_2"]
     key = row_clip["clip_id"].split("/", 1)[1]
-    members = _members(out / row_clip["shard"])
+    members = tar_members(out / row_clip["shard"])
     row = {"record": members[f"{key}.json"].decode(), "mp4": members[f"{key}.mp4"], "wav": b"",
            "clip_index": 0}
     for training in (True, False):
