@@ -82,6 +82,16 @@ def test_two_cpu_workers_loss_goes_down(ray_cluster, train_data, tmp_path):
     assert {"worker_0.pt", "worker_1.pt", "config.yaml", "data_version.json"} <= {
         p.name for p in checkpoint.iterdir()}
     assert json.loads((checkpoint / "data_version.json").read_text())["data_path"] == str(train_data)
+    # where the time went: every phase measured, in order, adding up to the whole run
+    from vatt.train.phases import PHASES
+
+    phases = result.phases
+    assert set(PHASES) <= set(phases), phases
+    assert all(phases[name] >= 0 for name in PHASES), phases
+    assert phases["checkpoints"] > 0  # the step-20 checkpoint, written before the last row
+    assert sum(phases[name] for name in PHASES) == pytest.approx(phases["total"], abs=0.5)
+    assert phases["fixed"] == pytest.approx(phases["total"] - phases["steps"])
+    assert json.loads((run / "phases.json").read_text()) == pytest.approx(phases)
 
 
 def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, train_data, tmp_path):

@@ -127,6 +127,7 @@ def test_checkpoint_that_is_not_ours_is_named(tmp_path):
     (["train.grad_accum=0"], "train.grad_accum=0"),
     (["train.log_every=0"], "train.log_every"),
     (["train.max_failures=-5"], "train.max_failures"),
+    (["train.poll_interval_s=0"], "train.poll_interval_s"),
 ])
 def test_preflight_config_names_the_key(overrides, key):
     with pytest.raises(PreflightError, match=key):
@@ -222,3 +223,27 @@ def test_a_run_keeps_the_vocabulary_it_started_with(tmp_path, caplog):
         run_vocabulary(load_config("tiny", [f"data.path={data}", "data.vocab_size=4",
                                             f"train.storage_path={tmp_path / 'runs'}",
                                             "train.run_name=r3"]), storage)
+
+
+def test_run_phases_split_a_run_into_its_stages():
+    from vatt.train.phases import describe_phases, run_phases
+
+    marks = {"start": 100.0, "connected": 104.0, "fit_start": 105.0, "fit_end": 160.0,
+             "done": 161.0}
+    history = [  # the first row carries the attempt's start-up; each the checkpoint time so far
+        {"step": 10, "time": 130.0, "phase_worker_start": 111.0, "phase_model_ready": 113.0,
+         "phase_first_batch": 118.0, "phase_first_step": 120.0, "phase_checkpoint_s": 0.0},
+        {"step": 20, "time": 150.0, "phase_checkpoint_s": 2.0},
+    ]
+    phases = run_phases(marks, history)
+    assert phases == {"connect": 4.0, "prepare": 1.0, "worker_group": 6.0, "model": 2.0,
+                      "first_batch": 5.0, "first_step": 2.0, "steps": 28.0, "checkpoints": 2.0,
+                      "finish": 10.0, "summary": 1.0, "total": 61.0, "fixed": 33.0}
+    line = describe_phases(phases)
+    assert line.startswith("start-up 20.0s (Ray 4.0s, datasets 1.0s, worker group 6.0s")
+    assert line.endswith("fixed 33.0s of 61.0s (54%)")
+    # a resumed run: the last attempt's start-up counts
+    resumed = history + [{"step": 30, "time": 200.0, "phase_worker_start": 180.0,
+                          "phase_model_ready": 181.0, "phase_first_batch": 182.0,
+                          "phase_first_step": 183.0, "phase_checkpoint_s": 0.0}]
+    assert run_phases({}, resumed)["steps"] == 17.0

@@ -197,6 +197,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     "vocab_words": [...] | None}`."""
     import ray.train
 
+    entered = time.time()  # wall clock: the driver compares these with its own (vatt.train.phases)
     cfg = from_dict(loop_config["config"])
     data_version = loop_config.get("data_version")
     vocab_words = loop_config.get("vocab_words")
@@ -225,6 +226,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         seed_everything(cfg.train.seed + 1000 * rank + 1)  # distinct augmentation/DropToken per rank
     state.started_from.append(state.step)
     state.world_size = world
+    # this attempt's start-up, reported once with its first row (vatt.train.phases)
+    startup: dict[str, float] = {"phase_worker_start": entered, "phase_model_ready": time.time()}
+    checkpoint_seconds = 0.0  # writing and reporting checkpoints, this attempt
 
     total = cfg.train.optim.total_steps
     batches = batch_stream(ray.train.get_dataset_shard("train"), batch_size, state.data)
@@ -247,8 +251,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             batch = next(batches)
             wait += time.perf_counter() - before
             micro.append(to_device(batch, device))
+        if startup and "phase_first_batch" not in startup:
+            startup["phase_first_batch"] = time.time()
         losses, state.learning_rate = train_step(cfg, train_model, optimizer, micro, state.step, device)
         state.step += 1
+        if startup and "phase_first_step" not in startup:
+            startup["phase_first_step"] = time.time()
         window.add(losses, clips=batch_size * len(micro), data_wait=wait)
 
         save = state.step % cfg.train.checkpoint_every == 0 or state.step == total
@@ -257,7 +265,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         row = {"step": state.step, "lr": state.learning_rate, "epoch": state.data.epoch,
                "epoch_batch": state.data.batches,  # micro-batches of this epoch so far
                "attempt": len(state.started_from) - 1, "time": time.time()}
-        row |= window.metrics(device)
+        row |= window.metrics(device) | startup | {"phase_checkpoint_s": checkpoint_seconds}
+        startup = {}
         if any(value != value for value in row.values()):  # NaN
             raise FloatingPointError(
                 f"loss became NaN at step {state.step} ({row}); lower train.optim.lr_peak or "
@@ -272,11 +281,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         row |= last_validation
         state.history.append(row)
         if save:
+            before = time.perf_counter()
             with tempfile.TemporaryDirectory(prefix="vatt-ckpt-") as folder:
                 save_checkpoint(folder, rank=rank, state=state, model=model, optimizer=optimizer,
                                 cfg=cfg, data_version=data_version, vocab_words=vocab_words)
                 ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(folder),
                                  checkpoint_dir_name=checkpoint_dir_name(state.step))
+            checkpoint_seconds += time.perf_counter() - before
         else:
             ray.train.report(row)
         window.reset()

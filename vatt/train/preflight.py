@@ -35,6 +35,9 @@ def check_config(cfg: Config) -> None:
     if train.max_failures < -1:
         raise PreflightError(f"train.max_failures={train.max_failures}: use -1 (retry forever), "
                              "0 (never) or a positive count")
+    if not train.poll_interval_s > 0:
+        raise PreflightError(f"train.poll_interval_s={train.poll_interval_s} must be > 0 seconds "
+                             "(Ray's own default is 2)")
     if train.optim.warmup_steps < 0:
         raise PreflightError(f"train.optim.warmup_steps={train.optim.warmup_steps} must be >= 0")
     parts = train.num_workers * train.grad_accum

@@ -6,8 +6,9 @@
 Ray: with RAY_ADDRESS set (or a Ray already initialised in this process) the run goes to that
 cluster; otherwise a local Ray is started for the run. The run folder is
 `<train.storage_path>/<train.run_name>/`; running again with the same run name resumes from its
-latest checkpoint. At the end the folder also holds `history.json` (every logged row) and
-`loss_curve.png`.
+latest checkpoint. At the end the folder also holds `history.json` (every logged row),
+`loss_curve.png` and `phases.json` (where the wall time went: start-up, steps, checkpoints,
+shut-down; vatt.train.phases).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
-from dataclasses import dataclass, replace as dc_replace
+from dataclasses import dataclass, field, replace as dc_replace
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -28,6 +30,8 @@ from vatt.train.checkpoint import read_history
 from vatt.train.preflight import PreflightError, check_config, check_resources, check_storage
 
 LOSS_CURVE_PNG = "loss_curve.png"
+PHASES_JSON = "phases.json"  # seconds per phase of the last attempt (vatt.train.phases)
+HEALTH_CHECK_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # Ray Train's; train.poll_interval_s
 
 log = logging.getLogger("vatt.train")
 
@@ -215,6 +219,7 @@ class PretrainResult:
     checkpoint_uri: Optional[str]  # the latest checkpoint folder
     history: list[dict[str, Any]]
     config: Config
+    phases: dict[str, float] = field(default_factory=dict)  # seconds (vatt.train.phases)
 
 
 def write_run_summary(storage: Storage, run_name: str, history: list[dict[str, Any]]) -> None:
@@ -253,8 +258,11 @@ def pretrain(cfg: Config, datasets: Optional[dict[str, Any]] = None,
     reported row (vatt.train.progress)."""
     from contextlib import nullcontext
 
+    from vatt.train.phases import DriverClock, describe_phases, run_phases
     from vatt.train.progress import ProgressFeed
 
+    clock = DriverClock()
+    clock.mark("start")
     cfg = resolve(cfg)
     check_config(cfg)
     storage = resolve_storage(cfg)
@@ -262,6 +270,7 @@ def pretrain(cfg: Config, datasets: Optional[dict[str, Any]] = None,
     import ray
 
     check_resources(cfg, ray.cluster_resources(), where)
+    clock.mark("connected")
     version = data_version_of(cfg)
     vocab_words = run_vocabulary(cfg, storage) if datasets is None else None
     if datasets is None:
@@ -277,20 +286,32 @@ def pretrain(cfg: Config, datasets: Optional[dict[str, Any]] = None,
     feed = ProgressFeed(train.optim.total_steps, train.run_name) if progress else nullcontext()
     with feed:
         extra = [feed.callback] if progress else []
-        result = build_trainer(cfg, storage, datasets, version, [*callbacks, *extra],
-                               vocab_words).fit()
+        # the controller (started by fit()) reads its poll interval from the driver's environment
+        os.environ[HEALTH_CHECK_INTERVAL_ENV] = str(train.poll_interval_s)
+        trainer = build_trainer(cfg, storage, datasets, version, [*callbacks, *extra], vocab_words)
+        clock.mark("fit_start")
+        result = trainer.fit()
+        clock.mark("fit_end")
     checkpoint = result.checkpoint
     history: list[dict[str, Any]] = []
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             history = read_history(folder)
         write_run_summary(storage, cfg.train.run_name, history)
+    clock.mark("done")
+    phases = run_phases(clock.marks, history)
+    if describe_phases(phases):
+        log.info("pretraining run %s: %s", train.run_name, describe_phases(phases))
+        with storage.filesystem.open_output_stream(
+                f"{storage.run_path(train.run_name)}/{PHASES_JSON}") as stream:
+            stream.write((json.dumps(phases, indent=1) + "\n").encode())
     checkpoint_uri = None
     if checkpoint is not None:
         checkpoint_uri = (f"s3://{checkpoint.path}" if storage.uri.startswith("s3://")
                           else checkpoint.path)
     return PretrainResult(run_uri=storage.run_uri(cfg.train.run_name),
-                          checkpoint_uri=checkpoint_uri, history=history, config=cfg)
+                          checkpoint_uri=checkpoint_uri, history=history, config=cfg,
+                          phases=phases)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
