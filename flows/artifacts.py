@@ -74,6 +74,7 @@ def publish_ingest(summaries: list[dict[str, Any]], version: Optional[dict[str, 
 
 @task(name="publish-training", cache_policy=NO_CACHE, **transient_retries)
 def publish_training(cfg: Config, trained: dict[str, Any]) -> None:
+    from vatt.train.phases import describe_phases
     from vatt.train.pretrain import LOSS_CURVE_PNG
 
     store = ObjectStore.from_config(cfg.storage)
@@ -88,6 +89,9 @@ def publish_training(cfg: Config, trained: dict[str, Any]) -> None:
                          f"{row['loss_video_audio']:.4f} | {row['loss_video_text']:.4f} | "
                          f"{row.get('clips_per_s', 0):.1f} |")
         lines += ["", f"![loss curve]({LOSS_CURVE_PNG})"]
+    where = describe_phases(trained.get("phases") or {})
+    if where:
+        lines += ["", f"Wall time: {where}"]
     lines += ["", f"Run folder: `{trained['run_uri']}`", "",
               f"Checkpoint: `{trained['checkpoint']}`"]
     create_markdown_artifact(key=KEYS["training"],

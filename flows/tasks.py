@@ -162,7 +162,7 @@ def pretrain_model(cfg: Config) -> dict[str, Any]:
             result = pretrain(cfg)
     return {"run_uri": result.run_uri, "checkpoint": result.checkpoint_uri,
             "history": result.history, "run_name": result.config.train.run_name,
-            "seconds": timer.seconds}
+            "phases": result.phases, "seconds": timer.seconds}
 
 
 @task(name="read-promoted", cache_policy=NO_CACHE, **transient_retries)

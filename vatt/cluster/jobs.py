@@ -186,8 +186,8 @@ def pretrain_on_cluster(cfg: Config, api_client: Any = None,
     import json
 
     from vatt.checkpoints import HISTORY_FILE, file_uri, list_checkpoints
-    from vatt.storage import ObjectStore
-    from vatt.train.pretrain import PretrainResult
+    from vatt.storage import ObjectStore, StorageNotFoundError
+    from vatt.train.pretrain import PHASES_JSON, PretrainResult
 
     rendered = render_job(cfg)
     client = client_for(cfg, api_client)
@@ -203,7 +203,14 @@ def pretrain_on_cluster(cfg: Config, api_client: Any = None,
             "settings, the vatt-object-store ConfigMap and Secret)")
     checkpoint = found[-1]
     history = json.loads(store.read_bytes(file_uri(checkpoint, HISTORY_FILE)))
-    return PretrainResult(run_uri=run_uri, checkpoint_uri=checkpoint, history=history, config=cfg)
+    phases: dict = {}  # the driver in the cluster wrote them (vatt.train.phases)
+    try:
+        phases = json.loads(store.read_bytes(f"{run_uri}/{PHASES_JSON}"))
+    except StorageNotFoundError:
+        log.info("%s/%s: not written (a run of an older vatt); no wall-time phases", run_uri,
+                 PHASES_JSON)
+    return PretrainResult(run_uri=run_uri, checkpoint_uri=checkpoint, history=history, config=cfg,
+                          phases=phases)
 
 
 __all__ = ["JobStatus", "JobOutcome", "JobFailedError", "FollowTimeout", "client_for", "submit",
