@@ -17,6 +17,7 @@ losses (over workers), the learning rate, clips/s and data-wait share are report
 from __future__ import annotations
 
 import contextlib
+import logging
 import tempfile
 import time
 from dataclasses import dataclass
@@ -30,10 +31,12 @@ from vatt.checkpoints import checkpoint_dir_name
 from vatt.config import Config, from_dict
 from vatt.train.checkpoint import (DataPosition, TrainState, load_checkpoint, save_checkpoint,
                                    seed_everything)
+from vatt.train.precision import PrecisionChoice, autocast, resolve_precision
 from vatt.train.schedule import build_optimizer, set_learning_rate
 from vatt.train.sync_batchnorm import convert_batchnorm
 from vatt.train.validation import Validator, validation_due
 
+log = logging.getLogger("vatt.train")
 MODEL_INPUTS = ("video", "audio", "text", "text_mask")
 LOSS_KEYS = ("total", "video_audio", "video_text")
 
@@ -79,18 +82,16 @@ def build_training(cfg: Config, device: torch.device,
     return model, train_model, optimizer
 
 
-def autocast(cfg: Config, device: torch.device):
-    if device.type == "cuda" and cfg.train.bf16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def train_step(cfg: Config, train_model: nn.Module, optimizer: torch.optim.Optimizer,
                micro_batches: list[dict[str, torch.Tensor]], step: int,
-               device: torch.device) -> tuple[dict[str, torch.Tensor], float]:
-    """One optimiser update over `micro_batches`; returns (summed detached losses, lr)."""
+               device: torch.device, precision: Optional[PrecisionChoice] = None
+               ) -> tuple[dict[str, torch.Tensor], float]:
+    """One optimiser update over `micro_batches`; returns (summed detached losses, lr).
+    `precision`: resolved once by the caller (None: from train.precision on `device`)."""
     from vatt.losses import vatt_loss
 
+    if precision is None:
+        precision = resolve_precision(cfg.train.precision, device)
     train_model.train()
     lr = set_learning_rate(optimizer, step, cfg.train.optim)
     optimizer.zero_grad(set_to_none=True)
@@ -101,7 +102,7 @@ def train_step(cfg: Config, train_model: nn.Module, optimizer: torch.optim.Optim
         sync = contextlib.nullcontext() if last or not hasattr(train_model, "no_sync") \
             else train_model.no_sync()
         with sync:
-            with autocast(cfg, device):
+            with autocast(precision, device):  # backbones and heads; the optimiser stays fp32
                 outputs = train_model(batch)
             losses = vatt_loss(outputs, batch["text_mask"], cfg.loss)  # fp32, outside autocast
             (losses["total"] / len(micro_batches)).backward()
@@ -215,6 +216,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     batch_size = micro_batch_size(cfg, world)
 
     model, train_model, optimizer = build_training(cfg, device, vocab_words)
+    precision = resolve_precision(cfg.train.precision, device)
+    if rank == 0:
+        log.info("worker 0 on %s: %s", device, precision.describe())
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -247,7 +251,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             batch = next(batches)
             wait += time.perf_counter() - before
             micro.append(to_device(batch, device))
-        losses, state.learning_rate = train_step(cfg, train_model, optimizer, micro, state.step, device)
+        losses, state.learning_rate = train_step(cfg, train_model, optimizer, micro, state.step,
+                                                 device, precision)
         state.step += 1
         window.add(losses, clips=batch_size * len(micro), data_wait=wait)
 

@@ -253,6 +253,7 @@ def pretrain(cfg: Config, datasets: Optional[dict[str, Any]] = None,
     reported row (vatt.train.progress)."""
     from contextlib import nullcontext
 
+    from vatt.train.precision import choose_precision, cpu_bf16_support
     from vatt.train.progress import ProgressFeed
 
     cfg = resolve(cfg)
@@ -274,6 +275,9 @@ def pretrain(cfg: Config, datasets: Optional[dict[str, Any]] = None,
     log.info("pretraining run %s: %d steps of %d clips on %d worker(s); run folder %s",
              train.run_name, train.optim.total_steps, train.global_batch_size, train.num_workers,
              storage.run_uri(train.run_name))
+    worker_device = "cuda" if train.use_gpu else "xla" if train.use_tpu else "cpu"
+    # judged on this machine's CPU: workers elsewhere decide for themselves and log it too
+    log.info("%s", choose_precision(train.precision, worker_device, cpu_bf16_support()).describe())
     feed = ProgressFeed(train.optim.total_steps, train.run_name) if progress else nullcontext()
     with feed:
         extra = [feed.callback] if progress else []
