@@ -149,7 +149,7 @@ def test_parameters_and_adam_state_stay_fp32_under_bf16():
 # --- torch.compile ---------------------------------------------------------------------------
 
 @pytest.mark.slow  # inductor compiles the forward and backward graphs: 1-3 minutes on 2 cores
-def test_compiled_step_gives_the_eager_loss_and_update():
+def test_compiled_step_gives_the_eager_loss_gradients_and_update():
     # DropToken off: the compiled graph draws its random permutation from another generator
     no_drop = ["model.video.drop_rate=0", "model.audio.drop_rate=0"]
     runs = {}
@@ -157,14 +157,24 @@ def test_compiled_step_gives_the_eager_loss_and_update():
         cfg, model, train_model, optimizer, batch = tiny_training(
             [*no_drop, f"train.compile={str(compiled).lower()}"])
         assert (train_model is not model) == compiled
-        losses = [float(train_step(cfg, train_model, optimizer, [batch], step, CPU,
-                                   FP32)[0]["total"]) for step in range(2)]
-        runs[compiled] = losses, [p.detach().clone() for p in model.parameters()]
-    (eager_losses, eager_params), (compiled_losses, compiled_params) = runs[False], runs[True]
+        start = torch.cat([p.detach().flatten() for p in model.parameters()])
+        losses = [float(train_step(cfg, train_model, optimizer, [batch], 0, CPU,
+                                   FP32)[0]["total"])]
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        losses.append(float(train_step(cfg, train_model, optimizer, [batch], 1, CPU,
+                                       FP32)[0]["total"]))
+        update = torch.cat([p.detach().flatten() for p in model.parameters()]) - start
+        runs[compiled] = losses, grads, update
+    (eager_losses, eager_grads, eager_update) = runs[False]
+    (compiled_losses, compiled_grads, compiled_update) = runs[True]
+
+    def relative_error(got, want):
+        return float((got - want).norm() / want.norm())
+
     # fp32 both; inductor fuses and reorders reductions, so equal up to float rounding (~1e-6
-    # relative per op), not bit for bit
+    # relative per op), not bit for bit: losses and gradients to 1e-4 relative
     assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
-    # Adam moves every weight by about lr (1e-3) whatever its gradient's size, so a near-zero
-    # gradient whose rounding differs can move a weight differently: allow a fifth of a step
-    for eager, compiled in zip(eager_params, compiled_params):
-        torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=2e-4)
+    assert relative_error(compiled_grads, eager_grads) < 1e-4
+    # Adam moves each weight by about lr whatever its gradient's size, so near-zero gradients
+    # turn rounding into visible moves: the two-step update agrees to 1% of its norm
+    assert relative_error(compiled_update, eager_update) < 1e-2
