@@ -17,7 +17,6 @@ losses (over workers), the learning rate, clips/s and data-wait share are report
 from __future__ import annotations
 
 import contextlib
-import logging
 import tempfile
 import time
 from dataclasses import dataclass
@@ -36,7 +35,6 @@ from vatt.train.schedule import build_optimizer, set_learning_rate
 from vatt.train.sync_batchnorm import convert_batchnorm
 from vatt.train.validation import Validator, validation_due
 
-log = logging.getLogger("vatt.train")
 MODEL_INPUTS = ("video", "audio", "text", "text_mask")
 LOSS_KEYS = ("total", "video_audio", "video_text")
 
@@ -217,8 +215,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 
     model, train_model, optimizer = build_training(cfg, device, vocab_words)
     precision = resolve_precision(cfg.train.precision, device)
-    if rank == 0:
-        log.info("worker 0 on %s: %s", device, precision.describe())
+    if rank == 0:  # to Ray's worker log (the console with VATT_VERBOSE); the driver logs it too
+        print(f"worker 0 on {device}: {precision.describe()}", flush=True)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
