@@ -71,7 +71,8 @@ def attention_kernels(step) -> list[str]:
         step()
         torch.cuda.synchronize()
     names = {event.key for event in prof.key_averages()}
-    return sorted(n for n in names if any(k in n.lower() for k in ("flash", "fmha", "efficient_attention", "attention")))
+    markers = ("flash", "fmha", "efficient_attention", "attention")
+    return sorted(n for n in names if any(marker in n.lower() for marker in markers))
 
 
 def main() -> int:

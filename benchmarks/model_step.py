@@ -155,8 +155,8 @@ def mfu_table(args, precision: str, batch: int, rounds: int,
     emulated = precision == "bf16" and not cpu_bf16_support().native
     cfg = backbone_cfg(0.0)
     grid = cfg.data.num_frames // 4, 128 // 16, 128 // 16  # tiny's video patches: 2x16x16
-    print(f"\n## MFU, {precision}{' (EMULATED: this CPU lacks avx512_bf16/AMX)' if emulated else ''}:"
-          f" width-768 video backbone, 4 layers, batch {batch}")
+    note = " (EMULATED: this CPU lacks avx512_bf16/AMX)" if emulated else ""
+    print(f"\n## MFU, {precision}{note}: width-768 video backbone, 4 layers, batch {batch}")
     print(f"{precision} matmul peak (2048^3, best of 5, same run): {peak / 1e9:.1f} GFLOP/s")
     if timm is None:
         print("(timm not installed: `pip install --no-deps timm` (it needs torchvision) to "
@@ -192,12 +192,12 @@ def mfu_table(args, precision: str, batch: int, rounds: int,
             print(f"| {name} | {dropout} | {spread(values)} | {flops[name] / seconds / 1e9:.1f} | "
                   f"{flops[name] / seconds / peak:.0%} |")
         if timm is not None:
-            ours, theirs = times["vatt Transformer stack alone (blocks, norm)"], times[name]
-            ratios = [a / b for a, b in zip(ours, theirs)]
+            stack = "vatt Transformer stack alone (blocks, norm)"
+            ratios = [a / b for a, b in zip(times[stack], times[name])]
             print(f"dropout {dropout}: vatt stack / timm blocks, per round: median "
-                  f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}); "
-                  f"GFLOPs per step vatt {flops['vatt Transformer stack alone (blocks, norm)'] / 1e9:.1f}"
-                  f" vs timm {flops[name] / 1e9:.1f}")
+                  f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max "
+                  f"{max(ratios):.3f}); GFLOPs per step vatt {flops[stack] / 1e9:.1f} vs timm "
+                  f"{flops[name] / 1e9:.1f}")
 
 
 # --- 3. torch.compile ------------------------------------------------------------------------

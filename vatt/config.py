@@ -577,7 +577,7 @@ def replace(cfg: Config, overrides: list[str]) -> Config:
 
 __all__ = [
     "Config", "ConfigError", "ModelConfig", "DataConfig", "TrainConfig", "LossConfig",
-    "EncoderConfig", "BackboneSharing", "DropTokenSampling", "CropStyle", "Precision", "load_config",
-    "available_presets", "to_dict", "to_yaml", "from_dict", "replace",
+    "EncoderConfig", "BackboneSharing", "DropTokenSampling", "CropStyle", "Precision",
+    "load_config", "available_presets", "to_dict", "to_yaml", "from_dict", "replace",
     "StorageConfig", "ClusterConfig", "TrainingTarget", "Accelerator", "CleanupPolicy",
 ]
