@@ -262,7 +262,10 @@ class TrainConfig:
     # autocast dtype of the backbones and heads; the losses, BatchNorm statistics and the Adam
     # step stay fp32 (vatt.train.precision). Replaces the former `train.bf16` (true -> auto)
     precision: Precision = Precision.auto
-    compile: bool = False  # torch.compile the model
+    # torch.compile the model. Off: on the 2-core AVX2 CPU it did not help (step 0.98x eager for
+    # tiny, 1.09x for a width-768 backbone) and costs 35-76 s of warm-up per worker
+    # (BENCHMARKS.md, "Issue 15"); unmeasured on GPU, try it there
+    compile: bool = False
     dataset: str = "synthetic-howto100m"  # ingested dataset (folder under data.path) to pretrain on
     dataset_split: str = "train"  # split of that dataset
     validation: ValidationConfig = field(default_factory=ValidationConfig)
