@@ -72,6 +72,17 @@ def test_this_machine_warns_only_when_bf16_is_emulated():
     assert bool(caught) == choice.emulated
 
 
+def test_the_run_logs_the_precision_its_workers_will_use():
+    from vatt.train.pretrain import workers_precision
+
+    gpu = workers_precision(load_config("tiny", ["train.use_gpu=true"]))
+    assert gpu.describe() == "precision: bf16 (train.precision=auto, CUDA)"
+    cpu = workers_precision(load_config("tiny"))
+    assert cpu.dtype == (torch.bfloat16 if cpu_bf16_support().native else torch.float32)
+    assert workers_precision(load_config("tiny", ["train.precision=fp32"])).describe() == \
+        "precision: fp32 (train.precision=fp32)"
+
+
 def test_precision_defaults_to_auto_and_old_configs_with_train_bf16_still_load():
     cfg = load_config("tiny")
     assert cfg.train.precision is Precision.auto
