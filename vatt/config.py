@@ -224,6 +224,12 @@ class ValidationConfig:
     batch_size: int = 32
 
 
+class Precision(str, Enum):
+    auto = "auto"  # bf16 where the device has it natively (CUDA; CPU with AVX512-BF16 or AMX)
+    bf16 = "bf16"  # everywhere; on a CPU without AVX512-BF16/AMX emulated and slow (it warns)
+    fp32 = "fp32"
+
+
 @dataclass
 class TrainConfig:
     """Pretraining with Ray Train (vatt.train). The per-worker batch is derived:
@@ -257,8 +263,13 @@ class TrainConfig:
     poll_interval_s: float = 0.5
     log_every: int = 50  # steps between ray.train.report of loss, lr, clips/s, data-wait share
     grad_accum: int = 1  # micro-batches per optimiser step
-    bf16: bool = True  # bf16 autocast (GPU only; CPU trains in fp32)
-    compile: bool = False  # torch.compile the model
+    # autocast dtype of the backbones and heads; the losses, BatchNorm statistics and the Adam
+    # step stay fp32 (vatt.train.precision). Replaces the former `train.bf16` (true -> auto)
+    precision: Precision = Precision.auto
+    # torch.compile the model. Off: on the 2-core AVX2 CPU it did not help (step 0.98x eager for
+    # tiny, 1.09x for a width-768 backbone) and costs 35-76 s of warm-up per worker
+    # (BENCHMARKS.md, "Issue 15"); unmeasured on GPU, try it there
+    compile: bool = False
     dataset: str = "synthetic-howto100m"  # ingested dataset (folder under data.path) to pretrain on
     dataset_split: str = "train"  # split of that dataset
     validation: ValidationConfig = field(default_factory=ValidationConfig)
@@ -458,6 +469,9 @@ def _check_values(cfg: Config) -> None:
             "read the test split that reports and the promotion gate measure; use 'val' (or "
             "another held-out split of train.validation.dataset)")
     train = cfg.train
+    if train.use_tpu and train.precision == Precision.bf16:
+        raise ConfigError("train.precision=bf16 with train.use_tpu=true: bf16 autocast is "
+                          "wired for CUDA and CPU only; set train.precision=auto or fp32")
     if train.use_tpu and train.use_gpu:
         raise ConfigError("train.use_tpu=true and train.use_gpu=true: a run trains on one kind "
                           "of accelerator; set one of them to false")
@@ -543,6 +557,13 @@ def to_yaml(cfg: Config) -> str:
 def from_dict(data: dict[str, Any]) -> Config:
     """Inverse of `to_dict` (e.g. the config saved beside a checkpoint), validated."""
     schema = OmegaConf.structured(Config)
+    train = data.get("train")
+    if isinstance(train, dict) and "bf16" in train:
+        # configs saved before `train.precision` replaced `train.bf16` (true meant bf16 where
+        # supported, i.e. auto) must still resume
+        train = dict(train)
+        train.setdefault("precision", "auto" if train.pop("bf16") else "fp32")
+        data = {**data, "train": train}
     try:
         cfg: Config = OmegaConf.to_object(OmegaConf.merge(schema, data))  # type: ignore
     except OmegaConfBaseException as err:
@@ -563,7 +584,7 @@ def replace(cfg: Config, overrides: list[str]) -> Config:
 
 __all__ = [
     "Config", "ConfigError", "ModelConfig", "DataConfig", "TrainConfig", "LossConfig",
-    "EncoderConfig", "BackboneSharing", "DropTokenSampling", "CropStyle", "load_config",
-    "available_presets", "to_dict", "to_yaml", "from_dict", "replace",
+    "EncoderConfig", "BackboneSharing", "DropTokenSampling", "CropStyle", "Precision",
+    "load_config", "available_presets", "to_dict", "to_yaml", "from_dict", "replace",
     "StorageConfig", "ClusterConfig", "TrainingTarget", "Accelerator", "CleanupPolicy",
 ]

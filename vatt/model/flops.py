@@ -10,6 +10,7 @@ measured total minus half the attention share (spec section 8).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -43,6 +44,22 @@ def count_flops(module: nn.Module, *inputs, per: int = 1) -> FlopCount:
     total = sum(counts.values())
     attention = sum(v for op, v in counts.items() if "bmm" in str(op))
     return FlopCount(total // per, attention // per)
+
+
+def count_training_flops(build: Callable[[], nn.Module], inputs: Callable[[], Any]) -> int:
+    """FLOPs of one forward + backward of `build()(inputs())`, both made on the meta device, as
+    FlopCounterMode counts them (attention included, at 4*N^2*d per layer: what the hardware
+    computes, for MFU). The loss is a sum of squares of the outputs: the real losses compare
+    B x B embeddings (negligible FLOPs) and do not run on meta. The optimiser is not counted."""
+    with torch.device("meta"):
+        module = build().train()
+        args = inputs()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = module(args)
+        leaves = [v for m in out.values() for v in m.values()] if isinstance(out, dict) else [out]
+        sum(leaf.float().square().sum() for leaf in leaves).backward()
+    return counter.get_total_flops()
 
 
 def meta_batch(cfg: Config, batch_size: int = 2, num_frames: int | None = None,

@@ -30,6 +30,7 @@ from vatt.checkpoints import checkpoint_dir_name
 from vatt.config import Config, from_dict
 from vatt.train.checkpoint import (DataPosition, TrainState, load_checkpoint, save_checkpoint,
                                    seed_everything)
+from vatt.train.precision import PrecisionChoice, autocast, resolve_precision
 from vatt.train.schedule import build_optimizer, set_learning_rate
 from vatt.train.sync_batchnorm import convert_batchnorm
 from vatt.train.validation import Validator, validation_due
@@ -79,18 +80,16 @@ def build_training(cfg: Config, device: torch.device,
     return model, train_model, optimizer
 
 
-def autocast(cfg: Config, device: torch.device):
-    if device.type == "cuda" and cfg.train.bf16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def train_step(cfg: Config, train_model: nn.Module, optimizer: torch.optim.Optimizer,
                micro_batches: list[dict[str, torch.Tensor]], step: int,
-               device: torch.device) -> tuple[dict[str, torch.Tensor], float]:
-    """One optimiser update over `micro_batches`; returns (summed detached losses, lr)."""
+               device: torch.device, precision: Optional[PrecisionChoice] = None
+               ) -> tuple[dict[str, torch.Tensor], float]:
+    """One optimiser update over `micro_batches`; returns (summed detached losses, lr).
+    `precision`: resolved once by the caller (None: from train.precision on `device`)."""
     from vatt.losses import vatt_loss
 
+    if precision is None:
+        precision = resolve_precision(cfg.train.precision, device)
     train_model.train()
     lr = set_learning_rate(optimizer, step, cfg.train.optim)
     optimizer.zero_grad(set_to_none=True)
@@ -101,7 +100,7 @@ def train_step(cfg: Config, train_model: nn.Module, optimizer: torch.optim.Optim
         sync = contextlib.nullcontext() if last or not hasattr(train_model, "no_sync") \
             else train_model.no_sync()
         with sync:
-            with autocast(cfg, device):
+            with autocast(precision, device):  # backbones and heads; the optimiser stays fp32
                 outputs = train_model(batch)
             losses = vatt_loss(outputs, batch["text_mask"], cfg.loss)  # fp32, outside autocast
             (losses["total"] / len(micro_batches)).backward()
@@ -216,6 +215,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     batch_size = micro_batch_size(cfg, world)
 
     model, train_model, optimizer = build_training(cfg, device, vocab_words)
+    precision = resolve_precision(cfg.train.precision, device)
+    if rank == 0:  # to Ray's worker log (the console with VATT_VERBOSE); the driver logs it too
+        print(f"worker 0 on {device}: {precision.describe()}", flush=True)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -253,7 +255,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             micro.append(to_device(batch, device))
         if startup and "phase_first_batch" not in startup:
             startup["phase_first_batch"] = time.time()
-        losses, state.learning_rate = train_step(cfg, train_model, optimizer, micro, state.step, device)
+        losses, state.learning_rate = train_step(cfg, train_model, optimizer, micro, state.step,
+                                                 device, precision)
         state.step += 1
         if startup and "phase_first_step" not in startup:
             startup["phase_first_step"] = time.time()

@@ -21,13 +21,16 @@ import sys
 import time
 from dataclasses import dataclass, field, replace as dc_replace
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 # the run folder's history and vocabulary are written as a checkpoint's
 from vatt.checkpoints import HISTORY_FILE as HISTORY_JSON, VOCAB_FILE as VOCAB_JSON
 from vatt.config import Config, ConfigError, load_config, to_dict
 from vatt.train.checkpoint import read_history
 from vatt.train.preflight import PreflightError, check_config, check_resources, check_storage
+
+if TYPE_CHECKING:
+    from vatt.train.precision import PrecisionChoice
 
 LOSS_CURVE_PNG = "loss_curve.png"
 PHASES_JSON = "phases.json"  # seconds per phase of the last attempt (vatt.train.phases)
@@ -251,6 +254,15 @@ def write_run_summary(storage: Storage, run_name: str, history: list[dict[str, A
         stream.write(buffer.getvalue())
 
 
+def workers_precision(cfg: Config) -> PrecisionChoice:
+    """The precision the workers will run in, judged on this machine's CPU (workers on other
+    machines decide for themselves and print theirs to the worker log)."""
+    from vatt.train.precision import choose_precision, cpu_bf16_support
+
+    device_type = "cuda" if cfg.train.use_gpu else "xla" if cfg.train.use_tpu else "cpu"
+    return choose_precision(cfg.train.precision, device_type, cpu_bf16_support())
+
+
 def pretrain(cfg: Config, datasets: Optional[dict[str, Any]] = None,
              callbacks: Iterable[Any] = (), progress: bool = True) -> PretrainResult:
     """Run (or resume) pretraining as configured; `datasets` overrides the ingested dataset,
@@ -283,6 +295,7 @@ def pretrain(cfg: Config, datasets: Optional[dict[str, Any]] = None,
     log.info("pretraining run %s: %d steps of %d clips on %d worker(s); run folder %s",
              train.run_name, train.optim.total_steps, train.global_batch_size, train.num_workers,
              storage.run_uri(train.run_name))
+    log.info("%s", workers_precision(cfg).describe())
     feed = ProgressFeed(train.optim.total_steps, train.run_name) if progress else nullcontext()
     with feed:
         extra = [feed.callback] if progress else []

@@ -26,6 +26,8 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
             raise ValueError(f"GlobalBatchNorm1d expects (N, C) inputs, got shape {tuple(x.shape)}")
         from torch.distributed.nn.functional import all_reduce
 
+        # statistics in fp32 under bf16 autocast: E[x^2] - E[x]^2 cancels badly in 8 mantissa bits
+        x = x.float()
         count = torch.full((1,), float(x.shape[0]), device=x.device, dtype=x.dtype)
         # one all-reduce of [sum, sum of squares, count]; gradients flow back to every worker
         packed = all_reduce(torch.cat([x.sum(0), (x * x).sum(0), count]))  # (2C + 1,)
