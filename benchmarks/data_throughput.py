@@ -46,12 +46,13 @@ from vatt.data.synthetic import _howto_video
 def _prepare(preset: str, videos: int, work: Path) -> tuple:
     raw = work / "raw" / "howto100m"
     (raw / "videos").mkdir(parents=True, exist_ok=True)
+    cfg = load_config(preset, ["data.ingest.num_workers=2"])
     if not (raw / "caption.json").exists():
         captions = {}
         for i in range(videos):
-            captions.update(_howto_video({"seed": 0, "index": i, "root": str(raw)}))
+            captions.update(_howto_video({"seed": 0, "index": i, "root": str(raw),
+                                          "cue": cfg.data.ingest.synthetic_cue}))
         (raw / "caption.json").write_text(json.dumps(captions))
-    cfg = load_config(preset, ["data.ingest.num_workers=2"])
     out = work / f"data-{preset}"
     ingest_index(cfg, read_howto100m(raw, cfg.data.ingest), raw, out, "howto100m", progress=False)
     manifest = read_manifest(str(out), "howto100m")
