@@ -16,14 +16,19 @@ stored 224 x 304; clips are stored twice the window's length), then measures cli
   loader_train  `decode_clip`, training: a random window's T frames decoded, Inception random
                 resized crop to S x S, flip (p 0.5), colour jitter (p data.color_jitter_prob),
                 normalised to float32 [-1, 1]; audio with noise, sampled captions
-  ffmpeg        `ffmpeg -threads 1 -filter_threads 1`, one process over a concat list of the
-                clips (per-clip start-up excluded) with each clip's `inpoint`/`outpoint` the
-                middle window (only its T frames are decoded: MJPEG is intra-only), filters
-                `crop=min(iw,ih):min(iw,ih),scale=S:S:flags=bilinear,format=rgb24`, raw RGB
-                written to a pipe that is discarded: loader_eval's video work (less the float
-                normalisation), and less than loader_train's (no flip, jitter, audio, text)
+  ffmpeg_*      `ffmpeg -threads 1 -filter_threads 1`, one process over a concat list of the
+                clips (per-process start-up spread over them) with each clip's `inpoint` /
+                `outpoint` the middle window (only its T frames are decoded: MJPEG is
+                intra-only), filters `crop=<box>,scale=S:S:flags=bilinear,format=rgb24`, raw
+                RGB written to /dev/null (its size checked once through a pipe):
+    ffmpeg_centre   box = the centre square of the short side: loader_eval's video work, less
+                    the float normalisation, the audio and the captions
+    ffmpeg_typical  box = training's typical crop (mean area of data.crop_area, aspect 1,
+                    centred) scaled to S x S: loader_train's decode, crop and resize, less the
+                    flip, the jitter, the float normalisation, the audio and the captions
 
-and reports each per-round ratio to ffmpeg (median, min-max). It then reads the same data through
+and reports per-round ratios (median, min-max): loader_eval / ffmpeg_centre and
+loader_train / ffmpeg_typical are the comparisons at equal work. It then reads the same data through
 Ray Data (`build_dataset(..., training=True)`, the real path) with each of --ray-cpus CPUs and
 reports clips/s (median of --ray-epochs epochs after a warm-up epoch). With --train-steps it also
 runs a short `tiny` training loop and reports the share of step time spent waiting for data.
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -81,10 +87,10 @@ def _rate(fn, items: list) -> float:
     return len(items) / (time.perf_counter() - start)
 
 
-def _ffmpeg_command(rows: list[dict], work: Path, num_frames: int, fps: float,
-                    size: int) -> list[str] | None:
-    """ffmpeg decoding each clip's middle window of `num_frames` frames, centre-cropping it to
-    the short side's square and scaling that to `size` x `size` RGB (loader_eval's video work)."""
+def _ffmpeg_command(rows: list[dict], work: Path, num_frames: int, fps: float, size: int,
+                    crop: str) -> list[str] | None:
+    """ffmpeg decoding each clip's middle window of `num_frames` frames, cropping it with the
+    crop filter's `crop` arguments and scaling that to `size` x `size` RGB."""
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
         return None
@@ -105,7 +111,7 @@ def _ffmpeg_command(rows: list[dict], work: Path, num_frames: int, fps: float,
     return [ffmpeg, "-hide_banner", "-loglevel", "error", "-threads", "1",
             "-filter_threads", "1", "-f", "concat", "-safe", "0", "-i", str(listing),
             "-map", "0:v", "-vf",
-            f"crop='min(iw,ih)':'min(iw,ih)',scale={size}:{size}:flags=bilinear,format=rgb24",
+            f"crop={crop},scale={size}:{size}:flags=bilinear,format=rgb24",
             "-f", "rawvideo", "-"]
 
 
@@ -219,7 +225,20 @@ def main(argv: list[str] | None = None) -> int:
             evaluation = clip_spec(cfg, manifest, False, words, num_windows=1)
             clips = rows * -(-args.min_clips // len(rows))  # whole copies of the ingested clips
             size, frames_per_clip = cfg.data.frame_size, cfg.data.num_frames
-            command = _ffmpeg_command(clips, work / preset, frames_per_clip, cfg.data.fps, size)
+            stored_h, stored_w = decode_video(rows[0]["mp4"], [0]).shape[1:3]
+            # training's typical crop: the mean Inception area (mean of data.crop_area) at the
+            # aspect ratios' geometric mean (1 for [0.5, 2]), centred; ffmpeg crops one box for
+            # all clips (a concat list shares one filter graph)
+            aspect = math.sqrt(cfg.data.crop_aspect[0] * cfg.data.crop_aspect[1])
+            area = np.mean(cfg.data.crop_area) * stored_h * stored_w
+            typical = (min(stored_w, round(math.sqrt(area * aspect))),
+                       min(stored_h, round(math.sqrt(area / aspect))))
+            crops = {"ffmpeg_centre": "'min(iw,ih)':'min(iw,ih)'",
+                     "ffmpeg_typical": f"{typical[0]}:{typical[1]}"}
+            commands = {name: _ffmpeg_command(clips, work / preset, frames_per_clip,
+                                              cfg.data.fps, size, crop)
+                        for name, crop in crops.items()}
+            command = commands["ffmpeg_centre"]
 
             def window(row):
                 record = json.loads(row["record"])
@@ -232,20 +251,25 @@ def main(argv: list[str] | None = None) -> int:
                 "loader_train": lambda r: decode_clip(r, train),
             }
             if command:
-                _check_ffmpeg(command, len(clips) * frames_per_clip * size * size * 3)
-            rates: dict[str, list[float]] = {name: [] for name in [*methods, "ffmpeg"]}
+                for each in commands.values():
+                    _check_ffmpeg(each, len(clips) * frames_per_clip * size * size * 3)
+            rates: dict[str, list[float]] = {name: [] for name in [*methods, *commands]}
             for _ in range(args.rounds):  # alternating: load drifts hit every method alike
                 for name, fn in methods.items():
                     rates[name].append(_rate(fn, clips))
-                if command:
-                    rates["ffmpeg"].append(_ffmpeg_rate(command, len(clips)))
-            entry: dict = {"clips_per_round": len(clips), "stored": list(decode_video(
-                rows[0]["mp4"], [0]).shape[1:3]), "clips_per_s": {
-                    name: _spread(values) for name, values in rates.items() if values}}
-            if command:
-                for name in methods:
-                    entry[f"{name}_vs_ffmpeg"] = _spread(
-                        [a / b for a, b in zip(rates[name], rates["ffmpeg"])])
+                for name, each in commands.items():
+                    if each:
+                        rates[name].append(_ffmpeg_rate(each, len(clips)))
+            entry: dict = {"clips_per_round": len(clips), "stored": [stored_h, stored_w],
+                           "ffmpeg_typical_crop": list(typical), "clips_per_s": {
+                               name: _spread(values) for name, values in rates.items() if values}}
+            if command:  # per-round ratios at equal work
+                for name, against in (("pyav_window", "ffmpeg_centre"),
+                                      ("loader_eval", "ffmpeg_centre"),
+                                      ("loader_train", "ffmpeg_typical"),
+                                      ("loader_train", "ffmpeg_centre")):
+                    entry[f"{name}_vs_{against}"] = _spread(
+                        [a / b for a, b in zip(rates[name], rates[against])])
             entry["ray_data_train"] = {f"{cpus}_cpus": _ray_rates(cfg, out, cpus, args.ray_epochs)
                                        for cpus in args.ray_cpus}
             if preset == "tiny" and args.train_steps > 1:

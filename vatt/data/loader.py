@@ -40,6 +40,13 @@ deterministic: `num_windows` (default data.eval_num_windows) windows spread even
 each as `num_crops` (default 1) square crops of the short side spread evenly along the long side
 (1: the centre; 3: left, centre, right, the spec's fine-tuning test), one row per window and crop
 (average over rows with the same clip_index), no augmentation, the first L captions.
+
+Only the windows' frames are decoded, and pixels stay uint8 until the last step: the crop is a
+view, resized once (bilinear, antialiased when it shrinks) to S x S and flipped in uint8, then
+colour jitter, scaling and normalisation are one affine map applied in float32 at the output
+size. That equals the same steps in float32 within one uint8 level (times the jitter's gain;
+tests/test_data_augment.py) and is several times faster at the spec's input (BENCHMARKS.md,
+issue 15).
 """
 
 from __future__ import annotations
