@@ -40,6 +40,13 @@ deterministic: `num_windows` (default data.eval_num_windows) windows spread even
 each as `num_crops` (default 1) square crops of the short side spread evenly along the long side
 (1: the centre; 3: left, centre, right, the spec's fine-tuning test), one row per window and crop
 (average over rows with the same clip_index), no augmentation, the first L captions.
+
+Only the windows' frames are decoded, and pixels stay uint8 until the last step: the crop is a
+view, resized once (bilinear, antialiased when it shrinks) to S x S and flipped in uint8, then
+colour jitter, scaling and normalisation are one affine map applied in float32 at the output
+size. That equals the same steps in float32 within one uint8 level (times the jitter's gain;
+tests/test_data_augment.py) and is several times faster at the spec's input (BENCHMARKS.md,
+issue 15).
 """
 
 from __future__ import annotations
@@ -205,20 +212,26 @@ def _crop_box(rng: np.random.Generator, h: int, w: int, spec: ClipSpec) -> tuple
 
 
 def _resize(frames, size: int):
+    """(T, 3, h, w) uint8, any strides -> (T, 3, size, size) uint8, channels-last in memory.
+
+    Bilinear on uint8 (torch's fixed-point kernel, within one uint8 level of the float one),
+    antialiased only to shrink (antialias costs and upscaling needs none)."""
+    import torch
     import torch.nn.functional as F
 
-    # frames: (T, 3, h, w) float -> (T, 3, size, size)
-    shrink = frames.shape[-1] > size or frames.shape[-2] > size  # antialias costs; only to shrink
+    shrink = frames.shape[-1] > size or frames.shape[-2] > size
+    # the uint8 kernels want packed RGB: a cropped view is copied once, at the crop's size
+    frames = frames.contiguous(memory_format=torch.channels_last)
     return F.interpolate(frames, size=(size, size), mode="bilinear", align_corners=False,
                          antialias=shrink)
 
 
-def _colour_jitter(video, rng: np.random.Generator, spec: ClipSpec):
-    """video (T, 3, H, W) in [0, 1] -> brightness, contrast, saturation and hue jitter (spec
-    section 1), in that order. Each step is affine in the pixel values (contrast uses the clip
-    mean), so the four are composed into one 3x3 matrix and offset and applied in one pass."""
-    import torch
-
+def _jitter_affine(mean: float, rng: np.random.Generator, spec: ClipSpec
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Colour jitter (spec section 1) as one affine map of RGB in [0, 1]: x -> matrix @ x + offset
+    (before the clamp to [0, 1]). Brightness, contrast, saturation and hue, in that order, are
+    each affine in the pixel values (contrast about `mean`, the clip's mean before jitter), so
+    the four compose into one 3x3 matrix and offset."""
     delta = float(rng.uniform(-spec.brightness, spec.brightness))
     contrast = float(rng.uniform(1 - spec.contrast, 1 + spec.contrast))
     saturation = float(rng.uniform(1 - spec.saturation, 1 + spec.saturation))
@@ -226,7 +239,7 @@ def _colour_jitter(video, rng: np.random.Generator, spec: ClipSpec):
     luma = np.array([0.299, 0.587, 0.114])
     eye = np.eye(3)
     # brightness: x + delta; contrast: (x - m) c + m with m the mean after brightness
-    mean = float(video.mean()) + delta
+    mean = mean + delta
     matrix, offset = contrast * eye, contrast * delta + (1 - contrast) * mean * np.ones(3)
     # saturation: s x + (1 - s) gray(x)
     sat = saturation * eye + (1 - saturation) * np.outer(np.ones(3), luma)
@@ -235,7 +248,15 @@ def _colour_jitter(video, rng: np.random.Generator, spec: ClipSpec):
     to_yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
     c, s = math.cos(theta), math.sin(theta)
     hue = np.linalg.inv(to_yiq) @ np.array([[1.0, 0, 0], [0, c, -s], [0, s, c]]) @ to_yiq
-    matrix, offset = hue @ matrix, hue @ offset
+    return hue @ matrix, hue @ offset
+
+
+def _colour_jitter(video, rng: np.random.Generator, spec: ClipSpec):
+    """video (T, 3, H, W) float in [0, 1] -> jittered and clamped to [0, 1]: the plain float
+    statement of the jitter (the loader applies the same map in `_normalise`)."""
+    import torch
+
+    matrix, offset = _jitter_affine(float(video.mean()), rng, spec)
     t, _, h, w = video.shape
     flat = video.permute(1, 0, 2, 3).reshape(3, -1)  # (3, T*H*W)
     out = torch.addmm(torch.tensor(offset, dtype=video.dtype)[:, None],
@@ -243,31 +264,69 @@ def _colour_jitter(video, rng: np.random.Generator, spec: ClipSpec):
     return out.reshape(3, t, h, w).permute(1, 0, 2, 3).clamp_(0.0, 1.0)
 
 
+def _normalise(pixels, jitter: Optional[np.random.Generator] = None,
+               spec: Optional[ClipSpec] = None):
+    """(T, S, S, 3) uint8, contiguous -> float32 in [-1, 1]: x / 255 * 2 - 1, after the colour
+    jitter (`_jitter_affine` with parameters drawn from `jitter`, then the clamp to [0, 1]) when
+    `jitter` is given.
+
+    The jitter, the scaling to [0, 1] and the normalisation are one affine map, applied frame by
+    frame (a frame's floats stay in cache) as a matrix product of k pixels at a time against k
+    copies of the 3x3 matrix on the diagonal: (N/8, 24) x (24, 24) ran 3-5x faster here than
+    (N, 3) x (3, 3), which BLAS handles poorly."""
+    import torch
+
+    out = torch.empty(pixels.shape, dtype=torch.float32)
+    if jitter is None:
+        for frame, target in zip(pixels, out):
+            target.copy_(frame).mul_(2.0 / 255.0).sub_(1.0)
+        return out
+    # the clip's mean in [0, 1] (contrast pivots on it); numpy sums uint8 fastest
+    mean = float(pixels.numpy().sum(dtype=np.uint64)) / (255.0 * pixels.numel())
+    matrix, offset = _jitter_affine(mean, jitter, spec)
+    # [-1, 1] = 2 [0, 1] - 1, and the clamp to [0, 1] becomes one to [-1, 1]
+    weight = torch.tensor(matrix.T * (2.0 / 255.0), dtype=torch.float32)  # (3 in, 3 out)
+    bias = torch.tensor(2.0 * offset - 1.0, dtype=torch.float32)
+    per_frame = pixels[0].numel() // 3
+    k = next(k for k in (8, 4, 2, 1) if per_frame % k == 0)
+    weight, bias = torch.block_diag(*[weight] * k), bias.repeat(k)  # (3k, 3k), (3k,)
+    for frame, target in zip(pixels, out):
+        values = frame.float().view(-1, 3 * k)  # (S*S/k, 3k): k pixels a row
+        torch.addmm(bias, values, weight, out=target.view(-1, 3 * k)).clamp_(-1.0, 1.0)
+    return out
+
+
 def _spatial(frames: np.ndarray, rng: Optional[np.random.Generator], spec: ClipSpec,
              crop: int = 0) -> np.ndarray:
     """(T, h, w, 3) uint8 -> (T, S, S, 3) float32 in [-1, 1]; `crop` picks one of the
-    evaluation's spec.num_crops square crops."""
+    evaluation's spec.num_crops square crops.
+
+    Pixels stay uint8 until the final normalisation: crop (a view), one uint8 resize to S x S,
+    flip, then colour jitter and normalisation fused into one float pass at the output size.
+    Equal to the same steps in float32 within rounding (tests/test_data_augment.py)."""
     import torch
 
-    video = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, h, w)
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, 3, h, w) view, channels last
     _, _, h, w = video.shape
     size = spec.frame_size
+    jitter = None
     if rng is None:  # evaluation: a square crop of the short side, spread along the long side
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2
         if spec.num_crops > 1:
-            offset = int(round(crop * (max(h, w) - side) / (spec.num_crops - 1)))
-            top, left = (offset, 0) if h > w else (0, offset)
+            offset_px = int(round(crop * (max(h, w) - side) / (spec.num_crops - 1)))
+            top, left = (offset_px, 0) if h > w else (0, offset_px)
         video = video[:, :, top:top + side, left:left + side]
         if side != size:
             video = _resize(video, size)
     else:
         if spec.crop == CropStyle.vgg.value:  # resize + scale jitter, then a random crop
-            scale = rng.uniform(1.0, 1.25) * size / min(h, w)
-            nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
             import torch.nn.functional as F
 
-            video = F.interpolate(video, size=(nh, nw), mode="bilinear", align_corners=False)
+            scale = rng.uniform(1.0, 1.25) * size / min(h, w)
+            nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+            video = F.interpolate(video.contiguous(memory_format=torch.channels_last),
+                                  size=(nh, nw), mode="bilinear", align_corners=False)
             top, left = int(rng.integers(0, nh - size + 1)), int(rng.integers(0, nw - size + 1))
             video = video[:, :, top:top + size, left:left + size]
         else:
@@ -276,8 +335,9 @@ def _spatial(frames: np.ndarray, rng: Optional[np.random.Generator], spec: ClipS
         if rng.random() < 0.5:
             video = video.flip(-1)
         if rng.random() < spec.jitter_prob:
-            video = _colour_jitter(video, rng, spec)
-    return (video.permute(0, 2, 3, 1) * 2.0 - 1.0).contiguous().numpy()  # (T, S, S, 3)
+            jitter = rng
+    pixels = video.permute(0, 2, 3, 1).contiguous()  # (T, S, S, 3) uint8
+    return _normalise(pixels, jitter, spec).numpy()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,14 +375,14 @@ def decode_clip(row: dict, spec: ClipSpec) -> list[dict]:
     else:
         length = int((len(audio) if audio is not None else 0) / spec.sample_rate * spec.fps)
     starts = [0] if image else _window_starts(length, spec, rng)
-    frames: dict[int, np.ndarray] = {}
     if has_video:
         # stored frame of each frame at data.fps; only the windows' frames are decoded
         def source(j: int) -> int:
             return min(stored - 1, int(min(j, length - 1) / fps_ratio))
 
         needed = sorted({source(j) for s in starts for j in range(s, s + num_frames)})
-        frames = dict(zip(needed, decode_video(row["mp4"], needed)))
+        decoded = decode_video(row["mp4"], needed)  # (len(needed), h, w, 3)
+        position = {frame: i for i, frame in enumerate(needed)}
 
     vocab = _vocabulary(spec.vocab_words)
     captions = list(record["captions"])
@@ -341,7 +401,9 @@ def decode_clip(row: dict, spec: ClipSpec) -> list[dict]:
     views = [(w, start, c) for w, start in enumerate(starts) for c in range(crops)]
     for window, start, crop in views:
         if has_video:
-            clip = np.stack([frames[source(j)] for j in range(start, start + num_frames)])
+            take = [position[source(j)] for j in range(start, start + num_frames)]
+            # one window of distinct frames is the decoded array itself: no copy
+            clip = decoded if take == list(range(len(decoded))) else decoded[take]
             video = _spatial(clip, rng, spec, crop)
         else:
             video = np.zeros((spec.num_frames, spec.frame_size, spec.frame_size, 3), np.float32)
@@ -352,8 +414,9 @@ def decode_clip(row: dict, spec: ClipSpec) -> list[dict]:
             wave[:len(piece)] = piece
             if spec.training and spec.noise_std > 0:
                 peak = float(np.abs(wave).max())
-                wave = wave + rng.normal(0.0, spec.noise_std * peak, wave.shape).astype(np.float32)
-                wave = np.clip(wave, -1.0, 1.0)
+                noise = rng.standard_normal(wave.shape, dtype=np.float32)
+                wave += noise * np.float32(spec.noise_std * peak)
+                np.clip(wave, -1.0, 1.0, out=wave)
         item = {
             "video": video, "audio": wave, "text": text, "text_mask": mask,
             "label": np.int64(record.get("label", -1)), "fold": np.int64(record.get("fold", 0)),

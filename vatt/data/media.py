@@ -364,13 +364,20 @@ def decode_video(data: bytes, indices: Optional[list[int]] = None) -> np.ndarray
     """MP4 bytes -> (N, H, W, 3) uint8: every frame, or only frames `indices` (sorted, unique)
     in that order. Stored clips are intra-only (MJPEG), so frames outside `indices` are not
     decoded at all; for other codecs every frame is decoded and the wanted ones kept."""
+    from av.video.reformatter import VideoReformatter
+
+    # one converter for the clip: a frame's own to_ndarray(format=...) builds a new swscale
+    # context per frame, which cost 5x the MJPEG decode itself (BENCHMARKS.md, issue 15)
+    to_rgb = VideoReformatter()
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.video[0]
         if indices is None:
-            return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
+            return np.stack([to_rgb.reformat(f, format="rgb24").to_ndarray()
+                             for f in container.decode(stream)])
         wanted = set(indices)
         intra = stream.codec_context.name == "mjpeg"
-        out = []
+        out: Optional[np.ndarray] = None  # (len(indices), H, W, 3), filled in order
+        filled = 0
         for number, packet in enumerate(container.demux(stream)):
             if packet.size == 0:
                 continue
@@ -378,12 +385,16 @@ def decode_video(data: bytes, indices: Optional[list[int]] = None) -> np.ndarray
                 continue
             for frame in packet.decode():
                 if number in wanted:
-                    out.append(frame.to_ndarray(format="rgb24"))
+                    image = to_rgb.reformat(frame, format="rgb24").to_ndarray()
+                    if out is None:
+                        out = np.empty((len(indices), *image.shape), np.uint8)
+                    out[filled] = image
+                    filled += 1
             if number >= indices[-1]:
                 break
-        if len(out) != len(indices):
+        if filled != len(indices):
             raise ValueError(f"clip holds fewer frames than the {indices[-1] + 1} its record says")
-        return np.stack(out)
+        return out
 
 
 def encode_wav(audio: np.ndarray, sample_rate: int) -> bytes:
