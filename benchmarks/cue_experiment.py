@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from vatt.config import load_config
     from vatt.data import synthetic as S
-    from vatt.data.loader import _spatial, clip_spec
+    from vatt.data.loader import _spatial, clip_spec, video_to_float
     from vatt.evaluate import probes
     from vatt.losses import vatt_loss
     from vatt.model import build_model
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                     motion.append(c)
                     kind.append(S.SOUNDS.index(scene.sound))
                     ids.append(c * per_class + j)
-        return {"video": torch.stack(video), "audio": torch.stack(audio),
+        return {"video": video_to_float(torch.stack(video)), "audio": torch.stack(audio),
                 "motion": np.array(motion), "kind": np.array(kind), "ids": np.array(ids)}
 
     train_set, test_set = probe_set(15, args.seed + 1000), probe_set(10, args.seed + 2000)
@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         pick = r.choice(len(clips), cfg.train.global_batch_size, replace=False)
         text = torch.tensor([[vocab.encode(c, data.max_text_tokens) for c in clips[i][2]]
                              for i in pick])
-        batch = {"video": torch.stack([torch.from_numpy(_spatial(clips[i][0], r, training))
-                                       for i in pick]),
+        batch = {"video": video_to_float(torch.stack([torch.from_numpy(
+                     _spatial(clips[i][0], r, training)) for i in pick])),
                  "audio": torch.stack([clips[i][1] for i in pick]),
                  "text": text, "text_mask": torch.ones(text.shape[:2])}
         losses = vatt_loss(model(batch), batch["text_mask"], cfg.loss)

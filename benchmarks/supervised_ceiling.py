@@ -32,7 +32,7 @@ def make_clips(cfg, count: int, tower: str, seed: int):
     from tqdm import tqdm
 
     from vatt.data import synthetic as S
-    from vatt.data.loader import _spatial, clip_spec
+    from vatt.data.loader import _spatial, clip_spec, video_to_float
 
     rng = np.random.default_rng(seed)
     data, seconds = cfg.data, cfg.data.num_frames / cfg.data.fps
@@ -45,7 +45,7 @@ def make_clips(cfg, count: int, tower: str, seed: int):
             background = S.room(seed, rng)
             frames = np.stack([S.render(scene, background, start + k / data.fps, 1 / S.FPS, rng)[0]
                                for k in range(data.num_frames)])
-            inputs.append(torch.from_numpy(_spatial(frames, None, evaluation)))  # eval crop
+            inputs.append(video_to_float(torch.from_numpy(_spatial(frames, None, evaluation))))
         else:
             wave = torch.from_numpy(S.soundtrack(scene, S.SCENE_SECONDS, rng))
             wave = torchaudio.functional.resample(wave, S.RATE, data.sample_rate)

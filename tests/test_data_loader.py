@@ -12,7 +12,8 @@ import torch
 
 from vatt.config import load_config
 from vatt.data.ingest import ingest
-from vatt.data.loader import DataError, _spatial, build_dataset, clip_spec, torch_batches
+from vatt.data.loader import (DataError, _spatial, build_dataset, clip_spec, torch_batches,
+                              video_to_float)
 from vatt.data.media import decode_video, decode_wav
 from vatt.data.synthetic import RATE, write_video, write_wav
 from vatt.text import Vocabulary
@@ -142,15 +143,14 @@ def test_eval_crops_spread_along_the_long_side():
     frames = np.random.default_rng(0).integers(0, 255, (8, 64, 86, 3), dtype=np.uint8)
     three = clip_spec(cfg, manifest, False, ("<pad>", "<unk>"), num_crops=3)
     assert three.num_crops == 3
-    scaled = frames.astype(np.float32) / 127.5 - 1.0
+    # rows hold uint8 pixels: an evaluation crop at the output size is the stored pixels
     for crop, left in enumerate((0, 11, 22)):  # left, centre ((86 - 64) // 2), right
-        np.testing.assert_allclose(_spatial(frames, None, three, crop),
-                                   scaled[:, :, left:left + 64], atol=1e-5)
+        view = _spatial(frames, None, three, crop)
+        assert view.dtype == np.uint8 and np.array_equal(view, frames[:, :, left:left + 64])
     one = clip_spec(cfg, manifest, False, ("<pad>", "<unk>"))
-    np.testing.assert_allclose(_spatial(frames, None, one), _spatial(frames, None, three, 1))
+    assert np.array_equal(_spatial(frames, None, one), _spatial(frames, None, three, 1))
     tall = np.ascontiguousarray(frames.transpose(0, 2, 1, 3))  # portrait: crops go top to bottom
-    np.testing.assert_allclose(_spatial(tall, None, three, 2),
-                               tall[:, 22:86].astype(np.float32) / 127.5 - 1.0, atol=1e-5)
+    assert np.array_equal(_spatial(tall, None, three, 2), tall[:, 22:86])
     assert clip_spec(cfg, manifest, True, ("<pad>", "<unk>"), num_crops=3).num_crops == 1
 
 
@@ -180,12 +180,25 @@ def test_augmentation_only_in_training():
     assert centre.shape == (8, 64, 64, 3)
     a = _spatial(frames, np.random.default_rng(1), train)
     b = _spatial(frames, np.random.default_rng(2), train)
-    assert a.shape == centre.shape and a.min() >= -1 and a.max() <= 1
+    assert a.shape == centre.shape and a.dtype == centre.dtype == np.uint8
     assert not np.allclose(a, b) and not np.allclose(a, centre)
     # the same crop for every frame: a static video stays static after augmentation
     still = np.repeat(frames[:1], 8, axis=0)
     out = _spatial(still, np.random.default_rng(3), train)
     assert np.allclose(out, out[:1])
+
+
+def test_uint8_video_becomes_float_in_minus_one_one_and_audio_only_rows_zeros():
+    video = torch.zeros(3, 2, 4, 4, 3, dtype=torch.uint8)  # (B, T, H, W, 3)
+    video[0], video[1, :, :2] = 255, 128
+    out = video_to_float(video, torch.tensor([1.0, 1.0, 0.0]))
+    assert out.dtype == torch.float32 and out.shape == video.shape
+    assert torch.equal(out[0], torch.ones_like(out[0]))
+    assert torch.allclose(out[1, :, :2], torch.full_like(out[1, :, :2], 128 / 127.5 - 1),
+                          atol=1e-6)
+    assert torch.equal(out[1, :, 2:], -torch.ones_like(out[1, :, 2:]))
+    assert torch.equal(out[2], torch.zeros_like(out[2]))  # has_video 0: exactly zeros
+    assert video_to_float(video).min() == -1.0  # without has_video: every row converted
 
 
 def test_audio_only_and_multi_label_sources(ray_local, data_root):

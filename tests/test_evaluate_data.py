@@ -166,15 +166,17 @@ def _read_all_at_once(cfg, dataset, split, columns):
     sorted by (clip, window), then cut into eval.batch_size batches."""
     import numpy as np
 
-    from vatt.data.loader import build_dataset
+    from vatt.data.loader import build_dataset, video_to_float
     from vatt.evaluate.data import METADATA
 
     ds = build_dataset(cfg, split, training=False, dataset=dataset)
     parts = {}
     for batch in ds.iter_batches(batch_size=256, batch_format="numpy"):
-        for key in {*columns, *METADATA, "clip_index", "window"} & set(batch):
+        for key in {*columns, *METADATA, "clip_index", "window", "has_video"} & set(batch):
             parts.setdefault(key, []).append(batch[key])
     rows = {key: np.concatenate(value) for key, value in parts.items()}
+    if "video" in rows:  # rows hold uint8 pixels; batches float32 in [-1, 1]
+        rows["video"] = video_to_float(torch.from_numpy(rows["video"]), rows["has_video"]).numpy()
     order = np.lexsort((rows["window"], rows["clip_index"]))
     size = cfg.eval.batch_size
     return [{key: [str(v) for v in value[order[i:i + size]]] if value.dtype.kind in "OUS"

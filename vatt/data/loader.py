@@ -15,6 +15,9 @@ Row / batch schema (B = batch size, T = data.num_frames, H = W = data.frame_size
 S = data.audio_samples, L = data.num_text_candidates, K = data.max_text_tokens, C = classes):
 
     video        float32 [B, T, H, W, 3]  in [-1, 1], channels last; zeros when has_video is 0;
+                                          a row (Ray Data, `decode_clip`) holds it as uint8
+                                          [T, H, W, 3] (0-255; zeros when has_video is 0), and
+                                          `torch_batches` / `video_to_float` make the float;
                                           an image (a 1-frame clip, ImageNet) is its frame
                                           replicated to T = model.video.patch_size[0] (one
                                           temporal patch), one window per image
@@ -41,12 +44,13 @@ each as `num_crops` (default 1) square crops of the short side spread evenly alo
 (1: the centre; 3: left, centre, right, the spec's fine-tuning test), one row per window and crop
 (average over rows with the same clip_index), no augmentation, the first L captions.
 
-Only the windows' frames are decoded, and pixels stay uint8 until the last step: the crop is a
-view, resized once (bilinear, antialiased when it shrinks) to S x S and flipped in uint8, then
-colour jitter, scaling and normalisation are one affine map applied in float32 at the output
-size. That equals the same steps in float32 within one uint8 level (times the jitter's gain;
-tests/test_data_augment.py) and is several times faster at the spec's input (BENCHMARKS.md,
-issue 15).
+Only the windows' frames are decoded, and rows carry uint8 pixels (a quarter of float32's bytes
+through Ray's object store): the crop is a view, resized once (bilinear, antialiased when it
+shrinks) to S x S and flipped in uint8, then colour jitter is one affine map applied in float32
+at the output size and rounded back to uint8 (at most half a level more). The consumer's collate
+scales whole batches to [-1, 1]. That equals the same steps in float32 within 1.5 uint8 levels
+(times the jitter's gain; tests/test_data_augment.py) and is several times faster at the spec's
+input (BENCHMARKS.md, issue 15).
 """
 
 from __future__ import annotations
@@ -253,7 +257,7 @@ def _jitter_affine(mean: float, rng: np.random.Generator, spec: ClipSpec
 
 def _colour_jitter(video, rng: np.random.Generator, spec: ClipSpec):
     """video (T, 3, H, W) float in [0, 1] -> jittered and clamped to [0, 1]: the plain float
-    statement of the jitter (the loader applies the same map in `_normalise`)."""
+    statement of the jitter (the loader applies the same map in `_colour_uint8`)."""
     import torch
 
     matrix, offset = _jitter_affine(float(video.mean()), rng, spec)
@@ -264,46 +268,61 @@ def _colour_jitter(video, rng: np.random.Generator, spec: ClipSpec):
     return out.reshape(3, t, h, w).permute(1, 0, 2, 3).clamp_(0.0, 1.0)
 
 
-def _normalise(pixels, jitter: Optional[np.random.Generator] = None,
-               spec: Optional[ClipSpec] = None):
-    """(T, S, S, 3) uint8, contiguous -> float32 in [-1, 1]: x / 255 * 2 - 1, after the colour
-    jitter (`_jitter_affine` with parameters drawn from `jitter`, then the clamp to [0, 1]) when
-    `jitter` is given.
+def _colour_uint8(pixels, jitter: Optional[np.random.Generator] = None,
+                  spec: Optional[ClipSpec] = None):
+    """(T, S, S, 3) uint8, contiguous -> (T, S, S, 3) uint8: the colour jitter
+    (`_jitter_affine` with parameters drawn from `jitter`, the clamp to [0, 1]) rounded to the
+    nearest uint8 level, or `pixels` unchanged when `jitter` is None.
 
-    The jitter, the scaling to [0, 1] and the normalisation are one affine map, applied frame by
-    frame (a frame's floats stay in cache) as a matrix product of k pixels at a time against k
-    copies of the 3x3 matrix on the diagonal: (N/8, 24) x (24, 24) ran 3-5x faster here than
-    (N, 3) x (3, 3), which BLAS handles poorly."""
+    The rounding adds at most half a level (1/510 in [0, 1], 1/255 in [-1, 1]) to the float
+    jitter; rows stay uint8 (4x less to move through Ray's object store) and `video_to_float`
+    normalises whole batches in the consumer. The affine map runs frame by frame (a frame's
+    floats stay in cache) as a matrix product of k pixels at a time against k copies of the
+    3x3 matrix on the diagonal: (N/8, 24) x (24, 24) ran 3-5x faster here than (N, 3) x (3, 3),
+    which BLAS handles poorly."""
     import torch
 
-    out = torch.empty(pixels.shape, dtype=torch.float32)
     if jitter is None:
-        for frame, target in zip(pixels, out):
-            target.copy_(frame).mul_(2.0 / 255.0).sub_(1.0)
-        return out
+        return pixels
     # the clip's mean in [0, 1] (contrast pivots on it); numpy sums uint8 fastest
     mean = float(pixels.numpy().sum(dtype=np.uint64)) / (255.0 * pixels.numel())
     matrix, offset = _jitter_affine(mean, jitter, spec)
-    # [-1, 1] = 2 [0, 1] - 1, and the clamp to [0, 1] becomes one to [-1, 1]
-    weight = torch.tensor(matrix.T * (2.0 / 255.0), dtype=torch.float32)  # (3 in, 3 out)
-    bias = torch.tensor(2.0 * offset - 1.0, dtype=torch.float32)
+    # on the 0-255 scale; + 0.5 so that the float -> uint8 cast (truncation) rounds to nearest
+    weight = torch.tensor(matrix.T, dtype=torch.float32)  # (3 in, 3 out)
+    bias = torch.tensor(255.0 * offset + 0.5, dtype=torch.float32)
     per_frame = pixels[0].numel() // 3
     k = next(k for k in (8, 4, 2, 1) if per_frame % k == 0)
     weight, bias = torch.block_diag(*[weight] * k), bias.repeat(k)  # (3k, 3k), (3k,)
+    out = torch.empty_like(pixels)
+    jittered = torch.empty((per_frame // k, 3 * k), dtype=torch.float32)  # one frame, reused
     for frame, target in zip(pixels, out):
         values = frame.float().view(-1, 3 * k)  # (S*S/k, 3k): k pixels a row
-        torch.addmm(bias, values, weight, out=target.view(-1, 3 * k)).clamp_(-1.0, 1.0)
+        torch.addmm(bias, values, weight, out=jittered).clamp_(0.0, 255.0)
+        target.view(-1, 3 * k).copy_(jittered)  # truncates: jittered + 0.5 -> nearest level
+    return out
+
+
+def video_to_float(video, has_video=None):
+    """uint8 video [B, T, H, W, 3] (rows' pixels) -> float32 in [-1, 1], one vectorised pass;
+    rows whose `has_video` [B] is 0 become exactly zeros (no uint8 level maps to 0.0)."""
+    import torch
+
+    out = video.float().mul_(2.0 / 255.0).sub_(1.0)  # one copy (the cast), then in place
+    if has_video is not None:
+        missing = torch.as_tensor(has_video) == 0  # (B,)
+        if bool(missing.any()):
+            out[missing] = 0.0
     return out
 
 
 def _spatial(frames: np.ndarray, rng: Optional[np.random.Generator], spec: ClipSpec,
              crop: int = 0) -> np.ndarray:
-    """(T, h, w, 3) uint8 -> (T, S, S, 3) float32 in [-1, 1]; `crop` picks one of the
-    evaluation's spec.num_crops square crops.
+    """(T, h, w, 3) uint8 -> (T, S, S, 3) uint8 (a row's video; `video_to_float` maps it to
+    [-1, 1]); `crop` picks one of the evaluation's spec.num_crops square crops.
 
-    Pixels stay uint8 until the final normalisation: crop (a view), one uint8 resize to S x S,
-    flip, then colour jitter and normalisation fused into one float pass at the output size.
-    Equal to the same steps in float32 within rounding (tests/test_data_augment.py)."""
+    Pixels stay uint8 throughout: crop (a view), one uint8 resize to S x S, flip, then colour
+    jitter as one float pass at the output size, rounded back to uint8. Equal to the same steps
+    in float32 within rounding (tests/test_data_augment.py)."""
     import torch
 
     video = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, 3, h, w) view, channels last
@@ -337,7 +356,7 @@ def _spatial(frames: np.ndarray, rng: Optional[np.random.Generator], spec: ClipS
         if rng.random() < spec.jitter_prob:
             jitter = rng
     pixels = video.permute(0, 2, 3, 1).contiguous()  # (T, S, S, 3) uint8
-    return _normalise(pixels, jitter, spec).numpy()
+    return _colour_uint8(pixels, jitter, spec).numpy()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,7 +425,8 @@ def decode_clip(row: dict, spec: ClipSpec) -> list[dict]:
             clip = decoded if take == list(range(len(decoded))) else decoded[take]
             video = _spatial(clip, rng, spec, crop)
         else:
-            video = np.zeros((spec.num_frames, spec.frame_size, spec.frame_size, 3), np.float32)
+            # zeros here; `video_to_float` makes has_video 0 rows exactly 0.0
+            video = np.zeros((spec.num_frames, spec.frame_size, spec.frame_size, 3), np.uint8)
         wave = np.zeros(spec.audio_samples, dtype=np.float32)
         if audio is not None:
             a0 = int(round(start / spec.fps * spec.sample_rate))
@@ -501,6 +521,8 @@ def build_dataset(cfg: Config, split: str, training: bool, dataset: str = "synth
 
 
 def _collate(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Ray batch (numpy) -> torch tensors (strings as lists); the uint8 video becomes float32
+    in [-1, 1] here, over the whole batch (schema: module doc)."""
     import torch
 
     out: dict[str, Any] = {}
@@ -509,6 +531,8 @@ def _collate(batch: dict[str, np.ndarray]) -> dict[str, Any]:
             out[name] = [str(v) for v in values]
         else:
             out[name] = torch.from_numpy(np.require(values, requirements=["C", "W"]))
+    if "video" in out:
+        out["video"] = video_to_float(out["video"], out.get("has_video"))
     return out
 
 
@@ -522,5 +546,5 @@ def torch_batches(source, batch_size: int, training: bool, shuffle_buffer: int =
         drop_last=training, local_shuffle_buffer_size=shuffle_buffer if training else None)
 
 
-__all__ = ["build_dataset", "torch_batches", "decode_clip", "read_manifest", "manifest_sha256",
-           "clip_spec", "load_vocab_words", "DataError", "ClipSpec"]
+__all__ = ["build_dataset", "torch_batches", "decode_clip", "video_to_float", "read_manifest",
+           "manifest_sha256", "clip_spec", "load_vocab_words", "DataError", "ClipSpec"]

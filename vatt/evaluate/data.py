@@ -107,7 +107,7 @@ class EvalSplit:
     def _split_batches(self, split: str, shard_seed: Optional[int]) -> Iterator[dict[str, Any]]:
         import torch
 
-        from vatt.data.loader import build_dataset
+        from vatt.data.loader import build_dataset, video_to_float
 
         ds = build_dataset(self.cfg, split, training=False, dataset=self.dataset,
                            root=str(self.cfg.data.path), num_windows=self.num_windows,
@@ -124,6 +124,8 @@ class EvalSplit:
                 batch[key] = [str(v) for v in value] if value.dtype == object \
                     or value.dtype.kind in "US" \
                     else torch.from_numpy(np.require(value, requirements=["C", "W"]))
+            if "video" in batch:  # rows hold uint8 pixels (vatt.data.loader schema)
+                batch["video"] = video_to_float(batch["video"], rows["has_video"])
             empty = False
             yield batch
         if empty:
