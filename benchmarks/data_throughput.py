@@ -11,11 +11,14 @@ stored 224 x 304; clips are stored twice the window's length), then measures cli
 
   pyav_window   `decode_video` of the middle window's T frames to RGB + `decode_wav`
   loader_eval   `decode_clip`, evaluation: the middle window's T frames decoded, the centre
-                square of the short side resized to S x S, normalised to float32 [-1, 1];
-                the audio and the captions
+                square of the short side resized to S x S, uint8 (float32 [-1, 1] before
+                issue 15's uint8 rows); the audio and the captions
   loader_train  `decode_clip`, training: a random window's T frames decoded, Inception random
                 resized crop to S x S, flip (p 0.5), colour jitter (p data.color_jitter_prob),
-                normalised to float32 [-1, 1]; audio with noise, sampled captions
+                uint8 rows (float32 [-1, 1] before issue 15's uint8 rows); audio with noise,
+                sampled captions
+  loader_train_float  loader_train + `video_to_float` per clip (what collate now does per
+                batch): equal work with the former float32 rows
   ffmpeg_*      `ffmpeg -threads 1 -filter_threads 1`, one process over a concat list of the
                 clips (per-process start-up spread over them) with each clip's `inpoint` /
                 `outpoint` the middle window (only its T frames are decoded: MJPEG is
@@ -55,6 +58,11 @@ import torch
 from vatt.config import load_config
 from vatt.data.ingest import ingest_index
 from vatt.data.loader import _read_shard, clip_spec, decode_clip, load_vocab_words, read_manifest
+
+try:  # rows carry uint8 video since issue 15's second step; float32 before
+    from vatt.data.loader import video_to_float
+except ImportError:
+    video_to_float = None
 from vatt.data.media import decode_video, decode_wav
 from vatt.data.sources import read_howto100m
 from vatt.data.synthetic import _howto_video
@@ -131,10 +139,11 @@ def _ffmpeg_rate(command: list[str], clips: int) -> float:
 
 
 def _ray_rates(cfg, out: Path, cpus: int, epochs: int) -> dict:
-    """clips/s of the training path through Ray Data (read, decode, augment) with `cpus` CPUs."""
+    """clips/s of the training path through Ray Data (read, decode, augment, collate) with
+    `cpus` CPUs."""
     import ray
 
-    from vatt.data.loader import build_dataset
+    from vatt.data.loader import _collate, build_dataset
 
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     try:
@@ -143,7 +152,9 @@ def _ray_rates(cfg, out: Path, cpus: int, epochs: int) -> dict:
         rates = []
         for epoch in range(epochs + 1):  # the first epoch starts the workers
             start = time.perf_counter()
-            rows = sum(len(b["clip_index"]) for b in ds.iter_batches(batch_size=4))
+            # consumer-ready batches: `_collate` (uint8 rows -> float32 video) runs on the driver
+            rows = sum(len(_collate(b)["clip_index"])
+                       for b in ds.iter_batches(batch_size=4, batch_format="numpy"))
             if epoch:
                 rates.append(rows / (time.perf_counter() - start))
     finally:
@@ -250,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
                 "loader_eval": lambda r: decode_clip(r, evaluation),
                 "loader_train": lambda r: decode_clip(r, train),
             }
+            if video_to_float is not None:  # uint8 rows: the consumer's conversion added back
+                methods["loader_train_float"] = lambda r: [
+                    video_to_float(torch.from_numpy(row["video"])) for row in decode_clip(r, train)]
             if command:
                 for each in commands.values():
                     _check_ffmpeg(each, len(clips) * frames_per_clip * size * size * 3)
@@ -267,7 +281,10 @@ def main(argv: list[str] | None = None) -> int:
                 for name, against in (("pyav_window", "ffmpeg_centre"),
                                       ("loader_eval", "ffmpeg_centre"),
                                       ("loader_train", "ffmpeg_typical"),
+                                      ("loader_train_float", "ffmpeg_typical"),
                                       ("loader_train", "ffmpeg_centre")):
+                    if name not in rates:  # loader_train_float: only with uint8 rows
+                        continue
                     entry[f"{name}_vs_{against}"] = _spread(
                         [a / b for a, b in zip(rates[name], rates[against])])
             entry["ray_data_train"] = {f"{cpus}_cpus": _ray_rates(cfg, out, cpus, args.ray_epochs)
