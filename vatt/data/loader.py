@@ -309,7 +309,8 @@ def video_to_float(video, has_video=None):
 
     out = video.float().mul_(2.0 / 255.0).sub_(1.0)  # one copy (the cast), then in place
     if has_video is not None:
-        missing = torch.as_tensor(has_video) == 0  # (B,)
+        # compared in numpy: Ray's batches are read-only arrays, which torch warns about
+        missing = torch.from_numpy(np.asarray(has_video) == 0)  # (B,) bool
         if bool(missing.any()):
             out[missing] = 0.0
     return out
