@@ -154,7 +154,6 @@ def mfu_table(args, precision: str, batch: int, rounds: int,
     peak = matmul_peak(DTYPES[precision])
     emulated = precision == "bf16" and not cpu_bf16_support().native
     cfg = backbone_cfg(0.0)
-    grid = cfg.data.num_frames // 4, 128 // 16, 128 // 16  # tiny's video patches: 2x16x16
     note = " (EMULATED: this CPU lacks avx512_bf16/AMX)" if emulated else ""
     print(f"\n## MFU, {precision}{note}: width-768 video backbone, 4 layers, batch {batch}")
     print(f"{precision} matmul peak (2048^3, best of 5, same run): {peak / 1e9:.1f} GFLOP/s")
@@ -203,7 +202,7 @@ def mfu_table(args, precision: str, batch: int, rounds: int,
 # --- 3. torch.compile ------------------------------------------------------------------------
 
 def compile_table(args) -> None:
-    print(f"\n## torch.compile vs eager, fp32, training step (forward, backward, Adam)")
+    print("\n## torch.compile vs eager, fp32, training step (forward, backward, Adam)")
     print("| model | eager step (s) | compiled step (s) | compiled / eager | compile warm-up (s) |")
     print("|---|---|---|---|---|")
     tiny = load_config(args.preset, args.overrides)
