@@ -128,6 +128,7 @@ def test_checkpoint_that_is_not_ours_is_named(tmp_path):
     (["train.log_every=0"], "train.log_every"),
     (["train.max_failures=-5"], "train.max_failures"),
     (["train.poll_interval_s=0"], "train.poll_interval_s"),
+    (["train.read_ahead_batches=-1"], "train.read_ahead_batches"),
 ])
 def test_preflight_config_names_the_key(overrides, key):
     with pytest.raises(PreflightError, match=key):
@@ -247,3 +248,33 @@ def test_run_phases_split_a_run_into_its_stages():
                           "phase_model_ready": 181.0, "phase_first_batch": 182.0,
                           "phase_first_step": 183.0, "phase_checkpoint_s": 0.0}]
     assert run_phases({}, resumed)["steps"] == 17.0
+
+
+@pytest.mark.parametrize("read_ahead", [0, 3])
+def test_batch_stream_runs_epoch_after_epoch_and_resumes_where_it_was(read_ahead):
+    """A real Ray Data dataset of 40 rows in batches of 8: 5 per epoch. Read in the training
+    thread or by a thread ahead of it, the stream is the same: every row once per epoch, the
+    position of the last batch handed out, `limit` batches and no more, a resume that skips
+    what its epoch already gave, and a too-small dataset named in the training thread."""
+    import ray.data
+
+    from vatt.train.loop import batch_stream
+
+    rows = ray.data.from_items([{"clip_index": i} for i in range(40)])
+    position = DataPosition()
+    seen: dict[int, list[int]] = {}
+    places = []
+    for batch in batch_stream(rows, 8, position, limit=12, read_ahead=read_ahead):
+        seen.setdefault(position.epoch, []).extend(batch["clip_index"].tolist())
+        places.append((position.epoch, position.batches))
+    assert places == [(0, n) for n in range(1, 6)] + [(1, n) for n in range(1, 6)] + [(2, 1), (2, 2)]
+    assert sorted(seen[0]) == sorted(seen[1]) == list(range(40)) and len(seen[2]) == 16
+
+    resumed = DataPosition(1, 3)  # a checkpoint after the 3rd batch of epoch 1
+    places = [(resumed.epoch, resumed.batches)
+              for _ in batch_stream(rows, 8, resumed, limit=4, read_ahead=read_ahead)]
+    assert places == [(1, 4), (1, 5), (2, 1), (2, 2)]
+
+    tiny = ray.data.from_items([{"clip_index": i} for i in range(4)])
+    with pytest.raises(RuntimeError, match="fewer clips per worker"):
+        next(batch_stream(tiny, 8, DataPosition(), read_ahead=read_ahead))

@@ -262,6 +262,11 @@ class TrainConfig:
     # the default pretraining's shut-down from 4.6 s to under 1 s (BENCHMARKS.md, issue 15)
     poll_interval_s: float = 0.5
     log_every: int = 50  # steps between ray.train.report of loss, lr, clips/s, data-wait share
+    # micro-batches a thread of each worker reads ahead of training, across epochs: the next
+    # epoch's start (Ray Data's restart, the shuffle buffer's refill) overlaps the last batches
+    # of the one before instead of stalling every epoch. 0: read in the training thread. Each
+    # held micro-batch is float32 video in host memory (at mbs about 19 MB per clip)
+    read_ahead_batches: int = 8
     grad_accum: int = 1  # micro-batches per optimiser step
     # autocast dtype of the backbones and heads; the losses, BatchNorm statistics and the Adam
     # step stay fp32 (vatt.train.precision). Replaces the former `train.bf16` (true -> auto)

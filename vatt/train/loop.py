@@ -117,8 +117,82 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Te
     return {key: batch[key].to(device, non_blocking=True) for key in MODEL_INPUTS}
 
 
-def batch_stream(shard: Any, batch_size: int, position: DataPosition) -> Iterator[dict[str, Any]]:
-    """Endless micro-batches from a Ray Data shard, epoch after epoch, keeping `position` current.
+def _epochs(shard: Any, batch_size: int, start: DataPosition
+            ) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """(epoch, batch number in the epoch from 1, micro-batch) from `start` on, epoch after
+    epoch; the first epoch skips the `start.batches` micro-batches already trained on."""
+    from vatt.data.loader import torch_batches
+
+    epoch, skip = start.epoch, start.batches
+    while True:
+        seen = 0
+        for batch in torch_batches(shard, batch_size, training=True):
+            seen += 1
+            if seen > skip:
+                yield epoch, seen, batch
+        if seen == 0:
+            raise RuntimeError(
+                f"the training dataset gave no full batch of {batch_size} clips in epoch "
+                f"{epoch}: it has fewer clips per worker than that; ingest more data or lower "
+                "train.global_batch_size"
+            )
+        epoch, skip = epoch + 1, 0
+
+
+_END = object()  # the reading thread's last item: the micro-batches asked for were all read
+
+
+def _read_ahead(batches: Iterator[Any], depth: int) -> Iterator[Any]:
+    """`batches` read by a thread, up to `depth` items ahead of the caller. An exception in the
+    thread is raised in the caller; closing the generator stops the thread."""
+    import queue
+    import threading
+
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for item in batches:
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as err:  # noqa: BLE001 - handed to the training thread
+            put(err)
+
+    thread = threading.Thread(target=read, name="vatt-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def batch_stream(shard: Any, batch_size: int, position: DataPosition,
+                 limit: Optional[int] = None, read_ahead: int = 0) -> Iterator[dict[str, Any]]:
+    """Micro-batches from a Ray Data shard, epoch after epoch, keeping `position` current (the
+    last micro-batch handed out); `limit` of them at most (None: endless).
+
+    `read_ahead` > 0: a thread reads that many micro-batches ahead of training. At an epoch's
+    end Ray Data starts the next epoch (the workers meet at the split's barrier, the execution
+    restarts, the shuffle buffer refills: seconds, BENCHMARKS.md "fixed costs") while training
+    still takes the read-ahead batches; `limit` keeps the thread from starting an epoch that no
+    step will use.
 
     Resuming at `position` skips as many micro-batches of that epoch as were already trained
     on, so a resumed epoch has the length it would have had and the epoch count is right. It
@@ -127,24 +201,16 @@ def batch_stream(shard: Any, batch_size: int, position: DataPosition) -> Iterato
     whichever worker asks first), so after a restart the rest of the epoch is drawn afresh and
     a clip may be seen twice, or not at all, in that one epoch.
     """
-    from vatt.data.loader import torch_batches
+    import itertools
 
-    while True:
-        skip, seen = position.batches, 0
-        for batch in torch_batches(shard, batch_size, training=True):
-            seen += 1
-            if seen <= skip:
-                continue
-            position.batches = seen
-            yield batch
-        if seen == 0:
-            raise RuntimeError(
-                f"the training dataset gave no full batch of {batch_size} clips in epoch "
-                f"{position.epoch}: it has fewer clips per worker than that; ingest more data "
-                "or lower train.global_batch_size"
-            )
-        position.epoch += 1
-        position.batches = 0
+    numbered = _epochs(shard, batch_size, DataPosition(position.epoch, position.batches))
+    if limit is not None:
+        numbered = itertools.islice(numbered, limit)
+    if read_ahead > 0:
+        numbered = _read_ahead(numbered, read_ahead)
+    for epoch, number, batch in numbered:
+        position.epoch, position.batches = epoch, number
+        yield batch
 
 
 @dataclass
@@ -233,7 +299,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     checkpoint_seconds = 0.0  # writing and reporting checkpoints, this attempt
 
     total = cfg.train.optim.total_steps
-    batches = batch_stream(ray.train.get_dataset_shard("train"), batch_size, state.data)
+    batches = batch_stream(ray.train.get_dataset_shard("train"), batch_size, state.data,
+                           limit=max(0, total - state.step) * cfg.train.grad_accum,
+                           read_ahead=cfg.train.read_ahead_batches)
     validator = None  # the first worker validates (train.validation); the others wait for it
     if cfg.train.validation.every > 0 and rank == 0:
         validator = Validator(cfg, ray.train.get_dataset_shard("val"), device)

@@ -38,6 +38,9 @@ def check_config(cfg: Config) -> None:
     if not train.poll_interval_s > 0:
         raise PreflightError(f"train.poll_interval_s={train.poll_interval_s} must be > 0 seconds "
                              "(Ray's own default is 2)")
+    if train.read_ahead_batches < 0:
+        raise PreflightError(f"train.read_ahead_batches={train.read_ahead_batches} must be >= 0 "
+                             "(0 reads in the training thread)")
     if train.optim.warmup_steps < 0:
         raise PreflightError(f"train.optim.warmup_steps={train.optim.warmup_steps} must be >= 0")
     parts = train.num_workers * train.grad_accum
