@@ -8,7 +8,9 @@ alike), each as its own `python -m vatt.train.pretrain --preset tiny` process (s
 its own Ray start, as a user's run does), `--steps` steps with a checkpoint half-way and at
 the end, on the ingested default dataset (data.path). It reads the run's `phases.json`
 (vatt.train.phases) and prints, per variant and phase, the median seconds with the min-max
-over rounds. Default variants: Ray Train's own 2 s controller poll against the project's
+over rounds, and the seconds the training thread waited for data (from the run's history.json,
+after the first logged window) in windows that cross an epoch boundary and in the others.
+Default variants: Ray Train's own 2 s controller poll against the project's
 train.poll_interval_s.
 
 `--full-steps N` (default: the preset's train.optim.total_steps) turns the fixed seconds into
@@ -32,13 +34,32 @@ from vatt.train.phases import PHASES
 DEFAULT_VARIANTS = ["ray-default-poll=train.poll_interval_s=2.0", "project=train.log_every=10"]
 
 
+def data_waits(history: list[dict], global_batch: int) -> tuple[float, float]:
+    """Seconds the training thread waited for data after the first logged window (the first
+    batch is a phase of its own): (in windows that cross an epoch boundary, in the others).
+    A row's window: (step - previous step) x global batch / clips_per_s seconds per worker."""
+    crossing = other = 0.0
+    for before, row in zip(history, history[1:]):
+        seconds = (row["step"] - before["step"]) * global_batch / max(row["clips_per_s"], 1e-9)
+        wait = row["data_wait_share"] * seconds
+        if row["epoch"] != before["epoch"]:
+            crossing += wait
+        else:
+            other += wait
+    return crossing, other
+
+
 def run_once(overrides: list[str], storage: Path, name: str) -> dict[str, float]:
     command = [sys.executable, "-m", "vatt.train.pretrain", "--preset", "tiny", *overrides,
                f"train.storage_path={storage}", f"train.run_name={name}"]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    return json.loads((storage / name / "phases.json").read_text())
+    phases = json.loads((storage / name / "phases.json").read_text())
+    history = json.loads((storage / name / "history.json").read_text())
+    global_batch = load_config("tiny", overrides).train.global_batch_size
+    phases["wait at epoch boundaries"], phases["wait elsewhere"] = data_waits(history, global_batch)
+    return phases
 
 
 def spread(values: list[float]) -> str:
@@ -70,13 +91,15 @@ def main() -> int:
                 phases = run_once([*common, *overrides], Path(folder), f"{name}-{round_index}")
                 results[name].append(phases)
                 print(f"round {round_index + 1} {name}: fixed {phases['fixed']:.1f}s, steps "
-                      f"{phases['steps']:.1f}s, process {time.perf_counter() - started:.1f}s",
+                      f"{phases['steps']:.1f}s (data wait {phases['wait at epoch boundaries']:.1f}s "
+                      f"in windows crossing an epoch, {phases['wait elsewhere']:.1f}s in the rest), "
+                      f"process {time.perf_counter() - started:.1f}s",
                       flush=True)
     print()
     names = list(variants)
     print("| phase (s) | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))
-    for phase in [*PHASES, "fixed", "total"]:
+    for phase in [*PHASES, "fixed", "total", "wait at epoch boundaries", "wait elsewhere"]:
         print(f"| {phase} | " + " | ".join(spread([r[phase] for r in results[n]]) for n in names)
               + " |")
     # steps: the first is a phase of its own, the other steps - 1 are `steps`
