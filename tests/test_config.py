@@ -78,3 +78,21 @@ def test_loading_a_config_does_not_import_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_relative_local_paths_are_made_absolute_and_urls_kept(tmp_path, monkeypatch):
+    from vatt.config import LOCAL_PATH_FIELDS, with_absolute_paths
+
+    cfg = load_config("tiny", ["data.path=data", "train.storage_path=s3://bucket/runs",
+                               "eval.output_path=../reports", "model.text.word2vec_path=w2v.txt"])
+    monkeypatch.chdir(tmp_path)
+    absolute = with_absolute_paths(cfg)
+    assert absolute.data.path == str(tmp_path / "data")
+    assert absolute.train.storage_path == "s3://bucket/runs"  # a URL is no local path
+    assert absolute.eval.output_path == str(tmp_path.parent / "reports")
+    assert absolute.eval.registry_path == str(tmp_path / "artifacts" / "registry")
+    assert absolute.model.text.word2vec_path == str(tmp_path / "w2v.txt")
+    assert with_absolute_paths(absolute, root=tmp_path / "elsewhere") == absolute
+    only = with_absolute_paths(cfg, root=tmp_path / "p", fields=("data.path",))
+    assert only.data.path == str(tmp_path / "p" / "data") and only.eval.output_path == "../reports"
+    assert "model.text.word2vec_path" in LOCAL_PATH_FIELDS

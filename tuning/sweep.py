@@ -38,7 +38,7 @@ from typing import Any, Iterable, Optional
 
 from ray.tune import Callback
 
-from vatt.config import Config, ConfigError, load_config, replace, to_dict
+from vatt.config import Config, ConfigError, load_config, replace, to_dict, with_absolute_paths
 from tuning.space import SCHEDULERS, Space, SpaceError, check_space, dotlist, load_space
 
 SWEEP_JSON = "sweep.json"
@@ -263,7 +263,8 @@ def run_sweep(space: str | Path, preset: str = "tiny", overrides: Iterable[str] 
     concurrent = max_concurrent_trials(base, resources)
     num_trials = parsed.grid_size() * samples
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, base=to_dict(base), tied=parsed.tied,
+        # a trial runs in Tune's trial folder: relative paths resolve here, in the driver
+        tune.with_parameters(_trial, base=to_dict(with_absolute_paths(base)), tied=parsed.tied,
                              storage_path=str(out / RUNS_DIR)),
         # the trial only drives its Train run; "memory": 1 byte gives Tune a non-empty request
         {"CPU": 0, "memory": 1})

@@ -587,9 +587,31 @@ def replace(cfg: Config, overrides: list[str]) -> Config:
     return from_dict(OmegaConf.to_container(merged, enum_to_str=True))  # type: ignore[arg-type]
 
 
+# Fields that name a local folder or file when they hold no scheme (`s3://...` stays as is)
+LOCAL_PATH_FIELDS = ("data.path", "train.storage_path", "eval.output_path", "eval.registry_path",
+                     "model.text.word2vec_path")
+
+
+def with_absolute_paths(cfg: Config, root: Optional[Path] = None,
+                        fields: tuple[str, ...] = LOCAL_PATH_FIELDS) -> Config:
+    """A copy of `cfg` whose relative local paths (`fields`, by default every one) are made
+    absolute against `root` (the current directory). Code that hands a config to other processes calls it first:
+    a Ray Tune trial runs in its own working folder, where `data.path=data` means another folder."""
+    root = Path(root or Path.cwd())
+    structured = OmegaConf.structured(cfg)
+    overrides = []
+    for key in fields:
+        value = OmegaConf.select(structured, key)
+        if value and "://" not in value:
+            absolute = str((root / Path(value).expanduser()).resolve())  # root / "/x" is "/x"
+            if absolute != value:
+                overrides.append(f"{key}={absolute}")
+    return replace(cfg, overrides) if overrides else cfg
+
+
 __all__ = [
     "Config", "ConfigError", "ModelConfig", "DataConfig", "TrainConfig", "LossConfig",
     "EncoderConfig", "BackboneSharing", "DropTokenSampling", "CropStyle", "Precision",
     "load_config", "available_presets", "to_dict", "to_yaml", "from_dict", "replace",
-    "StorageConfig", "ClusterConfig", "TrainingTarget", "Accelerator", "CleanupPolicy",
+    "with_absolute_paths", "LOCAL_PATH_FIELDS", "StorageConfig", "ClusterConfig", "TrainingTarget", "Accelerator", "CleanupPolicy",
 ]

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 # the run folder's history and vocabulary are written as a checkpoint's
 from vatt.checkpoints import HISTORY_FILE as HISTORY_JSON, VOCAB_FILE as VOCAB_JSON
-from vatt.config import Config, ConfigError, load_config, to_dict
+from vatt.config import Config, ConfigError, load_config, to_dict, with_absolute_paths
 from vatt.train.checkpoint import read_history
 from vatt.train.preflight import PreflightError, check_config, check_resources, check_storage
 
@@ -75,16 +75,10 @@ def resolve_storage(cfg: Config) -> Storage:
 
 def resolve(cfg: Config) -> Config:
     """Absolute local paths and a run name, so every worker reads the same thing."""
-    train = cfg.train
-    run_name = train.run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage = train.storage_path
-    if "://" not in storage:
-        storage = str(Path(storage).expanduser().resolve())
-    data_path = cfg.data.path
-    if "://" not in data_path:
-        data_path = str(Path(data_path).expanduser().resolve())
-    return dc_replace(cfg, train=dc_replace(train, run_name=run_name, storage_path=storage),
-                      data=dc_replace(cfg.data, path=data_path))
+    # what the workers read and write; eval paths stay relative to where a later evaluation runs
+    cfg = with_absolute_paths(cfg, fields=("data.path", "train.storage_path"))
+    run_name = cfg.train.run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return dc_replace(cfg, train=dc_replace(cfg.train, run_name=run_name))
 
 
 def connect_ray() -> str:
