@@ -1,33 +1,20 @@
-"""The Prefect flows against a real Prefect server (Prefect's test harness, one per session),
-on the default dataset of the session's `vatt pipeline` run, with a local Ray and, for the
-fault test, the real SeaweedFS S3 server. Nothing is mocked."""
+"""The Prefect flows against the session's real Prefect server (`prefect server start` on the
+database of the session's `vatt pipeline` run), on that run's default dataset, with a local Ray
+and, for the fault test, the real SeaweedFS S3 server. Nothing is mocked. The fast tier checks
+what needs no server: every deployment's flow loads and its typed parameters refuse bad values."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 
 from conftest import vatt_command
-
-pytestmark = pytest.mark.slow
-
-# a short run of the default pipeline's config: the flow's steps, not the learning
-FAST = ["train.optim.total_steps=10", "train.optim.warmup_steps=2", "train.checkpoint_every=5",
-        "train.log_every=5", "train.global_batch_size=16", "eval.probe_epochs=3",
-        "eval.tasks=[text_video_retrieval,audio_linear]"]
-
-
-def fast(pipeline, tmp_path: Path, *more: str) -> list[str]:
-    return [*FAST, f"data.path={pipeline.data}", f"train.storage_path={tmp_path / 'runs'}",
-            f"eval.output_path={tmp_path / 'eval'}", f"eval.registry_path={tmp_path / 'registry'}",
-            *more]
-
 
 def task_runs(flow_run_id) -> dict[str, object]:
     """{task name: task run} of a flow run (task run names are '<task>-<suffix>')."""
@@ -50,21 +37,32 @@ def artifacts(flow_run_id) -> dict[str, object]:
 
 
 def run_logs(flow_run_id) -> list[str]:
+    """The run's last 200 log messages (the API's page), oldest first."""
     from prefect import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
 
     with get_client(sync_client=True) as client:
-        return [log.message for log in client.read_logs(
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)]
+        latest = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200,
+            sort=LogSort.TIMESTAMP_DESC)
+    return [log.message for log in reversed(latest)]
 
 
-def test_retrain_runs_every_step_and_shows_its_results(prefect_api, default_pipeline, tmp_path):
-    from flows.retrain import retrain
+def test_the_pipelines_retrain_ran_every_step_and_shows_its_results(prefect_api, default_pipeline):
+    """The session's `vatt pipeline` (the `retrain` flow at the default budget, on Prefect's
+    ephemeral API) as the session's `prefect server start` shows it from the same database."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
 
-    state = retrain(overrides=fast(default_pipeline, tmp_path), return_state=True)
-    assert state.is_completed(), state.message
-    result = state.result()
-    flow_run_id = state.state_details.flow_run_id
+    from vatt.config import load_config
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain"])),
+                                         sort=FlowRunSort.START_TIME_ASC, limit=1)[0]
+    assert flow_run.state.is_completed(), flow_run.state
+    flow_run_id = flow_run.id
 
     runs = task_runs(flow_run_id)
     expected = {"load-config", "fingerprint-source", "ingest", "version-data", "publish-ingest",
@@ -75,9 +73,12 @@ def test_retrain_runs_every_step_and_shows_its_results(prefect_api, default_pipe
         name: run.state.name for name, run in runs.items()}
 
     # the Ray Train run name is pinned to the flow run (a retry resumes it)
-    flow_run_name = result["run_name"].split("-", 1)[1].rsplit("-", 1)[0]
-    assert result["run_name"] == f"tiny-{flow_run_name}-{str(flow_run_id)[:8]}"
-    assert [row["step"] for row in result["history"]] == [5, 10]
+    run_folder = default_pipeline.checkpoint.parent
+    assert run_folder.name == f"tiny-{flow_run.name}-{str(flow_run_id)[:8]}"
+    train = load_config("tiny").train
+    history = json.loads((run_folder / "history.json").read_text())
+    assert [row["step"] for row in history] == list(
+        range(train.log_every, train.optim.total_steps + 1, train.log_every))
 
     shown = artifacts(flow_run_id)
     assert {"vatt-ingest", "vatt-training", "vatt-metrics", "vatt-report", "vatt-gate",
@@ -88,12 +89,14 @@ def test_retrain_runs_every_step_and_shows_its_results(prefect_api, default_pipe
     # plots travel inside the Markdown (Prefect's image artifact needs a URL)
     assert shown["vatt-report"].data.count("data:image/png;base64,") >= 2
     assert "data:image/png;base64," in shown["vatt-training"].data
-    assert "promoted" in shown["vatt-gate"].data and result["decision"]["reason"] in shown["vatt-gate"].data
-    assert f"({Path(result['checkpoint']).as_uri()})" in shown["vatt-checkpoint"].data
+    assert "promoted" in shown["vatt-gate"].data
+    assert f"({default_pipeline.checkpoint.as_uri()})" in shown["vatt-checkpoint"].data
     # the library's logs (training progress) are in the run's logs
     logs = run_logs(flow_run_id)
-    assert any(line.startswith("step 10/10 (100%) loss") for line in logs), logs[-20:]
-    stages = {row["stage"] for row in result["timing"]}
+    total = train.optim.total_steps
+    assert any(line.startswith(f"step {total}/{total} (100%) loss") for line in logs), logs[-20:]
+    timing = shown["vatt-timing"].data
+    stages = {row["stage"] for row in (json.loads(timing) if isinstance(timing, str) else timing)}
     assert {"ingest", "pretrain", "evaluate", "prefect overhead", "total"} <= stages
 
 
@@ -120,6 +123,33 @@ def test_ingest_is_cached_on_its_input_and_redone_when_its_output_is_gone(
     assert result["cached"] is False and manifest.read_bytes() == saved  # byte-identical again
 
 
+BAD_PARAMETERS = [{"preset": "no-such-preset"}, {"promote": "maybe"},
+                  {"overrides": "model.sharing=agnostic"}, {"overrides": ["model.video.drop_rate"]},
+                  {"data_rev": "--output=/etc/passwd"}]
+
+
+def test_every_deployment_loads_its_flow_and_its_parameters_are_typed():
+    """Without a server: each deployment of prefect.yaml names a flow that loads from its
+    entrypoint, and the flow's own parameter check refuses what the API refuses."""
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.deployments import build_deployments, load_flow, read_spec
+
+    spec = read_spec()
+    flows = {entry["entrypoint"]: load_flow(entry["entrypoint"]) for entry in spec}
+    assert {flow.name for flow in flows.values()} == {"retrain", "ingest", "pretrain", "evaluate",
+                                                      "sweep"}
+    deployments = build_deployments(schedules=False)
+    assert sorted(d.name for d in deployments) == sorted(entry["name"] for entry in spec)
+    assert all(d.enforce_parameter_schema for d in deployments)
+    retrain = flows["flows/retrain.py:retrain"]
+    for parameters in BAD_PARAMETERS:
+        with pytest.raises(ParameterTypeError):
+            retrain.validate_parameters(parameters)
+    assert retrain.validate_parameters({"preset": "tiny", "overrides": ["train.seed=1"]})[
+        "overrides"] == ["train.seed=1"]
+
+
 def test_bad_parameters_are_rejected_before_any_work(prefect_api, tmp_path):
     from prefect import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
@@ -131,10 +161,8 @@ def test_bad_parameters_are_rejected_before_any_work(prefect_api, tmp_path):
     deployment = next(d for d in build_deployments(schedules=False) if d.name == "weekly")
     assert deployment.enforce_parameter_schema and deployment.concurrency_limit == 1
     deployment_id = deployment.apply()
-    bad = [{"preset": "no-such-preset"}, {"promote": "maybe"}, {"overrides": "model.sharing=agnostic"},
-           {"overrides": ["model.video.drop_rate"]}, {"data_rev": "--output=/etc/passwd"}]
     with get_client(sync_client=True) as client:
-        for parameters in bad:
+        for parameters in BAD_PARAMETERS:
             with pytest.raises(PrefectHTTPStatusError, match="40[09]|422"):
                 client.create_flow_run_from_deployment(deployment_id, parameters=parameters)
         created = client.read_flow_runs(
@@ -160,6 +188,7 @@ def test_transient_object_store_fault_is_retried_and_the_run_succeeds(
     registry = "s3://vatt-data/flow-test-registry"
     overrides = [f"data.path={default_pipeline.data}", f"eval.output_path={tmp_path / 'eval'}",
                  f"eval.registry_path={registry}", "eval.tasks=[text_video_retrieval]",
+                 "eval.datasets.text_video_retrieval=[synthetic-msrvtt]", "eval.tasks_if_ingested=[]",
                  "storage.max_attempts=1", "storage.connect_timeout_s=1", "storage.read_timeout_s=2"]
     def resume() -> None:
         os.killpg(s3_env.pid, signal.SIGCONT)

@@ -8,13 +8,10 @@ UI and finds the deployment, the completed run and its artifacts. Nothing is moc
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,79 +19,13 @@ from typing import Iterator
 
 import pytest
 
-from conftest import REPO_ROOT, _free_ports, vatt_command
+from conftest import REPO_ROOT, PrefectServer, poll, stop_process_group, vatt_command
 from helpers import latest_registered_checkpoint, train_worker_processes
 
 pytestmark = pytest.mark.slow
 
 SCREENSHOTS = REPO_ROOT / "artifacts" / "ui-test"
 TOTAL, EVERY = 40, 10
-
-
-@dataclass(frozen=True)
-class PrefectServer:
-    url: str  # http://127.0.0.1:PORT
-    env: dict[str, str]  # what a client process needs to talk to it
-
-    @property
-    def api(self) -> str:
-        return f"{self.url}/api"
-
-
-def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def _wait_for(check, what: str, timeout: float, proc: subprocess.Popen | None = None,
-              log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"{what}: the process exited ({proc.returncode}):\n"
-                                 + (log.read_text()[-4000:] if log else ""))
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s\n"
-                         + (log.read_text()[-4000:] if log and log.exists() else ""))
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory) -> Iterator[PrefectServer]:
-    """`prefect server start` on 127.0.0.1 with its own home and database."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    (port,) = _free_ports(1)
-    url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RAY_ADDRESS"))}
-    env.update(PREFECT_HOME=str(home), PREFECT_API_URL=f"{url}/api",
-               PREFECT_UI_API_URL=f"{url}/api",  # what the UI in the browser calls
-               PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    log = home / "server.log"
-    prefect = str(Path(sys.executable).parent / "prefect")
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port",
-                                 str(port)], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-
-    def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(f"{url}/api/health", timeout=2) as answer:
-                return answer.status == 200
-        except OSError:
-            return False
-
-    try:
-        _wait_for(healthy, "prefect server start", 180, proc, log)
-        yield PrefectServer(url, env)
-    finally:
-        _stop(proc)
 
 
 def _api(server: PrefectServer, path: str, body: dict) -> list | dict:
@@ -130,12 +61,12 @@ def served(prefect_server, default_pipeline) -> Iterator[Served]:
 
     try:
         # every deployment of prefect.yaml (they are registered one after the other)
-        _wait_for(lambda: deployments() == declared, "vatt serve registering the deployments",
+        poll(lambda: deployments() == declared, "vatt serve registering the deployments",
                   180, proc, log)
         assert ("retrain", "weekly") in declared
-        yield Served(prefect_server.url, prefect_server.env, proc.pid)
+        yield Served(prefect_server.url, prefect_server.env, prefect_server.home, proc.pid)
     finally:
-        _stop(proc, signal.SIGINT)
+        stop_process_group(proc, signal.SIGINT)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +83,9 @@ def retried_run(served, default_pipeline, tmp_path_factory) -> dict:
                  f"train.optim.total_steps={TOTAL}", "train.optim.warmup_steps=2",
                  f"train.checkpoint_every={EVERY}", "train.log_every=5",
                  "train.global_batch_size=16", "train.max_failures=0",
-                 "eval.tasks=[text_video_retrieval]"]
+                 # what the UI test looks at; no fine-tuning (eval.tasks_if_ingested)
+                 "eval.tasks=[text_video_retrieval]", "eval.tasks_if_ingested=[]",
+                 "eval.datasets.text_video_retrieval=[synthetic-msrvtt]"]
     with temporary_settings({PREFECT_API_URL: served.api}):
         # as the UI's "Run" does: a flow run of the deployment, picked up by the served process
         flow_run = run_deployment("retrain/weekly", parameters={"overrides": overrides}, timeout=0)
@@ -160,11 +93,11 @@ def retried_run(served, default_pipeline, tmp_path_factory) -> dict:
             def state_of(run_id):
                 return client.read_flow_run(run_id).state
 
-            _wait_for(lambda: state_of(flow_run.id).is_running(), "the served run to start", 300)
+            poll(lambda: state_of(flow_run.id).is_running(), "the served run to start", 300)
             # one retrain at a time: a second run waits for the deployment's concurrency slot
             second = run_deployment("retrain/weekly", parameters={"overrides": overrides},
                                     timeout=0)
-            waited = _wait_for(lambda: state_of(second.id).name == "AwaitingConcurrencySlot"
+            waited = poll(lambda: state_of(second.id).name == "AwaitingConcurrencySlot"
                                and state_of(second.id), "the second run to wait for its slot", 300)
             client.set_flow_run_state(second.id, Cancelled(message="concurrency checked"),
                                       force=True)
@@ -174,7 +107,7 @@ def retried_run(served, default_pipeline, tmp_path_factory) -> dict:
             folders = [p for p in runs.iterdir() if p.is_dir() and p.name.startswith("tiny-")]
             return folders and latest_registered_checkpoint(folders[0]) and folders[0]
 
-        run_folder = _wait_for(first_checkpoint, "the served run's first checkpoint", 600)
+        run_folder = poll(first_checkpoint, "the served run's first checkpoint", 600)
         import psutil
 
         workers = train_worker_processes(psutil.Process(served.pid))
@@ -186,13 +119,13 @@ def retried_run(served, default_pipeline, tmp_path_factory) -> dict:
                 state = client.read_flow_run(flow_run.id).state
                 return state if state.is_final() else None
 
-            failed = _wait_for(final_state, "the crashed run to fail", 300)
+            failed = poll(final_state, "the crashed run to fail", 300)
             assert failed.is_failed() or failed.is_crashed(), failed
             # the UI's "Retry": the same flow run back to Scheduled (AwaitingRetry)
             client.set_flow_run_state(flow_run.id, Scheduled(name="AwaitingRetry",
                                                              message="Retry from the test"),
                                       force=True)
-            done = _wait_for(final_state, "the retried run", 900)
+            done = poll(final_state, "the retried run", 900)
             final = client.read_flow_run(flow_run.id)
     return {"flow_run": final, "state": done, "failed": failed, "run_folder": run_folder,
             "second_waited": waited}
