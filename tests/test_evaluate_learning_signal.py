@@ -1,14 +1,16 @@
 """The learning signal of issue 5 on the default pipeline at its default budget, all real parts:
 the session's `vatt pipeline` run (the generated default dataset ingested, `tiny` pretraining
-with the preset's budget under Ray Train on a local Ray), its checkpoint evaluated through the
-loader (vatt.evaluate.data) the same way as a randomly initialised model of the same config,
-both against chance. The numbers of the same run made by hand are in BENCHMARKS.md
-(benchmarks/learning_signal.py); that two evaluations of one checkpoint give the same numbers is
-tested in test_evaluate_data.py and test_evaluate_pipeline.py."""
+with the preset's budget under Ray Train on a local Ray, evaluation): the trained model's numbers
+are the pipeline's own report (results.json); a randomly initialised model of the same config is
+evaluated here through the loader (vatt.evaluate.data) the same way; both against chance. That an
+evaluation of the same checkpoint again gives the report's numbers exactly is tested in
+test_readme_commands.py (`vatt evaluate --checkpoint latest`). The numbers of the same run made by
+hand are in BENCHMARKS.md (benchmarks/learning_signal.py)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -21,16 +23,18 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def rows(default_pipeline):
     """{metric: {trained, random, chance}} after the default pipeline (`vatt pipeline`: ingest,
-    pretrain at the preset's budget, evaluate), its checkpoint against its random init."""
+    pretrain at the preset's budget, evaluate), its report against its random init."""
     from vatt.evaluate.data import build_eval_data
-    from vatt.evaluate.pipeline import load_checkpoint_for_eval
-    from vatt.evaluate.signal import compare_with_random, signal_table
+    from vatt.evaluate.pipeline import checkpoint_config
+    from vatt.evaluate.signal import evaluate_random, signal_rows, signal_table
 
     history = json.loads((default_pipeline.checkpoint.parent / "history.json").read_text())
     assert history[-1]["loss_total"] < history[0]["loss_total"]
     assert history[-1]["step"] == load_config("tiny").train.optim.total_steps
-    loaded = load_checkpoint_for_eval(default_pipeline.checkpoint, (), ObjectStore())
-    found = compare_with_random(loaded.model, loaded.config, build_eval_data(loaded.config))
+    report = json.loads((default_pipeline.report / "results.json").read_text())
+    assert Path(report["checkpoint"]).resolve() == default_pipeline.checkpoint.resolve()
+    cfg = checkpoint_config(default_pipeline.checkpoint, (), ObjectStore())
+    found = signal_rows(report["metrics"], evaluate_random(cfg, build_eval_data(cfg)))
     print("\n" + signal_table(found))
     return found
 

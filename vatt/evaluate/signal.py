@@ -2,6 +2,7 @@
 of the same config, evaluated the same way on the same data, and both against chance.
 
     rows = compare_with_random(trained_model, cfg, data, tasks)   # {metric: {trained, random, chance}}
+    rows = signal_rows(report_metrics, evaluate_random(cfg, data))  # the trained model's measured
     failures = signal_failures(rows)                              # [] when the signal is there
     print(signal_table(rows))                                     # Markdown, for BENCHMARKS.md
 
@@ -49,18 +50,30 @@ def compare_with_random(trained: torch.nn.Module, cfg: Config,
     """{metric: {"trained", "random", "chance"}} for the criteria's and the extra metrics
     (retrieval chance for R@k: k / number of videos)."""
     tasks = list(tasks or cfg.eval.tasks)
-    found = {"trained": evaluate_model(trained, cfg, tasks, data)["metrics"],
-             "random": evaluate_model(random or random_model(cfg), cfg, tasks, data)["metrics"]}
+    return signal_rows(evaluate_model(trained, cfg, tasks, data)["metrics"],
+                       evaluate_random(cfg, data, tasks, random))
+
+
+def evaluate_random(cfg: Config, data: Mapping[str, Mapping[str, Iterable[dict]]],
+                    tasks: Optional[Iterable[str]] = None,
+                    random: Optional[torch.nn.Module] = None) -> dict[str, Any]:
+    """The metrics of the random init (`random_model(cfg)` unless `random`) on `data`."""
+    tasks = list(tasks or cfg.eval.tasks)
+    return evaluate_model(random or random_model(cfg), cfg, tasks, data)["metrics"]
+
+
+def signal_rows(trained: Mapping[str, Any], random: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The rows of `compare_with_random` from the two models' metrics, measured the same way
+    (e.g. the trained model's from its evaluation report: results.json's "metrics")."""
     rows: dict[str, dict[str, Any]] = {}
     chance_keys = {name: key for name, (key, _, _) in CRITERIA.items()} | EXTRA_CHANCE
     for name in [*CRITERIA, *EXTRA]:
-        if name in found["trained"]:
-            chance = found["trained"].get(chance_keys.get(name, ""))
+        if name in trained:
+            chance = trained.get(chance_keys.get(name, ""))
             task, metric = name.split(".")
             if metric.startswith("R@"):  # chance of R@k: k of the N videos
-                chance = min(1.0, int(metric[2:]) / found["trained"][f"{task}.num_items"])
-            rows[name] = {"trained": found["trained"][name], "random": found["random"][name],
-                          "chance": chance}
+                chance = min(1.0, int(metric[2:]) / trained[f"{task}.num_items"])
+            rows[name] = {"trained": trained[name], "random": random[name], "chance": chance}
     return rows
 
 
@@ -100,4 +113,5 @@ def signal_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["compare_with_random", "signal_failures", "signal_table", "random_model", "CRITERIA"]
+__all__ = ["compare_with_random", "evaluate_random", "signal_rows", "signal_failures", "signal_table",
+           "random_model", "CRITERIA"]
