@@ -75,7 +75,9 @@ def ray_head(s3_server):
         _wait_for_jobs_api(address, token, process, log_path)
         yield RayHead(address, token)
     finally:
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        # the head's processes get SIGTERM together; `ray start --block` itself has not ended
+        # on it within 15 s here, so the group is killed after a short grace
+        for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
             try:
                 os.killpg(process.pid, sig)
                 process.wait(wait)

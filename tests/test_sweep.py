@@ -1,12 +1,15 @@
 """Ray Tune sweeps (tuning/, `vatt sweep`, the Prefect `sweep` flow), on real Ray and real data.
 
-One 2x2 sweep of `tiny` (4 steps per trial, on the default pipeline's data) is run once for the
-module, as a user runs it: `vatt sweep` in a subprocess, SIGKILLed (with its local Ray) after
-its first trial finished, then the same command again, which resumes. Its space is built so
-that ASHA has something to stop: two of the four trials have 1-dimensional common-space heads,
-whose embeddings are +-1 and tie with half of the items, so their validation MRR is far below a
-working head's at the first rung (whatever the order of trials and the resume). The tests then
-read what it left.
+One 2x2 sweep of `tiny` (4 steps per trial) is run once for the module, as a user runs it: from
+the project folder of the session's `vatt pipeline` run, `vatt sweep tuning/heads_sharing.yaml`
+with the default relative paths (data/ as data.path, sweeps/heads_sharing/ as the output), in a
+subprocess, SIGKILLed (with its local Ray) after its first trial finished, then the same command
+again, which resumes. Each trial runs in Tune's own trial folder, so a relative path the driver
+did not resolve fails every trial here. The space is built so that ASHA has something to stop:
+two of the four trials have 1-dimensional common-space heads, whose embeddings are +-1 and tie
+with half of the items, so their validation MRR is far below a working head's at the first rung
+(whatever the order of trials and the resume). The tests then read what it left, and train its
+best.yaml with `vatt pretrain --config sweeps/heads_sharing/best.yaml`.
 """
 
 from __future__ import annotations
@@ -16,13 +19,13 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
-from conftest import vatt_command
+from conftest import poll, vatt_command
 
 SPACE = """\
 metric: val_MRR
@@ -36,45 +39,48 @@ FAST = ["train.optim.total_steps=4", "train.optim.warmup_steps=1", "train.log_ev
         "train.checkpoint_every=2", "train.validation.num_windows=1"]
 
 
-def _sweep_command(space: Path, out: Path, data: Path) -> list[str]:
-    return [*vatt_command(), "sweep", str(space), "--out", str(out), f"data.path={data}", *FAST]
+SPACE_FILE = Path("tuning") / "heads_sharing.yaml"  # in the project folder, as a user keeps it
+SWEEP_COMMAND = ["sweep", str(SPACE_FILE), *FAST]  # no --out, no data.path: the defaults
 
 
 def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    return {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "PREFECT_"))}
 
 
 @pytest.fixture(scope="module")
-def swept(default_pipeline, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sweep")
-    space = folder / "heads_sharing.yaml"
-    space.write_text(SPACE)
-    out = folder / "out"
-    command = _sweep_command(space, out, default_pipeline.data)
-    log_path = folder / "first.log"
+def swept(default_pipeline):
+    project = default_pipeline.project
+    (project / SPACE_FILE).parent.mkdir(exist_ok=True)
+    (project / SPACE_FILE).write_text(SPACE)
+    out = project / "sweeps" / SPACE_FILE.stem  # `vatt sweep`'s default --out
+    command = [*vatt_command(), *SWEEP_COMMAND]
+    log_path = project / "sweep-first.log"
     with open(log_path, "w") as log:
-        first = subprocess.Popen(command, cwd=folder, env=_env(), stdout=log,
+        first = subprocess.Popen(command, cwd=project, env=_env(), stdout=log,
                                  stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        deadline = time.monotonic() + 15 * 60
         # kill once the first trial has finished and the second has reported (Tune has saved
         # its state by then: it does so every 2 s in a sweep)
-        while time.monotonic() < deadline and first.poll() is None:
-            text = log_path.read_text()
-            if " finished: " in text and "trial 2/4" in text:
-                break
-            time.sleep(0.5)
-        assert first.poll() is None, f"the sweep ended before it could be killed:\n{log_path.read_text()[-4000:]}"
-        time.sleep(3)
+        poll(lambda: " finished: " in log_path.read_text() and "trial 2/4" in log_path.read_text(),
+             "the sweep's first trial to finish and the second to report", 15 * 60, first, log_path)
+        killed_at = _tune_state_saved(out)
+        poll(lambda: _tune_state_saved(out) > killed_at, "Tune to save its state once more",
+             60, first, log_path)
         os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray it started
         first.wait(timeout=60)
     killed_log = log_path.read_text()
     finished_before = [line for line in killed_log.splitlines() if " finished: " in line]
-    second = subprocess.run(command, cwd=folder, env=_env(), text=True, stdout=subprocess.PIPE,
+    second = subprocess.run(command, cwd=project, env=_env(), text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, timeout=15 * 60)
-    (folder / "second.log").write_text(second.stdout)
+    (project / "sweep-second.log").write_text(second.stdout)
     assert second.returncode == 0, second.stdout[-6000:]
-    return {"out": out, "first": killed_log, "second": second.stdout, "space": space,
-            "finished_before": finished_before, "data": default_pipeline.data}
+    return {"out": out, "first": killed_log, "second": second.stdout, "space": project / SPACE_FILE,
+            "finished_before": finished_before, "project": project}
+
+
+def _tune_state_saved(out: Path) -> float:
+    """When Tune last wrote its experiment state in `out` (0: not yet)."""
+    saved = list((out / "tune").glob("experiment_state-*.json"))
+    return max((path.stat().st_mtime for path in saved), default=0.0)
 
 
 def _rows(out: Path) -> list[dict[str, str]]:
@@ -124,34 +130,49 @@ def test_a_killed_sweep_resumes_without_running_finished_trials_again(swept):
                       if line.startswith("trial ") and " step " in line}
     assert not done_first & reported_again, (done_first, reported_again)
     assert all(r["status"] != "failed" for r in _rows(swept["out"]))
-    # the first process's Ray went with it: no orphaned trial keeps training
-    leftover = subprocess.run(["pgrep", "-f", str(swept["out"])], capture_output=True, text=True)
-    assert leftover.stdout.strip() == "", leftover.stdout
+    # the first process's Ray went with it: no orphaned trial keeps training (a trial's
+    # processes work in its folder under the sweep's output)
+    leftover = []
+    for proc in psutil.process_iter():
+        try:
+            if Path(proc.cwd()).is_relative_to(swept["out"]):
+                leftover.append(" ".join(proc.cmdline()))
+        except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
+            continue
+    assert leftover == [], leftover
 
 
-def test_best_yaml_trains_as_is_with_pretrain_config(swept, tmp_path):
+def test_best_yaml_trains_as_is_with_pretrain_config(swept):
+    """`vatt pretrain --config sweeps/heads_sharing/best.yaml` from the project folder: its
+    relative paths (data/, runs/) as the sweep wrote them; runs go to a folder of their own so
+    that `vatt evaluate --checkpoint latest` (test_readme_commands.py) still finds the
+    pipeline's checkpoint under runs/."""
+    project = swept["project"]
+    best_yaml = (swept["out"] / "best.yaml").relative_to(project)
     done = subprocess.run(
-        [*vatt_command(), "pretrain", "--config", str(swept["out"] / "best.yaml"),
-         f"data.path={swept['data']}", f"train.storage_path={tmp_path / 'runs'}", *FAST,
-         "train.optim.total_steps=2", "train.validation.every=0"],
-        cwd=tmp_path, env=_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [*vatt_command(), "pretrain", "--config", str(best_yaml), *FAST,
+         "train.optim.total_steps=2", "train.validation.every=0", "train.storage_path=best-runs"],
+        cwd=project, env=_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         timeout=10 * 60)
     assert done.returncode == 0, done.stdout[-4000:]
     assert "step 2: loss" in done.stdout
-    saved = yaml.safe_load(next((tmp_path / "runs").glob("*/checkpoint_*/config.yaml")).read_text())
+    saved = yaml.safe_load(next((project / "best-runs").glob("*/checkpoint_*/config.yaml")).read_text())
     best = yaml.safe_load((swept["out"] / "best.yaml").read_text())
     assert saved["model"] == best["model"]
+    assert saved["data"]["path"] == str((project / "data").resolve())  # data/ of the project
 
 
-def test_the_sweep_flow_publishes_the_table_and_plot(swept, prefect_api):
-    """The Prefect `sweep` flow on the finished sweep's folder: it resumes (nothing left to
-    run) and publishes the table, the report with the plot and the link to best.yaml."""
+def test_the_sweep_flow_publishes_the_table_and_plot(swept, prefect_api, monkeypatch):
+    """The Prefect `sweep` flow on the finished sweep's folder, from the project folder with the
+    CLI's arguments: it resumes (nothing left to run) and publishes the table, the report with
+    the plot and the link to best.yaml."""
     from prefect.client.orchestration import get_client
 
     from flows.sweep import sweep
 
-    state = sweep(space=str(swept["space"]), overrides=[f"data.path={swept['data']}", *FAST],
-                  out=str(swept["out"]), return_state=True)
+    monkeypatch.chdir(swept["project"])
+    state = sweep(space=str(SPACE_FILE), overrides=FAST,
+                  out=str(swept["out"].relative_to(swept["project"])), return_state=True)
     assert state.is_completed(), state.message
     assert state.result()["resumed"] is True
 
@@ -209,3 +230,36 @@ def test_the_default_space_is_the_papers_question():
     assert space.tied == {"model.audio.drop_rate": "model.video.drop_rate"}
     assert space.params["model.sharing"] == ("grid", ["specific", "agnostic"])
     assert space.grid_size() == 8 and space.metric == "val_MRR"
+
+
+def test_trial_rows_make_the_table_the_plot_and_a_best_yaml_that_loads(tmp_path):
+    """tuning.results on rows as Tune's results give them (no Ray): a stopped-early trial is
+    never the best while a finished one reported the metric; best.yaml is the whole config."""
+    from tuning.results import best_yaml, markdown_table, select_best, trial_row, tradeoff_png
+    from tuning.space import load_space
+    from vatt.config import from_dict, load_config
+
+    space = load_space("droptoken_sharing")
+    base = load_config("tiny", ["train.optim.total_steps=4"])
+    history = [{"clips_per_s": 10.0}, {"clips_per_s": 20.0}, {"clips_per_s": 30.0}]
+    rows = [trial_row(space, base, config, last, trial_history, error)
+            for config, last, trial_history, error in [
+                ({"model.video.drop_rate": 0.5, "model.sharing": "specific"},
+                 {"trial_id": "a", "step": 4, "val_MRR": 0.30}, history, None),
+                ({"model.video.drop_rate": 0.0, "model.sharing": "agnostic"},
+                 {"trial_id": "b", "step": 2, "val_MRR": 0.90}, history[:2], None),
+                ({"model.video.drop_rate": 0.25, "model.sharing": "specific"},
+                 {"trial_id": "c", "step": 1}, [], "RuntimeError: worker died\n")]]
+    assert [r["status"] for r in rows] == ["finished", "stopped early at step 2",
+                                           "failed: RuntimeError: worker died"]
+    assert rows[0]["model.audio.drop_rate"] == 0.5  # same_as follows its key
+    assert rows[0]["step_s"] == pytest.approx(base.train.global_batch_size / 25.0)
+    best = select_best(rows, space.metric, space.mode)
+    assert best is rows[0]  # finished beats a higher score stopped early
+    assert "**(best)**" in markdown_table(rows, best).splitlines()[2]
+    assert tradeoff_png(space, rows)[:8] == b"\x89PNG\r\n\x1a\n"
+    text = best_yaml(space, base, best)
+    assert text.startswith("# the best trial of sweep droptoken_sharing.yaml (a)")
+    cfg = from_dict(yaml.safe_load(text))
+    assert cfg.model.video.drop_rate == cfg.model.audio.drop_rate == 0.5
+    assert cfg.train.optim.total_steps == 4
