@@ -17,7 +17,7 @@ import uuid
 import pytest
 import yaml
 
-from conftest import REPO_ROOT, vatt_command
+from conftest import REPO_ROOT, poll, vatt_command
 from k8s_validate import validate
 from vatt.cluster import jobs
 from vatt.cluster.client import (InvalidObjectError, JobExistsError, KubeClient,
@@ -154,6 +154,20 @@ def operator(kube_api):
     return set_status
 
 
+def _exists(kube_api, name: str) -> bool:
+    """Whether RayJob `name` is stored (read as the admin)."""
+    from kubernetes import client
+
+    try:
+        client.CustomObjectsApi(kube_api.api_client()).get_namespaced_custom_object(
+            "ray.io", "v1", NAMESPACE, "rayjobs", name)
+        return True
+    except client.exceptions.ApiException as err:
+        if err.status != 404:
+            raise
+        return False
+
+
 def _run_in_thread(fn):
     box: dict = {}
 
@@ -176,7 +190,9 @@ def test_client_follows_a_job_to_complete_and_cleans_up(worker, operator):
     for deployment, job in (("Initializing", ""), ("Running", "PENDING"), ("Running", "RUNNING"),
                             ("Complete", "SUCCEEDED")):
         operator(rendered.name, jobDeploymentStatus=deployment, **({"jobStatus": job} if job else {}))
-        time.sleep(0.6)  # a few polls at each state
+        # the next state only once the client has seen this one
+        poll(lambda: any((s.deployment, s.job) == (deployment, job) for s in seen),
+             f"the client to see {deployment}/{job}", 30, interval_s=0.05)
     thread.join(30)
     assert "error" not in box, box.get("error")
     outcome = box["value"]
@@ -191,9 +207,11 @@ def test_client_follows_a_job_to_complete_and_cleans_up(worker, operator):
 def test_a_failed_job_says_why_and_is_kept_for_inspection(worker, operator):
     cfg = _cfg(_unique("failed"))
     rendered = render_job(cfg)
-    thread, box = _run_in_thread(lambda: jobs.run_job(cfg, worker, rendered))
+    seen = []
+    thread, box = _run_in_thread(lambda: jobs.run_job(cfg, worker, rendered, on_status=seen.append))
     operator(rendered.name, jobDeploymentStatus="Running", jobStatus="RUNNING")
-    time.sleep(0.5)
+    poll(lambda: any(s.deployment == "Running" for s in seen), "the client to see Running", 30,
+         interval_s=0.05)
     operator(rendered.name, jobDeploymentStatus="Failed", jobStatus="FAILED", reason="AppFailed",
              message="Job entrypoint command failed with exit code 2")
     thread.join(30)
@@ -375,10 +393,17 @@ def test_vatt_submit_waits_for_the_job_and_exits_by_its_outcome(kube_api, rbac, 
     env = {**__import__("os").environ, "KUBECONFIG": str(kubeconfig)}
     process = subprocess.Popen(command, cwd=tmp_path, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    reader.start()
+    poll(lambda: _exists(kube_api, job_name(run)), "vatt submit to create the RayJob", 120, process)
     operator(job_name(run), jobDeploymentStatus="Running", jobStatus="RUNNING")
-    time.sleep(1.0)
+    poll(lambda: any(": Running (ray job RUNNING)" in line for line in lines),
+         "vatt submit to say the job runs", 120, process)
     operator(job_name(run), jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")
-    output, _ = process.communicate(timeout=120)
+    process.wait(timeout=120)
+    reader.join(30)
+    output = "".join(lines)
     assert process.returncode == 0, output
     assert f"rayjob {job_name(run)}: Running (ray job RUNNING)" in output
     assert f"rayjob {job_name(run)}: Complete" in output
