@@ -214,7 +214,7 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
 
 
 # ---------------------------------------------------------------------------------------------
-# A scratch copy of the project, the default pipeline run once per session, Prefect's harness
+# A scratch copy of the project, the default pipeline run once per session, the Prefect server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROJECT_FILES = (".dvc/config", ".dvcignore", "data.dvc", "prefect.yaml")

@@ -17,9 +17,6 @@ import pytest
 from vatt.config import load_config
 from vatt.storage import ObjectStore
 
-pytestmark = pytest.mark.slow
-
-
 @pytest.fixture(scope="module")
 def rows(default_pipeline):
     """{metric: {trained, random, chance}} after the default pipeline (`vatt pipeline`: ingest,
@@ -67,3 +64,20 @@ def test_audio_probe_beats_chance_and_the_random_model(rows):
                           "(BENCHMARKS.md, Learning signal; issue 14)")
 def test_action_probe_beats_chance_and_the_random_model(rows):
     assert _failures(rows, "action_linear") == []
+
+
+def test_the_criteria_on_known_numbers():
+    """signal_rows / signal_failures / signal_table on numbers worked out by hand."""
+    from vatt.evaluate.signal import signal_failures, signal_rows, signal_table
+
+    trained = {"text_video_retrieval.R@10": 0.9, "text_video_retrieval.num_items": 60,
+               "audio_linear.top1": 0.5, "audio_linear.chance_top1": 0.125,
+               "action_linear.top1": 0.2, "action_linear.chance_top1": 0.125}
+    random = {"text_video_retrieval.R@10": 0.2, "audio_linear.top1": 0.45,
+              "action_linear.top1": 0.1}
+    rows = signal_rows(trained, random)
+    assert rows["text_video_retrieval.R@10"] == {"trained": 0.9, "random": 0.2, "chance": 10 / 60}
+    assert signal_failures(rows) == [
+        "action_linear.top1: trained 0.200 < 3 x chance 0.125",  # 0.2 < 0.375
+        "audio_linear.top1: trained 0.500 < 1.25 x random 0.450"]  # 0.5 < 0.5625
+    assert "| audio_linear.top1 | 0.5000 | 0.4500 | 0.1250 | 4.00 | 1.11 |" in signal_table(rows)

@@ -263,3 +263,25 @@ def test_trial_rows_make_the_table_the_plot_and_a_best_yaml_that_loads(tmp_path)
     cfg = from_dict(yaml.safe_load(text))
     assert cfg.model.video.drop_rate == cfg.model.audio.drop_rate == 0.5
     assert cfg.train.optim.total_steps == 4
+
+
+def test_trials_fit_the_cluster_validate_and_keep_their_own_run():
+    """The driver's arithmetic (no Ray): how many trials fit, the validation every trial
+    reports for the scheduler, each trial's own run name and folder, its label."""
+    from tuning.space import load_space
+    from tuning.sweep import max_concurrent_trials, sweep_base, trial_config, trial_label
+    from vatt.config import load_config, to_dict
+
+    cfg = load_config("tiny")  # 2 workers x 0.5 CPU, + 1 CPU for the trial's data
+    assert [max_concurrent_trials(cfg, {"CPU": cpus}) for cpus in (1, 2, 4, 9)] == [1, 1, 2, 4]
+    gpu = load_config("tiny", ["train.use_gpu=true", "train.gpus_per_worker=1"])
+    assert max_concurrent_trials(gpu, {"CPU": 16, "GPU": 4}) == 2  # 2 GPUs a trial
+    base = sweep_base(cfg)  # 300 steps, rows every 10: validation every 30 steps
+    assert base.train.validation.every == 30
+    assert sweep_base(load_config("tiny", ["train.validation.every=7"])).train.validation.every == 7
+    trial = trial_config(to_dict(base), {"model.sharing": "agnostic"}, "trial-1", "/s/runs")
+    assert (trial.model.sharing.value, trial.train.run_name, trial.train.storage_path) == (
+        "agnostic", "trial-1", "/s/runs")
+    space = load_space("droptoken_sharing")
+    assert trial_label(space, {"model.video.drop_rate": 0.25, "model.sharing": "specific"}) == (
+        "drop_rate=0.25 sharing=specific")

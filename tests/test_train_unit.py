@@ -278,3 +278,18 @@ def test_batch_stream_runs_epoch_after_epoch_and_resumes_where_it_was(read_ahead
     tiny = ray.data.from_items([{"clip_index": i} for i in range(4)])
     with pytest.raises(RuntimeError, match="fewer clips per worker"):
         next(batch_stream(tiny, 8, DataPosition(), read_ahead=read_ahead))
+
+
+def test_progress_line_says_step_loss_pace_and_time_left():
+    from vatt.train.progress import ProgressLine, format_duration
+
+    line = ProgressLine(total_steps=300, run_name="r")
+    row = {"step": 10, "loss_total": 8.5, "loss_video_audio": 4.25, "loss_video_text": 4.25,
+           "clips_per_s": 16.4}
+    # the first row starts the clock: start-up and a resume are not the pace
+    assert line.line(row, now=100.0) == ("step 10/300 (3%) loss 8.500 (video-audio 4.250, "
+                                         "video-text 4.250) 16 clips/s")
+    later = line.line(row | {"step": 20, "val_MRR": 0.25}, now=110.0)  # 1 s a step
+    assert later.endswith("16 clips/s, val MRR 0.250, 4m40s left")
+    assert "left" not in line.line(row | {"step": 300}, now=400.0)
+    assert [format_duration(s) for s in (59.4, 61, 3725)] == ["59s", "1m01s", "1h02m"]
