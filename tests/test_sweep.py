@@ -58,12 +58,12 @@ def swept(default_pipeline):
     with open(log_path, "w") as log:
         first = subprocess.Popen(command, cwd=project, env=_env(), stdout=log,
                                  stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        # kill once the first trial has finished and the second has reported (Tune has saved
-        # its state by then: it does so every 2 s in a sweep)
+        # kill once the first trial has finished, the second has reported and Tune has saved
+        # its state after that (every 2 s in a sweep), so the finished trial is on record
         poll(lambda: " finished: " in log_path.read_text() and "trial 2/4" in log_path.read_text(),
              "the sweep's first trial to finish and the second to report", 15 * 60, first, log_path)
-        killed_at = _tune_state_saved(out)
-        poll(lambda: _tune_state_saved(out) > killed_at, "Tune to save its state once more",
+        saved_before = _tune_state_saved(out)
+        poll(lambda: _tune_state_saved(out) > saved_before, "Tune to save its state once more",
              60, first, log_path)
         os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray it started
         first.wait(timeout=60)

@@ -595,8 +595,9 @@ LOCAL_PATH_FIELDS = ("data.path", "train.storage_path", "eval.output_path", "eva
 def with_absolute_paths(cfg: Config, root: Optional[Path] = None,
                         fields: tuple[str, ...] = LOCAL_PATH_FIELDS) -> Config:
     """A copy of `cfg` whose relative local paths (`fields`, by default every one) are made
-    absolute against `root` (the current directory). Code that hands a config to other processes calls it first:
-    a Ray Tune trial runs in its own working folder, where `data.path=data` means another folder."""
+    absolute against `root` (the current directory). Code that hands a config to other
+    processes calls it first: a Ray Tune trial runs in its own working folder, where
+    `data.path=data` means another folder."""
     root = Path(root or Path.cwd())
     structured = OmegaConf.structured(cfg)
     overrides = []
@@ -613,5 +614,6 @@ __all__ = [
     "Config", "ConfigError", "ModelConfig", "DataConfig", "TrainConfig", "LossConfig",
     "EncoderConfig", "BackboneSharing", "DropTokenSampling", "CropStyle", "Precision",
     "load_config", "available_presets", "to_dict", "to_yaml", "from_dict", "replace",
-    "with_absolute_paths", "LOCAL_PATH_FIELDS", "StorageConfig", "ClusterConfig", "TrainingTarget", "Accelerator", "CleanupPolicy",
+    "with_absolute_paths", "LOCAL_PATH_FIELDS", "StorageConfig", "ClusterConfig", "TrainingTarget",
+    "Accelerator", "CleanupPolicy",
 ]
