@@ -89,7 +89,11 @@ def test_the_pipelines_retrain_ran_every_step_and_shows_its_results(prefect_api,
     # plots travel inside the Markdown (Prefect's image artifact needs a URL)
     assert shown["vatt-report"].data.count("data:image/png;base64,") >= 2
     assert "data:image/png;base64," in shown["vatt-training"].data
-    assert "promoted" in shown["vatt-gate"].data
+    # the gate's decision, as the pipeline's registry recorded it, is what the artifact says
+    registry = default_pipeline.project / "artifacts" / "registry" / "registry.json"
+    decision = json.loads(registry.read_text())["decisions"][0]
+    assert decision["promoted"] and decision["checkpoint"] == str(default_pipeline.checkpoint)
+    assert "promoted" in shown["vatt-gate"].data and decision["reason"] in shown["vatt-gate"].data
     assert f"({default_pipeline.checkpoint.as_uri()})" in shown["vatt-checkpoint"].data
     # the library's logs (training progress) are in the run's logs
     logs = run_logs(flow_run_id)
