@@ -42,14 +42,19 @@ RUN case "$VARIANT" in \
     esac \
     && if [ "$VARIANT" = tpu ]; then pip install "torch-tpu==0.2.*"; fi
 
-# the package and the Prefect Kubernetes worker (the k8s extra); the source does not stay
+# the package and the Prefect Kubernetes worker (the k8s extra); the source does not stay. The
+# flows (flows/) and search spaces (tuning/) are packages of the wheel: a flow run's pod loads
+# its deployment's module-path entrypoint (flows.retrain.retrain) from here
 COPY . /tmp/vatt-src
 RUN pip install "/tmp/vatt-src[k8s]" && rm -rf /tmp/vatt-src
 
 USER 1000:1000
 ENV HOME=/home/vatt
 # relative paths of the defaults (runs/, artifacts/, data/, k8s/) resolve in the user's home;
-# the manifests travel with the image for flow runs that submit RayJobs (cluster.manifests=k8s)
+# the manifests travel with the image for flow runs that submit RayJobs (cluster.manifests=k8s),
+# and prefect.yaml for `vatt deploy` run inside the cluster
+# (`kubectl -n vatt exec deploy/vatt-prefect-worker -- vatt deploy`)
 WORKDIR /home/vatt
 COPY --chown=1000:1000 k8s /home/vatt/k8s
+COPY --chown=1000:1000 prefect.yaml /home/vatt/prefect.yaml
 CMD ["vatt", "--help"]

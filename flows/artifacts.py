@@ -72,6 +72,17 @@ def publish_ingest(summaries: list[dict[str, Any]], version: Optional[dict[str, 
                              description=version["message"])
 
 
+@task(name="publish-data-version", cache_policy=NO_CACHE, **transient_retries)
+def publish_data_version(record: dict[str, Any]) -> None:
+    """The published data version a cluster job read (vatt.data.publish)."""
+    create_link_artifact(
+        key=KEYS["data_version"], link=record["uri"],
+        link_text=f"data version {record['version']}",
+        description=(f"The data the cluster's jobs read: {record.get('files', '?')} files, "
+                     f"immutable under {record['uri']} ({record.get('uploaded', 0)} uploaded by "
+                     "this run)"))
+
+
 @task(name="publish-training", cache_policy=NO_CACHE, **transient_retries)
 def publish_training(cfg: Config, trained: dict[str, Any]) -> None:
     from vatt.train.phases import describe_phases

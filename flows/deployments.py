@@ -1,9 +1,13 @@
-"""The deployments of prefect.yaml, served from this machine (`vatt serve`).
+"""The deployments of prefect.yaml: served from this machine (`vatt serve`), or registered for
+the cluster's work pool (`vatt deploy`).
 
-prefect.yaml is the one declaration of the deployments: `prefect deploy` reads it for a work
-pool, and `serve_deployments` turns the same entries into `RunnerDeployment`s (entrypoint,
-schedules, parameters, concurrency limit, parameter schema enforcement) and serves them, so
-runs can be triggered from the UI, `prefect deployment run FLOW/NAME`, or their schedules.
+prefect.yaml is the one declaration of the deployments. Its entries without a `work_pool` are
+served here: `serve_deployments` turns them into `RunnerDeployment`s (entrypoint, schedules,
+parameters, concurrency limit, parameter schema enforcement) and serves them, so runs can be
+triggered from the UI, `prefect deployment run FLOW/NAME`, or their schedules. Its entries on a
+work pool (`vatt-k8s`) are registered by `deploy_to_pool` against the Prefect server, for the
+pool's worker to run as Kubernetes Jobs of the vatt image; their module-path entrypoints load
+from the installed package, with no source tree and no pull step.
 """
 
 from __future__ import annotations
@@ -22,7 +26,11 @@ class DeploymentError(RuntimeError):
     """prefect.yaml or the Prefect API cannot be used; the message says what to do."""
 
 
+DEFAULT_POOL = "vatt-k8s"  # the pool k8s/prefect's worker creates and polls
+
+
 def read_spec(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
+    """Every deployment entry of prefect.yaml."""
     if not path.is_file():
         raise DeploymentError(f"no {path}: run from the project (where prefect.yaml is) or pass "
                               "its path")
@@ -33,34 +41,72 @@ def read_spec(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
     return entries
 
 
+def pool_of(entry: dict[str, Any]) -> Optional[str]:
+    return (entry.get("work_pool") or {}).get("name")
+
+
+def served_entries(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
+    """The entries `vatt serve` serves: those without a work pool."""
+    return [entry for entry in read_spec(path) if not pool_of(entry)]
+
+
+def pool_entries(pool: str = DEFAULT_POOL, path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
+    """The entries on work pool `pool` (what `vatt deploy` registers)."""
+    entries = [entry for entry in read_spec(path) if pool_of(entry) == pool]
+    if not entries:
+        pools = sorted({pool_of(entry) for entry in read_spec(path) if pool_of(entry)})
+        raise DeploymentError(f"{path} declares no deployment on work pool {pool!r} (pools named "
+                              f"there: {', '.join(pools) or 'none'})")
+    return entries
+
+
 def load_flow(entrypoint: str):
-    """`flows/retrain.py:retrain` -> the flow object (imported as flows.retrain)."""
-    try:
-        file_part, name = entrypoint.split(":")
-    except ValueError:
-        raise DeploymentError(f"entrypoint {entrypoint!r} is not 'path/to/file.py:flow'") from None
-    module = importlib.import_module(Path(file_part).with_suffix("").as_posix().replace("/", "."))
+    """The flow object of an entrypoint: a module path (`flows.retrain.retrain`, as prefect.yaml
+    names them) or `path/to/file.py:flow` (imported as a module of this project)."""
+    if ":" in entrypoint:
+        file_part, name = entrypoint.rsplit(":", 1)
+        module_name = Path(file_part).with_suffix("").as_posix().replace("/", ".")
+    elif "." in entrypoint:
+        module_name, name = entrypoint.rsplit(".", 1)
+    else:
+        raise DeploymentError(f"entrypoint {entrypoint!r} is neither a module path "
+                              "('flows.retrain.retrain') nor 'path/to/file.py:flow'")
+    module = importlib.import_module(module_name)
     try:
         return getattr(module, name)
     except AttributeError:
         raise DeploymentError(f"entrypoint {entrypoint!r}: {module.__name__} has no {name}") from None
 
 
-def build_deployments(path: Path = PREFECT_YAML, schedules: bool = True) -> list:
-    """RunnerDeployments for the entries of prefect.yaml (schedules off: none attached)."""
+def _to_deployment(entry: dict[str, Any], schedules: bool, pool: Optional[str] = None):
+    from prefect.deployments.runner import EntrypointType
     from prefect.schedules import Cron
 
-    deployments = []
-    for entry in read_spec(path):
-        flow = load_flow(entry["entrypoint"])
-        crons = [Cron(s["cron"], timezone=s.get("timezone"), active=s.get("active", True))
-                 for s in entry.get("schedules") or [] if "cron" in s] if schedules else []
-        deployments.append(flow.to_deployment(
-            name=entry["name"], description=entry.get("description"), tags=entry.get("tags"),
-            parameters=entry.get("parameters") or {}, schedules=crons or None,
-            concurrency_limit=entry.get("concurrency_limit"),
-            enforce_parameter_schema=entry.get("enforce_parameter_schema", True)))
-    return deployments
+    flow = load_flow(entry["entrypoint"])
+    crons = [Cron(s["cron"], timezone=s.get("timezone"), active=s.get("active", True))
+             for s in entry.get("schedules") or [] if "cron" in s] if schedules else []
+    kwargs: dict[str, Any] = {}
+    if pool:
+        kwargs = {"work_pool_name": pool,
+                  "job_variables": (entry.get("work_pool") or {}).get("job_variables") or None}
+    return flow.to_deployment(
+        name=entry["name"], description=entry.get("description"), tags=entry.get("tags"),
+        parameters=entry.get("parameters") or {}, schedules=crons or None,
+        concurrency_limit=entry.get("concurrency_limit"),
+        enforce_parameter_schema=entry.get("enforce_parameter_schema", True),
+        entrypoint_type=EntrypointType.MODULE_PATH, **kwargs)
+
+
+def build_deployments(path: Path = PREFECT_YAML, schedules: bool = True) -> list:
+    """RunnerDeployments for the served entries of prefect.yaml (schedules off: none
+    attached)."""
+    return [_to_deployment(entry, schedules) for entry in served_entries(path)]
+
+
+def build_pool_deployments(pool: str = DEFAULT_POOL, path: Path = PREFECT_YAML,
+                           schedules: bool = True) -> list:
+    """RunnerDeployments for the entries of prefect.yaml on work pool `pool`."""
+    return [_to_deployment(entry, schedules, pool) for entry in pool_entries(pool, path)]
 
 
 def check_api() -> str:
@@ -92,7 +138,7 @@ def check_api() -> str:
 
 def serve_deployments(path: Path = PREFECT_YAML, limit: Optional[int] = None,
                       schedules: bool = True) -> None:
-    """Serve every deployment of prefect.yaml until interrupted."""
+    """Serve the deployments of prefect.yaml without a work pool until interrupted."""
     from prefect import serve
 
     check_api()
@@ -100,5 +146,30 @@ def serve_deployments(path: Path = PREFECT_YAML, limit: Optional[int] = None,
     serve(*deployments, limit=limit, print_starting_message=True)
 
 
-__all__ = ["serve_deployments", "build_deployments", "check_api", "read_spec", "DeploymentError",
-           "PREFECT_YAML"]
+def deploy_to_pool(pool: str = DEFAULT_POOL, path: Path = PREFECT_YAML) -> list[str]:
+    """Register (create or update) the deployments of prefect.yaml on work pool `pool` with the
+    Prefect server at PREFECT_API_URL; returns their names as FLOW/NAME. The pool must exist
+    (k8s/prefect's worker creates it at start)."""
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    check_api()
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(pool)
+        except ObjectNotFound:
+            raise DeploymentError(
+                f"work pool {pool!r} does not exist on the Prefect server: start the worker of "
+                "k8s/prefect (`kubectl apply -k k8s`; its init container creates the pool), or "
+                f"create it with `prefect work-pool create {pool} --type kubernetes "
+                "--base-job-template k8s/prefect/base-job-template.json`") from None
+    names = []
+    for deployment in build_pool_deployments(pool, path):
+        deployment.apply()
+        names.append(f"{deployment.flow_name}/{deployment.name}")
+    return names
+
+
+__all__ = ["serve_deployments", "build_deployments", "build_pool_deployments", "deploy_to_pool",
+           "check_api", "read_spec", "served_entries", "pool_entries", "load_flow",
+           "DeploymentError", "PREFECT_YAML", "DEFAULT_POOL"]

@@ -13,9 +13,10 @@ from typing import Any, Optional
 
 from prefect import flow
 
-from flows.artifacts import publish_ingest
+from flows.artifacts import publish_data_version, publish_ingest
 from flows.params import DatasetName, Overrides, Preset, Source
-from flows.tasks import fingerprint_source, ingest_source, resolve_config, version_data
+from flows.tasks import (fingerprint_source, ingest_source, publish_data, resolve_config,
+                         version_data)
 from vatt.config import Config
 
 log = logging.getLogger("vatt.flows")
@@ -59,6 +60,13 @@ def ingest(source: Source = "synthetic", path: Optional[str] = None, preset: Pre
            name: Optional[DatasetName] = None) -> dict[str, Any]:
     """`source` in its published layout at `path` (a folder or s3:// prefix; for `synthetic`,
     where the generated raw media go) into `data.path`/`name` (default: the source's name,
-    e.g. name=kinetics600 beside an earlier kinetics400)."""
+    e.g. name=kinetics600 beside an earlier kinetics400). With data.versions_uri set, the data
+    folder's version is then published there (vatt.data.publish) for the cluster's jobs."""
     cfg = resolve_config(preset, overrides)
-    return ingest_data(cfg, source, path, version, name)
+    result = ingest_data(cfg, source, path, version, name)
+    if cfg.data.versions_uri:  # for jobs elsewhere: the version, immutable in object storage
+        published = publish_data(cfg)
+        publish_data_version(published)
+        result["published"] = {key: published[key] for key in ("version", "uri")}
+        result["seconds"]["publish"] = published["seconds"]
+    return result

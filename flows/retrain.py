@@ -1,10 +1,13 @@
 """The `retrain` flow, the platform's main job: data -> pretrain -> evaluate -> promote.
 
     data      pull the requested data version (`data_rev`), or ingest `source` (cached on its
-              input, so unchanged data is not ingested again) and version it with DVC
+              input, so unchanged data is not ingested again) and version it with DVC; with
+              cluster.target=kubernetes, publish that version to data.versions_uri/<version>/,
+              the immutable prefix the cluster's jobs read
     pretrain  Ray Train, under a run name pinned to this flow run: retrying a failed or crashed
               run (UI, API) resumes training from its last checkpoint instead of step 0
-    evaluate  downstream tasks, report, and the promotion gate against the promoted model
+    evaluate  downstream tasks, report, and the promotion gate against the promoted model (with
+              cluster.target=kubernetes as a RayJob too: the flow only orchestrates)
 
 Deployed on a weekly schedule with a concurrency limit of one (prefect.yaml), so two scheduled
 runs never race for the registry; `vatt pipeline` runs it once on the embedded defaults.
@@ -18,12 +21,14 @@ from typing import Any, Optional
 
 from prefect import flow
 
-from flows.artifacts import publish_evaluation, publish_timing, publish_training
+from flows.artifacts import (publish_data_version, publish_evaluation, publish_timing,
+                             publish_training)
 from flows.ingest import ingest_data
 from flows.params import GitRev, Overrides, Preset, RunName, Source
 from flows.pretrain import pinned_run_name
-from flows.tasks import (evaluate_checkpoint, pretrain_model, pull_data, read_promoted,
-                         resolve_config)
+from flows.tasks import (evaluate_checkpoint, pretrain_model, publish_data, pull_data,
+                         read_promoted, resolve_config)
+from vatt.config import TrainingTarget, replace
 
 log = logging.getLogger("vatt.flows")
 
@@ -56,6 +61,12 @@ def retrain(preset: Preset = "tiny", overrides: Overrides = [], source: Source =
     else:
         data = ingest_data(cfg, source, source_path)
         seconds.update(data["seconds"])
+    published = None
+    if cfg.cluster.target == TrainingTarget.kubernetes:  # the jobs read one published version
+        published = publish_data(cfg)
+        seconds["publish"] = published["seconds"]
+        publish_data_version(published)
+        cfg = replace(cfg, [f"data.path={published['uri']}"])
     trained = pretrain_model(cfg)
     seconds["pretrain"] = trained["seconds"]
     publish_training(cfg, trained)
@@ -68,4 +79,5 @@ def retrain(preset: Preset = "tiny", overrides: Overrides = [], source: Source =
     return {"run_name": trained["run_name"], "checkpoint": trained["checkpoint"],
             "history": trained["history"], "metrics": evaluated["metrics"],
             "report": evaluated["report"], "decision": evaluated["decision"],
-            "promoted_before": promoted, "timing": rows}
+            "promoted_before": promoted, "timing": rows,
+            "data": {key: published[key] for key in ("version", "uri")} if published else None}

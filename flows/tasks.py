@@ -138,6 +138,21 @@ def pull_data(cfg: Config, rev: str) -> dict[str, Any]:
     return {"version": version, "rev": rev, "seconds": timer.seconds}
 
 
+@task(name="publish-data", cache_policy=NO_CACHE, **transient_retries)
+def publish_data(cfg: Config) -> dict[str, Any]:
+    """The data a cluster job reads: data.path's version, uploaded (once: versions are
+    immutable) under data.versions_uri/<version>/ (vatt.data.publish); its record, with `uri`
+    the prefix that becomes the job's data.path."""
+    from vatt.data.publish import data_for_job
+    from vatt.storage import ObjectStore
+
+    with _Timer() as timer:
+        _, record = data_for_job(cfg, ObjectStore.from_config(cfg.storage))
+    log.info("data version %s at %s (%d files uploaded now)", record["version"], record["uri"],
+             record.get("uploaded", 0))
+    return {**record, "seconds": timer.seconds}
+
+
 # ---------------------------------------------------------------------------------------------
 # Training and evaluation
 
@@ -177,28 +192,25 @@ def read_promoted(cfg: Config) -> Optional[dict[str, Any]]:
 @task(name="evaluate", cache_policy=NO_CACHE, **transient_retries)
 def evaluate_checkpoint(checkpoint: str, cfg: Config, overrides: list[str],
                         tasks: Optional[list[str]], promote: bool) -> dict[str, Any]:
-    """Downstream evaluation, report and (if `promote`) the promotion gate."""
-    from dataclasses import asdict
-
-    from vatt.evaluate.pipeline import describe_decision, run_evaluation
+    """Downstream evaluation, report and (if `promote`) the promotion gate: in this process, or
+    with cluster.target=kubernetes as a RayJob on the cluster (reading the checkpoint and data
+    from object storage, writing the report and the registry's decision there)."""
+    from vatt.config import TrainingTarget
+    from vatt.evaluate.pipeline import describe_decision, outcome_summary, run_evaluation
+    from vatt.evaluate.registry import Decision
 
     with _Timer() as timer:
-        outcome = run_evaluation(checkpoint, cfg, overrides, tasks, promote=promote)
-    log.info("report: %s", outcome.report_uri)
-    decision = None
-    if outcome.decision is not None:
-        log.info("%s", describe_decision(outcome.decision))
-        decision = asdict(outcome.decision)
-    results = outcome.results  # what the table needs: one row per (task, dataset)
-    summary = {"config_name": results.get("config_name"),
-               "tasks": {key: {k: v for k, v in body.items()
-                               if k in ("task", "dataset", "source", "num_classes", "metrics")}
-                         for key, body in results["tasks"].items()}}
-    return {"metrics": outcome.results["metrics"], "results": summary,
-            "report": outcome.report_uri,
-            "checkpoint": outcome.results.get("checkpoint"), "step": outcome.results.get("step"),
-            "data_version": outcome.results.get("data_version"), "decision": decision,
-            "seconds": timer.seconds}
+        if cfg.cluster.target == TrainingTarget.kubernetes:
+            from vatt.cluster.jobs import evaluate_on_cluster
+
+            summary = evaluate_on_cluster(cfg, checkpoint, overrides, tasks, promote)
+        else:
+            summary = outcome_summary(run_evaluation(checkpoint, cfg, overrides, tasks,
+                                                     promote=promote))
+    log.info("report: %s", summary["report"])
+    if summary["decision"] is not None:
+        log.info("%s", describe_decision(Decision(**summary["decision"])))
+    return {**summary, "seconds": timer.seconds}
 
 
 def config_summary(cfg: Config) -> dict[str, Any]:
@@ -212,5 +224,6 @@ def config_summary(cfg: Config) -> dict[str, Any]:
 
 
 __all__ = ["resolve_config", "fingerprint_source", "ingest_source", "version_data", "pull_data",
+           "publish_data",
            "pretrain_model", "read_promoted", "evaluate_checkpoint", "StageTime",
            "transient_retries", "retry_transient", "config_summary"]

@@ -50,3 +50,16 @@ def tar_members(tar_path: Path) -> dict[str, bytes]:
 
     with tarfile.open(tar_path) as tar:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+def tiny_data_folder(root: Path, name: str = "synthetic-howto100m", clips: int = 3) -> Path:
+    """A data folder in the ingested layout (vocabulary, a dataset's manifest and shards), a few
+    KB: for what moves or names data, not what decodes it."""
+    folder = root / name
+    (folder / "train").mkdir(parents=True)
+    for index in range(clips):
+        (folder / "train" / f"shard-{index:05d}.tar").write_bytes(bytes([index]) * (1000 + index))
+    (folder / "manifest.json").write_text(json.dumps(
+        {"shards": [f"train/shard-{i:05d}.tar" for i in range(clips)]}))
+    (root / "vocab.json").write_text(json.dumps({"words": ["<pad>", "<unk>"]}))
+    return root

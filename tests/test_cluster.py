@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT, poll, vatt_command
+from helpers import tiny_data_folder
 from k8s_validate import validate
 from vatt.cluster import jobs
 from vatt.cluster.client import (InvalidObjectError, JobExistsError, KubeClient,
@@ -74,6 +75,37 @@ def test_rendered_job_carries_the_config_and_validates(accelerator, hardware):
     assert all(doc["metadata"].get("namespace") == NAMESPACE for doc in rendered.documents)
     for doc in rendered.documents:
         assert validate(doc) == [], (doc["kind"], validate(doc))
+
+
+def test_the_evaluation_job_is_rendered_beside_its_run_and_its_entrypoint_parses():
+    """evaluate_on_cluster's RayJob: named after the run plus -eval, the same overlay, an
+    entrypoint that `vatt evaluate` parses into the checkpoint, outcome and overrides given."""
+    import shlex
+
+    from vatt.cli import build_parser
+    from vatt.cluster.render import EVALUATE_SUFFIX, STEP_LABEL
+
+    cfg = _cfg("run-x", "eval.output_path=s3://vatt-data/eval",
+               "eval.registry_path=s3://vatt-data/registry")
+    checkpoint = "s3://vatt-data/runs/run-x/checkpoint_000001"
+    command = ("evaluate", "--checkpoint", checkpoint, "--outcome",
+               "s3://vatt-data/eval/jobs/run-x-eval.json", "--on-worker",
+               "data.path=s3://vatt-data/datasets/sha256-abc", "eval.probe_epochs=3")
+    rendered = render_job(cfg, command=command, suffix=EVALUATE_SUFFIX)
+    assert rendered.name == "run-x-eval"
+    assert rendered.rayjob["metadata"]["labels"][STEP_LABEL] == "evaluate"
+    entrypoint = rendered.rayjob["spec"]["entrypoint"]
+    assert entrypoint.startswith(f"vatt evaluate --config-env {JOB_CONFIG_ENV} --checkpoint ")
+    args = build_parser().parse_args(shlex.split(entrypoint)[1:])
+    assert (args.checkpoint, args.on_worker, args.no_promote) == (checkpoint, True, False)
+    assert args.outcome.endswith("/jobs/run-x-eval.json")
+    assert args.overrides == ["data.path=s3://vatt-data/datasets/sha256-abc",
+                              "eval.probe_epochs=3"]
+    for doc in rendered.documents:
+        assert validate(doc) == [], (doc["kind"], validate(doc))
+    # reports and the registry are written by the pods: local folders are refused
+    with pytest.raises(RenderError, match="eval.output_path='artifacts/eval'"):
+        render_job(_cfg("run-x"), command=command, suffix=EVALUATE_SUFFIX)
 
 
 def test_local_paths_are_refused_before_anything_is_rendered():
@@ -384,19 +416,31 @@ def test_rbac_grants_nothing_more(kube_api, rbac):
             assert "secrets" not in rule.get("resources", [])
 
 
-def test_vatt_submit_waits_for_the_job_and_exits_by_its_outcome(kube_api, rbac, operator, tmp_path):
-    """The CLI end to end with the worker's kubeconfig: create, follow, Complete, exit 0."""
+def test_vatt_submit_waits_for_the_job_and_exits_by_its_outcome(kube_api, rbac, operator,
+                                                               s3_server, tmp_path):
+    """The CLI end to end with the worker's kubeconfig: publish the local data folder's version
+    (data.versions_uri), create the RayJob reading it, follow, Complete, exit 0."""
+    from vatt.data.publish import content_version
+
     kubeconfig = kube_api.kubeconfig(tmp_path / "kubeconfig", token=kube_api.tokens[WORKER])
     run = _unique("cli")
+    data = tiny_data_folder(tmp_path / "data")
+    versions = f"s3://{s3_server.bucket}/datasets-{run}"
     command = [*vatt_command(), "submit", "--target", "gpu", "--wait", f"train.run_name={run}",
-               f"cluster.manifests={REPO_ROOT / 'k8s'}", "cluster.poll_s=0.2", *S3_PATHS]
-    env = {**__import__("os").environ, "KUBECONFIG": str(kubeconfig)}
+               f"cluster.manifests={REPO_ROOT / 'k8s'}", "cluster.poll_s=0.2",
+               "train.storage_path=s3://vatt-data/runs", f"data.versions_uri={versions}"]
+    env = {**__import__("os").environ, **s3_server.env, "KUBECONFIG": str(kubeconfig)}
     process = subprocess.Popen(command, cwd=tmp_path, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
     reader.start()
     poll(lambda: _exists(kube_api, job_name(run)), "vatt submit to create the RayJob", 120, process)
+    # the job reads exactly the version published for it
+    version_uri = f"{versions}/{content_version(data)}"
+    rayjob = yaml.safe_load(kube_api.kubectl("get", "rayjob", job_name(run), "-o", "yaml").stdout)
+    shipped = yaml.safe_load(yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])["env_vars"][JOB_CONFIG_ENV])
+    assert shipped["data"]["path"] == version_uri
     operator(job_name(run), jobDeploymentStatus="Running", jobStatus="RUNNING")
     poll(lambda: any(": Running (ray job RUNNING)" in line for line in lines),
          "vatt submit to say the job runs", 120, process)
@@ -408,3 +452,4 @@ def test_vatt_submit_waits_for_the_job_and_exits_by_its_outcome(kube_api, rbac, 
     assert f"rayjob {job_name(run)}: Running (ray job RUNNING)" in output
     assert f"rayjob {job_name(run)}: Complete" in output
     assert f"run folder: s3://vatt-data/runs/{run}" in output
+    assert f"data version {content_version(data)}: {version_uri}" in output

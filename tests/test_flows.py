@@ -15,6 +15,7 @@ import threading
 import pytest
 
 from conftest import vatt_command
+from vatt.config import load_config
 
 def task_runs(flow_run_id) -> dict[str, object]:
     """{task name: task run} of a flow run (task run names are '<task>-<suffix>')."""
@@ -137,16 +138,31 @@ def test_every_deployment_loads_its_flow_and_its_parameters_are_typed():
     entrypoint, and the flow's own parameter check refuses what the API refuses."""
     from prefect.exceptions import ParameterTypeError
 
-    from flows.deployments import build_deployments, load_flow, read_spec
+    from flows.deployments import (build_deployments, build_pool_deployments, load_flow,
+                                   served_entries)
 
-    spec = read_spec()
+    spec = served_entries()
     flows = {entry["entrypoint"]: load_flow(entry["entrypoint"]) for entry in spec}
     assert {flow.name for flow in flows.values()} == {"retrain", "ingest", "pretrain", "evaluate",
                                                       "sweep"}
     deployments = build_deployments(schedules=False)
     assert sorted(d.name for d in deployments) == sorted(entry["name"] for entry in spec)
     assert all(d.enforce_parameter_schema for d in deployments)
-    retrain = flows["flows/retrain.py:retrain"]
+    # the cluster's: module-path entrypoints (they load from the installed package, as in the
+    # image), on the pool k8s/prefect's worker polls, training and evaluating as RayJobs
+    cluster = build_pool_deployments("vatt-k8s", schedules=False)
+    assert {(d.flow_name, d.name) for d in cluster} == {
+        ("retrain", "cluster-weekly"), ("ingest", "cluster"), ("pretrain", "cluster"),
+        ("evaluate", "cluster")}
+    for deployment in cluster:
+        assert deployment.work_pool_name == "vatt-k8s" and deployment.enforce_parameter_schema
+        assert deployment.entrypoint == f"flows.{deployment.flow_name}.{deployment.flow_name}"
+        overrides = deployment.parameters["overrides"]
+        assert any(item.startswith("data.versions_uri=s3://") for item in overrides)
+        if deployment.flow_name != "ingest":
+            assert "cluster.target=kubernetes" in overrides
+            load_config("tiny", overrides)  # every override names a real key
+    retrain = flows["flows.retrain.retrain"]
     for parameters in BAD_PARAMETERS:
         with pytest.raises(ParameterTypeError):
             retrain.validate_parameters(parameters)

@@ -49,10 +49,10 @@ def served(prefect_server, default_pipeline) -> Iterator[Served]:
                                 env=prefect_server.env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
-    from flows.deployments import read_spec
+    from flows.deployments import load_flow, served_entries
 
-    declared = sorted((entry["entrypoint"].rsplit(":", 1)[1], entry["name"])
-                      for entry in read_spec())
+    declared = sorted((load_flow(entry["entrypoint"]).name, entry["name"])
+                      for entry in served_entries())
 
     def deployments() -> list[tuple[str, str]]:
         flows = {f["id"]: f["name"] for f in _api(prefect_server, "/flows/filter", {})}
@@ -60,7 +60,7 @@ def served(prefect_server, default_pipeline) -> Iterator[Served]:
                       for d in _api(prefect_server, "/deployments/filter", {}))
 
     try:
-        # every deployment of prefect.yaml (they are registered one after the other)
+        # every served deployment of prefect.yaml (registered one after the other)
         poll(lambda: deployments() == declared, "vatt serve registering the deployments",
                   180, proc, log)
         assert ("retrain", "weekly") in declared

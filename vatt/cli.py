@@ -92,19 +92,34 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                   "action_linear=ucf101", file=sys.stderr)
             return 2
         datasets.setdefault(task, []).append(name)
+    from vatt.evaluate.pipeline import (describe_decision, outcome_summary,
+                                        run_evaluation_on_worker)
+    from vatt.evaluate.registry import Decision
+
+    cfg = load_config(args.preset, args.overrides)
     try:
-        outcome = run_evaluation(args.checkpoint, load_config(args.preset, args.overrides),
-                                 args.overrides, args.tasks, datasets, promote=not args.no_promote)
+        if args.on_worker:  # a RayJob's driver: the work goes to a worker with the accelerator
+            summary = run_evaluation_on_worker(args.checkpoint, cfg, args.overrides, args.tasks,
+                                               datasets, promote=not args.no_promote)
+        else:
+            summary = outcome_summary(run_evaluation(args.checkpoint, cfg, args.overrides,
+                                                     args.tasks, datasets,
+                                                     promote=not args.no_promote))
     except (CheckpointError, RegistryError, DataError) as err:
         print(f"vatt evaluate: {err}", file=sys.stderr)
         return 1
-    from vatt.evaluate.pipeline import describe_decision
+    if args.outcome:  # for whoever started this job elsewhere (vatt.cluster.jobs)
+        import json
 
-    for name, value in sorted(outcome.results["metrics"].items()):
+        from vatt.storage import ObjectStore
+
+        ObjectStore.from_config(cfg.storage).write_text(args.outcome,
+                                                        json.dumps(summary, indent=2))
+    for name, value in sorted(summary["metrics"].items()):
         print(f"{name:40s} {value:.4f}")
-    print(f"report: {outcome.report_uri}")
-    if outcome.decision is not None:
-        print(describe_decision(outcome.decision))
+    print(f"report: {summary['report']}")
+    if summary["decision"] is not None:
+        print(describe_decision(Decision(**summary["decision"])))
     return 0
 
 
@@ -150,15 +165,38 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prefect_yaml(given: str | None) -> Path:
+    """--file, else ./prefect.yaml (a project folder, or the image's home), else the checkout's."""
+    from flows.deployments import PREFECT_YAML
+
+    if given:
+        return Path(given)
+    return Path("prefect.yaml") if Path("prefect.yaml").is_file() else PREFECT_YAML
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from flows.deployments import PREFECT_YAML, DeploymentError, serve_deployments
+    from flows.deployments import DeploymentError, serve_deployments
 
     try:
-        serve_deployments(Path(args.file) if args.file else PREFECT_YAML, limit=args.limit,
+        serve_deployments(_prefect_yaml(args.file), limit=args.limit,
                           schedules=not args.no_schedules)
     except DeploymentError as err:
         print(f"vatt serve: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from flows.deployments import DeploymentError, deploy_to_pool
+
+    try:
+        names = deploy_to_pool(args.pool, _prefect_yaml(args.file))
+    except DeploymentError as err:
+        print(f"vatt deploy: {err}", file=sys.stderr)
+        return 2
+    for name in names:
+        print(f"deployment {name} on work pool {args.pool}")
+    print(f"run one with `prefect deployment run {names[0]}` or from the UI")
     return 0
 
 
@@ -183,6 +221,29 @@ def _cmd_data(args: argparse.Namespace) -> int:
     except versioning.VersioningError as err:
         print(f"vatt data {args.action}: {err}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _cmd_data_publish(args: argparse.Namespace) -> int:
+    from vatt.config import load_config
+    from vatt.data.publish import PublishError, publish
+    from vatt.storage import ObjectStore, StorageError
+
+    if "=" in args.path:  # `vatt data publish KEY=VALUE`: the folder is the default
+        args.overrides, args.path = [args.path, *args.overrides], "data"
+    cfg = load_config(args.preset, args.overrides)
+    if not cfg.data.versions_uri:
+        print("vatt data publish: data.versions_uri is not set; give where versions go, e.g. "
+              "`vatt data publish data data.versions_uri=s3://BUCKET/datasets`", file=sys.stderr)
+        return 2
+    try:
+        published = publish(args.path, cfg.data.versions_uri, ObjectStore.from_config(cfg.storage))
+    except (PublishError, StorageError) as err:
+        print(f"vatt data publish: {err}", file=sys.stderr)
+        return 1
+    print(f"data version {published.version} ({published.kind}): {published.uri} "
+          f"({published.files} files, {published.uploaded} uploaded now)")
+    print(f"train on it in the cluster with data.path={published.uri}")
     return 0
 
 
@@ -227,9 +288,16 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     if not cfg.train.run_name:  # pinned here: the RayJob and the resumable run are named after it
         run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         cfg = replace(cfg, train=replace(cfg.train, run_name=run_name))
+    from vatt.data.publish import PublishError, data_for_job
+    from vatt.storage import ObjectStore, StorageError
+
     try:
+        if not args.dry_run:  # the job reads one published data version (a local folder's)
+            cfg, data = data_for_job(cfg, ObjectStore.from_config(cfg.storage))
+            print(f"data version {data['version']}: {data['uri']} "
+                  f"({data['uploaded']} files uploaded now)")
         rendered = render_job(cfg)
-    except RenderError as err:
+    except (RenderError, PublishError, StorageError) as err:
         print(f"vatt submit: {err}", file=sys.stderr)
         return 2
     if args.dry_run:
@@ -277,12 +345,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve the deployments of prefect.yaml (scheduled "
                                          "retraining, ingest, pretrain, evaluate) against the "
                                          "Prefect server at PREFECT_API_URL")
-    serve.add_argument("--file", default=None, help="prefect.yaml to read (default: the project's)")
+    serve.add_argument("--file", default=None, help="prefect.yaml to read (default: "
+                                                    "./prefect.yaml, else the project's)")
     serve.add_argument("--limit", type=int, default=None,
                        help="most flow runs at once from this process (default: no limit)")
     serve.add_argument("--no-schedules", action="store_true",
                        help="serve without the schedules (runs only when triggered)")
     serve.set_defaults(handler=_cmd_serve)
+
+    deploy = sub.add_parser("deploy", help="register the deployments of prefect.yaml on the "
+                                           "cluster's work pool (vatt-k8s) with the Prefect "
+                                           "server at PREFECT_API_URL, for its Kubernetes worker")
+    deploy.add_argument("--file", default=None, help="prefect.yaml to read (default: "
+                                                     "./prefect.yaml, else the project's)")
+    deploy.add_argument("--pool", default="vatt-k8s",
+                        help="the work pool whose entries to register (default: vatt-k8s)")
+    deploy.set_defaults(handler=_cmd_deploy)
 
     info = sub.add_parser("info", help="build a model from a preset, print parameter counts, "
                                        "FLOPs and run one forward pass; list the evaluation "
@@ -344,6 +422,13 @@ def build_parser() -> argparse.ArgumentParser:
                                "generated)")
     evaluate.add_argument("--no-promote", action="store_true",
                           help="report only; leave the registry alone")
+    evaluate.add_argument("--outcome", default=None, metavar="URI",
+                          help="also write the outcome (metrics, report, decision) as JSON to "
+                               "this file or s3:// key (how an evaluation RayJob answers)")
+    evaluate.add_argument("--on-worker", action="store_true",
+                          help="run the evaluation as a Ray task on a worker of the connected "
+                               "Ray cluster, with its GPU when train.use_gpu (a RayJob's driver "
+                               "runs on the head, which has none)")
     evaluate.set_defaults(handler=_cmd_evaluate)
 
     sweep = sub.add_parser("sweep", help="a Ray Tune sweep of pretraining runs over a search "
@@ -377,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop following after this long (default: cluster.timeout_s)")
     submit.set_defaults(handler=_cmd_submit)
 
-    data = sub.add_parser("data", help="version data/ with DVC: track, push, pull, version")
+    data = sub.add_parser("data", help="version data/ with DVC (track, push, pull, version) and "
+                                       "publish a version for the cluster")
     data_sub = data.add_subparsers(dest="action", required=True)
     track = data_sub.add_parser("track", help="dvc add: hash the folder into data.dvc")
     track.add_argument("path", nargs="?", default="data", help="folder to track (default: data)")
@@ -391,6 +477,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="DVC remote: local or s3 (default: storage.dvc_remote, else .dvc/config's)")
         if action == "pull":
             cmd.add_argument("--rev", default=None, help="git revision (tag, branch, commit) of data.dvc")
+    publish = data_sub.add_parser(
+        "publish", help="upload a data folder as its version to data.versions_uri/<version>/ "
+                        "(immutable; where a cluster's jobs read it), print its prefix")
+    publish.add_argument("path", nargs="?", default="data", help="data folder (default: data)")
+    _add_config_args(publish)  # data.versions_uri=s3://..., storage.endpoint_url=...
+    publish.set_defaults(handler=_cmd_data_publish)
     data.set_defaults(handler=_cmd_data)
     return parser
 

@@ -182,6 +182,9 @@ class DataConfig:
     hue: float = 0.2
     audio_noise_std: float = 0.01  # times the clip's max abs amplitude
     path: str = "data"  # ingested shards: a folder or s3:// prefix
+    # where data versions are published for jobs on a cluster (vatt.data.publish):
+    # <versions_uri>/<version>/; an s3:// prefix, e.g. s3://BUCKET/datasets. None: not published
+    versions_uri: Optional[str] = None
     eval_num_windows: int = 4  # evaluation windows per clip, spread evenly over it
     ingest: IngestConfig = field(default_factory=IngestConfig)
 

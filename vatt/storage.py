@@ -446,6 +446,10 @@ class ObjectStore:
         self._parallel(lambda name: self.upload_file(src / name, dst.join(name)), names)
         return len(names)
 
+    def upload_files(self, pairs: "list[tuple[str | os.PathLike[str], str]]") -> None:
+        """Copy each (local file, uri) pair, in parallel."""
+        self._parallel(lambda pair: self.upload_file(*pair), list(pairs))
+
     def download_dir(self, uri: "str | Location", local_dir: "str | os.PathLike[str]") -> int:
         """Copy every file under the prefix `uri` into `local_dir`; returns the number of files."""
         src = parse_uri(uri)

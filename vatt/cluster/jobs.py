@@ -9,14 +9,18 @@ Complete or Failed; ValidationFailed when the operator refuses the spec) while
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from vatt.cluster.client import ClusterError, JobExistsError, KubeClient, api_client_from_kubeconfig
-from vatt.cluster.render import RUN_NAME_LABEL, RenderedJob, render_job
+from vatt.cluster.render import (EVALUATE_SUFFIX, RUN_NAME_LABEL, RenderedJob, job_name,
+                                 render_job)
 from vatt.config import CleanupPolicy, Config
+from vatt.data.publish import data_for_job
 
 log = logging.getLogger("vatt.cluster")
 
@@ -181,18 +185,18 @@ def pretrain_on_cluster(cfg: Config, api_client: Any = None,
                         on_status: Optional[Callable[[JobStatus], None]] = None):
     """Pretraining as a RayJob (cluster.target=kubernetes), for the flows: render, submit (or
     follow the run's existing RayJob: a retried flow run), follow, then read the run's history
-    and latest checkpoint back from train.storage_path. Returns a PretrainResult as local
-    pretraining does."""
-    import json
-
+    and latest checkpoint back from train.storage_path. A local data.path is published under
+    data.versions_uri first (vatt.data.publish), so the job reads exactly that version.
+    Returns a PretrainResult as local pretraining does."""
     from vatt.checkpoints import HISTORY_FILE, file_uri, list_checkpoints
     from vatt.storage import ObjectStore, StorageNotFoundError
     from vatt.train.pretrain import PHASES_JSON, PretrainResult
 
+    store = ObjectStore.from_config(cfg.storage)
+    cfg, _ = data_for_job(cfg, store)  # the job reads one published, immutable data version
     rendered = render_job(cfg)
     client = client_for(cfg, api_client)
     run_job(cfg, client, rendered, attach=True, on_status=on_status)
-    store = ObjectStore.from_config(cfg.storage)
     run_uri = f"{cfg.train.storage_path.rstrip('/')}/{cfg.train.run_name}"
     found = [uri for _, uri in list_checkpoints(cfg.train.storage_path, store)
              if uri.startswith(run_uri + "/")]
@@ -213,5 +217,47 @@ def pretrain_on_cluster(cfg: Config, api_client: Any = None,
                           phases=phases)
 
 
+def outcome_uri(cfg: Config, job: str) -> str:
+    """Where the evaluation RayJob `job` writes its outcome (`vatt evaluate --outcome`)."""
+    return f"{cfg.eval.output_path.rstrip('/')}/jobs/{job}.json"
+
+
+def evaluate_on_cluster(cfg: Config, checkpoint: str, overrides: Sequence[str] = (),
+                        tasks: Optional[Sequence[str]] = None, promote: bool = True,
+                        api_client: Any = None,
+                        on_status: Optional[Callable[[JobStatus], None]] = None) -> dict[str, Any]:
+    """The evaluation of `checkpoint` (an s3:// checkpoint of run train.run_name) as a RayJob
+    named after the run plus "-eval", on the overlay cluster.accelerator: it reads the
+    checkpoint and the data version from object storage, runs on a worker (its GPU, when the
+    overlay has them), writes the report and the registry's decision under eval.output_path and
+    eval.registry_path, and its outcome to `outcome_uri`; returns that outcome
+    (vatt.evaluate.pipeline.outcome_summary). An outcome already there (a retried flow run whose
+    evaluation had finished) is returned without evaluating again: the gate decides once."""
+    from vatt.storage import ObjectStore
+
+    store = ObjectStore.from_config(cfg.storage)
+    cfg, _ = data_for_job(cfg, store)
+    # the checkpoint's own config is what is evaluated: the data version is the one it read
+    # unless the overrides name another
+    overrides = [*overrides, f"data.path={cfg.data.path}"] if not any(
+        item.startswith("data.path=") for item in overrides) else list(overrides)
+    name = job_name(cfg.train.run_name + EVALUATE_SUFFIX)
+    answer = outcome_uri(cfg, name)
+    if store.exists(answer):
+        log.info("evaluation %s already ran (%s): reading its outcome", name, answer)
+        return json.loads(store.read_bytes(answer))
+    command = ["evaluate", "--checkpoint", checkpoint, "--outcome", answer, "--on-worker",
+               *(["--no-promote"] if not promote else []),
+               *(["--tasks", *tasks] if tasks else []), *overrides]
+    rendered = render_job(cfg, command=command, suffix=EVALUATE_SUFFIX)
+    client = client_for(cfg, api_client)
+    run_job(cfg, client, rendered, attach=True, on_status=on_status)
+    if not store.exists(answer):
+        raise ClusterError(f"rayjob {rendered.name} completed but wrote no outcome to {answer}: "
+                           "check its logs and the pods' object-store settings")
+    return json.loads(store.read_bytes(answer))
+
+
 __all__ = ["JobStatus", "JobOutcome", "JobFailedError", "FollowTimeout", "client_for", "submit",
-           "follow", "run_job", "pretrain_on_cluster", "cleanup_wanted", "TERMINAL"]
+           "follow", "run_job", "pretrain_on_cluster", "evaluate_on_cluster", "outcome_uri",
+           "cleanup_wanted", "TERMINAL"]

@@ -7,9 +7,11 @@ module sets what belongs to one run:
 - the RayJob's name, derived from `train.run_name` (so submitting the same run name again finds
   the same RayJob, and the entrypoint resumes the same Ray Train run from its checkpoint);
 - the namespace of every object;
-- the entrypoint, `vatt pretrain --config-env VATT_JOB_CONFIG`, and the config itself, as YAML in
-  that environment variable of the job's `runtimeEnvYAML`: the config travels inside the
-  RayJob, so what runs is exactly what was submitted, with no file to mount or copy.
+- the entrypoint, `vatt pretrain --config-env VATT_JOB_CONFIG` (or, for the evaluation of a
+  trained checkpoint beside its training, `vatt evaluate --config-env VATT_JOB_CONFIG
+  --checkpoint ... --outcome ... --on-worker`), and the config itself, as YAML in that
+  environment variable of the job's `runtimeEnvYAML`: the config travels inside the RayJob, so
+  what runs is exactly what was submitted, with no file to mount or copy.
 
 The overlay's own entrypoint says what its hardware needs (`train.use_gpu=true
 train.num_workers=2` beside 2 one-GPU worker pods; the TPU slice's topology and hosts): those
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 import shlex
 import shutil
 import subprocess
@@ -33,7 +36,9 @@ import yaml
 from vatt.config import Config, ConfigError, TrainingTarget, replace, to_yaml
 
 JOB_CONFIG_ENV = "VATT_JOB_CONFIG"  # the runtime-env variable holding the run's config YAML
-RUN_NAME_LABEL = "vatt.dev/run-name"
+RUN_NAME_LABEL = "vatt.dev/run-name"  # the RayJob's own name (attach checks it)
+STEP_LABEL = "vatt.dev/step"  # pretrain or evaluate
+EVALUATE_SUFFIX = "-eval"  # the evaluation RayJob of run R is named after "R-eval"
 # KubeRay names the RayJob's RayCluster "<rayjob>-<5 chars>" and its pods after that: a RayJob
 # name longer than 47 characters is refused by the operator
 MAX_JOB_NAME = 47
@@ -102,25 +107,33 @@ def job_config(cfg: Config) -> Config:
     return dc_replace(cfg, cluster=dc_replace(cfg.cluster, target=TrainingTarget.local))
 
 
-def check_cluster_paths(cfg: Config) -> None:
+def check_cluster_paths(cfg: Config, step: str = "pretrain") -> None:
     """Pods cannot read or write this machine's folders: the data and the run folder must be in
-    object storage (evaluation runs where the flow runs and reads the checkpoint from there)."""
+    object storage, and for an evaluation also the reports and the registry."""
     keys = {"train.storage_path": cfg.train.storage_path, "data.path": cfg.data.path}
+    if step == "evaluate":
+        keys.update({"eval.output_path": cfg.eval.output_path,
+                     "eval.registry_path": cfg.eval.registry_path})
     local = [f"{key}='{value}'" for key, value in keys.items() if not value.startswith("s3://")]
     if local:
         raise RenderError(
             f"{', '.join(local)}: a RayJob's pods cannot see this machine's folders; put them in "
-            "object storage, e.g. train.storage_path=s3://BUCKET/runs data.path=s3://BUCKET/data "
-            "(the pods get the endpoint and keys from the vatt-object-store ConfigMap and Secret)")
+            "object storage, e.g. train.storage_path=s3://BUCKET/runs, and data.versions_uri="
+            "s3://BUCKET/datasets so the data folder is published there first (the pods get "
+            "the endpoint and keys from the vatt-object-store ConfigMap and Secret)")
 
 
-def render_job(cfg: Config, manifests: str | Path | None = None) -> RenderedJob:
-    """The objects to create for pretraining `cfg` on the cluster (train.run_name must be set:
-    the RayJob is named after it)."""
+def render_job(cfg: Config, manifests: str | Path | None = None,
+               command: Sequence[str] = ("pretrain",), suffix: str = "") -> RenderedJob:
+    """The objects to create for running `vatt <command> --config-env VATT_JOB_CONFIG` with
+    `cfg` on the cluster: pretraining by default; `command` ("evaluate", "--checkpoint", ...)
+    with `suffix` "-eval" for the evaluation of a run. train.run_name must be set: the RayJob
+    is named after it (plus `suffix`)."""
     if not cfg.train.run_name:
         raise RenderError("train.run_name is not set: the RayJob and the resumable Ray Train run "
                           "are named after it")
-    check_cluster_paths(cfg)
+    step = command[0] if command else "pretrain"
+    check_cluster_paths(cfg, step)
     folder = Path(manifests or cfg.cluster.manifests) / "overlays" / cfg.cluster.accelerator.value
     documents = kustomize(folder)
     rayjobs = [doc for doc in documents if doc.get("kind") == "RayJob"]
@@ -133,7 +146,7 @@ def render_job(cfg: Config, manifests: str | Path | None = None) -> RenderedJob:
         cfg = replace(cfg, list(hardware))
     except ConfigError as err:
         raise RenderError(f"the entrypoint of {folder} sets {' '.join(hardware)}: {err}") from None
-    name, namespace = job_name(cfg.train.run_name), cfg.cluster.namespace
+    name, namespace = job_name(cfg.train.run_name + suffix), cfg.cluster.namespace
     for doc in documents:
         if doc.get("kind") not in CLUSTER_SCOPED_KINDS:
             doc.setdefault("metadata", {})["namespace"] = namespace
@@ -141,16 +154,18 @@ def render_job(cfg: Config, manifests: str | Path | None = None) -> RenderedJob:
     rayjob["metadata"]["name"] = name
     labels = rayjob["metadata"].setdefault("labels", {})
     labels[RUN_NAME_LABEL] = name  # label values are DNS-1123-like and at most 63 characters
+    labels[STEP_LABEL] = step
     spec = rayjob["spec"]
     runtime_env = yaml.safe_load(spec.get("runtimeEnvYAML") or "") or {}
     env_vars = dict(runtime_env.get("env_vars") or {})
     env_vars[JOB_CONFIG_ENV] = to_yaml(job_config(cfg))
     runtime_env["env_vars"] = env_vars
     spec["runtimeEnvYAML"] = yaml.safe_dump(runtime_env, sort_keys=False)
-    spec["entrypoint"] = f"vatt pretrain --config-env {JOB_CONFIG_ENV}"
+    head, *rest = command
+    spec["entrypoint"] = shlex.join(["vatt", head, "--config-env", JOB_CONFIG_ENV, *rest])
     return RenderedJob(name=name, namespace=namespace, run_name=cfg.train.run_name,
                        documents=documents, config=cfg, hardware=hardware)
 
 
-__all__ = ["JOB_CONFIG_ENV", "RUN_NAME_LABEL", "RenderError", "RenderedJob", "job_name",
-           "kustomize", "render_job", "check_cluster_paths"]
+__all__ = ["JOB_CONFIG_ENV", "RUN_NAME_LABEL", "STEP_LABEL", "EVALUATE_SUFFIX", "RenderError",
+           "RenderedJob", "job_name", "kustomize", "render_job", "check_cluster_paths"]

@@ -245,6 +245,51 @@ def run_evaluation(checkpoint: str, cfg: Config, overrides: Iterable[str] = (),
                                skipped=skipped)
 
 
+def outcome_summary(outcome: EvaluationOutcome) -> dict[str, Any]:
+    """What the flows and the UI read of an evaluation, JSON-serialisable: the flat metrics, one
+    row per (task, dataset), the report's URI, provenance and the gate's decision. The same
+    whether the evaluation ran in this process or as a RayJob (`vatt evaluate --outcome`)."""
+    from dataclasses import asdict
+
+    results = outcome.results
+    summary = {"config_name": results.get("config_name"),
+               "tasks": {key: {k: v for k, v in body.items()
+                               if k in ("task", "dataset", "source", "num_classes", "metrics")}
+                         for key, body in results["tasks"].items()}}
+    return {"metrics": results["metrics"], "results": summary, "report": outcome.report_uri,
+            "checkpoint": results.get("checkpoint"), "step": results.get("step"),
+            "data_version": results.get("data_version"),
+            "decision": asdict(outcome.decision) if outcome.decision is not None else None}
+
+
+def run_evaluation_on_worker(checkpoint: str, cfg: Config, overrides: Iterable[str] = (),
+                             tasks: Optional[Iterable[str]] = None,
+                             datasets: Optional[Mapping[str, Iterable[str] | str]] = None,
+                             promote: bool = True) -> dict[str, Any]:
+    """`run_evaluation` as one Ray task on a worker of the Ray cluster this process is connected
+    to (a RayJob's driver runs on the head, which has no accelerator and no CPUs for work): on a
+    GPU when train.use_gpu (the overlay's hardware), else on train.cpus_per_worker CPUs. Returns
+    `outcome_summary` of it."""
+    import ray
+
+    from vatt.console import init_ray
+
+    init_ray()
+    resources: dict[str, Any] = {"num_cpus": max(1.0, float(cfg.train.cpus_per_worker))}
+    if cfg.train.use_gpu:
+        resources["num_gpus"] = 1
+    elif cfg.train.use_tpu:
+        resources["resources"] = {"TPU": 1}
+
+    @ray.remote(max_retries=0)  # a failure is reported, not silently repeated (the gate!)
+    def evaluate_remotely() -> dict[str, Any]:
+        return outcome_summary(run_evaluation(checkpoint, cfg, list(overrides), tasks, datasets,
+                                              promote=promote))
+
+    log.info("evaluating on a Ray worker (%s)", ", ".join(f"{k}={v}" for k, v in resources.items()))
+    return ray.get(evaluate_remotely.options(**resources).remote())
+
+
 def describe_decision(decision: Decision) -> str:
     """The gate's decision in one line."""
     verdict = "promoted" if decision.promoted else "not promoted"
@@ -256,4 +301,5 @@ def describe_decision(decision: Decision) -> str:
 
 __all__ = ["load_checkpoint_for_eval", "evaluate_checkpoint", "checkpoint_config",
            "run_evaluation", "describe_decision", "with_eval_overrides", "FROZEN_AT_EVALUATION",
-           "evaluation_identity", "LoadedCheckpoint", "EvaluationOutcome"]
+           "evaluation_identity", "LoadedCheckpoint", "EvaluationOutcome", "outcome_summary",
+           "run_evaluation_on_worker"]

@@ -93,8 +93,10 @@ def data_version_of(cfg: Config) -> dict[str, Any]:
     """What data the run reads, saved with every checkpoint: the SHA-256 of the dataset's
     manifest (it lists every clip with the checksum of each member, so it identifies what was
     read) and, when data.path is the project's DVC-tracked data/ *and* matches data.dvc, the
-    DVC version (the md5 in data.dvc). Otherwise `md5` is None and the record (and a warning)
-    says why: not tracked, or data/ differs from data.dvc (stale after an untracked ingest)."""
+    DVC version (the md5 in data.dvc); when data.path is a published data version
+    (vatt.data.publish), that version (and as `md5` its DVC version when it was one). Otherwise
+    `md5` is None and the record (and a warning) says why: not tracked, or data/ differs from
+    data.dvc (stale after an untracked ingest)."""
     from vatt.data.loader import DataError, manifest_sha256
     from vatt.data.versioning import (DATA_DVC, VersioningError, data_version, find_repo_root,
                                       workspace_matches)
@@ -107,7 +109,18 @@ def data_version_of(cfg: Config) -> dict[str, Any]:
         record["manifest_sha256"] = None  # the loader says what is missing when it reads
     try:
         if "://" in cfg.data.path:
-            raise VersioningError(f"data.path={cfg.data.path} is not a local DVC-tracked folder")
+            from vatt.data.publish import read_published
+            from vatt.storage import ObjectStore
+
+            # a published version (vatt.data.publish): its record says which version it is
+            published = read_published(cfg.data.path, ObjectStore.from_config(cfg.storage))
+            if published is not None:
+                record["published_version"] = published["version"]
+                if published.get("kind") == "dvc":
+                    record["md5"] = published["version"]
+                return record
+            raise VersioningError(f"data.path={cfg.data.path} is neither a local DVC-tracked "
+                                  "folder nor a published data version (vatt data publish)")
         root = find_repo_root(Path(cfg.data.path).parent)
         if Path(cfg.data.path).resolve() != (root / "data").resolve():
             raise VersioningError(f"data.path={cfg.data.path} is not the data/ folder that "
