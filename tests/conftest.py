@@ -8,6 +8,10 @@
   every test that needs a trained model, its report or its project folder reads this run.
 - `prefect_server` / `prefect_api`: one `prefect server start`, on that run's database.
 - `kube_api`: one kube-apiserver (tests/kube.py; its binary is built once per machine).
+- `kube_box`: a cluster in a box (tests/kube_box.py): an API server of its own with the real
+  controller-manager and scheduler, a GKE GPU node and a CPU node played by a stand-in kubelet
+  that runs pods as processes from `box_venv` (the image's Python: the project's wheel) in a
+  copy of `box_image` (the image's WORKDIR).
 - `ray_head` (test_cluster_ray.py): the one `ray start --head`.
 
 A test that needs the pipeline (or the server on its database) is marked `slow`; `pytest -m "not
@@ -389,6 +393,32 @@ def kube_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeAPI]:
     """kube-apiserver with RBAC, namespace `vatt` and KubeRay's CRDs, for the whole session."""
     with kube_api_server(tmp_path_factory.mktemp("kube")) as api:
         yield api
+
+
+from kube_box import (BoxVenv, Image, KubeBox, build_box_venv,  # noqa: E402 - as above
+                      build_image_folder, cluster_in_a_box)
+
+
+@pytest.fixture(scope="session")
+def box_venv(tmp_path_factory: pytest.TempPathFactory) -> BoxVenv:
+    """The image's Python: a venv with this checkout's wheel installed (not editable), the
+    dependencies shared with this interpreter's (about 2 s)."""
+    return build_box_venv(tmp_path_factory.mktemp("box-venv"), REPO_ROOT)
+
+
+@pytest.fixture(scope="session")
+def box_image(tmp_path_factory: pytest.TempPathFactory) -> Image:
+    """The image's WORKDIR as the Dockerfile fills it (k8s/, ...), and its ENV and CMD."""
+    return build_image_folder(tmp_path_factory.mktemp("box-image"), REPO_ROOT)
+
+
+@pytest.fixture(scope="session")
+def kube_box(tmp_path_factory: pytest.TempPathFactory, box_venv: BoxVenv,
+             box_image: Image) -> Iterator[KubeBox]:
+    """A cluster in a box for the whole session, on an API server of its own (the session's
+    `kube_api` keeps no controllers: its pods stay Pending). About 10 s to start."""
+    with cluster_in_a_box(tmp_path_factory.mktemp("kube-box"), box_venv, box_image) as box:
+        yield box
 
 
 # ---------------------------------------------------------------------------------------------

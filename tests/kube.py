@@ -1,8 +1,9 @@
 """A real Kubernetes API server for the tests: kube-apiserver 1.20 (built from Debian's source
-package by tests/kube/build-kube-apiserver.sh, cached outside the clone) beside Debian's etcd,
-both on free 127.0.0.1 ports with their data, keys and logs in a temp folder. No kubelet, no
-scheduler, no controller-manager: objects are stored, validated, authorized and watched, nothing
-runs them (pods stay Pending, namespaces stay Terminating once deleted).
+package by tests/kube/build-kube.sh, cached outside the clone) beside Debian's etcd, both on
+free 127.0.0.1 ports with their data, keys and logs in a temp folder. No kubelet, no scheduler,
+no controller-manager: objects are stored, validated, authorized and watched, nothing runs them
+(pods stay Pending, namespaces stay Terminating once deleted). tests/kube_box.py adds the
+controller-manager, the scheduler, nodes and a stand-in kubelet on a server of its own.
 
 Authentication is a static token file: an admin in `system:masters`, and one token per
 service account of namespace `vatt` (`vatt-worker`, `vatt-noperm`) under the user name and
@@ -40,11 +41,12 @@ from typing import TYPE_CHECKING, Any, Iterator
 if TYPE_CHECKING:
     import kubernetes
 
-APISERVER_ENV_VAR = "VATT_KUBE_APISERVER"  # a kube-apiserver binary to use instead of the cache
+# what the build script builds; $VATT_KUBE_APISERVER (and so on) names a binary to use instead
+COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 CACHE_ENV_VAR = "VATT_KUBE_CACHE"  # the build script's cache folder
 DEFAULT_CACHE = Path("/var/cache/vatt")
-BUILD_SCRIPT = Path(__file__).resolve().parent / "kube" / "build-kube-apiserver.sh"
-BUILD_TIMEOUT_S = 60 * 60  # 5 minutes on 2 idle cores; 37 beside a Ray training
+BUILD_SCRIPT = Path(__file__).resolve().parent / "kube" / "build-kube.sh"
+BUILD_TIMEOUT_S = 60 * 60  # all three: 10 min on 2 idle cores (the apiserver: 37 beside Ray)
 ETCD = "/usr/bin/etcd"  # Debian's etcd-server
 KUBECTL = "/usr/bin/kubectl"
 CRD_DIR = Path(__file__).resolve().parent / "fixtures" / "kuberay-crds"
@@ -72,6 +74,9 @@ class KubeAPI:
     admin_token: str
     tokens: dict[str, str]  # user name -> token, e.g. "system:serviceaccount:vatt:vatt-worker"
     log_path: Path
+    # signs service-account tokens (the server verifies with its public half): the
+    # controller-manager's --service-account-private-key-file
+    key_file: Path
 
     def kubeconfig(self, path: Path, token: str | None = None, namespace: str = NAMESPACE) -> Path:
         """Writes a kubeconfig for this server (the admin's token unless `token`), whose
@@ -126,56 +131,94 @@ class KubeAPI:
 # The binaries
 
 
-def _cached_apiservers() -> list[Path]:
+def _override_var(component: str) -> str:
+    """The environment variable naming a binary to use instead of the cache's, e.g.
+    VATT_KUBE_CONTROLLER_MANAGER for kube-controller-manager."""
+    return "VATT_" + component.upper().replace("-", "_")
+
+
+def _cached(component: str) -> Path | None:
+    """The newest `component` in the build script's cache, if any."""
     cache = Path(os.environ.get(CACHE_ENV_VAR) or DEFAULT_CACHE)
-    found = [path for path in cache.glob("kube-apiserver-*")
+    found = [path for path in cache.glob(f"{component}-*")
              if ".tmp." not in path.name and os.access(path, os.X_OK)]
-    return sorted(found, key=lambda path: path.stat().st_mtime, reverse=True)
+    return max(found, key=lambda path: path.stat().st_mtime, default=None)
 
 
-def _run_build_script(why: str) -> Path:
-    """Runs tests/kube/build-kube-apiserver.sh (builds kube-apiserver, about 5 minutes on 2
-    cores; installs etcd-server and kubectl) and returns the binary it prints."""
+def _run_build_script(components: list[str], why: str) -> list[Path]:
+    """Runs tests/kube/build-kube.sh for `components` (it builds those not cached yet, in one
+    `make`: kube-apiserver about 5 minutes on 2 cores, the others about 150 s each; it also
+    installs etcd-server and kubectl) and returns the binaries it prints, in that order."""
     # pytest captures the fixture's output: say on the terminal why the session waits
-    print(f"\n[kube_api] {why}: running {BUILD_SCRIPT} (builds kube-apiserver once per "
-          f"machine, about 5 minutes on 2 cores)", file=sys.__stderr__, flush=True)
+    print(f"\n[kube] {why}: running {BUILD_SCRIPT} {' '.join(components)} (builds the missing "
+          f"ones once per machine: kube-apiserver about 5 minutes on 2 cores, the others about "
+          f"150 s each)", file=sys.__stderr__, flush=True)
     try:
-        done = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True,
-                              timeout=BUILD_TIMEOUT_S)
+        done = subprocess.run(["bash", str(BUILD_SCRIPT), *components], capture_output=True,
+                              text=True, timeout=BUILD_TIMEOUT_S)
     except subprocess.TimeoutExpired as err:
         said = err.stderr or ""
         said = said.decode(errors="replace") if isinstance(said, bytes) else said
         raise RuntimeError(f"{BUILD_SCRIPT} ({why}) did not finish in {BUILD_TIMEOUT_S} s:\n"
                            f"{said[-4000:]}") from err
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines or not os.access(lines[-1], os.X_OK):
+    lines = done.stdout.strip().splitlines()[-len(components):]
+    if (done.returncode != 0 or len(lines) != len(components)
+            or not all(os.access(line, os.X_OK) for line in lines)):
+        overrides = ", ".join(_override_var(component) for component in components)
         raise RuntimeError(
-            f"{BUILD_SCRIPT} ({why}) failed with code {done.returncode}; it builds kube-apiserver "
-            f"from Debian's kubernetes source package and needs root and Debian's apt mirrors. "
-            f"Run it by hand to see why, or set {APISERVER_ENV_VAR} to a kube-apiserver 1.20 "
-            f"binary.\n{done.stderr[-4000:]}")
-    return Path(lines[-1])
+            f"{BUILD_SCRIPT} ({why}) failed with code {done.returncode}; it builds "
+            f"{' '.join(components)} from Debian's kubernetes source package and needs root and "
+            f"Debian's apt mirrors. Run it by hand to see why, or set {overrides} to Kubernetes "
+            f"1.20 binaries.\n{done.stderr[-4000:]}")
+    return [Path(line) for line in lines]
 
 
-def find_binaries() -> tuple[Path, Path]:
-    """kube-apiserver ($VATT_KUBE_APISERVER, else the newest in the build script's cache) and
-    etcd. Runs the build script when the binary, etcd or kubectl is missing (a fresh machine)."""
-    override = os.environ.get(APISERVER_ENV_VAR)
-    if override and not os.access(override, os.X_OK):
-        raise RuntimeError(f"{APISERVER_ENV_VAR}={override} is not an executable file; unset it to "
-                           f"use the cached build (or build one with {BUILD_SCRIPT})")
-    apiserver = Path(override) if override else next(iter(_cached_apiservers()), None)
-    needed = (("kube-apiserver", apiserver), ("etcd", ETCD), ("kubectl", KUBECTL))
-    missing = [name for name, path in needed if path is None or not os.access(path, os.X_OK)]
-    if missing:
-        built = _run_build_script(f"{', '.join(missing)} missing")
-        apiserver = apiserver if override else built
+def find_components(*components: str) -> list[Path]:
+    """The binaries of `components` (of COMPONENTS), in the order asked: $VATT_<COMPONENT>
+    (e.g. $VATT_KUBE_APISERVER), else the newest in the build script's cache. Runs the build
+    script once for all that are missing, and when etcd or kubectl is missing (a fresh
+    machine)."""
+    found: dict[str, Path | None] = {}
+    for component in components:
+        if component not in COMPONENTS:
+            raise ValueError(f"unknown Kubernetes component {component!r} (one of {COMPONENTS})")
+        override = os.environ.get(_override_var(component))
+        if override and not os.access(override, os.X_OK):
+            raise RuntimeError(f"{_override_var(component)}={override} is not an executable "
+                               f"file; unset it to use the cached build (or build one with "
+                               f"{BUILD_SCRIPT} {component})")
+        found[component] = Path(override) if override else _cached(component)
+    missing = [name for name, path in found.items() if path is None]
+    tools_missing = [name for name, path in (("etcd", ETCD), ("kubectl", KUBECTL))
+                     if not os.access(path, os.X_OK)]
+    # with only etcd or kubectl missing, the script runs for cached components (it installs
+    # the tools and prints their paths); it would build one that is overridden
+    to_build = missing or [component for component in components
+                           if tools_missing and not os.environ.get(_override_var(component))]
+    if to_build:
+        built = _run_build_script(to_build, f"{', '.join(missing + tools_missing)} missing")
+        for component, path in zip(to_build, built):
+            found[component] = found[component] or path
     for name, path in (("etcd", ETCD), ("kubectl", KUBECTL)):
         if not os.access(path, os.X_OK):
             raise RuntimeError(f"{path} missing after {BUILD_SCRIPT}: install Debian's "
                                f"{'etcd-server' if name == 'etcd' else 'kubernetes-client'}")
-    assert apiserver is not None
-    return apiserver, Path(ETCD)
+    return [path for path in found.values() if path is not None]
+
+
+@dataclass(frozen=True)
+class KubeBinaries:
+    apiserver: Path
+    controller_manager: Path
+    scheduler: Path
+    etcd: Path
+
+
+def find_binaries() -> KubeBinaries:
+    """All of the control plane: the three components (see `find_components`; the missing
+    ones built in one run of the build script) and etcd."""
+    apiserver, controller_manager, scheduler = find_components(*COMPONENTS)
+    return KubeBinaries(apiserver, controller_manager, scheduler, Path(ETCD))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,6 +361,9 @@ def _start_apiserver(apiserver: Path, root: Path, etcd_url: str, token_file: Pat
             "--disable-admission-plugins=ServiceAccount",
             # the `kubernetes` Service's endpoint would be 127.0.0.1, which validation refuses
             "--endpoint-reconciler-type=none",
+            # a kubelet is reached at its node's InternalIP (as on GKE): the test nodes' host
+            # names (the default's first choice) resolve nowhere
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
             "--profiling=false", "--logtostderr=true", "--v=1"]
     proc = _start(args, log_path, root)
     return proc, f"https://127.0.0.1:{port}", cert_dir / "apiserver.crt", log_path
@@ -422,7 +468,8 @@ def _wait_until_established(api: KubeAPI, names: list[str]) -> None:
 def kube_api_server(root: Path) -> Iterator[KubeAPI]:
     """Starts etcd and kube-apiserver in `root` (a fresh temp folder), creates namespace `vatt`
     and KubeRay's CRDs, yields the server, and stops both (their process groups) on exit."""
-    apiserver, etcd = find_binaries()
+    (apiserver,) = find_components("kube-apiserver")
+    etcd = Path(ETCD)
     # parsing 2.3 MB of YAML takes seconds: done while the servers start
     loading = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kuberay-crds")
     crds_future = loading.submit(lambda: crds_for_kube_1_20(_load_crds()))
@@ -452,7 +499,7 @@ def kube_api_server(root: Path) -> Iterator[KubeAPI]:
             raise RuntimeError("the test Kubernetes API server did not start:\n"
                                + "\n".join(failures))
         api = KubeAPI(url=url, ca_file=ca_file, admin_token=admin_token, tokens=tokens,
-                      log_path=log_path)
+                      log_path=log_path, key_file=key_file)
         api.kubectl("create", "namespace", NAMESPACE)
         _install_crds(api, crds_future.result())
         yield api

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver from Debian's `kubernetes` source package (1.20.x) for the test
-# Kubernetes API server (tests/kube.py), and installs it into a cache outside any clone:
+# Builds Kubernetes components from Debian's `kubernetes` source package (1.20.x) for the test
+# cluster (tests/kube.py): kube-apiserver, kube-controller-manager and kube-scheduler by default,
+# or the components named as arguments. Installs each into a cache outside any clone:
 #
-#     ${VATT_KUBE_CACHE:-/var/cache/vatt}/kube-apiserver-<debian version>
+#     ${VATT_KUBE_CACHE:-/var/cache/vatt}/<component>-<debian version>
 #
-# so that later test runs, of this or of fresh clones on the same machine, reuse it. Prints the
-# binary's path as the last line of stdout. Does nothing (but print it) when it is already there.
+# so that later test runs, of this or of fresh clones on the same machine, reuse them. Prints the
+# binaries' paths, one a line, in the order asked, as the last lines of stdout. Builds only those
+# not there yet, in one `make` (one source download, one Go build cache).
 # Also installs what the tests run beside it: etcd (etcd-server) and kubectl (kubernetes-client,
 # unless there is a /usr/bin/kubectl already).
 #
-# No registry ships kube-apiserver; Debian ships its source. The build takes about 5 minutes on 2
-# cores, needs root (apt) and Debian's mirrors, and nothing else from the network (GOPROXY=off).
+# No registry ships these binaries; Debian ships their source. kube-apiserver takes about 5
+# minutes on 2 cores, each of the other two about 150 s more (both together, alone: 4 minutes);
+# it needs root (apt) and Debian's mirrors, and nothing else from the network (GOPROXY=off).
 #
 # Environment:
 #   VATT_KUBE_CACHE      where the binary goes (default /var/cache/vatt)
@@ -21,7 +24,7 @@ set -euo pipefail
 CACHE_DIR=${VATT_KUBE_CACHE:-/var/cache/vatt}
 REFLECT2_DEBIAN=/usr/share/gocode/src/github.com/modern-go/reflect2
 
-say() { echo "build-kube-apiserver: $*" >&2; }
+say() { echo "build-kube: $*" >&2; }
 die() { say "error: $*"; exit 1; }
 
 as_root() {
@@ -102,9 +105,30 @@ runtime_packages=(etcd-server)
 apt_install "${runtime_packages[@]}"
 
 version=$(debian_version)
-target="$CACHE_DIR/kube-apiserver-$version"
-if [[ -x $target ]]; then
-    echo "$target"
+components=("$@")
+[[ ${#components[@]} -gt 0 ]] || components=(kube-apiserver kube-controller-manager kube-scheduler)
+for component in "${components[@]}"; do
+    case $component in
+        kube-apiserver|kube-controller-manager|kube-scheduler) ;;
+        *) die "unknown component '$component' (kube-apiserver, kube-controller-manager, kube-scheduler)" ;;
+    esac
+done
+
+missing_components() {
+    local component
+    for component in "${components[@]}"; do
+        [[ -x $CACHE_DIR/$component-$version ]] || echo "$component"
+    done
+}
+
+print_targets() {
+    local component
+    for component in "${components[@]}"; do echo "$CACHE_DIR/$component-$version"; done
+}
+
+mapfile -t todo < <(missing_components)
+if [[ ${#todo[@]} -eq 0 ]]; then
+    print_targets
     exit 0
 fi
 
@@ -115,13 +139,14 @@ mkdir -p "$CACHE_DIR" 2>/dev/null || as_root mkdir -p "$CACHE_DIR"
 exec {lock_fd}>"$CACHE_DIR/.build.lock"
 say "waiting for the build lock $CACHE_DIR/.build.lock"
 flock "$lock_fd"
-if [[ -x $target ]]; then  # another run built it while we waited
-    echo "$target"
+mapfile -t todo < <(missing_components)  # another run may have built some while we waited
+if [[ ${#todo[@]} -eq 0 ]]; then
+    print_targets
     exit 0
 fi
 
 started=$(date +%s)
-say "building kube-apiserver from Debian's kubernetes $version (about 5 minutes on 2 cores)"
+say "building ${todo[*]} from Debian's kubernetes $version (kube-apiserver about 5 minutes on 2 cores, the others about 150 s each)"
 # rsync: without it the build's code generators come out empty; dpkg-dev: apt-get source
 apt_install golang-go golang-github-modern-go-reflect2-dev dpkg-dev rsync make
 ensure_deb_src
@@ -141,17 +166,21 @@ src=$(find "$work" -mindepth 1 -maxdepth 1 -type d -name 'kubernetes-*' | head -
 rm -rf "$src/vendor/github.com/modern-go/reflect2"
 cp -r "$REFLECT2_DEBIAN" "$src/vendor/github.com/modern-go/reflect2"
 
-say "make WHAT=cmd/kube-apiserver (log: $work/make.log)"
+what=""
+for component in "${todo[@]}"; do what+="cmd/$component "; done
+say "make WHAT='${what% }' (log: $work/make.log)"
 if ! (cd "$src" && env HOME="$work" GOCACHE="$work/go-cache" GOPATH="$work/gopath" \
-        CGO_ENABLED=0 GOPROXY=off GOFLAGS= make WHAT=cmd/kube-apiserver) >"$work/make.log" 2>&1; then
+        CGO_ENABLED=0 GOPROXY=off GOFLAGS= make WHAT="${what% }") >"$work/make.log" 2>&1; then
     tail -n 60 "$work/make.log" >&2
-    die "make WHAT=cmd/kube-apiserver failed (last lines above)"
+    die "make WHAT='${what% }' failed (last lines above)"
 fi
-built=$(find "$src/_output" -type f -name kube-apiserver -perm -u+x | head -n1)
-[[ -n $built && -s $built ]] || { tail -n 60 "$work/make.log" >&2; die "the build produced no kube-apiserver binary under $src/_output"; }
-"$built" --version >&2 || die "the built $built does not run"
-
-in_cache install -m 0755 "$built" "$target.tmp.$$"
-in_cache mv -f "$target.tmp.$$" "$target"  # atomic: a reader never sees half a binary
-say "built in $(( $(date +%s) - started )) s"
-echo "$target"
+for component in "${todo[@]}"; do
+    built=$(find "$src/_output" -type f -name "$component" -perm -u+x | head -n1)
+    [[ -n $built && -s $built ]] || { tail -n 60 "$work/make.log" >&2; die "the build produced no $component binary under $src/_output"; }
+    "$built" --version >&2 || die "the built $built does not run"
+    target="$CACHE_DIR/$component-$version"
+    in_cache install -m 0755 "$built" "$target.tmp.$$"
+    in_cache mv -f "$target.tmp.$$" "$target"  # atomic: a reader never sees half a binary
+done
+say "built ${todo[*]} in $(( $(date +%s) - started )) s"
+print_targets
