@@ -12,7 +12,8 @@
   controller-manager and scheduler, a GKE GPU node and a CPU node played by a stand-in kubelet
   that runs pods as processes from `box_venv` (the image's Python: the project's wheel) in a
   copy of `box_image` (the image's WORKDIR).
-- `ray_head` (test_cluster_ray.py): the one `ray start --head`.
+- the cluster-retrain tests (test_cluster_retrain.py) start, per module, the real Prefect
+  Kubernetes worker and the played KubeRay operator (tests/kuberay_play.py) on `kube_box`.
 
 A test that needs the pipeline (or the server on its database) is marked `slow`; `pytest -m "not
 slow"` is the fast tier. Every run ends with the seconds per test file and `--durations=25`.

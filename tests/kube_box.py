@@ -28,7 +28,9 @@ image pull, no isolation, no resource limits, no probes (a started container is 
 securityContext; every pod's IP is 127.0.0.1 (pods share the machine's ports); each pod gets a
 fresh copy of the image folder as its working folder and HOME (a container's own filesystem);
 of volumes only emptyDir mounted at /dev/shm or /tmp runs (the machine's /dev/shm; /tmp becomes
-the pod's TMPDIR), any other mount keeps the container waiting with a message saying so.
+the pod's TMPDIR), any other mount keeps the container waiting with a message saying so. As a
+container's PID namespace would, the end of its main process ends all of its processes, also
+those that started sessions of their own (found by a marker in their environment).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import ssl
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import threading
 import time
 import traceback
@@ -71,6 +74,7 @@ GPU_TAINT_KEY, GPU_TAINT_VALUE = GPU_RESOURCE, "present"
 NOT_READY_TAINT_KEY = "node.kubernetes.io/not-ready"
 MACHINE_PATH = "/usr/local/bin:/usr/bin:/bin"  # after the box venv's bin, as in the image
 RESYNC_S = 0.2  # the kubelet relists its pods this often (a real one's PLEG relists every 1 s)
+CONTAINER_MARKER = "VATT_BOX_CONTAINER"  # in every container process's environment
 STOP_GRACE_CAP_S = 10.0  # a deleted pod's grace period, at most: tests should not wait 30 s
 EXIT_GRACE_S = 2.0  # when the box stops: SIGTERM, then SIGKILL after this
 API_PATIENCE_S = 30.0  # how long the kubelet retries an API server that does not answer
@@ -748,6 +752,7 @@ class ContainerRun:
     waiting_message: str = ""
     previous: dict[str, Any] | None = None  # the last run's `terminated` state
     restart_at: float = 0.0  # monotonic: when a crash-looping container starts again
+    marker: str = ""  # the CONTAINER_MARKER value of this run's processes
 
     @property
     def running(self) -> bool:
@@ -797,6 +802,7 @@ class StandInKubelet:
         self._rest = _Rest(api)
         self._pods: dict[str, PodRun] = {}  # what runs now, by uid
         self._admitted: list[PodRun] = []  # every pod it ran, for tests' diagnoses
+        self._tmp_dirs: list[Path] = []  # the pods' /tmp folders (short paths under /tmp)
         self._containers: dict[tuple[str, str, str], ContainerRun] = {}  # the latest by name
         self._stopping = threading.Event()
         self._failure: str | None = None
@@ -854,6 +860,8 @@ class StandInKubelet:
         if self._log_server is not None:
             self._log_server.shutdown()
             self._log_server.server_close()
+        for tmp in self._tmp_dirs:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def _loop(self) -> None:
         import urllib3
@@ -905,14 +913,18 @@ class StandInKubelet:
         folder = self.root / "pods" / meta["namespace"] / f"{meta['name']}-{meta['uid'][:8]}"
         home = folder / "home"  # a fresh copy of the image's folder: the container's own files
         shutil.copytree(self.image.folder, home, symlinks=True)
-        (folder / "tmp").mkdir()
+        # the pod's /tmp, under a short path: programs put unix sockets there (multiprocessing's
+        # forkserver, Ray), whose paths may not exceed 107 bytes; linked from the pod's folder
+        tmp = Path(tempfile.mkdtemp(prefix="pod-", dir="/tmp"))
+        self._tmp_dirs.append(tmp)
+        (folder / "tmp").symlink_to(tmp)
         (folder / "logs").mkdir()
         # what the runtime gives every container beneath the pod's env: the image's ENV (its
         # HOME the pod's copy), PATH with the image's Python first; nothing of this process's
         image_env = {key: value for key, value in self.image.env.items() if key != "PATH"}
         image_env.update({"PATH": f"{self.venv.bin}:{MACHINE_PATH}", "HOME": str(home),
                           "LANG": "C.UTF-8",  # python:3.11-slim's
-                          "TMPDIR": str(folder / "tmp"), "HOSTNAME": meta["name"]})
+                          "TMPDIR": str(tmp), "HOSTNAME": meta["name"]})
 
         def runs(kind: str) -> list[ContainerRun]:
             return [ContainerRun(meta["namespace"], meta["name"], container["name"],
@@ -1017,6 +1029,10 @@ class StandInKubelet:
             pod_env = container_env(pod, spec, sources, self._service_env())
             argv = container_command(spec, self.image, pod_env)
             env = {**run.image_env, **self._identity(pod, run.folder), **pod_env}
+            # marks every process of this container, its descendants that start sessions of
+            # their own (Prefect's engine, Ray's daemons) included: see _end_container
+            container.marker = f"{run.uid}/{container.container}/{container.restart_count}"
+            env[CONTAINER_MARKER] = container.marker
         except ContainerConfigError as err:
             container.waiting_reason, container.waiting_message = (
                 "CreateContainerConfigError", str(err))
@@ -1042,6 +1058,7 @@ class StandInKubelet:
         code = container.process.wait() if wait else container.process.poll()
         if code is None:
             return
+        _end_container(container)
         # a signal's death reads as the runtime reports it: 128 + the signal's number
         container.exit_code = code if code >= 0 else 128 - code
         container.reason = "Completed" if container.exit_code == 0 else "Error"
@@ -1205,6 +1222,25 @@ def _signal_group(container: ContainerRun, sig: int) -> None:
     if container.process is not None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(container.process.pid, sig)
+    if sig == signal.SIGKILL:
+        _end_container(container)
+
+
+def _end_container(container: ContainerRun) -> None:
+    """What a container's PID namespace does when its main process ends: nothing of it outlives
+    it. Every process whose environment carries the container's marker is killed, also those
+    that left its process group (a session of their own) or were orphaned."""
+    if not container.marker:
+        return
+    wanted = f"{CONTAINER_MARKER}={container.marker}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if wanted in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ValueError):  # gone meanwhile, or not ours to read
+            continue
 
 
 class _LogHandler(http.server.BaseHTTPRequestHandler):

@@ -2,8 +2,8 @@
 kube-apiserver 1.20 beside etcd, RBAC on, token identities) with KubeRay's CRDs installed.
 
 No KubeRay operator runs here: where a test needs the RayJob to move, the test plays the
-operator and patches `status` through the status subresource, as KubeRay does. The RayJob's
-entrypoint itself is run on a real Ray in tests/test_cluster_ray.py.
+operator and patches `status` through the status subresource, as KubeRay does. The RayJobs
+themselves run, on real Ray clusters in a cluster in a box, in tests/test_cluster_retrain.py.
 """
 
 from __future__ import annotations
