@@ -60,10 +60,11 @@ def _kustomize(folder: Path) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
-def _install_platform(box, s3_server) -> None:
+def _install_platform(box, s3_server) -> list[dict]:
     """What k8s/README.md's install does in the namespace, as far as the box runs it: the RBAC
     of k8s/rbac, the object store's ConfigMap of k8s/object-store (its endpoint set to the
-    test's SeaweedFS, as a user edits it) and the Secret of keys (`kubectl create secret`)."""
+    test's SeaweedFS, as a user edits it) and the Secret of keys (`kubectl create secret`).
+    Returns the RBAC objects (removed again at the module's end: the box is the session's)."""
     api = box.api
     rbac = _kustomize(REPO_ROOT / "k8s" / "rbac")
     api.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=yaml.safe_dump_all(rbac))
@@ -74,6 +75,21 @@ def _install_platform(box, s3_server) -> None:
     api.kubectl("create", "-n", NAMESPACE, "secret", "generic", "vatt-object-store",
                 f"--from-literal=AWS_ACCESS_KEY_ID={s3_server.env['AWS_ACCESS_KEY_ID']}",
                 f"--from-literal=AWS_SECRET_ACCESS_KEY={s3_server.env['AWS_SECRET_ACCESS_KEY']}")
+    return rbac
+
+
+def _uninstall_platform(box, rbac: list[dict]) -> None:
+    """Leaves the session's box as the module found it: no rights for vatt-worker, no object-store
+    settings, no flow-run Jobs (their pods go with them)."""
+    api = box.api
+    api.kubectl("delete", "-n", NAMESPACE, "--ignore-not-found", "-f", "-",
+                input=yaml.safe_dump_all(rbac))
+    api.kubectl("delete", "-n", NAMESPACE, "--ignore-not-found", "configmap,secret",
+                "vatt-object-store")
+    api.kubectl("delete", "-n", NAMESPACE, "jobs", "-l", "prefect.io/flow-run-id",
+                "--ignore-not-found", "--wait=false")
+    api.kubectl("delete", "-n", NAMESPACE, "rayjobs", "--all", "--ignore-not-found",
+                "--wait=false")
 
 
 def _worker_deployment() -> dict:
@@ -203,7 +219,7 @@ def platform(kube_box, s3_server, prefect_server, tmp_path_factory) -> Iterator[
     """k8s/README.md's install in the box (RBAC, object-store settings and keys), the work pool
     as the worker's init container creates it, `vatt deploy`, the worker and the operator."""
     tmp_path = tmp_path_factory.mktemp("cluster-retrain")
-    _install_platform(kube_box, s3_server)
+    rbac = _install_platform(kube_box, s3_server)
     _create_work_pool(prefect_server, tmp_path)
     deployed = subprocess.run([*vatt_command(), "deploy"], cwd=REPO_ROOT, text=True,
                               capture_output=True, env=prefect_server.env, timeout=300)
@@ -223,6 +239,7 @@ def platform(kube_box, s3_server, prefect_server, tmp_path_factory) -> Iterator[
         os.environ.clear()
         os.environ.update(env_backup)
         stop_process_group(worker, grace_s=10)
+        _uninstall_platform(kube_box, rbac)
 
 
 def test_the_cluster_retrain_deployment_runs_end_to_end_in_the_cluster(platform):
