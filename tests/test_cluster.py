@@ -9,6 +9,7 @@ themselves run, on real Ray clusters in a cluster in a box, in tests/test_cluste
 from __future__ import annotations
 
 import http.server
+import json
 import subprocess
 import threading
 import time
@@ -453,3 +454,131 @@ def test_vatt_submit_waits_for_the_job_and_exits_by_its_outcome(kube_api, rbac, 
     assert f"rayjob {job_name(run)}: Complete" in output
     assert f"run folder: s3://vatt-data/runs/{run}" in output
     assert f"data version {content_version(data)}: {version_uri}" in output
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults: permanent ones are named at once; a create that may have succeeded is idempotent
+
+
+def test_an_untrusted_certificate_is_named_at_once_not_retried(kube_api, tmp_path, monkeypatch):
+    """A kubeconfig whose certificate-authority did not sign the server's certificate: one try,
+    an error naming the cause and the CA file, no backoff."""
+    from vatt.cluster.client import PermanentClusterError, api_client_from_kubeconfig
+
+    wrong_ca = tmp_path / "other-ca.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=some-other-ca", "-keyout", str(tmp_path / "other-ca.key"),
+                    "-out", str(wrong_ca)], check=True, capture_output=True)
+    kubeconfig = kube_api.kubeconfig(tmp_path / "kubeconfig")
+    config = json.loads(kubeconfig.read_text())
+    config["clusters"][0]["cluster"]["certificate-authority"] = str(wrong_ca)
+    kubeconfig.write_text(json.dumps(config))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    pauses: list[float] = []
+    untrusting = KubeClient(api_client_from_kubeconfig(), NAMESPACE, attempts=5,
+                            sleep=pauses.append)
+    tries = []
+    get = untrusting.custom.get_namespaced_custom_object
+    untrusting.custom.get_namespaced_custom_object = lambda *a, **k: tries.append(1) or get(*a, **k)
+    with pytest.raises(PermanentClusterError) as caught:
+        untrusting.get_rayjob("anything")
+    text = str(caught.value)
+    assert "certificate is not trusted by the kubeconfig's certificate-authority" in text
+    assert str(wrong_ca) in text and "CERTIFICATE_VERIFY_FAILED" in text
+    assert len(tries) == 1 and pauses == []
+
+
+def test_refused_credentials_are_named_at_once_not_retried(kube_api):
+    from vatt.cluster.client import PermanentClusterError
+
+    pauses: list[float] = []
+    stranger = KubeClient(kube_api.api_client("not-a-token"), NAMESPACE, attempts=5,
+                          sleep=pauses.append)
+    with pytest.raises(PermanentClusterError, match="did not accept the credentials.*401"):
+        stranger.get_rayjob("anything")
+    assert pauses == []
+
+
+class _LostAnswer(http.server.BaseHTTPRequestHandler):
+    """A proxy in front of the real API server whose first POST loses its answer: forwarded (the
+    object is created) or dropped (it is not), the client gets 504 either way, as from a load
+    balancer that timed out. Everything else is forwarded as is."""
+
+    upstream: str = ""
+    ca_file: str = ""
+    forward_first_post = True
+    posts: list = []
+
+    def _forward(self, body: bytes | None) -> tuple[int, bytes]:
+        import urllib3
+
+        pool = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=self.ca_file, retries=False)
+        headers = {key: value for key, value in self.headers.items()
+                   if key.lower() in ("authorization", "content-type", "accept")}
+        answer = pool.request(self.command, self.upstream + self.path, body=body, headers=headers)
+        return answer.status, answer.data
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        self._answer(*self._forward(None))
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.posts.append(json.loads(body))
+        if len(self.posts) == 1:
+            if self.forward_first_post:
+                self._forward(body)
+            self._answer(504, b'{"kind":"Status","message":"gateway timeout"}')
+            return
+        self._answer(*self._forward(body))
+
+    def log_message(self, *args):
+        pass
+
+
+def _behind_lost_answer(kube_api, token: str, forward_first_post: bool):
+    from kubernetes import client
+
+    handler = type("Handler", (_LostAnswer,), {
+        "upstream": kube_api.url, "ca_file": str(kube_api.ca_file),
+        "forward_first_post": forward_first_post, "posts": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    configuration = kube_api.api_client(token).configuration
+    configuration.host = f"http://127.0.0.1:{server.server_port}"
+    configuration.retries = False
+    return server, handler, KubeClient(client.ApiClient(configuration), NAMESPACE, attempts=3,
+                                       sleep=lambda _: None)
+
+
+def test_a_create_whose_answer_was_lost_returns_its_own_rayjob(kube_api, rbac):
+    from vatt.cluster.client import CREATE_TOKEN_LABEL
+
+    server, handler, worker = _behind_lost_answer(kube_api, kube_api.tokens[WORKER], True)
+    rendered = render_job(_cfg(_unique("lost")))
+    created = worker.create_rayjob(rendered.rayjob)  # 504, then the real 409: its own object
+    assert len(handler.posts) == 2
+    token = handler.posts[0]["metadata"]["labels"][CREATE_TOKEN_LABEL]
+    assert handler.posts[1]["metadata"]["labels"][CREATE_TOKEN_LABEL] == token
+    assert created["metadata"]["labels"][CREATE_TOKEN_LABEL] == token
+    assert CREATE_TOKEN_LABEL not in rendered.rayjob["metadata"]["labels"]  # body untouched
+    KubeClient(kube_api.api_client(), NAMESPACE).delete_rayjob(rendered.name)
+    server.shutdown()
+
+
+def test_a_lost_create_meeting_someone_elses_rayjob_still_says_it_exists(kube_api, rbac):
+    rendered = render_job(_cfg(_unique("theirs")))
+    admin = KubeClient(kube_api.api_client(), NAMESPACE)
+    admin.create_rayjob(rendered.rayjob)  # someone else's, of the same name
+    server, handler, worker = _behind_lost_answer(kube_api, kube_api.tokens[WORKER], False)
+    with pytest.raises(JobExistsError, match="already exists"):
+        worker.create_rayjob(rendered.rayjob)  # 504 (dropped), then the real 409
+    assert len(handler.posts) == 2
+    admin.delete_rayjob(rendered.name)
+    server.shutdown()

@@ -4,9 +4,16 @@ Every call goes through `KubeClient._call`, which
 
 - retries transient faults (connection refused or reset, 429 with its Retry-After, 5xx) with
   exponential backoff, `cluster.api_attempts` tries in all;
+- raises permanent faults at once, named, with the fix: a TLS certificate the kubeconfig's
+  certificate-authority does not trust, credentials the server refuses (401), a kubeconfig
+  that names no usable server;
 - turns the API's refusals into errors that say what to do: 409 (the RayJob exists: resume or
   rename), 403 (which verb on which resource the identity lacks, and where RBAC grants it), 422
   (the fields the server rejected), 404 (not found, and where it looked).
+
+A create that may have succeeded is idempotent: `create_rayjob` labels the body with a token of
+its own (CREATE_TOKEN_LABEL); when a try failed transiently and the retry answers 409, the
+RayJob found under that name carrying the token is the one this call created, and is returned.
 """
 
 from __future__ import annotations
@@ -15,7 +22,9 @@ import json
 import logging
 import os
 import random
+import ssl
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar
 
@@ -23,6 +32,8 @@ log = logging.getLogger("vatt.cluster")
 
 RAY_GROUP, RAY_VERSION, RAYJOBS = "ray.io", "v1", "rayjobs"
 TRANSIENT_STATUS = {429, 500, 502, 503, 504}
+# a per-call random token on a created RayJob: a retried create recognises its own object by it
+CREATE_TOKEN_LABEL = "vatt.dev/create-token"
 T = TypeVar("T")
 
 
@@ -33,6 +44,11 @@ class ClusterError(RuntimeError):
 class TransientClusterError(ClusterError, ConnectionError):
     """The API could not be reached or was overloaded for every try (vatt.faults counts a
     ConnectionError as transient, so a flow task may retry later)."""
+
+
+class PermanentClusterError(ClusterError):
+    """A fault no retry can mend (TLS trust, credentials, configuration): raised at the first
+    try, naming the cause and the fix."""
 
 
 class JobExistsError(ClusterError):
@@ -100,9 +116,64 @@ def explain(err: Any, op: Operation) -> ClusterError:
             f"cannot {op}: not found ({message}). Check cluster.namespace, and that KubeRay's "
             "CRDs are installed (`kubectl get crd rayjobs.ray.io`)")
     if status == 401:
-        return ClusterError(f"cannot {op}: the API server did not accept the credentials "
-                            f"({message}); refresh the kubeconfig's token or certificate")
+        return PermanentClusterError(
+            f"cannot {op}: the API server did not accept the credentials (HTTP 401: {message}): "
+            "the kubeconfig's token or client certificate is expired, revoked or for another "
+            "cluster; refresh it (e.g. `gcloud container clusters get-credentials ...`) or pick "
+            "another context with cluster.kube_context")
     return ClusterError(f"cannot {op}: HTTP {status}: {message}")
+
+
+def _causes(err: Optional[BaseException]) -> list[BaseException]:
+    """`err` and what it wraps (urllib3's MaxRetryError.reason, __cause__, __context__)."""
+    chain: list[BaseException] = []
+    while err is not None and all(err is not seen for seen in chain) and len(chain) < 10:
+        chain.append(err)
+        reason = getattr(err, "reason", None)
+        err = reason if isinstance(reason, BaseException) else (err.__cause__ or err.__context__)
+    return chain
+
+
+def _is_tls(err: BaseException) -> bool:
+    """An SSL error, or the kubernetes client's ApiException(status=0) that wraps one."""
+    import urllib3.exceptions as u3
+
+    return isinstance(err, (ssl.SSLError, u3.SSLError)) or (
+        getattr(err, "status", None) == 0 and str(getattr(err, "reason", "")).startswith("SSLError"))
+
+
+def permanent_fault(err: BaseException, op: Operation,
+                    ca_file: Optional[str] = None) -> Optional[PermanentClusterError]:
+    """The named error for a fault that no retry mends (TLS, configuration), else None."""
+    import urllib3.exceptions as u3
+
+    chain = _causes(err)
+    tls = [cause for cause in chain if _is_tls(cause)]
+    if tls:
+        detail = " ".join(str(tls[-1]).split())[:400]  # the innermost: the handshake's own words
+        if "CERTIFICATE_VERIFY_FAILED" in detail and ("hostname" in detail
+                                                     or "IP address mismatch" in detail):
+            return PermanentClusterError(
+                f"cannot {op}: the API server's certificate does not name the address the "
+                f"kubeconfig's server uses: {detail}. Use the server address the certificate "
+                "was issued for (`kubectl config view --minify`)")
+        if "CERTIFICATE_VERIFY_FAILED" in detail:
+            where = f" ({ca_file})" if ca_file else ""
+            return PermanentClusterError(
+                f"cannot {op}: the API server's certificate is not trusted by the kubeconfig's "
+                f"certificate-authority{where}: {detail}. Point the cluster's "
+                "certificate-authority(-data) at the CA that signed the server's certificate "
+                "(fetch the kubeconfig again), and check that the server address is that "
+                "cluster's")
+        return PermanentClusterError(
+            f"cannot {op}: TLS with the API server failed: {detail}. Check the kubeconfig's "
+            "server address (https, the API server's port) and its client certificate")
+    for cause in chain:
+        if isinstance(cause, (u3.LocationValueError, u3.ProxySchemeUnknown)):
+            return PermanentClusterError(
+                f"cannot {op}: the kubeconfig's server address is not usable: {cause}. Fix the "
+                "cluster's `server:` in the kubeconfig (or cluster.kube_context)")
+    return None
 
 
 def _is_transient(err: BaseException) -> bool:
@@ -162,6 +233,7 @@ class KubeClient:
         self._sleep = sleep
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
+        self.ca_file: Optional[str] = getattr(api_client.configuration, "ssl_ca_cert", None)
 
     def _call(self, op: Operation, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         from kubernetes.client.exceptions import ApiException
@@ -170,6 +242,9 @@ class KubeClient:
             try:
                 return fn(*args, **kwargs)
             except Exception as err:  # noqa: BLE001 - sorted into transient or explained below
+                permanent = permanent_fault(err, op, self.ca_file)
+                if permanent is not None:
+                    raise permanent from err
                 if not _is_transient(err):
                     if isinstance(err, ApiException):
                         raise explain(err, op) from None
@@ -190,9 +265,33 @@ class KubeClient:
     # -- RayJobs -----------------------------------------------------------------------------
 
     def create_rayjob(self, body: dict[str, Any]) -> dict[str, Any]:
-        op = Operation("create", "rayjobs.ray.io", self.namespace, body["metadata"]["name"])
-        return self._call(op, self.custom.create_namespaced_custom_object, RAY_GROUP,
-                          RAY_VERSION, self.namespace, RAYJOBS, body)
+        """Create the RayJob `body` (not modified). Idempotent across retries: a 409 after a try
+        that may have created it returns the RayJob when it carries this call's token."""
+        name = body["metadata"]["name"]
+        op = Operation("create", "rayjobs.ray.io", self.namespace, name)
+        token = uuid.uuid4().hex
+        labels = {**(body["metadata"].get("labels") or {}), CREATE_TOKEN_LABEL: token}
+        body = {**body, "metadata": {**body["metadata"], "labels": labels}}
+        tries = 0
+
+        def create() -> dict[str, Any]:
+            nonlocal tries
+            tries += 1
+            return self.custom.create_namespaced_custom_object(RAY_GROUP, RAY_VERSION,
+                                                               self.namespace, RAYJOBS, body)
+
+        try:
+            return self._call(op, create)
+        except JobExistsError:
+            if tries == 1:  # the first try's 409: someone else's RayJob
+                raise
+            existing = self.find_rayjob(name)
+            if existing is None or (existing["metadata"].get("labels") or {}).get(
+                    CREATE_TOKEN_LABEL) != token:
+                raise
+            log.info("%s: an earlier try had created it (label %s): carrying on", op,
+                     CREATE_TOKEN_LABEL)
+            return existing
 
     def get_rayjob(self, name: str) -> dict[str, Any]:
         op = Operation("get", "rayjobs.ray.io", self.namespace, name)
@@ -237,6 +336,6 @@ class KubeClient:
             return f"(no submitter logs: {err})"
 
 
-__all__ = ["ClusterError", "TransientClusterError", "JobExistsError", "PermissionDeniedError",
+__all__ = ["ClusterError", "TransientClusterError", "PermanentClusterError", "JobExistsError", "PermissionDeniedError",
            "InvalidObjectError", "NotFoundError", "Operation", "KubeClient", "explain",
-           "api_client_from_kubeconfig"]
+           "permanent_fault", "api_client_from_kubeconfig", "CREATE_TOKEN_LABEL"]
