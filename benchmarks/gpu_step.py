@@ -3,7 +3,7 @@ video, 153,600 audio samples, 5 captions of 16 tokens), 50% DropToken, bf16 auto
 (train.precision=auto on CUDA), scaled-dot-product attention on its flash kernel where it can.
 
 Prints steps/s, clips/s, peak GPU memory and MFU: training FLOPs counted with attention on the
-meta device (vatt.model.flops.count_training_flops) over the card's dense bf16 peak (a table of
+meta device (vatt.model.flops.training_flops_per_clip) over the card's dense bf16 peak (a table of
 known cards; `--peak-tflops` for another). Runs in under 5 minutes on an H100-class card:
 
     python benchmarks/gpu_step.py [--batch 8] [--steps 20] [--compile] [--peak-tflops 989]
@@ -22,31 +22,23 @@ import time
 import torch
 import torch.nn.functional as F
 
+from vatt.cluster.plan import dense_bf16_peak
 from vatt.config import load_config
 from vatt.losses import vatt_loss
 from vatt.model import build_model
-from vatt.model.flops import count_training_flops, meta_batch
+from vatt.model.flops import training_flops_per_clip
 from vatt.model.summary import random_batch
 from vatt.train.precision import autocast, resolve_precision
 from vatt.train.schedule import build_optimizer
 
-# dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s; the first
-# name found in torch.cuda.get_device_name() wins, so longer names come first
-DENSE_BF16_PEAK_TFLOPS = {
-    "GB200": 2500.0, "B200": 2250.0, "H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0,
-    "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0, "L40": 181.0, "L4": 121.0,
-    "A10G": 70.0, "A10": 125.0, "RTX 4090": 165.0, "RTX 6000 Ada": 364.0,
-}
-
 
 def card_peak(name: str, override: float | None) -> float | None:
-    """The card's dense bf16 peak in FLOP/s (None when unknown and not given)."""
+    """The card's dense bf16 peak in FLOP/s (None when unknown and not given), from the table
+    the cluster plan uses too (vatt.cluster.plan.DENSE_BF16_PEAK_TFLOPS)."""
     if override is not None:
         return override * 1e12
-    for key, tflops in DENSE_BF16_PEAK_TFLOPS.items():
-        if key in name:
-            return tflops * 1e12
-    return None
+    known = dense_bf16_peak(name)
+    return None if known is None else known[1] * 1e12
 
 
 def flash_attention_works(device: torch.device, tokens: int, heads: int) -> str:
@@ -144,9 +136,7 @@ def main() -> int:
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
 
-    flops = count_training_flops(
-        lambda: build_model(cfg),
-        lambda: meta_batch(cfg, args.batch, num_captions=d.num_text_candidates))
+    flops = training_flops_per_clip(cfg) * args.batch  # the cluster plan's count too
     peak = card_peak(name, args.peak_tflops)
     achieved = flops / seconds
     print(f"step: median {seconds * 1e3:.1f} ms (min {min(times) * 1e3:.1f}, max "

@@ -30,7 +30,7 @@ import torch
 from vatt.config import load_config
 from vatt.losses import vatt_loss
 from vatt.model import build_model
-from vatt.model.flops import count_training_flops, meta_batch
+from vatt.model.flops import count_training_flops, training_flops_per_clip
 from vatt.model.summary import random_batch
 from vatt.train.precision import cpu_bf16_support
 
@@ -111,9 +111,7 @@ def droptoken_table(args) -> None:
             optimizer.step()
 
         steps[rate] = step
-        flops[rate] = count_training_flops(
-            lambda cfg=cfg: build_model(cfg),
-            lambda cfg=cfg: meta_batch(cfg, args.batch, num_captions=cfg.data.num_text_candidates))
+        flops[rate] = training_flops_per_clip(cfg) * args.batch
     times = alternating_rounds(steps, args.rounds)
     seconds = {rate: statistics.median(times[rate]) for rate in rates}
     print("| drop rate | step (s), median (min-max) | time vs drop 0 | FLOPs vs drop 0 "

@@ -300,6 +300,9 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     except (RenderError, PublishError, StorageError) as err:
         print(f"vatt submit: {err}", file=sys.stderr)
         return 2
+    from vatt.cluster.plan import plan_for  # the plan before the spend (stdout stays YAML)
+
+    print("\n".join(plan_for(rendered).lines()), file=sys.stderr if args.dry_run else sys.stdout)
     if args.dry_run:
         print(rendered.to_yaml(), end="")
         return 0
@@ -455,7 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--namespace", default=None,
                         help="Kubernetes namespace (default: cluster.namespace)")
     submit.add_argument("--dry-run", action="store_true",
-                        help="print the rendered manifests as multi-document YAML and exit")
+                        help="print the plan (accelerators, FLOPs, expected wall time) to "
+                             "stderr, then the rendered manifests as multi-document YAML to "
+                             "stdout, and exit")
     submit.add_argument("--wait", action="store_true",
                         help="follow the RayJob until it ends; exit 1 when it failed")
     submit.add_argument("--timeout", type=float, default=None, metavar="SECONDS",

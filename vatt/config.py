@@ -375,6 +375,13 @@ class ClusterConfig:
     poll_s: float = 10.0  # seconds between status reads
     api_attempts: int = 6  # tries of an API call on transient faults (refused, 429, 5xx)
     cleanup: CleanupPolicy = CleanupPolicy.on_success
+    # the plan printed before a RayJob is created (vatt.cluster.plan): expected wall time =
+    # training FLOPs / (accelerators x dense bf16 peak x plan_mfu). 0.35: a model FLOP
+    # utilisation a well-fed bf16 Transformer reaches; measure yours (benchmarks/gpu_step.py)
+    plan_mfu: float = 0.35
+    # dense bf16 TFLOP/s per accelerator (per worker pod on the cpu overlay); None: the table
+    # of vatt.cluster.plan, found by the overlay's node selector
+    plan_peak_tflops: Optional[float] = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -493,6 +500,11 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(
             f"cluster: poll_s={cfg.cluster.poll_s} and timeout_s={cfg.cluster.timeout_s} must be "
             f"positive and api_attempts={cfg.cluster.api_attempts} at least 1")
+    peak = cfg.cluster.plan_peak_tflops
+    if not 0.0 < cfg.cluster.plan_mfu <= 1.0 or (peak is not None and peak <= 0):
+        raise ConfigError(
+            f"cluster.plan_mfu={cfg.cluster.plan_mfu} must be in (0, 1] (0.35: 35% of the peak) "
+            f"and cluster.plan_peak_tflops={peak} positive or null")
     holdout = cfg.data.ingest.holdout_fraction
     if not 0.0 <= holdout < 1.0:
         raise ConfigError(

@@ -195,6 +195,10 @@ def pretrain_on_cluster(cfg: Config, api_client: Any = None,
     store = ObjectStore.from_config(cfg.storage)
     cfg, _ = data_for_job(cfg, store)  # the job reads one published, immutable data version
     rendered = render_job(cfg)
+    from vatt.cluster.plan import plan_for  # the plan before the spend, in the flow's log
+
+    for line in plan_for(rendered).lines():
+        log.info("%s", line)
     client = client_for(cfg, api_client)
     run_job(cfg, client, rendered, attach=True, on_status=on_status)
     run_uri = f"{cfg.train.storage_path.rstrip('/')}/{cfg.train.run_name}"

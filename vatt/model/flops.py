@@ -62,6 +62,21 @@ def count_training_flops(build: Callable[[], nn.Module], inputs: Callable[[], An
     return counter.get_total_flops()
 
 
+def training_flops_per_clip(cfg: Config) -> int:
+    """Training FLOPs of one clip (forward + backward, attention included) of `cfg`'s model at
+    its input geometry, DropToken as in pretraining, data.num_text_candidates captions: what
+    the benchmarks divide by for MFU and the cluster plan (vatt.cluster.plan) multiplies by
+    the global batch and the steps. FLOPs are linear in the batch, so 2 clips are counted
+    (BatchNorm refuses 1 in training) and halved."""
+    from vatt.model.vatt import build_model  # vatt.model.vatt does not import this module
+
+    clips = 2
+    flops = count_training_flops(
+        lambda: build_model(cfg),
+        lambda: meta_batch(cfg, clips, num_captions=cfg.data.num_text_candidates))
+    return flops // clips
+
+
 def meta_batch(cfg: Config, batch_size: int = 2, num_frames: int | None = None,
                frame_size: int | None = None, num_captions: int = 1) -> dict[str, torch.Tensor]:
     """A batch of the config's input geometry on the meta device (shapes only)."""
