@@ -582,3 +582,54 @@ def test_a_lost_create_meeting_someone_elses_rayjob_still_says_it_exists(kube_ap
     assert len(handler.posts) == 2
     admin.delete_rayjob(rendered.name)
     server.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------
+# Following: why a job waits, and how long to follow it
+
+
+class _Enough(Exception):
+    """Raised from an on_status callback: the test has seen what it waited for."""
+
+
+def test_a_job_no_operator_acts_on_says_so_once(worker, caplog):
+    """No KubeRay operator here: after cluster.operator_wait_s with no status at all, the progress
+    line says so and how to check, and the reason is logged once, not at every poll."""
+    cfg = _cfg(_unique("nooperator"), "cluster.operator_wait_s=1")
+    rendered = render_job(cfg)
+    jobs.submit(worker, rendered)
+    said: list[jobs.JobStatus] = []
+
+    def three_polls_saying_why(status: jobs.JobStatus) -> None:
+        if status.waiting:
+            said.append(status)
+        if len(said) == 3:
+            raise _Enough
+
+    caplog.set_level("INFO", logger="vatt.cluster")
+    with pytest.raises(_Enough):
+        jobs.follow(worker, rendered.name, cfg.cluster.timeout_s, cfg.cluster.poll_s,
+                    three_polls_saying_why, operator_wait_s=cfg.cluster.operator_wait_s)
+    line = said[-1].line()
+    assert f"rayjob {rendered.name}: waiting for the operator" in line
+    assert "no operator is acting on RayJobs" in line and "kubectl get deploy -A | grep kuberay" in line
+    assert sum("no operator is acting" in record.getMessage() for record in caplog.records) == 1
+    worker.delete_rayjob(rendered.name)
+
+
+def test_following_stops_at_the_rayjobs_own_deadline(worker, monkeypatch):
+    """cluster.timeout_s (7 days by default) yields to the RayJob's activeDeadlineSeconds plus
+    the start-up margin, and the timeout says which deadline it was."""
+    rendered = render_job(_cfg(_unique("deadline")))
+    active = rendered.rayjob["spec"]["activeDeadlineSeconds"]
+    default_timeout = load_config("tiny").cluster.timeout_s
+    assert jobs.follow_deadline(default_timeout, rendered.rayjob)[0] == active + jobs.START_MARGIN_S
+    assert jobs.follow_deadline(60.0, rendered.rayjob) == (60.0, "cluster.timeout_s")
+    rendered.rayjob["spec"]["activeDeadlineSeconds"] = 1
+    monkeypatch.setattr(jobs, "START_MARGIN_S", 1.0)  # a short margin, for the test's sake
+    jobs.submit(worker, rendered)
+    with pytest.raises(jobs.FollowTimeout) as caught:
+        jobs.follow(worker, rendered.name, 120.0, 0.2)
+    assert "spec.activeDeadlineSeconds=1 plus 1 s for start-up" in str(caught.value)
+    assert f"kubectl get rayjob {rendered.name} -n vatt -w" in str(caught.value)
+    worker.delete_rayjob(rendered.name)

@@ -373,6 +373,8 @@ class ClusterConfig:
     kube_context: Optional[str] = None  # kubeconfig context; None: current, or in-cluster
     timeout_s: float = 7 * 24 * 3600.0  # stop following (the job keeps running) after this
     poll_s: float = 10.0  # seconds between status reads
+    # a RayJob with no status after this long: no KubeRay operator acts on it (said while following)
+    operator_wait_s: float = 60.0
     api_attempts: int = 6  # tries of an API call on transient faults (refused, 429, 5xx)
     cleanup: CleanupPolicy = CleanupPolicy.on_success
     # the plan printed before a RayJob is created (vatt.cluster.plan): expected wall time =

@@ -313,6 +313,28 @@ class KubeClient:
         except NotFoundError:
             pass  # already gone: what was asked
 
+    # -- Pods and their events (why a RayJob waits) -----------------------------------------
+
+    def list_pods(self, selector: str) -> list[Any]:
+        """The pods (V1Pod) with labels `selector`, e.g. `ray.io/cluster=NAME`."""
+        op = Operation("list", "pods", self.namespace)
+        return self._call(op, self.core.list_namespaced_pod, self.namespace,
+                          label_selector=selector).items
+
+    def pod_events(self, pod: str) -> list[Any]:
+        """The events (CoreV1Event) about pod `pod`, oldest first."""
+        op = Operation("list", "events", self.namespace)
+        events = self._call(op, self.core.list_namespaced_event, self.namespace,
+                            field_selector=f"involvedObject.kind=Pod,involvedObject.name={pod}").items
+        return sorted(events, key=lambda event: str(event.last_timestamp or event.event_time
+                                                    or event.metadata.creation_timestamp or ""))
+
+    def pod_log(self, pod: str, container: str, tail_lines: int,
+                previous: bool = False) -> str:
+        op = Operation("get", "pods/log", self.namespace, pod)
+        return self._call(op, self.core.read_namespaced_pod_log, pod, self.namespace,
+                          container=container, tail_lines=tail_lines, previous=previous)
+
     # -- Logs --------------------------------------------------------------------------------
 
     def submitter_logs(self, job: str, tail_lines: int = 200) -> str:

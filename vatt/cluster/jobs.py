@@ -4,7 +4,13 @@ KubeRay drives a RayJob through `status.jobDeploymentStatus` (New, Initializing,
 Complete or Failed; ValidationFailed when the operator refuses the spec) while
 `status.jobStatus` is Ray's own view of the job (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED).
 `follow` reads both until the deployment status is terminal, calling `on_status` at every change
-(the CLI prints a progress line from it; flows log it).
+(the CLI prints a progress line from it; flows log it). Beside the RayJob it reads its pods (the
+RayCluster's, label `ray.io/cluster`, and the submitter Job's, label `job-name`) and their events,
+and says in the progress line why the job waits or failed: a pod the scheduler cannot place (its
+FailedScheduling message), an image that cannot be pulled, a crash loop (with the last lines of
+the container's log), an OOM kill, or no operator acting on RayJobs at all. Following stops at
+the RayJob's own deadline (spec.activeDeadlineSeconds plus START_MARGIN_S) when that comes
+before cluster.timeout_s.
 """
 
 from __future__ import annotations
@@ -27,6 +33,13 @@ log = logging.getLogger("vatt.cluster")
 SUCCEEDED = "Complete"
 FAILED = ("Failed", "ValidationFailed")
 TERMINAL = (SUCCEEDED, *FAILED)
+# following stops this long after the RayJob's spec.activeDeadlineSeconds (KubeRay counts it from
+# the job's start; the operator may pick it up late): by then KubeRay has failed it
+START_MARGIN_S = 900.0
+IMAGE_PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+START_REASONS = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError",
+                 "StartError", "ContainerCannotRun")
+LOG_TAIL_LINES = 3  # of a crashing container's log, in the one-line reason
 
 
 class JobFailedError(ClusterError):
@@ -46,13 +59,14 @@ class JobStatus:
     reason: str = ""
     message: str = ""
     elapsed_s: float = 0.0
+    waiting: str = ""  # why it waits or failed, read from its pods and events ("": nothing wrong)
 
     @classmethod
-    def of(cls, obj: dict[str, Any], elapsed_s: float = 0.0) -> "JobStatus":
+    def of(cls, obj: dict[str, Any], elapsed_s: float = 0.0, waiting: str = "") -> "JobStatus":
         status = obj.get("status") or {}
         return cls(name=obj["metadata"]["name"], deployment=status.get("jobDeploymentStatus", ""),
                    job=status.get("jobStatus", ""), reason=status.get("reason", ""),
-                   message=status.get("message", ""), elapsed_s=elapsed_s)
+                   message=status.get("message", ""), elapsed_s=elapsed_s, waiting=waiting)
 
     @property
     def finished(self) -> bool:
@@ -63,12 +77,142 @@ class JobStatus:
         return self.deployment == SUCCEEDED
 
     def line(self) -> str:
-        """One progress line: `rayjob NAME: Running (ray job RUNNING) 0:12:34`."""
+        """One progress line: `rayjob NAME: Running (ray job RUNNING) 0:12:34`, and why it waits
+        when something is wrong: `rayjob NAME: Initializing 0:05:00: pod P cannot be scheduled:
+        0/2 nodes are available: ...`."""
         minutes, seconds = divmod(int(self.elapsed_s), 60)
         hours, minutes = divmod(minutes, 60)
         job = f" (ray job {self.job})" if self.job else ""
+        why = f": {self.waiting}" if self.waiting else ""
         return (f"rayjob {self.name}: {self.deployment or 'waiting for the operator'}{job} "
-                f"{hours}:{minutes:02d}:{seconds:02d}")
+                f"{hours}:{minutes:02d}:{seconds:02d}{why}")
+
+
+class PodDiagnosis:
+    """Why a RayJob waits or failed, in one line, from its pods and their events. A read that
+    fails (e.g. a Role without `events list`) is said once and skipped: following goes on."""
+
+    def __init__(self, client: KubeClient, operator_wait_s: float):
+        self.client = client
+        self.operator_wait_s = operator_wait_s
+        self._unreadable: set[str] = set()
+
+    def __call__(self, rayjob: dict[str, Any], elapsed_s: float) -> str:
+        name = rayjob["metadata"]["name"]
+        status = rayjob.get("status")
+        if not status:
+            if elapsed_s < self.operator_wait_s:
+                return ""
+            # the wait, not the elapsed time, in the text: the reason stays the same every poll
+            return (f"no operator is acting on RayJobs: rayjob {name} has no status after "
+                    f"{self.operator_wait_s:g} s (cluster.operator_wait_s); "
+                    "KubeRay's CRDs are installed but its operator does not seem to run: check "
+                    "`kubectl get deploy -A | grep kuberay` and the operator's logs")
+        selectors = [f"job-name={name}"]  # KubeRay's submitter Job is named after the RayJob
+        if status.get("rayClusterName"):
+            selectors.insert(0, f"ray.io/cluster={status['rayClusterName']}")
+        found = []
+        for selector in selectors:
+            for pod in self._read("pods", self.client.list_pods, selector) or []:
+                found.extend(self._pod_reasons(pod))
+        if not found:
+            return ""
+        found.sort(key=lambda ranked: ranked[0])  # the worst first: OOM, crashes, pulls, placing
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        return found[0][1] + more
+
+    def _read(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except ClusterError as err:
+            if what not in self._unreadable:
+                self._unreadable.add(what)
+                log.warning("cannot read the job's %s, following without them: %s", what, err)
+            return None
+
+    def _pod_reasons(self, pod: Any) -> list[tuple[int, str]]:
+        name = pod.metadata.name
+        reasons: list[tuple[int, str]] = []
+        statuses = [*(pod.status.init_container_statuses or []),
+                    *(pod.status.container_statuses or [])]
+        for container in statuses:
+            state, last = container.state, container.last_state
+            now_ended = state.terminated if state else None
+            last_ended = last.terminated if last else None
+            waiting = state.waiting if state else None
+            ended = now_ended or last_ended
+            if any(end is not None and end.reason == "OOMKilled" for end in (now_ended, last_ended)):
+                reasons.append((0, f"pod {name}: container {container.name} was OOM-killed "
+                                   f"(memory limit {self._memory_limit(pod, container.name)}; "
+                                   f"{container.restart_count} restarts): give its pods more "
+                                   "memory in the overlay, or use less (data.batch_size)"))
+            elif waiting is not None and waiting.reason == "CrashLoopBackOff":
+                exit_ = f", last exit {ended.exit_code} {ended.reason}" if ended else ""
+                reasons.append((1, f"pod {name}: container {container.name} is crash-looping "
+                                   f"({container.restart_count} restarts{exit_}): "
+                                   f"{self._log_tail(name, container.name, True)}"))
+            elif waiting is not None and waiting.reason in IMAGE_PULL_REASONS:
+                reasons.append((2, f"pod {name}: cannot pull image {container.image}: "
+                                   f"{waiting.reason}: {waiting.message or self._event(name)}"))
+            elif waiting is not None and waiting.reason in START_REASONS:
+                reasons.append((2, f"pod {name}: container {container.name} cannot start: "
+                                   f"{waiting.reason}: {waiting.message or self._event(name)}"))
+            elif now_ended is not None and now_ended.reason in START_REASONS:
+                reasons.append((1, f"pod {name}: container {container.name} cannot start "
+                                   f"({container.restart_count} restarts): {now_ended.reason}: "
+                                   f"{' '.join((now_ended.message or '').split())[:300]}; "
+                                   f"{self._log_tail(name, container.name)}"))
+            elif now_ended is not None and now_ended.exit_code:  # between a crash and its restart
+                again = " and is restarted" if pod.spec.restart_policy != "Never" else ""
+                reasons.append((1, f"pod {name}: container {container.name} exited "
+                                   f"{now_ended.exit_code} {now_ended.reason or ''}{again} "
+                                   f"({container.restart_count} restarts): "
+                                   f"{self._log_tail(name, container.name)}"))
+        for condition in pod.status.conditions or []:
+            if condition.type == "PodScheduled" and condition.status == "False":
+                message = self._event(name, "FailedScheduling") or condition.message or (
+                    condition.reason or "no node fits")
+                reasons.append((3, f"pod {name} cannot be scheduled: {message}"))
+        return reasons
+
+    def _event(self, pod: str, reason: Optional[str] = None) -> str:
+        """The newest Warning event's message about `pod` (of `reason` when given)."""
+        events = self._read("events", self.client.pod_events, pod) or []
+        for event in reversed(events):
+            if event.type == "Warning" and (reason is None or event.reason == reason):
+                return " ".join((event.message or "").split())
+        return ""
+
+    def _log_tail(self, pod: str, container: str, previous_first: bool = False) -> str:
+        """The last lines of the container's log: of its run that ended (the previous one while
+        it waits to restart, `previous_first`), else of the other."""
+        for previous in (previous_first, not previous_first):
+            try:
+                text = self.client.pod_log(pod, container, LOG_TAIL_LINES, previous=previous)
+            except ClusterError:
+                continue
+            lines = [line.strip()[:200] for line in text.splitlines() if line.strip()]
+            if lines:
+                return "its log ends: " + " | ".join(lines[-LOG_TAIL_LINES:])
+        return "its log is empty or unreadable"
+
+    @staticmethod
+    def _memory_limit(pod: Any, container: str) -> str:
+        for spec in [*(pod.spec.init_containers or []), *(pod.spec.containers or [])]:
+            if spec.name == container and spec.resources and spec.resources.limits:
+                return str(spec.resources.limits.get("memory", "none"))
+        return "none"
+
+
+def follow_deadline(timeout_s: float, rayjob: dict[str, Any]) -> tuple[float, str]:
+    """How long to follow `rayjob`: cluster.timeout_s, or its spec.activeDeadlineSeconds plus
+    START_MARGIN_S when that is sooner (KubeRay has failed the job by then); and why, in words."""
+    active = (rayjob.get("spec") or {}).get("activeDeadlineSeconds")
+    if active and float(active) + START_MARGIN_S < timeout_s:
+        return (float(active) + START_MARGIN_S,
+                f"the RayJob's spec.activeDeadlineSeconds={active} plus {START_MARGIN_S:.0f} s "
+                f"for start-up, sooner than cluster.timeout_s={timeout_s:.0f}")
+    return timeout_s, "cluster.timeout_s"
 
 
 @dataclass
@@ -128,28 +272,40 @@ def _wait_gone(client: KubeClient, name: str, timeout_s: float = 300.0) -> None:
 
 
 def follow(client: KubeClient, name: str, timeout_s: float, poll_s: float,
-           on_status: Optional[Callable[[JobStatus], None]] = None) -> tuple[JobStatus, list[JobStatus]]:
-    """Read the RayJob's status every `poll_s` until it is terminal; (last status, every change).
-    FollowTimeout after `timeout_s`."""
+           on_status: Optional[Callable[[JobStatus], None]] = None,
+           operator_wait_s: float = float("inf")) -> tuple[JobStatus, list[JobStatus]]:
+    """Read the RayJob's status every `poll_s` until it is terminal; (last status, every change
+    of its deployment or job status). Each poll also says why it waits (PodDiagnosis; no status
+    after `operator_wait_s`: no operator); a change of that reason is logged once. FollowTimeout
+    after `timeout_s` or the RayJob's own deadline (follow_deadline), whichever comes first."""
     started = time.monotonic()
+    diagnose = PodDiagnosis(client, operator_wait_s)
     changes: list[JobStatus] = []
     seen: Optional[tuple[str, str]] = None
+    said: Optional[tuple[str, str, str]] = None
     while True:
         elapsed = time.monotonic() - started
-        status = JobStatus.of(client.get_rayjob(name), elapsed)
+        rayjob = client.get_rayjob(name)
+        deadline_s, why_deadline = follow_deadline(timeout_s, rayjob)
+        status = JobStatus.of(rayjob, elapsed)
+        if status.deployment != SUCCEEDED:
+            status = JobStatus.of(rayjob, elapsed, waiting=diagnose(rayjob, elapsed))
         if (status.deployment, status.job) != seen:
             seen = (status.deployment, status.job)
             changes.append(status)
+        if (status.deployment, status.job, status.waiting) != said:  # said once, not every poll
+            said = (status.deployment, status.job, status.waiting)
             log.info("%s", status.line())
         if on_status is not None:
             on_status(status)
         if status.finished:
             return status, changes
-        if elapsed > timeout_s:
+        if elapsed > deadline_s:
             raise FollowTimeout(
-                f"rayjob {name} has not ended after {timeout_s:.0f} s (cluster.timeout_s); it "
-                f"is {status.deployment or 'not yet picked up by the operator'} and keeps "
-                f"running: follow it with `kubectl get rayjob {name} -n {client.namespace} -w`")
+                f"rayjob {name} has not ended after {deadline_s:.0f} s ({why_deadline}); it is "
+                f"{status.deployment or 'not yet picked up by the operator'}"
+                f"{': ' + status.waiting if status.waiting else ''} and keeps running: follow it "
+                f"with `kubectl get rayjob {name} -n {client.namespace} -w`")
         time.sleep(poll_s)
 
 
@@ -163,7 +319,7 @@ def run_job(cfg: Config, client: KubeClient, rendered: RenderedJob, attach: bool
     Raises JobFailedError when the job failed (after the clean-up)."""
     submit(client, rendered, attach=attach)
     status, changes = follow(client, rendered.name, cfg.cluster.timeout_s, cfg.cluster.poll_s,
-                             on_status)
+                             on_status, operator_wait_s=cfg.cluster.operator_wait_s)
     outcome = JobOutcome(rendered.name, rendered.namespace, rendered.run_name, status,
                          history=changes)
     if not status.succeeded:
@@ -176,7 +332,8 @@ def run_job(cfg: Config, client: KubeClient, rendered: RenderedJob, attach: bool
             f"kept for inspection: `kubectl describe rayjob {rendered.name} -n {rendered.namespace}`")
         raise JobFailedError(
             f"rayjob {rendered.name} ended {status.deployment} (ray job {status.job or 'unknown'})"
-            f": {status.reason or 'no reason given'}: {status.message or 'no message'}. The "
+            f": {status.reason or 'no reason given'}: {status.message or 'no message'}"
+            f"{'; its pods: ' + status.waiting if status.waiting else ''}. The "
             f"RayJob is {kept}. Submitter log tail:\n{outcome.logs}")
     return outcome
 
@@ -262,6 +419,6 @@ def evaluate_on_cluster(cfg: Config, checkpoint: str, overrides: Sequence[str] =
     return json.loads(store.read_bytes(answer))
 
 
-__all__ = ["JobStatus", "JobOutcome", "JobFailedError", "FollowTimeout", "client_for", "submit",
+__all__ = ["JobStatus", "PodDiagnosis", "follow_deadline", "JobOutcome", "JobFailedError", "FollowTimeout", "client_for", "submit",
            "follow", "run_job", "pretrain_on_cluster", "evaluate_on_cluster", "outcome_uri",
            "cleanup_wanted", "TERMINAL"]
