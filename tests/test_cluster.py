@@ -633,3 +633,38 @@ def test_following_stops_at_the_rayjobs_own_deadline(worker, monkeypatch):
     assert "spec.activeDeadlineSeconds=1 plus 1 s for start-up" in str(caught.value)
     assert f"kubectl get rayjob {rendered.name} -n vatt -w" in str(caught.value)
     worker.delete_rayjob(rendered.name)
+
+
+def test_ctrl_c_stops_following_not_the_job(kube_api, rbac, s3_server, tmp_path):
+    """SIGINT to `vatt submit --wait` while it follows: exit 130, the kubectl commands to follow
+    or cancel the job, and the RayJob still there."""
+    import os
+    import signal
+
+    kubeconfig = kube_api.kubeconfig(tmp_path / "kubeconfig", token=kube_api.tokens[WORKER])
+    run = _unique("sigint")
+    tiny_data_folder(tmp_path / "data")
+    command = [*vatt_command(), "submit", "--target", "gpu", "--wait", f"train.run_name={run}",
+               f"cluster.manifests={REPO_ROOT / 'k8s'}", "cluster.poll_s=0.2",
+               "train.storage_path=s3://vatt-data/runs",
+               f"data.versions_uri=s3://{s3_server.bucket}/datasets-{run}"]
+    env = {**os.environ, **s3_server.env, "KUBECONFIG": str(kubeconfig)}
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    reader.start()
+    name = job_name(run)
+    poll(lambda: any(f"rayjob {name}: waiting for the operator" in line for line in lines),
+         "vatt submit to follow the RayJob", 120, process)
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=60)
+    reader.join(30)
+    output = "".join(lines)
+    assert process.returncode == 130, output
+    assert f"stopped following; rayjob {name} in namespace vatt keeps running" in output
+    assert f"`kubectl get rayjob {name} -n vatt -w`" in output
+    assert f"`kubectl delete rayjob {name} -n vatt`" in output
+    assert "Traceback" not in output
+    assert _exists(kube_api, name)  # the job was not stopped
+    kube_api.kubectl("delete", "rayjob", name)

@@ -315,6 +315,13 @@ def _cmd_submit(args: argparse.Namespace) -> int:
                   f"with `kubectl get rayjob {rendered.name} -n {rendered.namespace} -w`")
             return 0
         outcome = jobs.run_job(cfg, client, rendered)
+    except KeyboardInterrupt:  # Ctrl-C stops following, not the job
+        print(f"\nvatt submit: stopped following; rayjob {rendered.name} in {where} keeps running "
+              "(if it was created). Follow it with "
+              f"`kubectl get rayjob {rendered.name} -n {rendered.namespace} -w`, or cancel it "
+              f"with `kubectl delete rayjob {rendered.name} -n {rendered.namespace}`",
+              file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports it
     except jobs.JobFailedError as err:
         print(f"vatt submit: {err}", file=sys.stderr)
         return 1
@@ -462,7 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "stderr, then the rendered manifests as multi-document YAML to "
                              "stdout, and exit")
     submit.add_argument("--wait", action="store_true",
-                        help="follow the RayJob until it ends; exit 1 when it failed")
+                        help="follow the RayJob until it ends, saying why it waits (no GPU "
+                             "node, image pull, crash loop, no operator); exit 1 when it "
+                             "failed; Ctrl-C stops following, not the job (exit 130)")
     submit.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                         help="stop following after this long (default: cluster.timeout_s)")
     submit.set_defaults(handler=_cmd_submit)
