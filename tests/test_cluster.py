@@ -668,3 +668,79 @@ def test_ctrl_c_stops_following_not_the_job(kube_api, rbac, s3_server, tmp_path)
     assert "Traceback" not in output
     assert _exists(kube_api, name)  # the job was not stopped
     kube_api.kubectl("delete", "rayjob", name)
+
+
+# what a kubelet reports of a pod (its status subresource), played here: the session's API
+# server has no nodes (the cluster in a box, test_cluster_pods.py, has real ones)
+_POD_STATES = {
+    "image-pull": ({"containerStatuses": [{
+        "name": "ray-worker", "image": "vatt-gpu:missing", "imageID": "", "ready": False,
+        "restartCount": 0, "state": {"waiting": {
+            "reason": "ImagePullBackOff",
+            "message": 'Back-off pulling image "vatt-gpu:missing"'}}}]},
+        "cannot pull image vatt-gpu:missing: ImagePullBackOff: Back-off pulling image"),
+    "oom": ({"containerStatuses": [{
+        "name": "ray-worker", "image": "vatt-gpu", "imageID": "", "ready": True,
+        "restartCount": 2, "state": {"running": {"startedAt": "2026-12-06T10:00:00Z"}},
+        "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled",
+                                     "startedAt": "2026-12-06T09:00:00Z",
+                                     "finishedAt": "2026-12-06T09:59:00Z"}}}]},
+        "container ray-worker was OOM-killed (memory limit 2Gi; 2 restarts)"),
+    "unschedulable": ({"conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "0/3 nodes are available: 3 node(s) had taint {nvidia.com/gpu: present}, "
+                   "that the pod didn't tolerate."}]},
+        "cannot be scheduled: 0/3 nodes are available: 3 node(s) had taint {nvidia.com/gpu"),
+}
+
+
+@pytest.fixture
+def no_events(kube_api, rbac):
+    """A client whose identity may follow a RayJob and read pods, but not list events."""
+    grant = [("create", "role", "follow-without-events", "--verb=get,list",
+              "--resource=rayjobs.ray.io,pods,pods/log"),
+             ("create", "rolebinding", "follow-without-events", "--role=follow-without-events",
+              f"--serviceaccount={NAMESPACE}:vatt-noperm")]
+    for args in grant:
+        kube_api.kubectl(*args, "-n", NAMESPACE)
+    yield KubeClient(kube_api.api_client(kube_api.tokens[NOPERM]), NAMESPACE, attempts=1)
+    for kind in ("rolebinding", "role"):
+        kube_api.kubectl("delete", kind, "follow-without-events", "-n", NAMESPACE)
+
+
+@pytest.mark.parametrize("state", sorted(_POD_STATES))
+def test_the_progress_line_says_what_the_pods_report(kube_api, worker, no_events, operator,
+                                                     state, caplog):
+    """Image pull errors and OOM kills from the containers' states, the scheduler's condition;
+    an identity that may not list events still follows, said once."""
+    from kubernetes import client
+
+    status_patch, wanted = _POD_STATES[state]
+    rendered = render_job(_cfg(_unique(state)))
+    jobs.submit(worker, rendered)
+    cluster = f"{rendered.name}-abcde"
+    pod = f"{cluster}-workers-worker-0"
+    core = client.CoreV1Api(kube_api.api_client())
+    core.create_namespaced_pod(NAMESPACE, {
+        "metadata": {"name": pod, "labels": {"ray.io/cluster": cluster}},
+        "spec": {"containers": [{"name": "ray-worker", "image": "vatt-gpu", "resources": {
+            "limits": {"memory": "2Gi"}}}]}})
+    core.patch_namespaced_pod_status(pod, NAMESPACE, {"status": status_patch})
+    operator(rendered.name, jobDeploymentStatus="Initializing", rayClusterName=cluster)
+    follower = no_events if state == "unschedulable" else worker
+    seen: list[jobs.JobStatus] = []
+
+    def until_said(status: jobs.JobStatus) -> None:
+        seen.append(status)
+        if len([s for s in seen if wanted in s.waiting]) == 2:
+            raise _Enough
+
+    caplog.set_level("INFO", logger="vatt.cluster")
+    with pytest.raises(_Enough):
+        jobs.follow(follower, rendered.name, 60.0, 0.2, until_said)
+    assert seen[-1].waiting.startswith(f"pod {pod}")
+    if follower is no_events:
+        unreadable = [r for r in caplog.records if "cannot read the job's events" in r.getMessage()]
+        assert len(unreadable) == 1 and "lacks the 'list' verb on 'events'" in unreadable[0].getMessage()
+    core.delete_namespaced_pod(pod, NAMESPACE, grace_period_seconds=0)
+    worker.delete_rayjob(rendered.name)
