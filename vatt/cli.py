@@ -473,7 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "node, image pull, crash loop, no operator); exit 1 when it "
                              "failed; Ctrl-C stops following, not the job (exit 130)")
     submit.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                        help="stop following after this long (default: cluster.timeout_s)")
+                        help="stop following after this long (default: cluster.timeout_s; at "
+                             "most the RayJob's activeDeadlineSeconds plus 15 minutes)")
     submit.set_defaults(handler=_cmd_submit)
 
     data = sub.add_parser("data", help="version data/ with DVC (track, push, pull, version) and "

@@ -371,7 +371,9 @@ class ClusterConfig:
     namespace: str = "vatt"
     manifests: str = "k8s"  # the kustomize folder holding base/ and overlays/
     kube_context: Optional[str] = None  # kubeconfig context; None: current, or in-cluster
-    timeout_s: float = 7 * 24 * 3600.0  # stop following (the job keeps running) after this
+    # stop following (the job keeps running) after this, or at the RayJob's own deadline
+    # (spec.activeDeadlineSeconds plus a start-up margin, vatt.cluster.jobs.follow_deadline)
+    timeout_s: float = 7 * 24 * 3600.0
     poll_s: float = 10.0  # seconds between status reads
     # a RayJob with no status after this long: no KubeRay operator acts on it (said while following)
     operator_wait_s: float = 60.0
