@@ -287,9 +287,9 @@ def follow(client: KubeClient, name: str, timeout_s: float, poll_s: float,
         elapsed = time.monotonic() - started
         rayjob = client.get_rayjob(name)
         deadline_s, why_deadline = follow_deadline(timeout_s, rayjob)
-        status = JobStatus.of(rayjob, elapsed)
-        if status.deployment != SUCCEEDED:
-            status = JobStatus.of(rayjob, elapsed, waiting=diagnose(rayjob, elapsed))
+        succeeded = (rayjob.get("status") or {}).get("jobDeploymentStatus") == SUCCEEDED
+        status = JobStatus.of(rayjob, elapsed,
+                              waiting="" if succeeded else diagnose(rayjob, elapsed))
         if (status.deployment, status.job) != seen:
             seen = (status.deployment, status.job)
             changes.append(status)
