@@ -744,3 +744,21 @@ def test_the_progress_line_says_what_the_pods_report(kube_api, worker, no_events
         assert len(unreadable) == 1 and "lacks the 'list' verb on 'events'" in unreadable[0].getMessage()
     core.delete_namespaced_pod(pod, NAMESPACE, grace_period_seconds=0)
     worker.delete_rayjob(rendered.name)
+
+
+def test_a_server_address_without_a_host_is_named_at_once_not_retried():
+    """A configuration fault (the kubeconfig's `server:` names no host): no try can mend it."""
+    from kubernetes import client
+
+    from vatt.cluster.client import PermanentClusterError
+
+    configuration = client.Configuration()
+    configuration.host = "https://"
+    configuration.retries = False
+    pauses: list[float] = []
+    misconfigured = KubeClient(client.ApiClient(configuration), NAMESPACE, attempts=5,
+                               sleep=pauses.append)
+    with pytest.raises(PermanentClusterError,
+                       match=r"server address is not usable: No host specified\. Fix"):
+        misconfigured.get_rayjob("anything")
+    assert pauses == []

@@ -171,7 +171,8 @@ def permanent_fault(err: BaseException, op: Operation,
     for cause in chain:
         if isinstance(cause, (u3.LocationValueError, u3.ProxySchemeUnknown)):
             return PermanentClusterError(
-                f"cannot {op}: the kubeconfig's server address is not usable: {cause}. Fix the "
+                f"cannot {op}: the kubeconfig's server address is not usable: "
+                f"{str(cause).rstrip('.')}. Fix the "
                 "cluster's `server:` in the kubeconfig (or cluster.kube_context)")
     return None
 
