@@ -14,7 +14,8 @@ For each new RayJob, `PlayedKubeRay`:
    `nvidia.com/gpu`) and `--memory`; the auth token from the Secret through `secretKeyRef`.
    The real scheduler places them (node selectors, tolerations, `nvidia.com/gpu`), the
    stand-in kubelet runs them;
-3. once every Ray pod runs and the head's Job Submission API answers, creates the submitter:
+3. once every Ray pod runs and its Ray node has joined (KubeRay's readiness probes; asked of
+   the head here), creates the submitter:
    a Kubernetes Job named after the RayJob from `submitterPodTemplate` (backoffLimit from
    `submitterConfig`) whose container runs `ray job submit --address ... --runtime-env-json
    ... --submission-id ... -- <entrypoint>`: the RayJob's `runtimeEnvYAML` passed as KubeRay's
@@ -25,8 +26,9 @@ For each new RayJob, `PlayedKubeRay`:
 
 Deleting the RayJob deletes the rest through the real garbage collector (owner references), and
 the kubelet stops the Ray processes. What differs from KubeRay, on purpose: every pod of the box
-shares the machine's network, so the played operator gives each Ray node ports of its own (GCS,
-dashboard, agents, worker-port ranges) where KubeRay relies on each pod's own IP, and it talks
+shares the machine's network and files, so the played operator gives each Ray node ports and
+temp folders of its own (GCS, dashboard, agents, worker-port ranges; the sockets of each
+node's session folder) where KubeRay relies on each pod's own IP and filesystem, and it talks
 to the head at 127.0.0.1 instead of through the head's Service (the box runs no kube-proxy).
 No autoscaler, no suspend, no retries of a failed RayJob (`backoffLimit`), and a finished
 job's cluster is not deleted after `ttlSecondsAfterFinished` (an hour in k8s/base): it goes with
@@ -82,7 +84,11 @@ class _Played:
     """What the operator holds for one RayJob."""
 
     cluster: str
-    uid: str
+    uid: str  # the RayCluster's
+    rayjob_uid: str  # a RayJob deleted and created again under its name is another job
+    nodes: int  # Ray nodes of the cluster: the head and every worker replica
+    temp: str = ""  # holds its nodes' Ray temp folders (short: Ray's socket paths)
+    started: int = 0  # Ray nodes given a command so far (numbers their temp folders)
     ports: dict[str, dict[str, int]] = field(default_factory=dict)  # pod name -> ports
     head_ports: dict[str, int] = field(default_factory=dict)
     submission_id: str = ""
@@ -158,6 +164,8 @@ class PlayedKubeRay:
         if rayjob["metadata"].get("deletionTimestamp"):
             return
         played = self.played.get(name)
+        if played is not None and played.rayjob_uid != rayjob["metadata"]["uid"]:
+            played = None  # deleted and created again between two polls: a new job
         if played is None:
             if (rayjob.get("status") or {}).get("jobDeploymentStatus") in ("Complete", "Failed"):
                 return  # ended before this operator started
@@ -197,8 +205,11 @@ class PlayedKubeRay:
                 "spec": spec}
         created = self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace,
                                                               "rayclusters", body)
+        workers = sum(int(group.get("replicas", 1)) for group in spec.get("workerGroupSpecs") or [])
         played = _Played(cluster=cluster, uid=created["metadata"]["uid"],
+                         rayjob_uid=rayjob["metadata"]["uid"], nodes=1 + workers,
                          submission_id=f"{name}-{secrets.token_hex(3)}")
+        played.temp = tempfile.mkdtemp(prefix="rk", dir="/tmp")
         self.created.append((name, cluster))
         owner = self._owner("RayCluster", cluster, played.uid)
         if (spec.get("authOptions") or {}).get("mode") == "token":
@@ -219,8 +230,8 @@ class PlayedKubeRay:
     def _ports(self) -> dict[str, int]:
         return dict(zip(RAY_PORTS, self._free_ports(len(RAY_PORTS))))
 
-    def _ray_start(self, group: dict[str, Any], container: dict[str, Any],
-                   ports: dict[str, int], head_ports: dict[str, int], head: bool) -> list[str]:
+    def _ray_start(self, played: _Played, group: dict[str, Any], container: dict[str, Any],
+                   ports: dict[str, int], head: bool) -> list[str]:
         """`ray start` as KubeRay builds it for a pod of `group`, with the box's ports."""
         params = {str(k): str(v) for k, v in (group.get("rayStartParams") or {}).items()}
         limits = (container.get("resources") or {}).get("limits") or {}
@@ -242,13 +253,14 @@ class PlayedKubeRay:
                  f"--node-manager-port={ports['node_manager']}",
                  f"--object-manager-port={ports['object_manager']}",
                  f"--min-worker-port={low}", f"--max-worker-port={low + WORKER_PORT_SPAN - 1}"]
+        # each node its own session folder (its sockets: in a pod they are the pod's own files)
+        played.started += 1
+        args += [f"--temp-dir={played.temp}/n{played.started}"]
         if head:
-            temp = tempfile.mkdtemp(prefix="rk", dir="/tmp")  # short: Ray's socket paths
             args += ["--head", f"--port={ports['gcs']}", "--dashboard-host=127.0.0.1",
-                     f"--dashboard-port={ports['dashboard']}", "--include-dashboard=true",
-                     f"--temp-dir={temp}"]
+                     f"--dashboard-port={ports['dashboard']}", "--include-dashboard=true"]
         else:
-            args += [f"--address=127.0.0.1:{head_ports['gcs']}"]
+            args += [f"--address=127.0.0.1:{played.head_ports['gcs']}"]
         return args
 
     def _auth_env(self, played: _Played) -> list[dict[str, Any]]:
@@ -266,7 +278,7 @@ class PlayedKubeRay:
                        "ray.io/group": group_name, "app.kubernetes.io/created-by": "kuberay-operator"})
         spec = template["spec"]
         container = spec["containers"][0]
-        container["command"] = self._ray_start(group, container, ports, played.head_ports, head)
+        container["command"] = self._ray_start(played, group, container, ports, head)
         container.pop("args", None)
         container["env"] = [*(container.get("env") or []), *self._auth_env(played)]
         spec.setdefault("restartPolicy", "Always")  # KubeRay's default for Ray pods
@@ -287,11 +299,22 @@ class PlayedKubeRay:
         for pod in pods:
             role = pod.metadata.labels["ray.io/node-type"]
             self.placements[(name, role, pod.metadata.name)] = pod.spec.node_name
+        # KubeRay's readiness probes hold a Ray pod unready until its raylet is up; the box's
+        # kubelet runs no probes, so the operator asks the head how many nodes are alive
+        return self._alive_nodes(played) >= played.nodes
+
+    def _alive_nodes(self, played: _Played) -> int:
+        import urllib.request
+
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{played.head_ports['dashboard']}/api/v0/nodes?limit=100",
+            headers={"Authorization": f"Bearer {self._token(played)}"})
         try:
-            self._jobs(played).list_jobs()
-        except Exception:  # noqa: BLE001 - the head's API is not up yet
-            return False
-        return True
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                nodes = json.loads(answer.read())["data"]["result"]["result"]
+        except Exception:  # noqa: BLE001 - the head's dashboard is not up yet
+            return 0
+        return sum(1 for node in nodes if node.get("state") == "ALIVE")
 
     def _token(self, played: _Played) -> str:
         import base64
