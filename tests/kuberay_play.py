@@ -275,7 +275,8 @@ class PlayedKubeRay:
         metadata = template.setdefault("metadata", {})
         labels = metadata.setdefault("labels", {})
         labels.update({"ray.io/cluster": played.cluster, "ray.io/node-type": node_type,
-                       "ray.io/group": group_name, "app.kubernetes.io/created-by": "kuberay-operator"})
+                       "ray.io/group": group_name,
+                       "app.kubernetes.io/created-by": "kuberay-operator"})
         spec = template["spec"]
         container = spec["containers"][0]
         container["command"] = self._ray_start(played, group, container, ports, head)
@@ -343,7 +344,8 @@ class PlayedKubeRay:
                                 f"--submission-id={played.submission_id}", "--",
                                 *_split(spec["entrypoint"])]
         container["env"] = [*(container.get("env") or []), *self._auth_env(played)]
-        template.setdefault("metadata", {}).setdefault("labels", {})["ray.io/cluster"] = played.cluster
+        labels = template.setdefault("metadata", {}).setdefault("labels", {})
+        labels["ray.io/cluster"] = played.cluster
         _with_string_quantities(template["spec"])
         backoff = int((spec.get("submitterConfig") or {}).get("backoffLimit", 2))
         self.batch.create_namespaced_job(self.namespace, {

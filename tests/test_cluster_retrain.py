@@ -364,9 +364,12 @@ def _check_outcome(box, prefect_server, flow_run_id, bucket: str, store, history
     assert run.state.is_completed()
     # the flow ran in a pod of the Job the worker made from the base job template, on the CPU
     # node (it asks for no GPU), as vatt-worker
+    [job] = json.loads(box.api.kubectl("get", "jobs", "-l", f"prefect.io/flow-run-id={flow_run_id}",
+                                       "-o", "json").stdout)["items"]
+
     def flow_pods() -> list[dict]:
         return json.loads(box.api.kubectl(
-            "get", "pods", "-l", "app.kubernetes.io/component=prefect-flow-run", "-o",
+            "get", "pods", "-l", f"job-name={job['metadata']['name']}", "-o",
             "json").stdout)["items"]
 
     # the flow run is final a moment before its process exits
