@@ -55,9 +55,12 @@ def served(prefect_server, default_pipeline) -> Iterator[Served]:
                       for entry in served_entries())
 
     def deployments() -> list[tuple[str, str]]:
+        """The served deployments on the server (no work pool: the session's server also holds
+        the cluster's, which `vatt deploy` registered on vatt-k8s in test_cluster_retrain)."""
         flows = {f["id"]: f["name"] for f in _api(prefect_server, "/flows/filter", {})}
         return sorted((flows.get(d["flow_id"], "?"), d["name"])
-                      for d in _api(prefect_server, "/deployments/filter", {}))
+                      for d in _api(prefect_server, "/deployments/filter", {})
+                      if not d.get("work_pool_name"))
 
     try:
         # every served deployment of prefect.yaml (registered one after the other)
