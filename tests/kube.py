@@ -6,9 +6,12 @@ no controller-manager: objects are stored, validated, authorized and watched, no
 controller-manager, the scheduler, nodes and a stand-in kubelet on a server of its own.
 
 Authentication is a static token file: an admin in `system:masters`, and one token per
-service account of namespace `vatt` (`vatt-worker`, `vatt-noperm`) under the user name and
-groups the API server gives a real service-account token, so RBAC bindings to a ServiceAccount
-subject apply to it. Authorization is RBAC. Namespace `vatt` and KubeRay's RayJob and
+service account of namespace `vatt` (k8s/rbac's `vatt-prefect-worker`, `vatt-flow-run`,
+`vatt-ray`, and `vatt-noperm`) under the user name and groups the API server gives a real
+service-account token, so RBAC bindings to a ServiceAccount subject apply to it. Authorization
+is RBAC. The server keeps an audit log (`KubeAPI.audit_events`): every request of namespace
+`vatt`'s service accounts (who, verb, resource, answer) and every pod created, with its body, so
+a test can read what each account did and what pods were made. Namespace `vatt` and KubeRay's RayJob and
 RayCluster CRDs (tests/fixtures/kuberay-crds, edited in memory for 1.20: see
 `crds_for_kube_1_20`) are installed before the fixture yields.
 
@@ -52,7 +55,8 @@ KUBECTL = "/usr/bin/kubectl"
 CRD_DIR = Path(__file__).resolve().parent / "fixtures" / "kuberay-crds"
 CRD_FILES = ("ray.io_rayjobs.yaml", "ray.io_rayclusters.yaml")
 NAMESPACE = "vatt"
-SERVICE_ACCOUNTS = ("vatt-worker", "vatt-noperm")
+# k8s/rbac's accounts (the Prefect worker, the flow runs, the Ray pods) and one without rights
+SERVICE_ACCOUNTS = ("vatt-prefect-worker", "vatt-flow-run", "vatt-ray", "vatt-noperm")
 ADMIN_USER = "vatt-admin"
 STARTUP_TIMEOUT_S = 90.0  # kube-apiserver on 2 busy cores
 CRD_ESTABLISHED_TIMEOUT_S = 60.0
@@ -77,6 +81,22 @@ class KubeAPI:
     # signs service-account tokens (the server verifies with its public half): the
     # controller-manager's --service-account-private-key-file
     key_file: Path
+    audit_path: Path  # the audit log (JSON lines): AUDIT_POLICY
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """The audit log's events so far (audit.k8s.io/v1 Event objects), oldest first: each
+        request of a service account of namespace `vatt` (user.username, verb, objectRef,
+        responseStatus.code, requestReceivedTimestamp) and each pod creation with its
+        requestObject."""
+        if not self.audit_path.exists():
+            return []
+        events = []
+        for line in self.audit_path.read_text().splitlines():
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:  # the line being written
+                continue
+        return events
 
     def kubeconfig(self, path: Path, token: str | None = None, namespace: str = NAMESPACE) -> Path:
         """Writes a kubeconfig for this server (the admin's token unless `token`), whose
@@ -338,6 +358,22 @@ def _token_file(root: Path) -> tuple[Path, str, dict[str, str]]:
     return path, admin_token, tokens
 
 
+AUDIT_POLICY = f"""\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  # every pod as it was asked for: the tests check each against the Pod Security Standard
+  - level: Request
+    verbs: [create]
+    resources: [{{group: "", resources: [pods]}}]
+  # who did what, for the service accounts of the platform's namespace
+  - level: Metadata
+    userGroups: ["system:serviceaccounts:{NAMESPACE}"]
+  - level: None
+"""
+
+
 def _start_apiserver(apiserver: Path, root: Path, etcd_url: str, token_file: Path,
                      key_file: Path) -> tuple[subprocess.Popen, str, Path, Path]:
     from conftest import _free_ports
@@ -346,6 +382,8 @@ def _start_apiserver(apiserver: Path, root: Path, etcd_url: str, token_file: Pat
     cert_dir = root / "certs"
     cert_dir.mkdir(exist_ok=True)
     log_path = root / "kube-apiserver.log"
+    policy = root / "audit-policy.yaml"
+    policy.write_text(AUDIT_POLICY)
     args = [str(apiserver),
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={port}",
             "--insecure-port=0",  # 1.20 still serves an unauthenticated :8080 unless told not to
@@ -364,6 +402,8 @@ def _start_apiserver(apiserver: Path, root: Path, etcd_url: str, token_file: Pat
             # a kubelet is reached at its node's InternalIP (as on GKE): the test nodes' host
             # names (the default's first choice) resolve nowhere
             "--kubelet-preferred-address-types=InternalIP,Hostname",
+            f"--audit-policy-file={policy}", f"--audit-log-path={root / 'audit.log'}",
+            "--audit-log-format=json",
             "--profiling=false", "--logtostderr=true", "--v=1"]
     proc = _start(args, log_path, root)
     return proc, f"https://127.0.0.1:{port}", cert_dir / "apiserver.crt", log_path
@@ -499,7 +539,8 @@ def kube_api_server(root: Path) -> Iterator[KubeAPI]:
             raise RuntimeError("the test Kubernetes API server did not start:\n"
                                + "\n".join(failures))
         api = KubeAPI(url=url, ca_file=ca_file, admin_token=admin_token, tokens=tokens,
-                      log_path=log_path, key_file=key_file)
+                      log_path=log_path, key_file=key_file,
+                      audit_path=log_path.parent / "audit.log")
         api.kubectl("create", "namespace", NAMESPACE)
         _install_crds(api, crds_future.result())
         yield api

@@ -28,7 +28,10 @@ from vatt.cluster.render import JOB_CONFIG_ENV, RenderError, job_name, render_jo
 from vatt.config import load_config, replace, to_dict
 
 NAMESPACE = "vatt"
-WORKER = f"system:serviceaccount:{NAMESPACE}:vatt-worker"
+# k8s/rbac's accounts: the client runs as the flow runs' (`vatt submit` users get its Role)
+WORKER = f"system:serviceaccount:{NAMESPACE}:vatt-flow-run"
+PREFECT_WORKER = f"system:serviceaccount:{NAMESPACE}:vatt-prefect-worker"
+RAY = f"system:serviceaccount:{NAMESPACE}:vatt-ray"
 NOPERM = f"system:serviceaccount:{NAMESPACE}:vatt-noperm"
 S3_PATHS = ["train.storage_path=s3://vatt-data/runs", "data.path=s3://vatt-data/data"]
 
@@ -383,38 +386,87 @@ def _allowed(kube_api, token: str, verb: str, resource: str, group: str = "",
     return review.status.allowed
 
 
-NEEDED = [  # what vatt.cluster and the flows do (verb, resource, group, subresource)
-    ("create", "rayjobs", "ray.io", ""), ("get", "rayjobs", "ray.io", ""),
-    ("delete", "rayjobs", "ray.io", ""), ("list", "pods", "", ""), ("get", "pods", "", "log"),
-    ("create", "rayclusters", "ray.io", ""), ("delete", "rayclusters", "ray.io", ""),
-]
-DENIED = [
+# What each account's code calls (verb, resource, group, subresource), asked of the server:
+# prefect-kubernetes' worker and observer; vatt.cluster.client.KubeClient; Ray pods nothing.
+NEEDED = {
+    PREFECT_WORKER: [(verb, "jobs", "batch", "") for verb in ("create", "get", "list", "watch",
+                                                              "delete")]
+    + [("list", "pods", "", ""), ("watch", "pods", "", ""), ("get", "pods", "", "log")],
+    WORKER: [(verb, "rayjobs", "ray.io", "") for verb in ("create", "get", "delete")]
+    + [("list", "pods", "", ""), ("get", "pods", "", "log"), ("list", "events", "", "")],
+    RAY: [],
+}
+DENIED_TO_ALL = [
     ("get", "secrets", "", ""), ("list", "secrets", "", ""), ("create", "pods", "", ""),
-    ("delete", "pods", "", ""), ("create", "pods", "", "exec"), ("create", "roles", "rbac.authorization.k8s.io", ""),
-    ("create", "rolebindings", "rbac.authorization.k8s.io", ""), ("update", "rayjobs", "ray.io", "status"),
-    ("patch", "rayjobs", "ray.io", "status"), ("create", "configmaps", "", ""),
+    ("delete", "pods", "", ""), ("create", "pods", "", "exec"), ("create", "pods", "", "attach"),
+    ("create", "serviceaccounts", "", "token"), ("create", "roles", "rbac.authorization.k8s.io", ""),
+    ("create", "rolebindings", "rbac.authorization.k8s.io", ""), ("create", "configmaps", "", ""),
+    ("patch", "rayjobs", "ray.io", "status"), ("update", "rayjobs", "ray.io", ""),
+    ("create", "rayclusters", "ray.io", ""), ("delete", "rayclusters", "ray.io", ""),
     ("delete", "namespaces", "", ""), ("create", "customresourcedefinitions", "apiextensions.k8s.io", ""),
 ]
+DENIED = {
+    PREFECT_WORKER: DENIED_TO_ALL + [("create", "rayjobs", "ray.io", ""), ("get", "rayjobs", "ray.io", "")],
+    WORKER: DENIED_TO_ALL + [("create", "jobs", "batch", ""), ("watch", "pods", "", ""),
+                             ("get", "pods", "", "")],
+    RAY: DENIED_TO_ALL + [("list", "pods", "", ""), ("get", "rayjobs", "ray.io", ""),
+                          ("list", "events", "", "")],
+}
+ACCOUNTS = {PREFECT_WORKER: "prefect-worker", WORKER: "flow-run", RAY: "ray"}
 
 
-def test_rbac_grants_the_worker_what_the_flows_need(kube_api, rbac):
-    token = kube_api.tokens[WORKER]
-    for verb, resource, group, sub in NEEDED:
+@pytest.mark.parametrize("account", ACCOUNTS, ids=ACCOUNTS.values())
+def test_rbac_grants_each_account_what_its_code_calls_and_nothing_more(kube_api, rbac, account):
+    token = kube_api.tokens[account]
+    for verb, resource, group, sub in NEEDED[account]:
         assert _allowed(kube_api, token, verb, resource, group, sub), (verb, resource, sub)
-
-
-def test_rbac_grants_nothing_more(kube_api, rbac):
-    token = kube_api.tokens[WORKER]
-    for verb, resource, group, sub in DENIED:
+        # and only in its own namespace
+        assert not _allowed(kube_api, token, verb, resource, group, sub, namespace="default")
+    for verb, resource, group, sub in DENIED[account]:
         assert not _allowed(kube_api, token, verb, resource, group, sub), (verb, resource, sub)
-    # and only in its own namespace
-    assert not _allowed(kube_api, token, "create", "rayjobs", "ray.io", namespace="default")
     kinds = {doc["kind"] for doc in rbac}
     assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
-    for doc in rbac:
-        for rule in doc.get("rules", []):
-            assert "*" not in rule.get("verbs", []) + rule.get("resources", [])
-            assert "secrets" not in rule.get("resources", [])
+
+
+def test_the_server_refuses_each_account_what_its_role_leaves_out(kube_api, rbac):
+    """Real requests, not reviews: reading a Secret, creating a Pod directly, a flow run making
+    a Job or a RayCluster (each takes a pod template that could mount any Secret), the worker
+    making a RayJob, anything in another namespace, and a Ray pod's account asking anything."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    pod = {"metadata": {"name": _unique("direct")},
+           "spec": {"containers": [{"name": "c", "image": "vatt"}]}}
+    job = {"metadata": {"name": _unique("job")},
+           "spec": {"template": {"spec": {**pod["spec"], "restartPolicy": "Never"}}}}
+    cluster = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": _unique("rc")},
+               "spec": {"headGroupSpec": {"rayStartParams": {}, "template": pod}}}
+    rayjob = render_job(_cfg(_unique("not-yours"))).rayjob
+
+    def refused(account: str, call, *args) -> None:
+        api_client = kube_api.api_client(kube_api.tokens[account])
+        with pytest.raises(ApiException) as caught:
+            call(api_client)(*args)
+        assert caught.value.status == 403, (account, caught.value.body)
+        assert account in caught.value.body  # the server knew who asked
+
+    core, batch = client.CoreV1Api, client.BatchV1Api
+    custom = client.CustomObjectsApi
+    for account in ACCOUNTS:
+        refused(account, lambda c: core(c).read_namespaced_secret, "vatt-object-store", NAMESPACE)
+        refused(account, lambda c: core(c).list_namespaced_secret, NAMESPACE)
+        refused(account, lambda c: core(c).create_namespaced_pod, NAMESPACE, pod)
+        refused(account, lambda c: core(c).list_namespaced_pod, "default")
+        refused(account, lambda c: custom(c).create_namespaced_custom_object, "ray.io", "v1",
+                NAMESPACE, "rayclusters", cluster)
+    refused(WORKER, lambda c: batch(c).create_namespaced_job, NAMESPACE, job)
+    refused(WORKER, lambda c: custom(c).create_namespaced_custom_object, "ray.io", "v1",
+            "default", "rayjobs", rayjob)
+    refused(PREFECT_WORKER, lambda c: custom(c).create_namespaced_custom_object, "ray.io", "v1",
+            NAMESPACE, "rayjobs", rayjob)
+    refused(RAY, lambda c: custom(c).get_namespaced_custom_object, "ray.io", "v1", NAMESPACE,
+            "rayjobs", "anything")
+    refused(RAY, lambda c: core(c).list_namespaced_pod, NAMESPACE)
 
 
 def test_vatt_submit_waits_for_the_job_and_exits_by_its_outcome(kube_api, rbac, operator,

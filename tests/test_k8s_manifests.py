@@ -3,7 +3,9 @@ takes (tests/k8s_validate.py: KubeRay's CRDs, Kubernetes' own schemas, unknown f
 and the manifests say what the platform needs: jobs that clean up after themselves, accelerators
 requested and tolerated, slices whose numbers agree, non-root pods with requests and limits,
 shared memory and object-store settings on every Ray container, Secrets only as placeholders,
-and RBAC namespaced and minimal. Needs `kubectl` (with kustomize v5) on PATH; no cluster.
+RBAC namespaced and minimal (one ServiceAccount per role), and every pod within the Pod Security
+Standard `restricted` that the namespace enforces (tests/pod_security.py plays the admission
+controller the test cluster's 1.20 API server lacks). Needs `kubectl` (with kustomize v5) on PATH; no cluster.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pytest
 import yaml
 
 from k8s_validate import validate
+from pod_security import pod_templates, violations
 
 REPO = Path(__file__).resolve().parent.parent
 K8S = REPO / "k8s"
@@ -36,11 +39,14 @@ TARGETS = {
     "object-store": "object-store",
     "rbac": "rbac",
     "prefect": "prefect",
-    "platform": ".",  # object-store + rbac + prefect in one namespace
+    "namespace": "namespace",
+    "platform": ".",  # namespace + object-store + rbac + prefect in one namespace
 }
 RAY_JOB_TARGETS = ("base", "cpu", "gpu", "tpu")
 OBJECT_STORE = "vatt-object-store"
-SERVICE_ACCOUNT = "vatt-worker"
+WORKER_ACCOUNT = "vatt-prefect-worker"  # the Prefect worker
+FLOW_RUN_ACCOUNT = "vatt-flow-run"  # the flow runs it starts
+RAY_ACCOUNT = "vatt-ray"  # every Ray pod: no rights, no token
 SHM = "/dev/shm"
 
 
@@ -272,6 +278,65 @@ def test_every_pod_runs_non_root_with_requests_and_limits(rendered: dict[str, li
     _assert_locked_down("RayCluster autoscaler", autoscaler["securityContext"])
 
 
+def test_every_pod_meets_the_restricted_pod_security_standard(
+        rendered: dict[str, list[dict]]) -> None:
+    """What the namespace's `pod-security.kubernetes.io/enforce: restricted` admits: every pod
+    template of every target (KubeRay's autoscaler sidecar included), and the flow-run Job."""
+    checked = 0
+    for docs in [*rendered.values(), [_flow_run_job(rendered)]]:
+        for doc in docs:
+            for where, template in pod_templates(doc):
+                found = violations(template["spec"], (template.get("metadata") or {}).get(
+                    "annotations"))
+                assert found == [], f"{where}: {found}"
+                checked += 1
+    assert checked >= 20
+
+
+def test_the_namespace_enforces_restricted_and_the_check_refuses_what_it_refuses(
+        rendered: dict[str, list[dict]]) -> None:
+    labels = _one(rendered["platform"], "Namespace")["metadata"]["labels"]
+    for mode in ("enforce", "warn", "audit"):
+        assert labels[f"pod-security.kubernetes.io/{mode}"] == "restricted"
+    assert re.fullmatch(r"v1\.\d+|latest", labels["pod-security.kubernetes.io/enforce-version"])
+    # the check is the admission controller's: each way out of the profile is refused
+    pod = copy.deepcopy(_flow_run_job(rendered)["spec"]["template"]["spec"])
+    assert violations(pod) == []
+    container = lambda p: p["containers"][0]  # noqa: E731
+    breaks = {
+        "hostNetwork=true": lambda p: p.update(hostNetwork=True),
+        "privileged=true": lambda p: container(p)["securityContext"].update(privileged=True),
+        "allowPrivilegeEscalation != false":
+            lambda p: container(p)["securityContext"].pop("allowPrivilegeEscalation"),
+        "capabilities.drop does not include ALL":
+            lambda p: container(p)["securityContext"]["capabilities"].update(drop=["NET_RAW"]),
+        "adds capability SYS_ADMIN":
+            lambda p: container(p)["securityContext"]["capabilities"].update(add=["SYS_ADMIN"]),
+        "runAsNonRoot != true": lambda p: (p["securityContext"].pop("runAsNonRoot"),
+                                           container(p)["securityContext"].pop("runAsNonRoot")),
+        "runAsUser=0": lambda p: container(p)["securityContext"].update(runAsUser=0),
+        "no seccompProfile": lambda p: p["securityContext"].pop("seccompProfile"),
+        "seccompProfile.type=Unconfined":
+            lambda p: container(p)["securityContext"].update(
+                seccompProfile={"type": "Unconfined"}),
+        "hostPath": lambda p: p["volumes"].append({"name": "h", "hostPath": {"path": "/"}}),
+        "type nfs is not allowed":
+            lambda p: p["volumes"].append({"name": "n", "nfs": {"server": "x", "path": "/"}}),
+        "hostPort 80": lambda p: container(p).update(ports=[{"containerPort": 80,
+                                                             "hostPort": 80}]),
+        "sysctl kernel.msgmax": lambda p: p["securityContext"].update(
+            sysctls=[{"name": "kernel.msgmax", "value": "1"}]),
+    }
+    for expected, edit in breaks.items():
+        broken = copy.deepcopy(pod)
+        edit(broken)
+        assert any(expected in line for line in violations(broken)), (expected,
+                                                                       violations(broken))
+    with_init = copy.deepcopy(pod)  # init containers are checked too
+    with_init["initContainers"] = [{"name": "setup", "image": "x"}]
+    assert any('container "setup"' in line for line in violations(with_init))
+
+
 def _assert_resources(where: str, resources: dict) -> None:
     for kind in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(resources.get(kind, {})), f"{where}: no cpu/memory {kind}"
@@ -336,39 +401,88 @@ def test_secrets_ship_as_templates_of_placeholders_only(rendered: dict[str, list
 
 
 # what the client and the Prefect worker need (group, resource, verb); the Role must allow each
-NEEDED = [("ray.io", "rayjobs", verb) for verb in ("get", "list", "watch", "create", "delete")] + [
-    ("ray.io", "rayclusters", verb) for verb in ("get", "list", "watch", "create", "delete")] + [
-    ("ray.io", "rayjobs/status", "get"), ("ray.io", "rayclusters/status", "get"),
-    ("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch"), ("", "pods/log", "get"),
-    ("", "events", "list"), ("", "events", "watch")] + [
-    ("batch", "jobs", verb) for verb in ("get", "list", "watch", "create", "delete")]
+# what each account's code calls (k8s/rbac: each rule names the calls): (group, resource, verb)
+NEEDED = {
+    # prefect-kubernetes' worker and observer: flow runs as Jobs, their pods watched, a
+    # crashed run's log forwarded
+    WORKER_ACCOUNT: {("batch", "jobs", verb) for verb in ("create", "get", "list", "watch", "delete")}
+    | {("", "pods", "list"), ("", "pods", "watch"), ("", "pods/log", "get")},
+    # vatt.cluster.client.KubeClient: create, follow and delete RayJobs; why one waits
+    FLOW_RUN_ACCOUNT: {("ray.io", "rayjobs", verb) for verb in ("create", "get", "delete")}
+    | {("", "pods", "list"), ("", "pods/log", "get"), ("", "events", "list")},
+}
 
 
-def test_rbac_is_namespaced_minimal_and_enough(rendered: dict[str, list[dict]]) -> None:
-    every_kind = {d["kind"] for docs in rendered.values() for d in docs}
-    assert not {"ClusterRole", "ClusterRoleBinding"} & every_kind
-    assert {d["kind"] for d in rendered["rbac"]} == {"ServiceAccount", "Role", "RoleBinding"}
-    role = _one(rendered["rbac"], "Role", SERVICE_ACCOUNT)
+def _granted(role: dict) -> set[tuple[str, str, str]]:
     allowed = set()
     for rule in role["rules"]:
         for field in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[field], f"wildcard in {field}: {rule}"
-        assert "secrets" not in rule["resources"]
-        assert not rule.get("nonResourceURLs")
-        allowed |= {(g, r, v) for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
-    assert sorted(set(NEEDED) - allowed) == []
-    assert sorted(allowed - set(NEEDED)) == [], "the Role allows more than the platform needs"
-    # the comment on each rule says who needs it
-    text = (K8S / "rbac" / "role.yaml").read_text()
-    assert text.count("  # client") + text.count("  # worker") >= len(role["rules"])
+        assert not rule.get("nonResourceURLs") and not rule.get("resourceNames"), rule
+        allowed |= {(g, r, v) for g in rule["apiGroups"] for r in rule["resources"]
+                    for v in rule["verbs"]}
+    return allowed
 
-    binding = _one(rendered["platform"], "RoleBinding", SERVICE_ACCOUNT)
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                  "name": SERVICE_ACCOUNT}
-    namespace = binding["metadata"]["namespace"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT,
-                                    "namespace": namespace}]
-    assert {d["metadata"].get("namespace") for d in rendered["platform"]} == {namespace}
+
+def test_rbac_is_one_account_per_role_each_with_only_what_its_code_calls(
+        rendered: dict[str, list[dict]]) -> None:
+    every_kind = {d["kind"] for docs in rendered.values() for d in docs}
+    assert not {"ClusterRole", "ClusterRoleBinding"} & every_kind
+    docs = rendered["platform"]
+    accounts = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ServiceAccount"}
+    assert set(accounts) == {WORKER_ACCOUNT, FLOW_RUN_ACCOUNT, RAY_ACCOUNT}
+    assert accounts[RAY_ACCOUNT].get("automountServiceAccountToken") is False
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Role"}
+    assert set(roles) == set(NEEDED), "one Role per account that calls the API; none for Ray"
+    for account, needed in NEEDED.items():
+        granted = _granted(roles[account])
+        assert sorted(needed - granted) == [], f"{account} lacks what its code calls"
+        assert sorted(granted - needed) == [], f"{account}'s Role allows more than its code calls"
+        binding = _one(docs, "RoleBinding", account)
+        namespace = binding["metadata"]["namespace"]
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                      "name": account}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account,
+                                        "namespace": namespace}]
+    # no account reads Secrets or creates Pods itself
+    for role in roles.values():
+        for group, resource, verb in _granted(role):
+            assert resource not in ("secrets", "pods/exec", "pods/attach", "serviceaccounts/token")
+            assert not (resource == "pods" and verb in ("create", "update", "patch", "delete"))
+    # the comment on each rule names the code that calls it
+    for name in ("prefect-worker.yaml", "flow-run.yaml"):
+        text = (K8S / "rbac" / name).read_text()
+        for rule in yaml.safe_load_all(text):
+            if rule and rule["kind"] == "Role":
+                assert text.count("\n  # ") >= len(rule["rules"]), name
+    namespaces = {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"}
+    assert namespaces == {_one(docs, "Namespace")["metadata"]["name"]}
+
+
+def test_every_pod_runs_as_its_roles_account_and_ray_pods_carry_no_token(
+        rendered: dict[str, list[dict]]) -> None:
+    platform = rendered["platform"]
+    worker = _one(platform, "Deployment", "vatt-prefect-worker")["spec"]["template"]["spec"]
+    assert worker["serviceAccountName"] == WORKER_ACCOUNT
+    assert _flow_run_job(rendered)["spec"]["template"]["spec"]["serviceAccountName"] == \
+        FLOW_RUN_ACCOUNT
+    for name in ("vatt-prefect-server", "vatt-prefect-postgres"):  # they call no API
+        [doc] = [d for d in platform if d["metadata"]["name"] == name
+                 and d["kind"] in ("Deployment", "StatefulSet")]
+        assert doc["spec"]["template"]["spec"]["automountServiceAccountToken"] is False, name
+    ray_pods = [(where, template) for target in RAY_JOB_TARGETS + ("raycluster",)
+                for doc in rendered[target] if doc["kind"] in ("RayJob", "RayCluster")
+                for where, template in pod_templates(doc)]
+    assert len(ray_pods) >= 14
+    for where, template in ray_pods:
+        spec = template["spec"]
+        if where == "RayCluster/vatt-sweep head":
+            # the autoscaler sidecar in the head calls the API (pods, the RayCluster) as the
+            # account KubeRay makes for the cluster with the Role it needs
+            assert "serviceAccountName" not in spec, where
+            continue
+        assert spec.get("serviceAccountName") == RAY_ACCOUNT, where
+        assert spec.get("automountServiceAccountToken") is False, where
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,7 +518,7 @@ def test_prefect_worker_serves_the_pool_with_this_image_and_account(
         rendered: dict[str, list[dict]]) -> None:
     docs = rendered["prefect"]
     worker = _one(docs, "Deployment", "vatt-prefect-worker")["spec"]["template"]["spec"]
-    assert worker["serviceAccountName"] == SERVICE_ACCOUNT
+    assert worker["serviceAccountName"] == WORKER_ACCOUNT
     command = " ".join(worker["containers"][0]["command"])
     assert "prefect worker start --pool vatt-k8s --type kubernetes" in command
     server = _one(docs, "Service", "vatt-prefect-server")
@@ -430,12 +544,12 @@ def test_base_job_template_is_one_prefect_accepts_and_renders_a_valid_job(
     variables = template["variables"]
     defaults = {k: v["default"] for k, v in variables["properties"].items() if "default" in v}
     jsonschema.validate(defaults, variables)
-    assert defaults["service_account_name"] == SERVICE_ACCOUNT
+    assert defaults["service_account_name"] == FLOW_RUN_ACCOUNT
 
     job = _flow_run_job(rendered)
     assert validate(job) == []
     pod = job["spec"]["template"]["spec"]
-    assert pod["serviceAccountName"] == SERVICE_ACCOUNT
+    assert pod["serviceAccountName"] == FLOW_RUN_ACCOUNT
     assert pod["containers"][0]["image"] == _images()["vatt"]
     assert job["metadata"]["namespace"] == _one(rendered["platform"], "Deployment",
                                                 "vatt-prefect-worker")["metadata"]["namespace"]

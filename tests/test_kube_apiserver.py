@@ -17,7 +17,7 @@ from kubernetes.client.rest import ApiException
 
 from kube import NAMESPACE, KubeAPI
 
-WORKER = f"system:serviceaccount:{NAMESPACE}:vatt-worker"
+WORKER = f"system:serviceaccount:{NAMESPACE}:vatt-flow-run"
 NOPERM = f"system:serviceaccount:{NAMESPACE}:vatt-noperm"
 RBAC_PROPAGATION_S = 15.0  # RBAC reads bindings from an informer: a new one applies within ms
 
@@ -63,7 +63,7 @@ def test_a_role_bound_to_a_service_account_grants_its_token_exactly_that(kube_ap
     role = f"pod-lister-{uuid.uuid4().hex[:6]}"
     try:  # the account object, as a deployment creates it (its token is in the token file)
         admin_core.create_namespaced_service_account(NAMESPACE,
-                                                     {"metadata": {"name": "vatt-worker"}})
+                                                     {"metadata": {"name": "vatt-flow-run"}})
         created_account = True
     except ApiException as err:
         if err.status != 409:  # another test of the session made it: keep it
@@ -79,7 +79,7 @@ def test_a_role_bound_to_a_service_account_grants_its_token_exactly_that(kube_ap
         admin_rbac.create_namespaced_role_binding(NAMESPACE, {
             "metadata": {"name": role},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
-            "subjects": [{"kind": "ServiceAccount", "name": "vatt-worker",
+            "subjects": [{"kind": "ServiceAccount", "name": "vatt-flow-run",
                           "namespace": NAMESPACE}]})
 
         deadline = time.monotonic() + RBAC_PROPAGATION_S
@@ -111,11 +111,11 @@ def test_a_role_bound_to_a_service_account_grants_its_token_exactly_that(kube_ap
         with pytest.raises(ApiException) as other_account:
             noperm.list_namespaced_pod(NAMESPACE)
         assert other_account.value.status == 403, _status(other_account.value)
-    finally:  # the server is shared by the session: leave vatt-worker without rights again
+    finally:  # the server is shared by the session: leave vatt-flow-run without rights again
         deletes = [(admin_rbac.delete_namespaced_role_binding, role),
                    (admin_rbac.delete_namespaced_role, role)]
         if created_account:
-            deletes.append((admin_core.delete_namespaced_service_account, "vatt-worker"))
+            deletes.append((admin_core.delete_namespaced_service_account, "vatt-flow-run"))
         for delete, name in deletes:
             try:
                 delete(name, NAMESPACE)

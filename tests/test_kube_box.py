@@ -200,8 +200,8 @@ def test_a_gpu_job_runs_on_the_gpu_node_from_the_image(kube_box: KubeBox,
 def test_a_pod_talks_to_the_api_server_as_its_service_account(kube_box: KubeBox):
     """The stand-in kubelet gives a pod its service account's credentials (a KUBECONFIG; a
     real kubelet mounts the token): `default` gets the token the real token controller
-    signed, vatt-worker the server's static one. RBAC then knows who asks."""
-    names = {account: _unique(f"whoami-{account}") for account in ("default", "vatt-worker")}
+    signed, vatt-flow-run the server's static one. RBAC then knows who asks."""
+    names = {account: _unique(f"whoami-{account}") for account in ("default", "vatt-flow-run")}
     core = _core(kube_box)
     for account, name in names.items():
         core.create_namespaced_pod(NAMESPACE, _pod(name, ["kubectl", "get", "pods"],
