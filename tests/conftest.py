@@ -34,6 +34,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -386,7 +387,8 @@ def _ray_per_module() -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------
 # A real Kubernetes API server (kube-apiserver 1.20 and etcd; see tests/kube.py)
 
-from kube import KubeAPI, kube_api_server  # noqa: E402 - the section's own import
+from kube import (COMPONENTS, KubeAPI, kube_api_server, missing_components,  # noqa: E402
+                  start_build)
 
 
 @pytest.fixture(scope="session")
@@ -430,10 +432,44 @@ def kube_box(tmp_path_factory: pytest.TempPathFactory, box_venv: BoxVenv,
 SLOW_FIXTURES = frozenset({"default_pipeline", "prefect_server", "prefect_api"})
 
 
+# The fixtures of the Kubernetes programs, and the components each needs built
+KUBE_FIXTURES = {"kube_api": ("kube-apiserver",), "kube_box": COMPONENTS}
+_kube_build: subprocess.Popen | None = None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    # The modules that need the Kubernetes programs run last (the API server's, then the
+    # box's), whole modules in their order; on a machine that has not built the programs yet,
+    # their build starts now, beside the tests that run first.
+    def kube_rank(fixtures: set[str]) -> int:
+        return 2 if "kube_box" in fixtures else 1 if "kube_api" in fixtures else 0
+
+    rank: dict[str, int] = {}
+    needed: set[str] = set()
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        module = item.nodeid.split("::", 1)[0]
+        rank[module] = max(rank.get(module, 0), kube_rank(fixtures))
+        for fixture, components in KUBE_FIXTURES.items():
+            if fixture in fixtures:
+                needed.update(components)
+    items.sort(key=lambda item: rank[item.nodeid.split("::", 1)[0]])  # stable: order kept
+    missing = missing_components(tuple(c for c in COMPONENTS if c in needed))
+    global _kube_build
+    if missing and _kube_build is None and not config.option.collectonly:
+        cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
+        log = (Path(cache.makedir("kube-build")) / "build.log" if cache
+               else Path(tempfile.gettempdir()) / "vatt-kube-build.log")
+        _kube_build = start_build(missing, log)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A session that ends before the background build (interrupted) stops it."""
+    if _kube_build is not None and _kube_build.poll() is None:
+        stop_process_group(_kube_build, grace_s=5)
 
 
 _seconds_per_file: dict[str, float] = {}

@@ -193,6 +193,25 @@ def _run_build_script(components: list[str], why: str) -> list[Path]:
     return [Path(line) for line in lines]
 
 
+def missing_components(components: tuple[str, ...] = COMPONENTS) -> list[str]:
+    """Those of `components` neither named by $VATT_<COMPONENT> nor in the build cache."""
+    return [component for component in components
+            if not os.environ.get(_override_var(component)) and _cached(component) is None]
+
+
+def start_build(components: list[str], log_path: Path) -> subprocess.Popen:
+    """Starts tests/kube/build-kube.sh for `components` in the background (its own process
+    group, output to `log_path`): a fresh machine's session starts it when it collects tests
+    that need the cluster, which then run last, so that the build (about 10 minutes on 2
+    cores) overlaps the rest of the suite. `find_components` later runs the script again,
+    which waits for this one's lock and finds the binaries built."""
+    print(f"\n[kube] {' '.join(components)} not built on this machine: building them beside the "
+          f"other tests ({BUILD_SCRIPT}; log: {log_path})", file=sys.__stderr__, flush=True)
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(["bash", str(BUILD_SCRIPT), *components], stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def find_components(*components: str) -> list[Path]:
     """The binaries of `components` (of COMPONENTS), in the order asked: $VATT_<COMPONENT>
     (e.g. $VATT_KUBE_APISERVER), else the newest in the build script's cache. Runs the build

@@ -39,7 +39,7 @@ apt_updated=0
 apt_update() {
     if [[ $apt_updated -eq 0 ]]; then
         say "apt-get update"
-        as_root apt-get update -qq >&2
+        as_root apt-get -o DPkg::Lock::Timeout=600 update -qq >&2
         apt_updated=1
     fi
 }
@@ -53,7 +53,9 @@ apt_install() {
     [[ ${#missing[@]} -eq 0 ]] && return 0
     apt_update
     say "installing ${missing[*]}"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    # another build (a test session's background build, tests/kube.py) may hold dpkg's lock
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+        --no-install-recommends "${missing[@]}" >&2
 }
 
 # The Debian version of the `kubernetes` source package: the one kubernetes-client comes from.
