@@ -6,19 +6,24 @@ it:
 
 - the real Prefect server (the session's) and the real Prefect Kubernetes worker
   (`prefect worker start --type kubernetes --pool vatt-k8s`, as k8s/prefect/worker.yaml runs
-  it, with the ServiceAccount vatt-worker's token and the Role of k8s/rbac), on the work pool
-  that worker.yaml's init container creates (its script, run here);
+  it, with the ServiceAccount vatt-prefect-worker's token and its Role of k8s/rbac), on the
+  work pool that worker.yaml's init container creates (its script, run here);
 - the worker creates the flow run's Job from k8s/prefect/base-job-template.json; the real
   job controller makes its Pod, the real scheduler binds it, the stand-in kubelet runs
   `prefect flow-run execute` in the image's Python (tests/kube_box.py: the wheel, no source
   tree; the object store's settings from the ConfigMap and Secret vatt-object-store);
 - in that pod the flow ingests the generated dataset, publishes its version to SeaweedFS,
-  and creates two RayJobs from the gpu overlay (as its identity: vatt-worker), training and
+  and creates two RayJobs from the gpu overlay (as its identity: vatt-flow-run), training and
   then evaluation; KubeRay's operator is played (tests/kuberay_play.py): a Ray cluster of
   pods per RayJob, the workers bound by the scheduler to the GPU node (node selector,
   toleration, nvidia.com/gpu), the entrypoint submitted by a submitter Job;
 - the checkpoint, the report and the registry's decision land in object storage, the flow
-  run completes, the UI's artifacts are there, and the RayJobs are gone.
+  run completes, the UI's artifacts are there, and the RayJobs are gone;
+- least privilege, read from the API server's audit log after the module's runs: each account
+  was refused nothing and used its Role (nothing granted that no code called, but for the calls
+  named in UNUSED_HERE), the Ray pods' account made no request at all, and every pod created
+  met the Pod Security Standard `restricted` that k8s/namespace labels the namespace with (the
+  1.20 API server has no PodSecurity admission: tests/pod_security.py plays it).
 
 What only a real cluster proves: the image itself (built from the Dockerfile; here its Python
 is the wheel beside this interpreter's dependencies), container isolation, networking and DNS
@@ -28,6 +33,7 @@ tests/fixtures/k8s-box), KubeRay's own operator, and Prefect's worker inside a p
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import subprocess
@@ -48,8 +54,11 @@ from kuberay_play import PlayedKubeRay
 pytestmark = pytest.mark.slow
 
 NAMESPACE = "vatt"
-WORKER = f"system:serviceaccount:{NAMESPACE}:vatt-worker"
+WORKER = f"system:serviceaccount:{NAMESPACE}:vatt-prefect-worker"
+FLOW_RUN = f"system:serviceaccount:{NAMESPACE}:vatt-flow-run"
+RAY = f"system:serviceaccount:{NAMESPACE}:vatt-ray"
 POOL = "vatt-k8s"
+POD_SECURITY = "pod-security.kubernetes.io/"
 BOX_MANIFESTS = REPO_ROOT / "tests" / "fixtures" / "k8s-box"
 FLOW_RUN_TIMEOUT_S = 25 * 60
 
@@ -61,11 +70,15 @@ def _kustomize(folder: Path) -> list[dict]:
 
 
 def _install_platform(box, s3_server) -> list[dict]:
-    """What k8s/README.md's install does in the namespace, as far as the box runs it: the RBAC
-    of k8s/rbac, the object store's ConfigMap of k8s/object-store (its endpoint set to the
+    """What k8s/README.md's install does in the namespace, as far as the box runs it: the
+    namespace's Pod Security labels (k8s/namespace), the RBAC of k8s/rbac, the object store's ConfigMap of k8s/object-store (its endpoint set to the
     test's SeaweedFS, as a user edits it) and the Secret of keys (`kubectl create secret`).
     Returns the RBAC objects (removed again at the module's end: the box is the session's)."""
     api = box.api
+    [namespace] = _kustomize(REPO_ROOT / "k8s" / "namespace")
+    api.kubectl("label", "namespace", NAMESPACE, "--overwrite",
+                *[f"{key}={value}" for key, value in namespace["metadata"]["labels"].items()
+                  if key.startswith(POD_SECURITY)])
     rbac = _kustomize(REPO_ROOT / "k8s" / "rbac")
     api.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=yaml.safe_dump_all(rbac))
     [config_map] = _kustomize(REPO_ROOT / "k8s" / "object-store")
@@ -80,8 +93,12 @@ def _install_platform(box, s3_server) -> list[dict]:
 
 def _uninstall_platform(box, rbac: list[dict]) -> None:
     """Leaves the session's box as the module found it: no rights for vatt-worker, no object-store
-    settings, no flow-run Jobs (their pods go with them)."""
+    settings, no flow-run Jobs (their pods go with them), no Pod Security labels."""
     api = box.api
+    api.kubectl("label", "namespace", NAMESPACE,
+                *[f"{POD_SECURITY}{mode}-" for mode in ("enforce", "enforce-version", "warn",
+                                                          "warn-version", "audit",
+                                                          "audit-version")])
     api.kubectl("delete", "-n", NAMESPACE, "--ignore-not-found", "-f", "-",
                 input=yaml.safe_dump_all(rbac))
     api.kubectl("delete", "-n", NAMESPACE, "--ignore-not-found", "configmap,secret",
@@ -171,6 +188,7 @@ class Platform:
     worker: subprocess.Popen
     worker_log: Path
     bucket: str  # this module's prefix in the test bucket
+    installed_at: datetime.datetime  # before the module's first request to the API server
 
     def overrides(self, *more: str) -> list[str]:
         """The cluster settings a deployment run gets: the box overlay, this module's object
@@ -219,6 +237,7 @@ def platform(kube_box, s3_server, prefect_server, tmp_path_factory) -> Iterator[
     """k8s/README.md's install in the box (RBAC, object-store settings and keys), the work pool
     as the worker's init container creates it, `vatt deploy`, the worker and the operator."""
     tmp_path = tmp_path_factory.mktemp("cluster-retrain")
+    installed_at = datetime.datetime.now(datetime.timezone.utc)
     rbac = _install_platform(kube_box, s3_server)
     _create_work_pool(prefect_server, tmp_path)
     deployed = subprocess.run([*vatt_command(), "deploy"], cwd=REPO_ROOT, text=True,
@@ -234,7 +253,7 @@ def platform(kube_box, s3_server, prefect_server, tmp_path_factory) -> Iterator[
         with PlayedKubeRay(kube_box.api, NAMESPACE) as operator:
             yield Platform(kube_box, prefect_server, s3_server, operator, worker,
                            tmp_path / "worker.log",
-                           f"s3://{s3_server.bucket}/box-{uuid.uuid4().hex[:6]}")
+                           f"s3://{s3_server.bucket}/box-{uuid.uuid4().hex[:6]}", installed_at)
     finally:
         os.environ.clear()
         os.environ.update(env_backup)
@@ -363,7 +382,7 @@ def _check_outcome(box, prefect_server, flow_run_id, bucket: str, store, history
                 flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
     assert run.state.is_completed()
     # the flow ran in a pod of the Job the worker made from the base job template, on the CPU
-    # node (it asks for no GPU), as vatt-worker
+    # node (it asks for no GPU), as vatt-flow-run
     [job] = json.loads(box.api.kubectl("get", "jobs", "-l", f"prefect.io/flow-run-id={flow_run_id}",
                                        "-o", "json").stdout)["items"]
 
@@ -377,7 +396,7 @@ def _check_outcome(box, prefect_server, flow_run_id, bucket: str, store, history
              "the flow-run pod to exit", 120)
     [flow_pod] = flow_pods()
     assert flow_pod["spec"]["nodeName"] == box.cpu_node
-    assert flow_pod["spec"]["serviceAccountName"] == "vatt-worker"
+    assert flow_pod["spec"]["serviceAccountName"] == "vatt-flow-run"
     assert flow_pod["status"]["phase"] == "Succeeded"
     keys = {artifact.key for artifact in artifacts}
     assert {"vatt-data-version", "vatt-training", "vatt-metrics", "vatt-report", "vatt-gate",
@@ -422,3 +441,89 @@ def _check_outcome(box, prefect_server, flow_run_id, bucket: str, store, history
         return [name for name in names if any(job in name for job in rayjobs)]
 
     box.poll(lambda: not left(), "the garbage collector to delete the RayJobs' objects", 120)
+
+
+# Granted, and called by code the runs above do not reach (each names the call)
+UNUSED_HERE = {
+    WORKER: {
+        ("batch", "jobs", "delete"),  # cancelling a flow run (worker.kill_infrastructure)
+        ("batch", "jobs", "get"),  # a Job's DELETED event: a crash or a deletion (_read_job_uid)
+        ("", "pods/log", "get"),  # the observer forwarding a crashed run's log tail, when it,
+        # not the worker, sees the run crash (settings.observer.forward_crashed_run_logs)
+    },
+    FLOW_RUN: set(),
+}
+
+
+def _granted(rbac: list[dict], account: str) -> set[tuple[str, str, str]]:
+    name = account.rsplit(":", 1)[-1]
+    [role] = [doc for doc in rbac if doc["kind"] == "Role" and doc["metadata"]["name"] == name]
+    return {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+            for resource in rule["resources"] for verb in rule["verbs"]}
+
+
+def _since(events: list[dict], moment: datetime.datetime) -> list[dict]:
+    return [event for event in events if datetime.datetime.fromisoformat(
+        event["requestReceivedTimestamp"].replace("Z", "+00:00")) >= moment]
+
+
+def test_each_account_used_its_role_and_nothing_else_and_every_pod_was_restricted(platform):
+    """Read from the API server's audit log after the module's flow runs (run the whole module:
+    the runs above are what it reads). The Prefect worker and the flow runs were refused
+    nothing and called every right their Roles give them (less UNUSED_HERE); the Ray pods'
+    account, whose token is not mounted, made no request; every pod created in the namespace
+    meets the Pod Security Standard the namespace's label names (`restricted`), checked as
+    the PodSecurity admission controller would (tests/pod_security.py)."""
+    from pod_security import violations
+
+    rbac = _kustomize(REPO_ROOT / "k8s" / "rbac")
+    events = _since(platform.box.api.audit_events(), platform.installed_at)
+    by_user: dict[str, list[dict]] = {}
+    for event in events:
+        by_user.setdefault(event["user"]["username"], []).append(event)
+    assert by_user.get(FLOW_RUN), "no flow run called the API: run the whole module"
+    for account in (WORKER, FLOW_RUN):
+        refused = [(e["verb"], e["objectRef"].get("resource"), e["requestURI"])
+                   for e in by_user[account] if e.get("responseStatus", {}).get("code") == 403]
+        assert refused == [], f"{account} was refused: {refused}"
+        used = set()
+        for event in by_user[account]:
+            if "objectRef" not in event:  # API discovery (/api, /apis/..., /version): any user's
+                assert event["verb"] == "get" and event["requestURI"].startswith(
+                    ("/api", "/version")), event["requestURI"]
+                continue
+            ref = event["objectRef"]
+            resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource")
+                                          else "")
+            used.add((ref.get("apiGroup", ""), resource, event["verb"]))
+            assert ref.get("namespace") == NAMESPACE, event["requestURI"]
+        granted = _granted(rbac, account)
+        assert used <= granted  # (no 403 says the same, from the server's side)
+        assert granted - used == UNUSED_HERE[account], (
+            f"{account}'s Role grants what no code called: {sorted(granted - used - UNUSED_HERE[account])}"
+            f"; or UNUSED_HERE names what was called: {sorted(UNUSED_HERE[account] & used)}")
+    assert RAY not in by_user, [e["requestURI"] for e in by_user[RAY]]
+
+    labels = json.loads(platform.box.api.kubectl("get", "namespace", NAMESPACE, "-o",
+                                                 "json").stdout)["metadata"]["labels"]
+    assert labels[f"{POD_SECURITY}enforce"] == "restricted"
+    created = [event["requestObject"] for event in events
+               if event["verb"] == "create" and event["objectRef"]["resource"] == "pods"
+               and event["objectRef"].get("namespace") == NAMESPACE
+               and event.get("responseStatus", {}).get("code") == 201]
+    ours = [pod for pod in created
+            if (pod["metadata"].get("labels") or {}).get("app.kubernetes.io/name") == "vatt"
+            or "prefect.io/flow-run-id" in (pod["metadata"].get("labels") or {})]
+    roles = {(pod["metadata"].get("labels") or {}).get("app.kubernetes.io/component")
+             for pod in ours}
+    assert {"ray-head", "ray-worker", "ray-job-submitter"} <= roles, roles
+    assert any("prefect.io/flow-run-id" in (pod["metadata"].get("labels") or {}) for pod in ours)
+    for pod in ours:
+        name = pod["metadata"].get("name") or pod["metadata"].get("generateName")
+        assert violations(pod["spec"], pod["metadata"].get("annotations")) == [], name
+        if (pod["metadata"].get("labels") or {}).get("app.kubernetes.io/component", "").startswith("ray"):
+            assert pod["spec"].get("serviceAccountName") == "vatt-ray", name
+            assert pod["spec"].get("automountServiceAccountToken") is False, name
+    print(f"\n[least privilege] {len(events)} audited requests, {len(ours)} pods checked; "
+          + ", ".join(f"{user.rsplit(':', 1)[-1]}: {len(calls)}"
+                      for user, calls in sorted(by_user.items())))
