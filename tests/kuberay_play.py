@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import shlex
 import string
 import tempfile
 import threading
@@ -342,7 +343,7 @@ class PlayedKubeRay:
                                 f"--address=http://127.0.0.1:{played.head_ports['dashboard']}",
                                 f"--runtime-env-json={json.dumps(runtime_env)}",
                                 f"--submission-id={played.submission_id}", "--",
-                                *_split(spec["entrypoint"])]
+                                *shlex.split(spec["entrypoint"])]
         container["env"] = [*(container.get("env") or []), *self._auth_env(played)]
         labels = template.setdefault("metadata", {}).setdefault("labels", {})
         labels["ray.io/cluster"] = played.cluster
@@ -391,12 +392,6 @@ class PlayedKubeRay:
             return self._jobs(played).get_job_logs(played.submission_id)
         except Exception as err:  # noqa: BLE001 - for messages only
             return f"(rayjob {name}: no logs: {err})"
-
-
-def _split(entrypoint: str) -> list[str]:
-    import shlex
-
-    return shlex.split(entrypoint)
 
 
 __all__ = ["PlayedKubeRay"]

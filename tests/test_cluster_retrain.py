@@ -183,7 +183,6 @@ class Platform:
 
     box: Any
     prefect: Any
-    s3: Any
     operator: PlayedKubeRay
     worker: subprocess.Popen
     worker_log: Path
@@ -251,7 +250,7 @@ def platform(kube_box, s3_server, prefect_server, tmp_path_factory) -> Iterator[
     os.environ.update(s3_server.env)  # this process reads the results from the object store
     try:
         with PlayedKubeRay(kube_box.api, NAMESPACE) as operator:
-            yield Platform(kube_box, prefect_server, s3_server, operator, worker,
+            yield Platform(kube_box, prefect_server, operator, worker,
                            tmp_path / "worker.log",
                            f"s3://{s3_server.bucket}/box-{uuid.uuid4().hex[:6]}", installed_at)
     finally:
