@@ -194,6 +194,6 @@ def publish_sweep(swept: dict[str, Any]) -> None:
     create_markdown_artifact(key=KEYS["sweep_report"], markdown=markdown,
                              description="Sweep results and the speed/accuracy trade-off")
     if "best.yaml" in files:
-        create_link_artifact(key=KEYS["sweep_best"], link=link_for(str(files["best.yaml"])),
+        create_link_artifact(key=KEYS["sweep_best"], link=link_for(swept["uris"]["best.yaml"]),
                              link_text="best.yaml (vatt pretrain --config best.yaml)",
                              description="the config of the best trial")

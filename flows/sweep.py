@@ -1,7 +1,8 @@
 """The `sweep` flow: a Ray Tune sweep of pretraining runs over a search space of tuning/
 (tuning.sweep.run_sweep), with its table, trade-off plot and best config as artifacts.
 
-The sweep's folder is pinned to the flow run (`sweeps/<space>-<flow run name>`, or `out`), so a
+The sweep's folder is pinned to the flow run (`sweeps/<space>-<flow run name>`, or `out`, which
+may be s3://bucket/prefix as `vatt sweep --out` takes it: the way to sweep on a Ray cluster), so a
 retried flow run resumes the sweep: finished trials are not run again."""
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ def run_sweep_task(space: str, preset: str, overrides: list[str], samples: int,
 
     result = run_sweep(space, preset=preset, overrides=overrides, samples=samples, out=out,
                        scheduler=scheduler)
-    return {"out": str(result.out), "rows": result.rows, "best": result.best,
+    return {"out": result.uri, "rows": result.rows, "best": result.best,
             "resumed": result.resumed, "metric": result.space.metric,
-            "files": {name: str(path) for name, path in result.files.items()}}
+            "files": {name: str(path) for name, path in result.files.items()},
+            "uris": {name: f"{result.uri}/{name}" for name in result.files}}
 
 
 @flow(name="sweep", description="Ray Tune sweep of VATT pretraining runs (DropToken rate, "

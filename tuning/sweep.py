@@ -9,17 +9,26 @@ Ray 2.60's Train V2 pattern: each trial runs `_trial`, a driver function that ca
 to Tune. The rows carry the held-out validation scores (`train.validation`, switched on here
 when the config has it off), and `step` is the scheduler's time attribute, so ASHA compares
 trials at the same training step. The trial driver itself asks for no CPU (the trial's workers
-ask for theirs) and `max_concurrent_trials` is what the cluster fits: on 2 CPUs one trial at a
-time, each with its configured workers and a CPU left to its data pipeline.
+ask for theirs) and `max_concurrent_trials` is what the cluster fits at its largest: on 2 CPUs
+one trial at a time, each with its configured workers and a CPU left to its data pipeline.
 
-The output folder holds `sweep.json` (the arguments), `tune/` (Tune's experiment state; its
-console output goes to `tune.log`),
-`runs/trial-<trial id>/` (each trial's Train run: checkpoints, history) and the results
-(tuning.results): `results.csv`, `results.md`, `tradeoff.png`, `best.yaml`.
+On a Ray cluster (RAY_ADDRESS; `vatt sweep` run as a Ray job on it): "its largest" is what its
+autoscaler may grow it to, read as Ray Train and Ray Data read it
+(`vatt.train.preflight.cluster_capacity`), so a cluster whose head has no CPU and whose
+workers scale from zero accepts the sweep; trials beyond what is up wait for their workers,
+which is the demand that makes the autoscaler add nodes. The preflight (one trial must fit
+that maximum) runs before anything is written to the output: a refused sweep leaves nothing.
 
-Resuming: `vatt sweep` on a folder that holds a sweep restores it (`Tuner.restore`): finished
-trials are not run again; unfinished and failed ones start again, and as each trial's Train run
-is named after its trial id, it resumes from its last checkpoint. Ray does not save ASHA's
+The output (`--out`, a folder or s3://bucket/prefix) holds `sweep.json` (the arguments), `tune/`
+(Tune's experiment state), `runs/trial-<trial id>/` (each trial's Train run: checkpoints,
+history) and the results (tuning.results): `results.csv`, `results.md`, `tradeoff.png`,
+`best.yaml`. Other nodes of a cluster cannot see a local folder: there the output is s3://, and
+a local copy of the results and Tune's console output (`tune.log`) is kept in the temp folder.
+
+Resuming: `vatt sweep` on an output that holds a sweep restores it (`Tuner.restore`, reading
+Tune's state from there, from any machine and folder): finished trials are not run again;
+unfinished and failed ones start again, and as each trial's Train run is named after its trial
+id, it resumes from its last checkpoint. Ray does not save ASHA's
 rungs, so after a resume the scheduler has forgotten the scores of the trials before it: a
 resumed trial is compared only with trials that report after the resume, and so a resumed
 sweep stops fewer trials early than an uninterrupted one would (never more).
@@ -55,11 +64,12 @@ class SweepError(ValueError):
 
 @dataclass
 class SweepResult:
-    out: Path
+    out: Path  # the local copy of the results (for s3:// a cache in the temp folder)
+    uri: str  # where the sweep lives (--out: a folder or s3://bucket/prefix)
     rows: list[dict[str, Any]]  # one per trial (tuning.results.trial_row)
     best: Optional[dict[str, Any]]  # the selected row, None when no trial reported the metric
     resumed: bool
-    files: dict[str, Path]  # results.csv, results.md, tradeoff.png, best.yaml
+    files: dict[str, Path]  # results.csv, results.md, tradeoff.png, best.yaml (local copies)
     space: Space
     base: Config
 
@@ -210,15 +220,73 @@ def _arguments(space: Space, preset: str, overrides: list[str], samples: int) ->
             "preset": preset, "overrides": list(overrides), "samples": samples}
 
 
+@dataclass(frozen=True)
+class SweepPlace:
+    """Where a sweep lives: `uri`, a local folder or s3://bucket/prefix, holds sweep.json, Tune's
+    experiment (tune/), the trials' Train runs (runs/) and the results, and is what a resume
+    reads; `local` holds the local copy of the results and tune.log (the folder itself, or for
+    s3:// a cache in the temp folder that nothing reads back)."""
+
+    uri: str
+    local: Path
+
+    @property
+    def is_s3(self) -> bool:
+        from vatt.storage import is_s3_uri
+
+        return is_s3_uri(self.uri)
+
+    def join(self, name: str) -> str:
+        return f"{self.uri.rstrip('/')}/{name}"
+
+    @classmethod
+    def of(cls, out: Optional[str | Path], space: Space) -> "SweepPlace":
+        import tempfile
+
+        from vatt.storage import is_s3_uri, parse_uri
+
+        if out is not None and is_s3_uri(str(out)):
+            location = parse_uri(str(out))
+            if not location.key.strip("/"):
+                raise SweepError(f"--out {out}: give a prefix in the bucket for the sweep, e.g. "
+                                 f"s3://{location.bucket}/sweeps/{space.path.stem}")
+            cache = Path(tempfile.gettempdir()) / "vatt-sweeps" / location.bucket / location.key
+            return cls(uri=str(out).rstrip("/"), local=cache)
+        folder = Path(out or Path("sweeps") / space.path.stem).resolve()
+        return cls(uri=str(folder), local=folder)
+
+
+def _check_cluster(base: Config, address: str) -> tuple[Any, str]:
+    """The connected cluster's capacity, refused when one trial cannot fit its maximum."""
+    from vatt.train.preflight import PreflightError, check_resources, cluster_capacity
+
+    capacity = cluster_capacity()
+    where = capacity.describe(address)
+    try:
+        check_resources(base, capacity.maximum, where)
+    except PreflightError as err:
+        if capacity.autoscaled:
+            hint = ("or let the cluster grow larger (more nodes or bigger ones in the worker "
+                    "group of its autoscaler: the RayCluster's workerGroupSpecs maxReplicas)")
+        else:
+            hint = ("its autoscaler, if it has one, reported no maximum (Ray's autoscaler v2 "
+                    "reports its cluster config to the GCS; where it does not, start the sweep "
+                    "once a worker node is up, e.g. with the worker group's replicas >= 1)")
+        raise SweepError(f"{err}; {hint}. Nothing was written to the sweep's --out") from None
+    return capacity, where
+
+
 def run_sweep(space: str | Path, preset: str = "tiny", overrides: Iterable[str] = (),
               samples: int = 1, out: Optional[str | Path] = None,
               scheduler: Optional[str] = None) -> SweepResult:
     """Run (or resume) the sweep of `space` over `preset` + `overrides`; write the results.
-    `scheduler` ("asha" or "fifo") replaces the space's (fifo: every trial runs to the end)."""
+    `scheduler` ("asha" or "fifo") replaces the space's (fifo: every trial runs to the end).
+    `out` is a folder or s3://bucket/prefix (default sweeps/<space name>)."""
     from ray import tune
 
     from tuning.results import write_results
     from vatt.console import init_ray
+    from vatt.storage import ObjectStore, StorageError
 
     overrides = list(overrides)
     parsed = load_space(space)
@@ -233,49 +301,63 @@ def run_sweep(space: str | Path, preset: str = "tiny", overrides: Iterable[str] 
     check_space(parsed, base)
     total_steps = base.train.optim.total_steps
     scheduler = _scheduler(parsed, total_steps)
-    out = Path(out or Path("sweeps") / parsed.path.stem).resolve()
+    place = SweepPlace.of(out, parsed)
+    store = ObjectStore.from_config(base.storage)
     arguments = _arguments(parsed, preset, overrides, samples) | {"scheduler": parsed.scheduler}
-    experiment = out / TUNE_DIR
-    resumed = (out / SWEEP_JSON).exists()
+    try:
+        if place.is_s3:
+            store.check_bucket(place.uri)
+        before_text = (store.read_text(place.join(SWEEP_JSON))
+                       if store.exists(place.join(SWEEP_JSON)) else None)
+    except StorageError as err:
+        raise SweepError(f"--out {place.uri}: {err}") from None
+    resumed = before_text is not None
     if resumed:
-        before = json.loads((out / SWEEP_JSON).read_text())
+        before = json.loads(before_text)
         changed = [k for k in ("space_text", "preset", "overrides", "samples", "scheduler")
                    if before.get(k) != arguments[k]]
         if changed:
             raise SweepError(
-                f"{out} holds a sweep started with other arguments ({', '.join(changed)} "
+                f"{place.uri} holds a sweep started with other arguments ({', '.join(changed)} "
                 f"differ: it was {before['space']} --preset {before['preset']} --samples "
                 f"{before['samples']} {' '.join(before['overrides'])}); resume it with the same "
                 "arguments, or give another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SWEEP_JSON).write_text(json.dumps(arguments, indent=1) + "\n")
 
     # Tune saves its experiment state at most every 10 s by default; a sweep killed within
     # that time after a trial finished would run the trial again on resume
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     where = init_ray()
-    import ray
-
-    resources = ray.cluster_resources()
-    from vatt.train.preflight import check_resources
-
-    check_resources(base, resources, where)  # one trial must fit, or nothing would ever run
-    concurrent = max_concurrent_trials(base, resources)
+    # one trial must fit in the most the cluster may grow to, or nothing would ever run; only
+    # then is anything written to --out, so a refused sweep leaves nothing to trip its rerun
+    capacity, where = _check_cluster(base, where)
+    # trials beyond what is up now wait for their workers: that demand is what makes an
+    # autoscaler add nodes, and the next trials start as they join
+    concurrent = max_concurrent_trials(base, capacity.maximum)
+    try:
+        store.write_text(place.join(SWEEP_JSON), json.dumps(arguments, indent=1) + "\n")
+    except StorageError as err:
+        raise SweepError(f"--out {place.uri}: {err}") from None
+    place.local.mkdir(parents=True, exist_ok=True)
+    filesystem, storage_path = store.pyarrow_filesystem(place.uri)
+    if not place.is_s3:
+        filesystem = None  # a local folder: Tune's own default, as for any local path
+    experiment = f"{storage_path}/{TUNE_DIR}"
     num_trials = parsed.grid_size() * samples
     trainable = tune.with_resources(
         # a trial runs in Tune's trial folder: relative paths resolve here, in the driver
         tune.with_parameters(_trial, base=to_dict(with_absolute_paths(base)), tied=parsed.tied,
-                             storage_path=str(out / RUNS_DIR)),
+                             storage_path=place.join(RUNS_DIR)),
         # the trial only drives its Train run; "memory": 1 byte gives Tune a non-empty request
         {"CPU": 0, "memory": 1})
     callback = SweepProgress(parsed, total_steps, num_trials)
-    if resumed and tune.Tuner.can_restore(str(experiment)):
-        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True,
-                                   resume_errored=True)
+    if resumed and tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
+        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True,
+                                   resume_errored=True, storage_filesystem=filesystem)
+        # finished as the results table says it: no error, the last step reached
         finished = [r for r in tuner.get_results() if r.error is None
-                    and (r.metrics or {}).get("done")]
+                    and (r.metrics or {}).get("step") == total_steps]
         log.info("resuming the sweep in %s: %d of %d trial(s) finished and are not run again; "
-                 "unfinished ones continue from their last checkpoint", out, len(finished),
+                 "unfinished ones continue from their last checkpoint", place.uri, len(finished),
                  num_trials)
     else:
         resumed = False
@@ -284,18 +366,21 @@ def run_sweep(space: str | Path, preset: str = "tiny", overrides: Iterable[str] 
             tune_config=tune.TuneConfig(metric=parsed.metric, mode=parsed.mode,
                                         scheduler=scheduler, num_samples=samples,
                                         max_concurrent_trials=concurrent, reuse_actors=False),
-            run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(out), verbose=0,
+            run_config=tune.RunConfig(name=TUNE_DIR, storage_path=storage_path,
+                                      storage_filesystem=filesystem, verbose=0,
                                       callbacks=[callback],
                                       failure_config=tune.FailureConfig(max_failures=1)))
-        log.info("sweep of %s: %d trial(s) of %d steps, %d at a time (%s); results in %s",
-                 parsed.path.name, num_trials, total_steps, concurrent, where, out)
+        log.info("sweep of %s: %d trial(s) of %d steps, up to %d at a time on %s; results in %s",
+                 parsed.path.name, num_trials, total_steps, concurrent, where, place.uri)
     # Tune prints its own banner and tables on stdout whatever its verbosity: into a log file
-    with open(out / TUNE_LOG, "a") as tune_log, contextlib.redirect_stdout(tune_log):
+    with open(place.local / TUNE_LOG, "a") as tune_log, contextlib.redirect_stdout(tune_log):
         grid = tuner.fit()
-    rows, best, files = write_results(out, parsed, base, grid)
-    return SweepResult(out=out, rows=rows, best=best, resumed=resumed, files=files,
-                       space=parsed, base=base)
+    rows, best, files = write_results(place.local, parsed, base, grid)
+    if place.is_s3:
+        store.upload_files([(path, place.join(name)) for name, path in files.items()])
+    return SweepResult(out=place.local, uri=place.uri, rows=rows, best=best, resumed=resumed,
+                       files=files, space=parsed, base=base)
 
 
-__all__ = ["run_sweep", "SweepResult", "SweepError", "SpaceError", "ConfigError",
+__all__ = ["run_sweep", "SweepResult", "SweepPlace", "SweepError", "SpaceError", "ConfigError",
            "max_concurrent_trials", "trial_config", "sweep_base", "trial_label"]

@@ -259,13 +259,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         return 2
     from tuning.results import RESULTS_MD
 
-    print((result.out / RESULTS_MD).read_text())
-    for name, path in result.files.items():
-        print(f"{name}: {path}")
+    print(result.files[RESULTS_MD].read_text())
+    for name in result.files:
+        print(f"{name}: {result.uri}/{name}")
     failed = [row for row in result.rows if str(row["status"]).startswith("failed")]
     if failed:
         print(f"vatt sweep: {len(failed)} trial(s) failed (status column; their error.txt "
-              f"under {result.out / 'tune'})", file=sys.stderr)
+              f"under {result.uri}/tune)", file=sys.stderr)
         return 1
     return 0
 
@@ -450,8 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--samples", type=int, default=1,
                        help="repeats of the grid / draws of the random parameters (default 1)")
     sweep.add_argument("--out", default=None,
-                       help="output folder (default: sweeps/<space name>); an existing sweep "
-                            "there is resumed")
+                       help="output folder or s3://bucket/prefix (default: sweeps/<space "
+                            "name>); an existing sweep there is resumed. On a Ray cluster "
+                            "(RAY_ADDRESS) use s3://: the trials' runs are stored there")
     sweep.add_argument("--scheduler", choices=("asha", "fifo"), default=None,
                        help="replace the space's scheduler (fifo: every trial runs to the end)")
     sweep.set_defaults(handler=_cmd_sweep)

@@ -2,12 +2,14 @@
 
 `check_config` needs nothing but the config; `check_storage` touches the storage path (a probe
 file written and removed); `check_resources` needs a connected Ray and compares what the run asks
-for with what the cluster has.
+for with what the cluster has. `cluster_capacity` says what that is on a cluster that autoscales:
+the most it may grow to, as its autoscaler reports it (see there).
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from vatt.config import Config, ConfigError
@@ -103,3 +105,52 @@ def check_resources(cfg: Config, cluster: dict[str, float], where: Optional[str]
                 f"{train.gpus_per_worker} = {need_gpus:g} GPUs, but {where} has {gpus:g}; lower "
                 "train.num_workers or train.gpus_per_worker"
             )
+
+
+@dataclass(frozen=True)
+class ClusterCapacity:
+    """What a Ray cluster has up now and the most it may have once its autoscaler has added
+    every node it may (`autoscaled`: the autoscaler reported that maximum; else it is `now`)."""
+
+    now: dict[str, float]
+    maximum: dict[str, float]
+    autoscaled: bool
+
+    @classmethod
+    def from_reports(cls, now: dict[str, float], head: dict[str, float],
+                     node_groups_max: Optional[dict[str, float]]) -> "ClusterCapacity":
+        """`now`: ray.cluster_resources(); `head`: the head node's resources; `node_groups_max`:
+        what Ray reads from the autoscaler's cluster config (its worker groups at their
+        maxReplicas, the head left out), None when no autoscaler reported one."""
+        if not node_groups_max:
+            return cls(dict(now), dict(now), False)
+        keys = set(now) | set(head) | set(node_groups_max)
+        maximum = {key: max(now.get(key, 0.0), head.get(key, 0.0) + node_groups_max.get(key, 0.0))
+                   for key in keys}
+        return cls(dict(now), maximum, True)
+
+    def describe(self, where: str) -> str:
+        """`where` with what it has: 'the Ray cluster at X (0 CPUs up now, at most 8 once its
+        autoscaler has added the nodes it may)'."""
+        cpus_now, cpus_max = self.now.get("CPU", 0.0), self.maximum.get("CPU", 0.0)
+        if not self.autoscaled:
+            return f"{where} ({cpus_now:g} CPUs; no autoscaler reported a maximum)"
+        gpus = self.maximum.get("GPU", 0.0)
+        gpu_text = f" and {gpus:g} GPUs" if gpus else ""
+        return (f"{where} ({cpus_now:g} CPUs up now, at most {cpus_max:g} CPUs{gpu_text} once its "
+                "autoscaler has added the nodes it may)")
+
+
+def cluster_capacity() -> ClusterCapacity:
+    """The connected Ray cluster's capacity. The maximum is what Ray Train and Ray Data read
+    (`ray._private.state.state.get_max_resources_from_cluster_config()`): the cluster config
+    that Ray's autoscaler (v2, as KubeRay runs it) reports to the GCS, its worker groups times
+    their maximum count. Without a report (a single machine, a cluster without autoscaler)
+    the maximum is what is up now."""
+    import ray
+    from ray._private.state import state
+
+    now = {key: float(value) for key, value in ray.cluster_resources().items()}
+    head = next((node["Resources"] for node in ray.nodes() if node.get("Alive")
+                 and "node:__internal_head__" in node.get("Resources", {})), {})
+    return ClusterCapacity.from_reports(now, head, state.get_max_resources_from_cluster_config())

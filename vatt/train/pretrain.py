@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional
 from vatt.checkpoints import HISTORY_FILE as HISTORY_JSON, VOCAB_FILE as VOCAB_JSON
 from vatt.config import Config, ConfigError, load_config, to_dict, with_absolute_paths
 from vatt.train.checkpoint import read_history
-from vatt.train.preflight import PreflightError, check_config, check_resources, check_storage
+from vatt.train.preflight import (PreflightError, check_config, check_resources, check_storage,
+                                  cluster_capacity)
 
 if TYPE_CHECKING:
     from vatt.train.precision import PrecisionChoice
@@ -286,9 +287,9 @@ def pretrain(cfg: Config, datasets: Optional[dict[str, Any]] = None,
     check_config(cfg)
     storage = resolve_storage(cfg)
     where = connect_ray()
-    import ray
-
-    check_resources(cfg, ray.cluster_resources(), where)
+    # what the cluster may grow to, not what is up: workers that wait are what an autoscaler adds
+    capacity = cluster_capacity()
+    check_resources(cfg, capacity.maximum, capacity.describe(where))
     clock.mark("connected")
     version = data_version_of(cfg)
     vocab_words = run_vocabulary(cfg, storage) if datasets is None else None
