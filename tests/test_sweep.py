@@ -285,3 +285,52 @@ def test_trials_fit_the_cluster_validate_and_keep_their_own_run():
     space = load_space("droptoken_sharing")
     assert trial_label(space, {"model.video.drop_rate": 0.25, "model.sharing": "specific"}) == (
         "drop_rate=0.25 sharing=specific")
+
+
+def test_the_cluster_is_counted_at_the_most_its_autoscaler_may_grow_it_to():
+    """The preflight's and the concurrency's arithmetic on resource dicts as Ray reports them
+    (no Ray): ray.cluster_resources(), the head node's, and the worker groups' maximum that
+    Ray reads from the autoscaler's cluster config (tests/test_sweep_cluster.py plays it)."""
+    from tuning.sweep import max_concurrent_trials
+    from vatt.config import load_config
+    from vatt.train.preflight import ClusterCapacity, PreflightError, check_resources
+
+    cfg = load_config("tiny")  # a trial: 2 workers x 0.5 CPU + 1 CPU for its data
+    idle = ClusterCapacity.from_reports(now={"CPU": 0.0, "memory": 16e9},
+                                        head={"CPU": 0.0, "memory": 16e9},
+                                        node_groups_max={"CPU": 32, "memory": 128e9})
+    assert idle.autoscaled and idle.now["CPU"] == 0 and idle.maximum["CPU"] == 32
+    check_resources(cfg, idle.maximum, "here")  # fits the maximum, though nothing is up
+    assert max_concurrent_trials(cfg, idle.maximum) == 16  # pending trials are the demand
+    assert "(0 CPUs up now, at most 32 CPUs once its autoscaler" in idle.describe("the cluster")
+    # a head with CPUs of its own and one worker up: the head counts beside the worker groups
+    grown = ClusterCapacity.from_reports(now={"CPU": 12.0}, head={"CPU": 4.0},
+                                         node_groups_max={"CPU": 32, "GPU": 4})
+    assert (grown.maximum["CPU"], grown.maximum["GPU"]) == (36, 4)
+    too_big = load_config("tiny", ["train.num_workers=80"])
+    with pytest.raises(PreflightError, match=r"= 40 CPUs, but the cluster \(12 CPUs up now, at "
+                                             r"most 36 CPUs and 4 GPUs once"):
+        check_resources(too_big, grown.maximum, grown.describe("the cluster"))
+    # no autoscaler reported a maximum (one machine, a fixed cluster): what is up is all there is
+    local = ClusterCapacity.from_reports(now={"CPU": 2.0}, head={"CPU": 2.0}, node_groups_max=None)
+    assert not local.autoscaled and local.maximum == {"CPU": 2.0}
+    assert max_concurrent_trials(cfg, local.maximum) == 1
+    assert "no autoscaler reported a maximum" in local.describe("the local Ray")
+
+
+def test_a_sweep_refused_by_its_preflight_writes_nothing_to_its_out(tmp_path):
+    """On the local Ray: a trial that cannot fit is refused before anything is written to
+    --out, so a corrected command starts a new sweep there instead of being refused as 'a
+    sweep started with other arguments' (tests/test_sweep_cluster.py runs the corrected one)."""
+    import psutil
+
+    space = tmp_path / "grid.yaml"
+    space.write_text("params:\n  model.sharing: {grid: [specific]}\n")
+    workers = psutil.cpu_count() * 2 + 2  # x 0.5 CPU each: more than this machine has
+    done = subprocess.run([*vatt_command(), "sweep", str(space), "--out", str(tmp_path / "out"),
+                           f"train.num_workers={workers}", f"train.global_batch_size={workers}"],
+                          cwd=tmp_path, env=_env(), text=True, capture_output=True, timeout=300)
+    assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"train.num_workers={workers}" in done.stderr and "Nothing was written" in done.stderr
+    assert "no autoscaler reported a maximum" in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()
