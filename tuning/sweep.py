@@ -48,6 +48,7 @@ from typing import Any, Iterable, Optional
 from ray.tune import Callback
 
 from vatt.config import Config, ConfigError, load_config, replace, to_dict, with_absolute_paths
+from vatt.train.preflight import ClusterCapacity
 from tuning.space import SCHEDULERS, Space, SpaceError, check_space, dotlist, load_space
 
 SWEEP_JSON = "sweep.json"
@@ -256,8 +257,9 @@ class SweepPlace:
         return cls(uri=str(folder), local=folder)
 
 
-def _check_cluster(base: Config, address: str) -> tuple[Any, str]:
-    """The connected cluster's capacity, refused when one trial cannot fit its maximum."""
+def _check_cluster(base: Config, address: str) -> tuple[ClusterCapacity, str]:
+    """The connected cluster's capacity and its description, refused when one trial cannot fit
+    its maximum."""
     from vatt.train.preflight import PreflightError, check_resources, cluster_capacity
 
     capacity = cluster_capacity()
@@ -266,13 +268,15 @@ def _check_cluster(base: Config, address: str) -> tuple[Any, str]:
         check_resources(base, capacity.maximum, where)
     except PreflightError as err:
         if capacity.autoscaled:
-            hint = ("or let the cluster grow larger (more nodes or bigger ones in the worker "
+            hint = ("; or let the cluster grow larger (more nodes or bigger ones in the worker "
                     "group of its autoscaler: the RayCluster's workerGroupSpecs maxReplicas)")
+        elif os.environ.get("RAY_ADDRESS"):
+            hint = ("; or, on a cluster whose autoscaler reports no maximum (Ray 2.60's does "
+                    "not yet), start the sweep once enough worker nodes are up, e.g. with the "
+                    "worker group's replicas >= 1")
         else:
-            hint = ("its autoscaler, if it has one, reported no maximum (Ray's autoscaler v2 "
-                    "reports its cluster config to the GCS; where it does not, start the sweep "
-                    "once a worker node is up, e.g. with the worker group's replicas >= 1)")
-        raise SweepError(f"{err}; {hint}. Nothing was written to the sweep's --out") from None
+            hint = ""
+        raise SweepError(f"{err}{hint}. Nothing was written to the sweep's --out") from None
     return capacity, where
 
 
