@@ -137,6 +137,7 @@ def swept(tmp_path_factory, s3_server: S3Server, data: Path):
     command = [*vatt_command(), "sweep", str(SPACE_FILE), "--out", out, *FAST,
                f"data.path={data}"]
     user_env = {**env, "RAY_ADDRESS": nodes.address}
+    local_copy = Path(tempfile.gettempdir()) / "vatt-sweeps" / s3_server.bucket / prefix
     try:
         head_temp = nodes.start("head", "--head", f"--port={nodes.gcs_port}", "--num-cpus=0",
                                 "--include-dashboard=false")
@@ -187,7 +188,7 @@ def swept(tmp_path_factory, s3_server: S3Server, data: Path):
         first.wait(timeout=60)
 
         # the same command from another folder, with the local copy of the first run gone
-        shutil.rmtree(Path(tempfile.gettempdir()) / "vatt-sweeps" / s3_server.bucket / prefix)
+        shutil.rmtree(local_copy)
         second = subprocess.run(command, cwd=_project(root / "second"), env=user_env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
         yield {"refused": refused, "refused_keys": refused_keys, "autoscaler": autoscaler,
@@ -197,6 +198,7 @@ def swept(tmp_path_factory, s3_server: S3Server, data: Path):
     finally:
         nodes.stop()
         shutil.rmtree(nodes.root, ignore_errors=True)
+        shutil.rmtree(local_copy, ignore_errors=True)
 
 
 def test_a_sweep_that_cannot_fit_the_maximum_is_refused_and_leaves_nothing(swept):
