@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -814,3 +816,54 @@ def test_a_server_address_without_a_host_is_named_at_once_not_retried():
                        match=r"server address is not usable: No host specified\. Fix"):
         misconfigured.get_rayjob("anything")
     assert pauses == []
+
+
+def test_a_driver_in_a_kuberay_pod_reads_the_clusters_maximum_from_its_raycluster(kube_api,
+                                                                                tmp_path):
+    """Ray 2.60's autoscaler does not report its cluster config to the GCS, so a sweep's driver
+    on the head of k8s/raycluster's RayCluster (whose workers scale from zero) would see only the
+    head. In a KubeRay pod (KubeRay sets RAY_CLUSTER_NAME and RAY_CLUSTER_NAMESPACE in every Ray
+    container) the preflight reads the RayCluster as the autoscaler does (Ray's own
+    AutoscalingConfigProducer, with the pod's service-account token: the head runs as the
+    account KubeRay gives its autoscaler, which may get its RayCluster): here against the real
+    API server, the token and CA where a pod has them played by files and the API server's
+    address by the variables the kubelet sets."""
+    import urllib.parse
+
+    rendered = subprocess.run(["kubectl", "kustomize", str(REPO_ROOT / "k8s" / "raycluster")],
+                              text=True, capture_output=True, check=True).stdout
+    [cluster] = [doc for doc in yaml.safe_load_all(rendered) if doc]
+    name = _unique("sweep")
+    cluster["metadata"]["name"] = name
+    kube_api.kubectl("create", "--validate=false", "-f", "-", input=json.dumps(cluster))
+    token = tmp_path / "token"
+    token.write_text(kube_api.admin_token)
+    server = urllib.parse.urlsplit(kube_api.url)
+    script = f"""
+import json
+from ray.autoscaler._private.kuberay import node_provider
+node_provider.IN_CLUSTER_TOKEN_PATH = {str(token)!r}
+node_provider.IN_CLUSTER_CA_CERT_PATH = {str(kube_api.ca_file)!r}
+from vatt.train.preflight import kuberay_node_groups_max
+print(json.dumps([kuberay_node_groups_max({{"RAY_CLUSTER_NAME": {name!r},
+                                            "RAY_CLUSTER_NAMESPACE": {NAMESPACE!r}}}),
+                  kuberay_node_groups_max({{}})]))
+"""
+    env = {**os.environ, "KUBERNETES_SERVICE_HOST": server.hostname,
+           "KUBERNETES_SERVICE_PORT_HTTPS": str(server.port)}
+    try:
+        done = subprocess.run([sys.executable, "-c", script], text=True, capture_output=True,
+                              env=env, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        in_kuberay, elsewhere = json.loads(done.stdout.strip().splitlines()[-1])
+        # the worker group at maxReplicas (4 pods of 8 CPUs and 32 GiB), the head left out
+        assert in_kuberay["CPU"] == 4 * 8 and in_kuberay["memory"] == 4 * 32 * 2**30
+        assert elsewhere is None  # not in a KubeRay pod: nothing to read
+        # a pod without a token (the Ray pods of a RayJob: vatt-ray) reads nothing, quietly
+        no_token = script.replace(repr(str(token)), repr(str(tmp_path / "absent")))
+        done = subprocess.run([sys.executable, "-c", no_token], text=True,
+                              capture_output=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads(done.stdout.strip().splitlines()[-1]) == [None, None]
+    finally:
+        kube_api.kubectl("delete", "raycluster", name, "--ignore-not-found")

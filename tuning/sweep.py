@@ -271,9 +271,9 @@ def _check_cluster(base: Config, address: str) -> tuple[ClusterCapacity, str]:
             hint = ("; or let the cluster grow larger (more nodes or bigger ones in the worker "
                     "group of its autoscaler: the RayCluster's workerGroupSpecs maxReplicas)")
         elif os.environ.get("RAY_ADDRESS"):
-            hint = ("; or, on a cluster whose autoscaler reports no maximum (Ray 2.60's does "
-                    "not yet), start the sweep once enough worker nodes are up, e.g. with the "
-                    "worker group's replicas >= 1")
+            hint = ("; or, on a cluster whose maximum was not found (no autoscaler report, "
+                    "and not a KubeRay pod that may read its RayCluster), start the sweep once "
+                    "enough worker nodes are up, e.g. with the worker group's replicas >= 1")
         else:
             hint = ""
         raise SweepError(f"{err}{hint}. Nothing was written to the sweep's --out") from None

@@ -8,11 +8,15 @@ the most it may grow to, as its autoscaler reports it (see there).
 
 from __future__ import annotations
 
+import logging
+import os
 import uuid
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from vatt.config import Config, ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class PreflightError(ConfigError):
@@ -141,16 +145,56 @@ class ClusterCapacity:
                 "autoscaler has added the nodes it may)")
 
 
+def kuberay_node_groups_max(environ: Optional[Mapping[str, str]] = None
+                            ) -> Optional[dict[str, float]]:
+    """In a pod of an autoscaled KubeRay RayCluster, its worker groups at their maxReplicas,
+    read from the RayCluster as Ray's autoscaler reads it (KubeRay sets RAY_CLUSTER_NAME and
+    RAY_CLUSTER_NAMESPACE in every Ray container; the pod's service-account token, which the
+    head of an autoscaled cluster has for its autoscaler sidecar, may get its RayCluster).
+    None elsewhere: outside KubeRay, in a pod without a token (k8s/base's Ray pods), for a
+    cluster without autoscaling, or when the RayCluster cannot be read (logged)."""
+    environ = os.environ if environ is None else environ
+    name, namespace = environ.get("RAY_CLUSTER_NAME"), environ.get("RAY_CLUSTER_NAMESPACE")
+    if not (name and namespace):
+        return None
+    from ray.autoscaler._private.kuberay import node_provider
+    from ray.autoscaler._private.kuberay.autoscaling_config import (
+        _derive_autoscaling_config_from_ray_cr)
+
+    if not os.path.exists(node_provider.IN_CLUSTER_TOKEN_PATH):
+        return None  # no token in this pod: nothing it could read
+    try:
+        cluster = node_provider.KubernetesHttpApiClient(namespace).get(f"rayclusters/{name}")
+        if not (cluster.get("spec") or {}).get("enableInTreeAutoscaling"):
+            return None  # its workers stay at replicas: what is up is what there is
+        config = _derive_autoscaling_config_from_ray_cr(cluster)
+    except Exception as err:  # noqa: BLE001 - a hint for the preflight, never fatal
+        log.warning("could not read RayCluster %s/%s for the size its autoscaler may grow it to "
+                    "(%s: %s); counting what is up now", namespace, name, type(err).__name__,
+                    err)
+        return None
+    maximum: dict[str, float] = {}
+    for group, node_type in config["available_node_types"].items():
+        if group == config["head_node_type"]:
+            continue  # the head does not scale
+        for key, value in node_type["resources"].items():
+            maximum[key] = maximum.get(key, 0.0) + float(value) * node_type["max_workers"]
+    return maximum
+
+
 def cluster_capacity() -> ClusterCapacity:
     """The connected Ray cluster's capacity. The maximum is what Ray Train and Ray Data read
     (`ray._private.state.state.get_max_resources_from_cluster_config()`): the cluster config
     that Ray's autoscaler (v2, as KubeRay runs it) reports to the GCS, its worker groups times
-    their maximum count. Without a report (a single machine, a cluster without autoscaler)
-    the maximum is what is up now."""
+    their maximum count. Ray 2.60's autoscaler does not report it yet: a driver in a pod of an
+    autoscaled RayCluster (a sweep submitted to k8s/raycluster) reads the same numbers from the
+    RayCluster (`kuberay_node_groups_max`). Else (a single machine, a cluster without
+    autoscaler) the maximum is what is up now."""
     import ray
     from ray._private.state import state
 
     now = {key: float(value) for key, value in ray.cluster_resources().items()}
     head = next((node["Resources"] for node in ray.nodes() if node.get("Alive")
                  and "node:__internal_head__" in node.get("Resources", {})), {})
-    return ClusterCapacity.from_reports(now, head, state.get_max_resources_from_cluster_config())
+    node_groups_max = state.get_max_resources_from_cluster_config() or kuberay_node_groups_max()
+    return ClusterCapacity.from_reports(now, head, node_groups_max)
