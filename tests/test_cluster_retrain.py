@@ -468,7 +468,8 @@ def _since(events: list[dict], moment: datetime.datetime) -> list[dict]:
 
 def test_each_account_used_its_role_and_nothing_else_and_every_pod_was_restricted(platform):
     """Read from the API server's audit log after the module's flow runs (run the whole module:
-    the runs above are what it reads). The Prefect worker and the flow runs were refused
+    the runs above are what it reads; the worker is stopped first, as the server logs a watch
+    when it ends). The Prefect worker and the flow runs were refused
     nothing and called every right their Roles give them (less UNUSED_HERE); the Ray pods'
     account, whose token is not mounted, made no request; every pod created in the namespace
     meets the Pod Security Standard the namespace's label names (`restricted`), checked as
@@ -476,7 +477,16 @@ def test_each_account_used_its_role_and_nothing_else_and_every_pod_was_restricte
     from pod_security import violations
 
     rbac = _kustomize(REPO_ROOT / "k8s" / "rbac")
-    events = _since(platform.box.api.audit_events(), platform.installed_at)
+    # the API server writes a watch's audit events when the watch ends: the worker's watches
+    # (its observer's, open since it started) end with the worker, stopped here (the last test)
+    stop_process_group(platform.worker, grace_s=10)
+
+    def watches_logged() -> list[dict] | None:
+        events = _since(platform.box.api.audit_events(), platform.installed_at)
+        ended = [e for e in events if e["user"]["username"] == WORKER and e["verb"] == "watch"]
+        return events if ended else None
+
+    events = platform.box.poll(watches_logged, "the worker's watches in the audit log", 60)
     by_user: dict[str, list[dict]] = {}
     for event in events:
         by_user.setdefault(event["user"]["username"], []).append(event)
