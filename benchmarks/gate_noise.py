@@ -5,8 +5,9 @@ the metrics move between runs that should be equally good decides the gate's met
     python benchmarks/gate_noise.py --data data --out artifacts/gate_noise --seeds 1 2 \\
         --checkpoints runs/<the default pipeline's run>/checkpoint_00000300
 
-Prints a Markdown table (per metric: each run's value, mean, standard deviation, range) for
-BENCHMARKS.md. Takes about 6 minutes per seed on 2 cores.
+Prints Markdown tables for BENCHMARKS.md: per metric each run's value, mean, standard deviation
+and range; per pair of runs the text->video MRR difference and the standard error of its paired
+per-query difference (the gate's per-decision noise, vatt.evaluate.registry.paired_noise). Takes about 6 minutes per seed on 2 cores.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from vatt.config import load_config
     from vatt.console import configure_console
-    from vatt.evaluate.pipeline import run_evaluation
+    from vatt.evaluate.pipeline import metric_ranks, run_evaluation
+    from vatt.evaluate.registry import paired_noise
     from vatt.train.pretrain import pretrain
 
     configure_console()
@@ -48,10 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         result = pretrain(load_config("tiny", [*common, f"train.seed={seed}",
                                                f"train.run_name=noise-seed{seed}"]))
         checkpoints.append(result.checkpoint_uri)
-    runs = []
+    runs, ranks = [], []
     for checkpoint in checkpoints:
         outcome = run_evaluation(checkpoint, load_config("tiny", common), common, promote=False)
         runs.append(outcome.results["metrics"])
+        ranks.append(metric_ranks(outcome.results, "text_video_retrieval.MRR"))
     lines = ["| metric | " + " | ".join(f"run {i + 1}" for i in range(len(runs)))
              + " | mean | std | range |", "|---" * (len(runs) + 4) + "|"]
     for name in GATE_CANDIDATES:
@@ -61,6 +64,16 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values)
                      + f" | {statistics.mean(values):.3f} | {statistics.stdev(values):.3f} | "
                      f"{max(values) - min(values):.3f} |")
+    # the gate's other noise: the standard error of the paired per-query difference of two runs
+    # on the same queries (eval.promotion_noise_z of them is the per-decision margin)
+    lines += ["", "| runs | MRR difference | paired standard error | queries |", "|---|---|---|---|"]
+    for i in range(len(runs)):
+        for j in range(i + 1, len(runs)):
+            noise = paired_noise("t.MRR", ranks[j], ranks[i])
+            difference = (runs[j]["text_video_retrieval.MRR"]
+                          - runs[i]["text_video_retrieval.MRR"])
+            lines.append(f"| {i + 1} vs {j + 1} | {difference:+.3f} | "
+                         f"{noise if noise is None else f'{noise:.3f}'} | {len(ranks[i] or [])} |")
     print("\n".join(lines))
     return 0
 

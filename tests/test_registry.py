@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vatt.checkpoints import CheckpointError
-from vatt.evaluate.registry import Registry, RegistryError
+from vatt.evaluate.registry import ChampionMeasure, Registry, RegistryError, paired_noise
 from vatt.storage import ObjectStore
 
 
@@ -20,7 +20,8 @@ def _checkpoint(tmp_path, name, seed=0):
 
 def _consider(registry, ckpt, value, metric="text_video_retrieval.R@10"):
     return registry.consider(ckpt, config={"name": "tiny"}, data_version={"md5": "abc"},
-                             metrics={metric: value, "action_linear.top1": 0.5}, metric=metric)
+                             metrics={metric: value, "action_linear.top1": 0.5}, metric=metric,
+                             evaluation=_evaluation())
 
 
 def test_first_promoted_then_only_not_worse(tmp_path):
@@ -44,8 +45,10 @@ def test_first_promoted_then_only_not_worse(tmp_path):
     assert len(doc["promoted"]["weights_sha256"]) == 64
     assert [d["promoted"] for d in doc["decisions"]] == [True, False, True]
     assert all("candidate_value" in d and "promoted_value" in d for d in doc["decisions"])
-    assert not (tmp_path / "registry" / "registry.lock").exists()
-    assert sorted(p.name for p in (tmp_path / "registry").iterdir()) == ["models", "registry.json"]
+    # the lease file stays, naming no holder once released
+    assert (tmp_path / "registry" / "registry.lock").read_text() == ""
+    assert sorted(p.name for p in (tmp_path / "registry").iterdir()) == [
+        "models", "registry.json", "registry.lock"]
     assert len(list((tmp_path / "registry" / "models").iterdir())) == 2  # a and c, not b
 
 
@@ -97,11 +100,24 @@ def test_unknown_metric_and_corrupt_registry(tmp_path):
     assert json.loads(before)["promoted"]["metrics"]["text_video_retrieval.R@10"] == 0.3
 
 
-def _evaluation(dataset="synthetic-msrvtt", digest="a" * 64, probe_epochs=100):
-    return {"data": {"text_video_retrieval": {"dataset": dataset, "splits": {"test": digest}},
-                     "action_linear": {"dataset": "synthetic-ucf101",
-                                       "splits": {"train": "b" * 64, "test": "c" * 64}}},
-            "settings": {"probe_epochs": probe_epochs, "eval_num_windows": 4}}
+def _evaluation(dataset="synthetic-msrvtt", digest="a" * 64, probe_epochs=100, code="c0de"):
+    retrieval = {"dataset": dataset, "splits": {"test": digest},
+                 "settings": {"data.eval_num_windows": 4, "data.num_text_candidates": 5},
+                 "code": code}
+    action = {"dataset": "synthetic-ucf101", "splits": {"train": "b" * 64, "test": "c" * 64},
+              "settings": {"eval.probe_epochs": probe_epochs}, "code": code}
+    return {"tasks": {"text_video_retrieval": retrieval,
+                      "text_video_retrieval@" + dataset: retrieval,
+                      "action_linear": action, "action_linear@synthetic-ucf101": action}}
+
+
+METRIC = "text_video_retrieval.R@10"
+
+
+def _measure(registry, value, evaluation, **kwargs):
+    """The promoted model re-measured on a candidate's data, as the evaluation does it."""
+    promoted = registry.promoted
+    return ChampionMeasure(promoted["weights_sha256"], {METRIC: value}, evaluation, **kwargs)
 
 
 def test_the_gate_compares_like_with_like(tmp_path):
@@ -109,32 +125,110 @@ def test_the_gate_compares_like_with_like(tmp_path):
 
     def consider(name, seed, value, evaluation, **kwargs):
         return registry.consider(_checkpoint(tmp_path, name, seed), config={}, data_version={},
-                                 metrics={"text_video_retrieval.R@10": value},
-                                 metric="text_video_retrieval.R@10", evaluation=evaluation,
-                                 **kwargs)
+                                 metrics={METRIC: value}, metric=METRIC,
+                                 evaluation=evaluation, **kwargs)
 
     assert consider("msrvtt-1", 0, 0.40, _evaluation("msrvtt")).promoted
-    # the same data and settings: compared, and a worse model is refused
-    assert not consider("msrvtt-2", 1, 0.35, _evaluation("msrvtt")).promoted
-    # another dataset (60 synthetic videos): not comparable, said so, decided by the setting
-    other = consider("synthetic", 2, 0.98, _evaluation("synthetic-msrvtt"), promote_incomparable=False)
-    assert not other.promoted and other.reason.startswith("no comparable incumbent")
+    # the same data, settings and code: compared with the stored number, a worse model refused
+    worse = consider("msrvtt-2", 1, 0.35, _evaluation("msrvtt"))
+    assert not worse.promoted and worse.promoted_value_source == "stored"
+    # 0.20 on the generated set does not replace 0.40 on MSR-VTT: without a number of the
+    # promoted model on the same data nothing is promoted, and the decision says why
+    other = consider("synthetic", 2, 0.20, _evaluation("synthetic-msrvtt"))
+    assert not other.promoted and other.promoted_value is None
+    assert other.reason.startswith("not promoted: no comparable number for the promoted model")
     assert "msrvtt (test aaaaaaaaaaaa)" in other.reason and "synthetic-msrvtt" in other.reason
-    # the same dataset at another version (manifest hash), or other settings: not comparable
-    assert "no comparable" in consider("v2", 3, 0.1, _evaluation("msrvtt", "d" * 64),
-                                       promote_incomparable=False).reason
-    assert "no comparable" in consider("epochs", 4, 0.1, _evaluation("msrvtt", probe_epochs=5),
-                                       promote_incomparable=False).reason
-    # the default: the candidate is promoted on its own evaluation, and the entry records it
-    promoted = consider("synthetic-2", 5, 0.2, _evaluation("synthetic-msrvtt"))
-    assert promoted.promoted and "promoted on its own evaluation" in promoted.reason
+    assert "dataset msrvtt -> synthetic-msrvtt" in other.reason
+    # ... nor does 0.98 there, however high
+    assert not consider("synthetic-high", 3, 0.98, _evaluation("synthetic-msrvtt")).promoted
+    # the same dataset at another content, other settings or other evaluation code: the same
+    for seed, (changed, words) in enumerate((
+            (_evaluation("msrvtt", "d" * 64), "test split content"),
+            (_evaluation("msrvtt", code="beef"), "evaluation code c0de -> beef"))):
+        decision = consider(f"v{seed}", 10 + seed, 0.9, changed)
+        assert not decision.promoted and words in decision.reason
+    # with the promoted model re-measured on the candidate's data the gate decides on the two
+    # numbers: 0.20 vs its 0.30 there keeps it ...
+    synthetic = _evaluation("synthetic-msrvtt")
+    kept = consider("synthetic-2", 5, 0.20, synthetic,
+                    champion=_measure(registry, 0.30, synthetic))
+    assert not kept.promoted and (kept.candidate_value, kept.promoted_value) == (0.20, 0.30)
+    assert kept.promoted_value_source == "re-measured" and "re-measured" in kept.reason
+    # ... and its number on that data is recorded: the next candidate there compares with it
     doc = registry.read()
-    assert doc["promoted"]["evaluation"] == _evaluation("synthetic-msrvtt")
-    assert all(d["evaluation"] is not None for d in doc["decisions"])
+    assert doc["promoted"]["metrics"][METRIC] == 0.30
+    assert doc["promoted"]["evaluation"]["tasks"]["text_video_retrieval"]["dataset"] == \
+        "synthetic-msrvtt"
+    assert doc["promoted"]["source_checkpoint"].endswith("msrvtt-1")
+    better = consider("synthetic-3", 6, 0.35, synthetic)
+    assert better.promoted and better.promoted_value_source == "stored"
+    assert better.promoted_value == 0.30
+    doc = registry.read()
+    assert doc["promoted"]["evaluation"] == synthetic
+    assert all(d["evaluation"] is not None and "margin" in d for d in doc["decisions"])
     # a different action dataset does not matter to a retrieval metric
     changed = _evaluation("synthetic-msrvtt")
-    changed["data"]["action_linear"]["dataset"] = "kinetics400"
-    assert consider("synthetic-3", 6, 0.3, changed).reason == "not worse than the promoted model"
+    changed["tasks"]["action_linear"] = dict(changed["tasks"]["action_linear"],
+                                             dataset="kinetics400")
+    assert consider("synthetic-4", 7, 0.36, changed).reason == "not worse than the promoted model"
+
+
+def test_a_failed_or_stale_re_measurement_promotes_nothing(tmp_path):
+    registry = Registry(tmp_path / "registry", ObjectStore())
+    consider = dict(config={}, data_version={}, metric=METRIC)
+    assert registry.consider(_checkpoint(tmp_path, "a", 0), metrics={METRIC: 0.4},
+                             evaluation=_evaluation("msrvtt"), **consider).promoted
+    synthetic = _evaluation("synthetic-msrvtt")
+    failed = ChampionMeasure(registry.promoted["weights_sha256"], {}, None,
+                             error="CheckpointError: registry/models/x/model.pt is corrupt")
+    decision = registry.consider(_checkpoint(tmp_path, "b", 1), metrics={METRIC: 0.9},
+                                 evaluation=synthetic, champion=failed, **consider)
+    assert not decision.promoted and "re-measuring it failed: CheckpointError" in decision.reason
+    # measured on another model than the one promoted now (another evaluation promoted first)
+    stale = ChampionMeasure("f" * 64, {METRIC: 0.1}, synthetic)
+    decision = registry.consider(_checkpoint(tmp_path, "c", 2), metrics={METRIC: 0.9},
+                                 evaluation=synthetic, champion=stale, **consider)
+    assert not decision.promoted and "another model was promoted" in decision.reason
+    # a promoted model evaluated under another gate metric has no number: it is re-measured too
+    assert not registry.consider(_checkpoint(tmp_path, "d", 3),
+                                 metrics={"text_video_retrieval.MRR": 0.9},
+                                 **dict(consider, metric="text_video_retrieval.MRR"),
+                                 evaluation=synthetic).promoted
+    assert registry.read()["promoted"]["source_checkpoint"].endswith("a")
+
+
+def test_the_margin_grows_with_the_paired_noise_of_the_queries(tmp_path):
+    """MRR over a handful of queries is noisy: the margin is at least eval.promotion_noise_z
+    standard errors of the two models' paired per-query difference."""
+    ranks_a = [1, 2, 5, 1, 3, 8, 2, 1, 4, 6]
+    ranks_b = [1, 1, 3, 2, 2, 4, 1, 1, 3, 5]  # better on most queries
+    noise = paired_noise("t.MRR", ranks_b, ranks_a)
+    diffs = [1 / b - 1 / a for a, b in zip(ranks_a, ranks_b)]
+    mean = sum(diffs) / len(diffs)
+    assert noise == pytest.approx((sum((d - mean) ** 2 for d in diffs) / 9 / 10) ** 0.5)
+    assert paired_noise("t.R@5", ranks_b, ranks_a) > 0
+    assert paired_noise("t.MedR", ranks_b, ranks_a) is None  # not a mean over queries
+    assert paired_noise("t.MRR", ranks_b, ranks_a[:5]) is None  # not the same queries
+
+    registry = Registry(tmp_path / "registry", ObjectStore())
+    metric, evaluation = "text_video_retrieval.MRR", _evaluation("msrvtt")
+    mrr = {name: sum(1 / r for r in ranks) / len(ranks) for name, ranks in
+           (("a", ranks_a), ("b", ranks_b))}
+
+    def consider(name, seed, ranks, z):
+        return registry.consider(_checkpoint(tmp_path, name, seed), config={}, data_version={},
+                                 metrics={metric: mrr[name[0]]}, metric=metric,
+                                 evaluation=evaluation, margin=0.01, noise_z=z, ranks=ranks)
+
+    assert consider("a", 0, ranks_a, 2.0).promoted
+    assert registry.promoted["ranks"]["text_video_retrieval"] == ranks_a
+    # b's MRR is 0.24 higher; two paired standard errors of these 10 queries are more than that
+    noisy = consider("b1", 1, ranks_b, 2.0)
+    assert mrr["b"] - mrr["a"] < 2 * noise and not noisy.promoted
+    assert noisy.margin == pytest.approx(2 * noise) and "paired standard errors" in noisy.reason
+    # with half a standard error required, the same difference is beyond the noise
+    clear = consider("b2", 2, ranks_b, 0.5)
+    assert clear.promoted and clear.margin == pytest.approx(max(0.01, 0.5 * noise))
 
 
 def test_concurrent_evaluations_against_an_s3_registry_lose_no_decision(s3_env, tmp_path):
@@ -183,7 +277,8 @@ def test_a_margin_promotes_only_differences_beyond_the_noise(tmp_path):
 
     def consider(name, seed, value, metric="text_video_retrieval.MRR"):
         return registry.consider(_checkpoint(tmp_path, name, seed), config={}, data_version={},
-                                 metrics={metric: value}, metric=metric, margin=0.05)
+                                 metrics={metric: value}, metric=metric, margin=0.05,
+                                 evaluation=_evaluation())
 
     assert consider("a", 0, 0.40).promoted
     within = consider("b", 1, 0.44)  # better, but by less than the run-to-run noise
@@ -195,3 +290,59 @@ def test_a_margin_promotes_only_differences_beyond_the_noise(tmp_path):
     assert consider("d", 3, 10.0, "text_video_retrieval.MedR").promoted
     assert not consider("e", 4, 9.98, "text_video_retrieval.MedR").promoted
     assert consider("f", 5, 9.0, "text_video_retrieval.MedR").promoted
+
+
+_HOLD = """
+import sys, time
+from vatt.evaluate.registry import Registry
+from vatt.storage import ObjectStore
+with Registry(sys.argv[1], ObjectStore())._lock():
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def _holder(root):
+    """A gate process that takes the registry's lease and then hangs."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", _HOLD, str(root)], stdout=subprocess.PIPE,
+                               text=True)
+    assert process.stdout.readline().strip() == "held"
+    return process
+
+
+def test_a_gate_killed_while_it_holds_the_lease_does_not_block_the_next(tmp_path):
+    """SIGKILL (or the OOM killer) leaves no chance to clean up: the lease is a flock, which
+    the kernel releases with the process."""
+    import signal
+
+    root = tmp_path / "registry"
+    holder = _holder(root)
+    lease = json.loads((root / "registry.lock").read_text())
+    assert lease["pid"] == holder.pid and lease["expires"] > lease["since"]
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    registry = Registry(root, ObjectStore())
+    assert (root / "registry.lock").exists()  # the dead holder's file, with its lease
+    assert _consider(registry, _checkpoint(tmp_path, "a"), 0.3).promoted  # at once, no wait
+
+
+def test_a_live_holder_is_named_when_the_wait_ends(tmp_path):
+    root = tmp_path / "registry"
+    holder = _holder(root)
+    try:
+        registry = Registry(root, ObjectStore())
+        with pytest.raises(RegistryError, match=rf"held by pid {holder.pid} on .* for over 1s"):
+            with registry._lock(timeout_s=1.0):
+                pass
+        # past its lease the holder is stuck, and the error says to stop it
+        lease = json.loads((root / "registry.lock").read_text())
+        (root / "registry.lock").write_text(json.dumps(dict(lease, expires="2000-01-01")))
+        with pytest.raises(RegistryError, match="lease expired at 2000-01-01, so it is stuck"):
+            with registry._lock(timeout_s=0.5):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()

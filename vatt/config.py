@@ -327,15 +327,17 @@ class EvalConfig:
     device: str = "auto"
     output_path: str = "artifacts/eval"  # reports: <output_path>/<run id>/; a folder or s3://
     registry_path: str = "artifacts/registry"  # the model registry; a folder or s3://
-    # promote when this metric is better than the promoted model's by at least
-    # promotion_margin (0: not worse): "<task>.<metric>" (the task's first dataset) or
+    # promote when this metric is better than the promoted model's, measured on the same clips
+    # with the same settings and code (else the promoted model is re-measured on the
+    # candidate's data first), by the margin: "<task>.<metric>" (the task's first dataset) or
     # "<task>@<dataset>.<metric>". MRR uses every rank: R@10 saturates on small sets
     promotion_metric: str = "text_video_retrieval.MRR"
-    # the metric's run-to-run noise (benchmarks/gate_noise.py); differences below it are none
+    # the metric's run-to-run noise between equally good training runs (benchmarks/gate_noise.py
+    # measures it for a preset); differences below it are none
     promotion_margin: float = 0.0
-    # when the promoted model's number came from other data or settings (not comparable):
-    # promote the candidate on its own evaluation (true), or keep the promoted model (false)
-    promote_incomparable: bool = True
+    # and, for metrics that are a mean over queries (MRR, R@k), at least this many standard
+    # errors of the two models' paired per-query difference on this evaluation's queries
+    promotion_noise_z: float = 2.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,6 +521,10 @@ def _check_values(cfg: Config) -> None:
             f"eval.finetune_test_crops={cfg.eval.finetune_test_crops}: fine-tuning tests on at "
             "least one crop per window (the spec's 3: left, centre, right)"
         )
+    for key in ("promotion_margin", "promotion_noise_z"):
+        if not getattr(cfg.eval, key) >= 0:
+            raise ConfigError(f"eval.{key}={getattr(cfg.eval, key)}: a margin is how much better "
+                              "a candidate must be; use 0 or more (0: not worse)")
     if cfg.eval.audioset_train not in ("balanced", "unbalanced", "both"):
         raise ConfigError(
             f"eval.audioset_train='{cfg.eval.audioset_train}': AudioSet fine-tuning trains on "
@@ -588,6 +594,11 @@ def from_dict(data: dict[str, Any]) -> Config:
         train = dict(train)
         train.setdefault("precision", "auto" if train.pop("bf16") else "fp32")
         data = {**data, "train": train}
+    evaluation = data.get("eval")
+    if isinstance(evaluation, dict) and "promote_incomparable" in evaluation:
+        # configs saved before the gate re-measured the promoted model (it never promotes on an
+        # incomparable number now, so the setting has nothing left to decide)
+        data = {**data, "eval": {k: v for k, v in evaluation.items() if k != "promote_incomparable"}}
     try:
         cfg: Config = OmegaConf.to_object(OmegaConf.merge(schema, data))  # type: ignore
     except OmegaConfBaseException as err:

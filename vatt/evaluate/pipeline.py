@@ -11,11 +11,12 @@ weights' SHA-256 (from the same read) is what the registry records and checks it
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import torch
 from omegaconf import OmegaConf
@@ -23,7 +24,8 @@ from omegaconf import OmegaConf
 from vatt.checkpoints import (CONFIG_FILE, MODEL_FILE, CheckpointError, file_uri, read_checkpoint,
                               read_config, resolve_checkpoint)
 from vatt.config import Config, ConfigError, replace, to_dict
-from vatt.evaluate.registry import Decision, Registry, RegistryError
+from vatt.evaluate.identity import differences, evaluation_identity, metric_part
+from vatt.evaluate.registry import ChampionMeasure, Decision, Registry, RegistryError
 from vatt.evaluate.report import write_report
 from vatt.evaluate.runner import evaluate_model
 from vatt.model import build_model
@@ -115,43 +117,80 @@ def _new_report_folder(cfg: Config, checkpoint: str, step: Optional[int],
     return folder
 
 
-# the evaluation settings that change a metric's value (where the report goes does not)
-# nor where it ran: eval.device (a GPU's float rounding is not another evaluation)
-_SETTINGS_NOT_IN_IDENTITY = ("output_path", "registry_path", "promotion_metric", "tasks",
-                             "promote_incomparable", "promotion_margin", "device",
-                             "tasks_if_ingested", "datasets")
+# builds the evaluation data of one (task, dataset) for a model: (its config, its vocabulary,
+# task, dataset) -> data[task][dataset][split]
+DataBuilder = Callable[[Config, Optional[tuple[str, ...]], str, str],
+                       Mapping[str, Mapping[str, Any]]]
 
 
-def evaluation_identity(cfg: Config, data: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """What produced an evaluation's numbers: per (task, dataset) the dataset and the SHA-256 of
-    its manifest (the exact clips, by checksum) per split read, under "<task>@<dataset>" and,
-    for the task's first dataset, under "<task>" (what "<task>.<metric>" means); and the
-    settings that change a metric (probe and fine-tuning recipe, windows per clip, crops). Two
-    values of a metric are comparable only when this is the same for it
-    (vatt.evaluate.registry)."""
-    from vatt.data.loader import DataError, manifest_sha256
-    from vatt.evaluate.runner import per_dataset, result_key
+def metric_ranks(results: Mapping[str, Any], metric: str) -> Optional[list[int]]:
+    """The per-query ranks behind a retrieval metric of a results dict (None for others)."""
+    from vatt.evaluate.tasks import result_key, split_key
 
-    per_task: dict[str, Any] = {}
-    for task, datasets in per_dataset(data, list(data)).items():
-        for index, (dataset, splits) in enumerate(datasets.items()):
-            hashes = {}
-            for split_name, split in splits.items():
-                name = getattr(split, "dataset", None)
-                try:
-                    hashes[getattr(split, "split", split_name)] = (
-                        manifest_sha256(str(cfg.data.path), name, cfg.storage) if name else None)
-                except DataError:
-                    hashes[getattr(split, "split", split_name)] = None
-            used = {"dataset": next((getattr(s, "dataset", None) for s in splits.values()), None),
-                    "splits": hashes}
-            per_task[result_key(task, dataset)] = used
-            if index == 0:
-                per_task[task] = used
-    settings = {key: value for key, value in to_dict(cfg)["eval"].items()
-                if key not in _SETTINGS_NOT_IN_IDENTITY}
-    settings["eval_num_windows"] = cfg.data.eval_num_windows
-    return {"data": per_task, "settings": settings}
+    task, dataset, _ = split_key(metric)
+    dataset = dataset or next(iter((results.get("datasets") or {}).get(task) or []), None)
+    body = (results.get("tasks") or {}).get(result_key(task, dataset)) if dataset else None
+    return list(body["ranks"]) if body and body.get("ranks") else None
+
+
+def evaluation_config(model_cfg: Config, evaluation_cfg: Config) -> Config:
+    """A model's own config (its architecture and input) with another evaluation's settings:
+    eval.*, storage.*, and the data settings an evaluation chooses (where the data is, windows
+    and captions per clip). How the promoted model is re-measured on a candidate's data."""
+    data = dataclasses.replace(model_cfg.data, path=evaluation_cfg.data.path,
+                               eval_num_windows=evaluation_cfg.data.eval_num_windows,
+                               num_text_candidates=evaluation_cfg.data.num_text_candidates)
+    return dataclasses.replace(model_cfg, data=data, eval=evaluation_cfg.eval,
+                               storage=evaluation_cfg.storage)
+
+
+def remeasure_champion(promoted: Mapping[str, Any], cfg: Config, metric: str,
+                       data: Mapping[str, Mapping[str, Any]], *, store: ObjectStore,
+                       data_for: Optional[DataBuilder] = None,
+                       vocab_words: Optional[tuple[str, ...]] = None,
+                       device: Optional[str | torch.device] = None) -> ChampionMeasure:
+    """The promoted model (the registry's copy of its weights) evaluated on the candidate's
+    data of `metric`'s task with the candidate's evaluation settings (`cfg`), so the gate has
+    two comparable numbers. Its own architecture, input and vocabulary are kept: `data_for`
+    builds its data (captions in its vocabulary); without it, the candidate's `data` is reused
+    when the model reads the same input and vocabulary (`vocab_words`, the candidate's). Never raises: a failure is the
+    measure's `error`, which the gate records."""
+    from vatt.evaluate.runner import per_dataset
+    from vatt.evaluate.tasks import TASKS, split_key
+
+    task, dataset, _ = split_key(metric)
+    expected = str(promoted.get("weights_sha256"))
+    try:
+        if task not in data:
+            raise ValueError(f"this evaluation did not run {task}")
+        dataset = dataset or next(iter(per_dataset(data, [task])[task]))
+        champion = load_checkpoint_for_eval(promoted["checkpoint"], (), store)
+        if champion.weights_sha256 != expected:
+            raise CheckpointError(f"{promoted['checkpoint']} no longer holds the promoted weights "
+                                  f"(SHA-256 {champion.weights_sha256[:12]}, the registry says "
+                                  f"{expected[:12]}); restore them or start a new registry")
+        champion_cfg = evaluation_config(champion.config, cfg)
+        if data_for is not None:
+            own = data_for(champion_cfg, champion.vocab_words, task, dataset)
+        else:
+            frozen = [key for key in FROZEN_AT_EVALUATION if key.startswith("data.") and
+                      getattr(champion_cfg.data, key[5:]) != getattr(cfg.data, key[5:])]
+            if champion.vocab_words != vocab_words and "text" in TASKS[task].modalities:
+                frozen.append("its vocabulary")
+            if frozen:
+                raise ValueError(f"it reads other input ({', '.join(frozen)}), so it needs data "
+                                 "of its own: evaluate through run_evaluation")
+            own = {task: {dataset: per_dataset(data, [task])[task][dataset]}}
+        results = evaluate_model(champion.model, champion_cfg, [task], own, device=device)
+        prefix = metric.rpartition(".")[0] + "."
+        return ChampionMeasure(expected, {k: v for k, v in results["metrics"].items()
+                                          if k.startswith(prefix)},
+                               evaluation_identity(champion_cfg, own),
+                               metric_ranks(results, metric))
+    except Exception as err:  # noqa: BLE001 - recorded in the decision, not lost
+        log.warning("re-measuring the promoted model %s failed", promoted.get("checkpoint"),
+                    exc_info=True)
+        return ChampionMeasure(expected, {}, None, error=f"{type(err).__name__}: {err}")
 
 
 @dataclass
@@ -166,13 +205,17 @@ def evaluate_checkpoint(checkpoint: str | LoadedCheckpoint,
                         tasks: Optional[Iterable[str]] = None, overrides: Iterable[str] = (),
                         promote: bool = True, *, store: ObjectStore,
                         device: Optional[str | torch.device] = None,
-                        skipped: Optional[Mapping[str, str]] = None) -> EvaluationOutcome:
+                        skipped: Optional[Mapping[str, str]] = None,
+                        data_for: Optional[DataBuilder] = None) -> EvaluationOutcome:
     """Evaluate a checkpoint (a folder or s3:// prefix, loaded here with `overrides`, or one
     `load_checkpoint_for_eval` has loaded), write the report to <eval.output_path>/<run id>/
     and, if `promote`, put the result through the registry's promotion gate. `store` (built
     from cfg.storage by the caller) reads the checkpoint and writes the report and registry;
     the model runs on `device` (default: the evaluated config's eval.device). `tasks` default:
-    every task of `data`; `skipped` ({task: why}) is recorded in the results and the report."""
+    every task of `data`; `skipped` ({task: why}) is recorded in the results and the report.
+    When the promoted model's stored number of the gate metric is not comparable with this
+    evaluation's, the promoted model is re-measured on this evaluation's data first
+    (`remeasure_champion`, with `data_for`)."""
     if isinstance(checkpoint, LoadedCheckpoint):
         if list(overrides):
             raise ValueError("evaluate_checkpoint: a loaded checkpoint already has its overrides; "
@@ -195,12 +238,24 @@ def evaluate_checkpoint(checkpoint: str | LoadedCheckpoint,
                               store, promoted=promoted)
     decision = None
     if promote:
+        metric = cfg.eval.promotion_metric
+        champion = None
+        if promoted is not None and (
+                metric not in promoted.get("metrics", {})
+                or differences(metric_part(identity, metric),
+                               metric_part(promoted.get("evaluation"), metric))):
+            log.info("the promoted model's %s is not comparable with this evaluation's: "
+                     "re-measuring it on the same data", metric)
+            champion = remeasure_champion(promoted, cfg, metric, data, store=store,
+                                          data_for=data_for, vocab_words=loaded.vocab_words,
+                                          device=device)
         try:
             decision = Registry(cfg.eval.registry_path, store).consider(
                 loaded.uri, config=to_dict(cfg), data_version=loaded.data_version,
-                metrics=results["metrics"], metric=cfg.eval.promotion_metric,
-                evaluation=identity, promote_incomparable=cfg.eval.promote_incomparable,
-                margin=cfg.eval.promotion_margin, weights_sha256=loaded.weights_sha256)
+                metrics=results["metrics"], metric=metric, evaluation=identity,
+                margin=cfg.eval.promotion_margin, noise_z=cfg.eval.promotion_noise_z,
+                ranks=metric_ranks(results, metric), champion=champion,
+                weights_sha256=loaded.weights_sha256)
         except RegistryError as err:  # the results are kept: say where they are
             raise RegistryError(f"{err} (the evaluation itself is saved: {report_uri}; "
                                 "`vatt evaluate --no-promote` skips the gate)") from None
@@ -241,8 +296,14 @@ def run_evaluation(checkpoint: str, cfg: Config, overrides: Iterable[str] = (),
         log.info("  %s", line)
     for task, why in skipped.items():
         log.info("  %s: skipped, %s (eval.tasks_if_ingested)", task, why)
+
+    def data_for(model_cfg: Config, vocab_words: Optional[tuple[str, ...]], task: str,
+                 dataset: str) -> Mapping[str, Mapping[str, Any]]:
+        return build_eval_data_and_skipped(model_cfg, [task], {task: [dataset]},
+                                           vocab_words=vocab_words)[0]
+
     return evaluate_checkpoint(loaded, data, list(data), promote=promote, store=store,
-                               skipped=skipped)
+                               skipped=skipped, data_for=data_for)
 
 
 def outcome_summary(outcome: EvaluationOutcome) -> dict[str, Any]:
@@ -293,13 +354,18 @@ def run_evaluation_on_worker(checkpoint: str, cfg: Config, overrides: Iterable[s
 def describe_decision(decision: Decision) -> str:
     """The gate's decision in one line."""
     verdict = "promoted" if decision.promoted else "not promoted"
-    incumbent = ("nothing promoted before" if decision.promoted_value is None
-                 else f"promoted model {decision.promoted_value:.4f}")
+    if decision.promoted_value is not None:
+        incumbent = (f"promoted model {decision.promoted_value:.4f} "
+                     f"({decision.promoted_value_source}), margin {decision.margin:.4f}")
+    elif decision.reason.startswith("first model"):
+        incumbent = "nothing promoted before"
+    else:
+        incumbent = "no comparable number of the promoted model"
     return (f"{verdict}: {decision.metric} {decision.candidate_value:.4f} vs {incumbent} "
             f"({decision.reason})")
 
 
 __all__ = ["load_checkpoint_for_eval", "evaluate_checkpoint", "checkpoint_config",
            "run_evaluation", "describe_decision", "with_eval_overrides", "FROZEN_AT_EVALUATION",
-           "evaluation_identity", "LoadedCheckpoint", "EvaluationOutcome", "outcome_summary",
-           "run_evaluation_on_worker"]
+           "evaluation_identity", "remeasure_champion", "evaluation_config", "metric_ranks",
+           "LoadedCheckpoint", "EvaluationOutcome", "outcome_summary", "run_evaluation_on_worker"]

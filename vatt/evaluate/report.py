@@ -161,13 +161,14 @@ def write_report_folder(results: dict[str, Any], folder: str | Path,
     for key in ("checkpoint", "step", "config_name", "data_version", "seed"):
         if key in results:
             lines.append(f"- **{key}**: `{json.dumps(results[key])}`")
-    for task, used in sorted(((results.get("evaluation") or {}).get("data") or {}).items()):
-        if "@" not in task and any(k.startswith(f"{task}@") for k in
-                                   results["evaluation"]["data"]):
+    identity = (results.get("evaluation") or {}).get("tasks") or {}
+    for task, used in sorted(identity.items()):
+        if "@" not in task and any(k.startswith(f"{task}@") for k in identity):
             continue  # the task's first dataset, listed under its own key
-        hashes = ", ".join(f"{split} manifest {digest[:12] if digest else '?'}"
+        hashes = ", ".join(f"{split} clips {digest[:12] if digest else '?'}"
                            for split, digest in sorted(used["splits"].items()))
-        lines.append(f"- **{task}** evaluated on `{used['dataset']}` ({hashes})")
+        lines.append(f"- **{task}** evaluated on `{used['dataset']}` ({hashes}; evaluation "
+                     f"code {used['code']})")
     for task, why in sorted((results.get("skipped") or {}).items()):
         lines.append(f"- **{task}** skipped: {why}")
     rows = result_rows(results, promoted)
