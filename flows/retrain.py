@@ -24,7 +24,7 @@ from prefect import flow
 from flows.artifacts import (publish_data_version, publish_evaluation, publish_timing,
                              publish_training)
 from flows.ingest import ingest_data
-from flows.params import GitRev, Overrides, Preset, RunName, Source
+from flows.params import ConfigFile, GitRev, Overrides, Preset, RunName, Source
 from flows.pretrain import pinned_run_name
 from flows.tasks import (evaluate_checkpoint, pretrain_model, publish_data, pull_data,
                          read_promoted, resolve_config)
@@ -48,12 +48,15 @@ def timing_rows(seconds: dict[str, float], total: float) -> list[dict[str, Any]]
 @flow(name="retrain", description="Ingest or pull data, pretrain VATT, evaluate, promote")
 def retrain(preset: Preset = "tiny", overrides: Overrides = [], source: Source = "synthetic",
             source_path: Optional[str] = None, data_rev: Optional[GitRev] = None,
-            run_name: Optional[RunName] = None, promote: bool = True) -> dict[str, Any]:
-    """`overrides`: config KEY=VALUE entries for every step. `source`/`source_path`: what to
-    ingest into data.path; `data_rev`: instead, pull the data.dvc of that git revision.
-    `run_name`: the Ray Train run (default: pinned to this flow run)."""
+            run_name: Optional[RunName] = None, promote: bool = True,
+            config: Optional[ConfigFile] = None) -> dict[str, Any]:
+    """`overrides`: config KEY=VALUE entries (literal values) for every step. `config`: a whole
+    config as YAML on the machine running the flow (e.g. the best.yaml of `vatt sweep`), used
+    instead of `preset`. `source`/`source_path`: what to ingest into data.path; `data_rev`:
+    instead, pull the data.dvc of that git revision. `run_name`: the Ray Train run (default:
+    pinned to this flow run)."""
     started = time.perf_counter()
-    cfg = resolve_config(preset, overrides, run_name or pinned_run_name(preset))
+    cfg = resolve_config(preset, overrides, run_name or pinned_run_name(preset, config), config)
     seconds: dict[str, float] = {}
     if data_rev:
         pulled = pull_data(cfg, data_rev)

@@ -71,12 +71,16 @@ class _Timer:
 
 
 @task(name="load-config", cache_policy=NO_CACHE)
-def resolve_config(preset: str, overrides: list[str], run_name: Optional[str] = None) -> Config:
-    """The validated config; a bad key or value fails here, naming it, before any work."""
-    cfg = load_config(preset, list(overrides))
+def resolve_config(preset: str, overrides: list[str], run_name: Optional[str] = None,
+                   config_file: Optional[str] = None) -> Config:
+    """The validated config of `preset`, or of `config_file` (a whole config as YAML) instead;
+    a missing or unparseable file, a bad key or value fails here, naming it, before any work."""
+    cfg = load_config(config_file or preset, list(overrides))
     if run_name:
         cfg = replace(cfg, [f"train.run_name={run_name}"])
-    log.info("config: preset %s, overrides %s", preset, " ".join(overrides) or "none")
+    source = f"config file {config_file} (preset {preset} not read)" if config_file else \
+        f"preset {preset}"
+    log.info("config: %s, overrides %s", source, " ".join(overrides) or "none")
     return cfg
 
 

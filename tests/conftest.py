@@ -248,6 +248,12 @@ def vatt_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "vatt.cli"]
 
 
+# A unique stand-in secret in the environment of the session's `vatt pipeline`, as the storage
+# layer's key and as a VATT_* variable: tests/test_secrets.py finds it in nothing the run wrote
+SECRET_CANARY = "vatt-canary-" + secrets.token_hex(16)
+SECRET_CANARY_VARS = ("AWS_SECRET_ACCESS_KEY", "VATT_SECRET_CANARY")
+
+
 @dataclass(frozen=True)
 class PipelineRun:
     """A finished `vatt pipeline` in a scratch project: its folders and its console output."""
@@ -266,10 +272,12 @@ class PipelineRun:
 def default_pipeline(tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
     """`vatt pipeline` exactly as the README runs it (the main job: generated default dataset,
     `tiny` preset, full default budget, Prefect's ephemeral API, a local Ray), once per test
-    session; tests that need a finished pipeline share it."""
+    session, with SECRET_CANARY in its environment; tests that need a finished pipeline share
+    it."""
     project = make_project(tmp_path_factory.mktemp("pipeline-project"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RAY_ADDRESS"))}
     env["PREFECT_HOME"] = str(project / ".prefect")  # nothing of the user's Prefect home
+    env.update(dict.fromkeys(SECRET_CANARY_VARS, SECRET_CANARY))  # must not leak (test_secrets)
     done = subprocess.run([*vatt_command(), "pipeline"], cwd=project, env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=40 * 60)
     (project / "pipeline.log").write_text(done.stdout)

@@ -96,3 +96,72 @@ def test_relative_local_paths_are_made_absolute_and_urls_kept(tmp_path, monkeypa
     only = with_absolute_paths(cfg, root=tmp_path / "p", fields=("data.path",))
     assert only.data.path == str(tmp_path / "p" / "data") and only.eval.output_path == "../reports"
     assert "model.text.word2vec_path" in LOCAL_PATH_FIELDS
+
+
+# ---------------------------------------------------------------------------------------------
+# No secret leaves the environment: nothing that reaches a config is resolved against it
+
+CANARY = "canary-7f3a9c1e-not-a-real-key"
+
+
+@pytest.mark.parametrize("override", [
+    "eval.output_path=${oc.env:VATT_TEST_CANARY}",
+    "eval.datasets.action_linear=[ucf101,'${oc.env:VATT_TEST_CANARY}']",
+    "data.path=s3://bucket/${oc.env:VATT_TEST_CANARY}",
+    "eval.output_path=${data.path}",  # even a reference: an override is a literal value
+])
+def test_an_override_never_resolves_an_interpolation(override, monkeypatch):
+    from vatt.config import replace
+
+    monkeypatch.setenv("VATT_TEST_CANARY", CANARY)
+    key = override.partition("=")[0]
+    for apply in (lambda: load_config("tiny", ["train.seed=1", override]),
+                  lambda: replace(load_config("tiny"), [override])):
+        with pytest.raises(ConfigError) as refused:
+            apply()
+        message = str(refused.value)
+        assert f"override '{override}'" in message and f"{key}=VALUE" in message
+        assert "AWS_SECRET_ACCESS_KEY" in message  # how credentials reach the storage layer
+        assert CANARY not in message
+
+
+def test_a_config_file_may_refer_to_keys_but_calls_no_resolver(tmp_path, monkeypatch):
+    monkeypatch.setenv("VATT_TEST_CANARY", CANARY)
+    referring = tmp_path / "referring.yaml"
+    referring.write_text("train:\n  optim:\n    lr_peak: 3.0e-3\n    lr_end: ${train.optim.lr_peak}\n")
+    cfg = load_config(referring)
+    assert cfg.train.optim.lr_end == 3.0e-3  # config values only: saved resolved, no secret
+
+    for value in ("${oc.env:VATT_TEST_CANARY}", "s3://b/${oc.env:VATT_TEST_CANARY,x}",
+                  "${oc.decode:${oc.env:VATT_TEST_CANARY}}", "x${data.${oc.env:VATT_TEST_CANARY}}"):
+        calling = tmp_path / "calling.yaml"
+        calling.write_text(f"eval:\n  output_path: '{value}'\n")
+        with pytest.raises(ConfigError, match=r"calling\.yaml: eval\.output_path calls a resolver"
+                                              r".*AWS_SECRET_ACCESS_KEY") as refused:
+            load_config(calling)
+        assert CANARY not in str(refused.value)
+
+
+def test_a_config_file_that_is_missing_or_does_not_parse_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"config file .*best\.yaml does not exist.*best\.yaml "
+                                          r"of `vatt sweep`"):
+        load_config(tmp_path / "best.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml does not parse as YAML.*line 1"):
+        load_config(broken)
+    listed = tmp_path / "listed.yml"
+    listed.write_text("- model.sharing=agnostic\n")
+    with pytest.raises(ConfigError, match=r"listed\.yml holds a list, not a mapping"):
+        load_config(listed)
+
+
+def test_a_saved_whole_config_loads_back_as_it_was(tmp_path):
+    """What a sweep's best.yaml holds (to_yaml of the trial's config) is a config file."""
+    from vatt.config import to_yaml
+
+    cfg = load_config("tiny", ["model.video.drop_rate=0.25", "model.sharing=agnostic"])
+    saved = tmp_path / "best.yaml"
+    saved.write_text(to_yaml(cfg))
+    assert load_config(saved) == cfg
+    assert load_config(saved, ["train.seed=3"]).train.seed == 3

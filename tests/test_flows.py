@@ -130,7 +130,11 @@ def test_ingest_is_cached_on_its_input_and_redone_when_its_output_is_gone(
 
 BAD_PARAMETERS = [{"preset": "no-such-preset"}, {"promote": "maybe"},
                   {"overrides": "model.sharing=agnostic"}, {"overrides": ["model.video.drop_rate"]},
-                  {"data_rev": "--output=/etc/passwd"}]
+                  {"data_rev": "--output=/etc/passwd"},
+                  # an interpolation would be resolved from the worker's environment and saved
+                  {"overrides": ["eval.output_path=${oc.env:AWS_SECRET_ACCESS_KEY}"]},
+                  {"overrides": ["data.path=s3://b/$${oc.env:AWS_SECRET_ACCESS_KEY}"]},
+                  {"config": "best.json"}, {"config": "--help.yaml"}]
 
 
 def test_every_deployment_loads_its_flow_and_its_parameters_are_typed():
@@ -168,6 +172,45 @@ def test_every_deployment_loads_its_flow_and_its_parameters_are_typed():
             retrain.validate_parameters(parameters)
     assert retrain.validate_parameters({"preset": "tiny", "overrides": ["train.seed=1"]})[
         "overrides"] == ["train.seed=1"]
+    # a `$` that starts no interpolation is a literal; a config file is a path ending in .yaml
+    assert retrain.validate_parameters({"overrides": ["data.path=s3://b/$x$"],
+                                        "config": "sweeps/x/best.yaml"})["config"] == \
+        "sweeps/x/best.yaml"
+    pretrain = flows["flows.pretrain.pretrain"]
+    assert pretrain.validate_parameters({"config": "best.yml"})["config"] == "best.yml"
+    for flow in (retrain, pretrain):  # in process the refusal says how to pass the value
+        with pytest.raises(ParameterTypeError, match=r"eval\.output_path=VALUE.*AWS_SECRET_ACCESS_KEY"):
+            flow.validate_parameters({"overrides": ["eval.output_path=${oc.env:HOME}"]})
+
+
+def test_vatt_pipeline_takes_a_config_file_and_refuses_bad_input_before_prefect_starts(
+        tmp_path, monkeypatch, capsys):
+    """`vatt pipeline --config FILE` and `--preset PATH.yaml` become the retrain flow's `config`
+    (absolute: the run's record names the file); a missing or broken file, or an interpolation,
+    is refused before Prefect starts."""
+    from flows.pipeline import pipeline_parameters
+    from vatt.cli import main
+    from vatt.config import to_yaml
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "best.yaml").write_text(to_yaml(load_config("tiny", ["model.video.drop_rate=0.25"])))
+    parameters = pipeline_parameters("best.yaml", ["train.seed=2"])
+    assert parameters["config"] == str(tmp_path / "best.yaml") and parameters["preset"] == "tiny"
+    assert parameters["overrides"] == ["train.seed=2"]
+    assert pipeline_parameters("mbs")["preset"] == "mbs" and pipeline_parameters("mbs")["config"] is None
+
+    (tmp_path / "broken.yaml").write_text("model: {sharing: [\n")
+    monkeypatch.setenv("VATT_TEST_CANARY", "canary-0b1d-not-a-real-key")
+    refused = {("--config", "missing.yaml"): "missing.yaml: no such YAML file",
+               ("--preset", "missing.yaml"): "config file missing.yaml does not exist",
+               ("--config", "broken.yaml"): "broken.yaml does not parse as YAML",
+               ("eval.output_path=${oc.env:VATT_TEST_CANARY}",): "eval.output_path=VALUE",
+               ("--config", "best.yaml", "--source", "nope"): "source: Input should be"}
+    for argv, said in refused.items():
+        assert main(["pipeline", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert said in err and "canary-0b1d" not in err, err
+    assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
 
 
 def test_bad_parameters_are_rejected_before_any_work(prefect_api, tmp_path):
@@ -176,6 +219,7 @@ def test_bad_parameters_are_rejected_before_any_work(prefect_api, tmp_path):
     from prefect.exceptions import PrefectHTTPStatusError
 
     from flows.deployments import build_deployments
+    from flows.pretrain import pretrain
     from flows.retrain import retrain
 
     deployment = next(d for d in build_deployments(schedules=False) if d.name == "weekly")
@@ -197,6 +241,44 @@ def test_bad_parameters_are_rejected_before_any_work(prefect_api, tmp_path):
     runs = task_runs(state.state_details.flow_run_id)
     assert set(runs) == {"load-config"} and runs["load-config"].state.is_failed()
     assert list(tmp_path.iterdir()) == []
+
+    # a config file that is not there, or does not parse, is refused the same way
+    broken = tmp_path.parent / f"{tmp_path.name}-broken.yaml"
+    broken.write_text("train: {optim: [\n")
+    for flow, config, said in ((retrain, tmp_path / "best.yaml", "best.yaml does not exist"),
+                               (pretrain, broken, "broken.yaml does not parse as YAML")):
+        state = flow(config=str(config), overrides=[f"train.storage_path={tmp_path}"],
+                     return_state=True)
+        assert state.is_failed() and said in state.message, state.message
+        runs = task_runs(state.state_details.flow_run_id)
+        assert set(runs) == {"load-config"} and runs["load-config"].state.is_failed()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sweeps_best_yaml_trains_through_the_pretrain_flow(prefect_api, default_pipeline,
+                                                             tmp_path):
+    """`config=` a whole config as a sweep writes it (best.yaml: to_yaml of the best trial's
+    config) trains as is through Prefect; the overrides apply on top, the run is named after
+    the file."""
+    import yaml
+
+    from flows.pretrain import pretrain
+    from vatt.config import to_yaml
+
+    best = load_config("tiny", ["model.video.drop_rate=0.25", "model.audio.drop_rate=0.75",
+                                "model.heads.vt_dim=32", f"data.path={default_pipeline.data}"])
+    (tmp_path / "best.yaml").write_text(to_yaml(best))
+    state = pretrain(config=str(tmp_path / "best.yaml"), return_state=True, overrides=[
+        f"train.storage_path={tmp_path / 'runs'}", "train.num_workers=1",
+        "train.cpus_per_worker=1", "train.global_batch_size=4", "train.optim.total_steps=2",
+        "train.optim.warmup_steps=1", "train.log_every=1", "train.checkpoint_every=2",
+        "train.validation.every=0"])
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result["run_name"].startswith("best-")  # pinned to the flow run, named for the file
+    saved = yaml.safe_load(next((tmp_path / "runs").glob("best-*/checkpoint_*/config.yaml")).read_text())
+    assert saved["model"] == yaml.safe_load(to_yaml(best))["model"]  # the file's model, as is
+    assert saved["train"]["optim"]["total_steps"] == 2  # and the override on top
 
 
 def test_transient_object_store_fault_is_retried_and_the_run_succeeds(

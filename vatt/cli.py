@@ -8,19 +8,20 @@ import sys
 from pathlib import Path
 
 
-def _add_config_args(parser: argparse.ArgumentParser, config_file: bool = True) -> None:
-    which = parser.add_mutually_exclusive_group() if config_file else parser
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_mutually_exclusive_group()
     which.add_argument("--preset", default="tiny",
                        help="config preset under configs/ (tiny, bbs, mbs, lbs, ma-medium) or a YAML path")
-    if config_file:
-        which.add_argument("--config", default=None, metavar="FILE",
-                           help="a whole config as YAML (e.g. the best.yaml of `vatt sweep`), "
-                                "instead of a preset")
-        which.add_argument("--config-env", default=None, metavar="VAR",
-                           help="a whole config as YAML in this environment variable (how a "
-                                "RayJob of `vatt submit` carries its config)")
+    which.add_argument("--config", default=None, metavar="FILE",
+                       help="a whole config as YAML (e.g. the best.yaml of `vatt sweep`), "
+                            "instead of a preset; ${oc.env:...} and other resolvers are refused")
+    which.add_argument("--config-env", default=None, metavar="VAR",
+                       help="a whole config as YAML in this environment variable (how a "
+                            "RayJob of `vatt submit` carries its config)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="dotlist overrides, e.g. model.video.drop_rate=0.25")
+                        help="dotlist overrides, e.g. model.video.drop_rate=0.25 (literal values: "
+                             "${...} interpolations are refused; credentials come from the "
+                             "environment, e.g. AWS_SECRET_ACCESS_KEY)")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -152,7 +153,16 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     from vatt.config import load_config
 
     load_config(args.preset, args.overrides)  # a bad key fails here, before Prefect starts
-    from flows.pipeline import run_pipeline
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.pipeline import pipeline_parameters, run_pipeline
+
+    try:  # what the flow would refuse is refused before Prefect starts too
+        pipeline_parameters(args.preset, args.overrides, source=args.source,
+                            source_path=args.path, promote=not args.no_promote)
+    except ParameterTypeError as err:
+        print(f"vatt pipeline: {err}", file=sys.stderr)
+        return 2
 
     state, result, seconds = run_pipeline(args.preset, args.overrides, source=args.source,
                                           source_path=args.path, promote=not args.no_promote)
@@ -344,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline = sub.add_parser("pipeline", help="the main job: the Prefect `retrain` flow end to "
                                                "end (ingest, pretrain, evaluate, promote) on "
                                                "Prefect's ephemeral API and a local Ray")
-    _add_config_args(pipeline, config_file=False)  # the flow's preset parameter is typed
+    _add_config_args(pipeline)  # --config FILE (or --preset FILE) is the flow's `config`
     pipeline.add_argument("--source", default="synthetic",
                           help="what to ingest (default: the generated default dataset)")
     pipeline.add_argument("--path", default=None, help="the source folder or s3:// prefix")

@@ -546,24 +546,98 @@ def _check_values(cfg: Config) -> None:
         )
 
 
+# Interpolations and secrets. OmegaConf resolves `${oc.env:VAR}` when the config object is built,
+# and that object is what the platform saves (the checkpoint's config.yaml, the registry, reports,
+# Prefect artifacts, a RayJob's config): a resolved environment variable would be written into
+# all of them, readable by anyone who can start a run. So nothing that reaches a config resolves
+# the environment: overrides (CLI, flow parameters, the UI) take no `${...}` at all, and a
+# preset or config file may only refer to other config keys (`${train.optim.lr_peak}`, config
+# values, saved resolved), never call a resolver (`${oc.env:...}`, `${oc.decode:...}`, ...).
+CREDENTIALS_HINT = (
+    "credentials are never config: the storage layer reads AWS_ACCESS_KEY_ID / "
+    "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, a mounted Secret) from the environment itself, and "
+    "storage.endpoint_url falls back to AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL")
+# `${` then, before the interpolation closes, a `:`: a resolver call, nested ones included
+_RESOLVER_CALL = re.compile(r"\$\{[^}:]*:")
+
+
+def check_override(item: str) -> None:
+    """Refuse an override that holds an interpolation: it would be resolved (from the
+    environment, for `${oc.env:...}`) and the value saved with the run."""
+    if "${" in item:
+        key = item.partition("=")[0]
+        raise ConfigError(
+            f"override '{item}': interpolations (${{...}}) are not resolved in overrides, because "
+            "the resolved value would be saved with the run (its config, the registry, reports, "
+            f"Prefect artifacts). Give the value itself, e.g. {key}=VALUE; {CREDENTIALS_HINT}")
+
+
+def _strings(node: Any, path: str = "") -> list[tuple[str, str]]:
+    """(dotted key, value) of every string under a plain container."""
+    if isinstance(node, dict):
+        return [found for key, value in node.items()
+                for found in _strings(value, f"{path}.{key}" if path else str(key))]
+    if isinstance(node, list):
+        return [found for i, value in enumerate(node) for found in _strings(value, f"{path}[{i}]")]
+    return [(path, node)] if isinstance(node, str) else []
+
+
+def _load_file(path: Path) -> DictConfig:
+    """A preset or config file, parsed but not resolved; a resolver call in it is refused."""
+    import yaml
+
+    try:
+        loaded = OmegaConf.load(path)
+    except (yaml.YAMLError, OmegaConfBaseException) as err:
+        first = str(err).strip().splitlines()
+        raise ConfigError(f"config file {path} does not parse as YAML ({' '.join(first[:3])}); "
+                          "fix it, or write a fresh one with `vatt sweep` (best.yaml)") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read: {err}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"config file {path} holds a list, not a mapping of "
+                          "config keys (model:, data:, train:, ...)")
+    calls = [key for key, value in _strings(OmegaConf.to_container(loaded, resolve=False))
+             if _RESOLVER_CALL.search(value)]
+    if calls:
+        verb = "calls" if len(calls) == 1 else "call"
+        raise ConfigError(
+            f"config file {path}: {', '.join(calls[:5])} {verb} a resolver (e.g. ${{oc.env:...}}); "
+            "a config file is not resolved against the environment, because the value would be "
+            "saved with the run (its config, the registry, reports). Write the value itself "
+            f"(a reference to another config key, ${{train.optim.lr_peak}}, is fine); "
+            f"{CREDENTIALS_HINT}")
+    return loaded
+
+
 def load_config(preset: str | Path = "tiny", overrides: list[str] | None = None) -> Config:
     """Build the validated config: defaults <- preset YAML <- dotlist overrides.
 
-    `preset` is a name under configs/ (`tiny`, `mbs`, ...) or a path to a YAML file.
+    `preset` is a name under configs/ (`tiny`, `mbs`, ...) or a path to a YAML file (a whole
+    config, e.g. a sweep's best.yaml). Nothing is resolved against the environment (above).
     Returns a `Config` dataclass instance (attribute access, typed).
     """
     schema = OmegaConf.structured(Config)
+    for item in overrides or []:
+        check_override(item)
     path = Path(preset)
-    if path.suffix not in (".yaml", ".yml"):
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            where = "" if path.is_absolute() else f" (in {Path.cwd()})"
+            raise ConfigError(
+                f"config file {path} does not exist{where}; "
+                "give the path of a YAML config (e.g. the best.yaml of `vatt sweep`) or a "
+                f"preset name: {', '.join(available_presets())}")
+    else:
         path = CONFIG_DIR / f"{preset}.yaml"
-    if not path.exists():
-        raise ConfigError(
-            f"unknown preset '{preset}': no file {path}. Available presets: "
-            f"{', '.join(available_presets())}, or give the path of a YAML file"
-        )
+        if not path.exists():
+            raise ConfigError(
+                f"unknown preset '{preset}': no file {path}. Available presets: "
+                f"{', '.join(available_presets())}, or give the path of a YAML file"
+            )
     merged = schema
     try:
-        merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        merged = OmegaConf.merge(merged, _load_file(path))
     except OmegaConfBaseException as err:
         raise _explain(err, schema, f"preset {path.name}") from None
     try:
@@ -609,7 +683,9 @@ def from_dict(data: dict[str, Any]) -> Config:
 
 def replace(cfg: Config, overrides: list[str]) -> Config:
     """A copy of `cfg` with dotlist overrides applied (used by sweeps and flows); an unknown
-    key or a wrong type is a ConfigError naming it."""
+    key or a wrong type is a ConfigError naming it; an interpolation is refused (check_override)."""
+    for item in overrides:
+        check_override(item)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as err:
@@ -645,5 +721,5 @@ __all__ = [
     "EncoderConfig", "BackboneSharing", "DropTokenSampling", "CropStyle", "Precision",
     "load_config", "available_presets", "to_dict", "to_yaml", "from_dict", "replace",
     "with_absolute_paths", "LOCAL_PATH_FIELDS", "StorageConfig", "ClusterConfig", "TrainingTarget",
-    "Accelerator", "CleanupPolicy",
+    "Accelerator", "CleanupPolicy", "check_override", "CREDENTIALS_HINT",
 ]
