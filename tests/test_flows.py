@@ -5,6 +5,7 @@ what needs no server: every deployment's flow loads and its typed parameters ref
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -168,6 +169,72 @@ def test_every_deployment_loads_its_flow_and_its_parameters_are_typed():
             retrain.validate_parameters(parameters)
     assert retrain.validate_parameters({"preset": "tiny", "overrides": ["train.seed=1"]})[
         "overrides"] == ["train.seed=1"]
+
+
+def _schedules(client, name: str) -> list[tuple[str, str, bool]]:
+    return sorted((s.schedule.cron, s.schedule.timezone or "", s.active)
+                  for s in client.read_deployment_by_name(name).schedules)
+
+
+def test_schedules_edited_in_the_ui_survive_a_restart_of_serve(prefect_api, tmp_path):
+    """`vatt serve` registers prefect.yaml's deployments at every start: the schedules a user
+    edited in the UI (here through the same API calls the UI makes) stay as edited, and an edit
+    of prefect.yaml's schedules still reaches the server. Scratch deployment names, so that the
+    session's served `weekly` is left alone."""
+    import yaml
+    from prefect import get_client
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.exceptions import ObjectNotFound
+
+    from flows.deployments import PREFECT_YAML, build_deployments, register, served_entries
+
+    spec = yaml.safe_load(PREFECT_YAML.read_text())
+    spec["deployments"] = [dict(entry, name=f"{entry['name']}-schedules-test")
+                           for entry in spec["deployments"]
+                           if entry["name"] in ("weekly", "on-demand") and not entry.get("work_pool")]
+    path = tmp_path / "prefect.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    weekly, on_demand = "retrain/weekly-schedules-test", "ingest/on-demand-schedules-test"
+
+    def start_serve(paused: bool = False) -> None:
+        # what `vatt serve` does before serving, then `serve`'s own registration of the same
+        for deployment in register(build_deployments(path, paused=paused), served_entries(path)):
+            deployment.apply()
+
+    with get_client(sync_client=True) as client:
+        try:
+            start_serve()
+            assert _schedules(client, weekly) == [("0 3 * * 1", "UTC", True)]
+            assert _schedules(client, on_demand) == []
+            # the UI: the weekly schedule moved and paused, a schedule added to on-demand
+            deployment = client.read_deployment_by_name(weekly)
+            client.update_deployment_schedule(
+                deployment.id, deployment.schedules[0].id, active=False,
+                schedule=CronSchedule(cron="30 5 * * 2", timezone="Europe/Paris"))
+            client.create_deployment_schedules(client.read_deployment_by_name(on_demand).id,
+                                               [(CronSchedule(cron="0 0 1 * *"), True)])
+            start_serve()  # a restart
+            assert _schedules(client, weekly) == [("30 5 * * 2", "Europe/Paris", False)]
+            assert _schedules(client, on_demand) == [("0 0 1 * *", "", True)]
+
+            # prefect.yaml's cron edited: the newer decision, for that deployment only
+            spec["deployments"][0]["schedules"][0]["cron"] = "0 4 * * 1"
+            path.write_text(yaml.safe_dump(spec))
+            start_serve()
+            assert _schedules(client, weekly) == [("0 4 * * 1", "UTC", True)]
+            assert _schedules(client, on_demand) == [("0 0 1 * *", "", True)]
+
+            # deleted in the UI: stays deleted; `vatt serve --no-schedules`: paused, kept
+            deployment = client.read_deployment_by_name(weekly)
+            client.delete_deployment_schedule(deployment.id, deployment.schedules[0].id)
+            start_serve(paused=True)
+            assert _schedules(client, weekly) == []
+            assert client.read_deployment_by_name(on_demand).paused
+            assert _schedules(client, on_demand) == [("0 0 1 * *", "", True)]
+        finally:
+            for name in (weekly, on_demand):
+                with contextlib.suppress(ObjectNotFound):
+                    client.delete_deployment(client.read_deployment_by_name(name).id)
 
 
 def test_bad_parameters_are_rejected_before_any_work(prefect_api, tmp_path):
