@@ -96,7 +96,9 @@ def test_the_pipelines_retrain_ran_every_step_and_shows_its_results(prefect_api,
     decision = json.loads(registry.read_text())["decisions"][0]
     assert decision["promoted"] and decision["checkpoint"] == str(default_pipeline.checkpoint)
     assert "promoted" in shown["vatt-gate"].data and decision["reason"] in shown["vatt-gate"].data
-    assert f"({default_pipeline.checkpoint.as_uri()})" in shown["vatt-checkpoint"].data
+    # a local path is no URL the UI can open: shown as text, not as a file:// link
+    assert f"`{default_pipeline.checkpoint}`" in shown["vatt-checkpoint"].data
+    assert all("](" not in shown[key].data for key in ("vatt-checkpoint", "vatt-report-folder"))
     # the library's logs (training progress) are in the run's logs
     logs = run_logs(flow_run_id)
     total = train.optim.total_steps
@@ -169,6 +171,36 @@ def test_every_deployment_loads_its_flow_and_its_parameters_are_typed():
             retrain.validate_parameters(parameters)
     assert retrain.validate_parameters({"preset": "tiny", "overrides": ["train.seed=1"]})[
         "overrides"] == ["train.seed=1"]
+
+
+def test_locations_are_links_only_when_a_browser_opens_them(prefect_api, tmp_path):
+    """A checkpoint, a report folder or a data version: an http(s) URL is a link; a local path
+    or an s3:// URI (the UI cannot open file:// or s3://) is shown as text. (Prefect stores a
+    link artifact as Markdown, `[text](url)`, so the data says which it is.)"""
+    from prefect import flow, get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.artifacts import publish_location
+
+    local = tmp_path / "run `odd`" / "checkpoint_00000300"
+    cases = {"vatt-test-http": "https://store.example/vatt/report/index.html",
+             "vatt-test-s3": "s3://vatt/runs/tiny-1/checkpoint_00000300",
+             "vatt-test-local": str(local)}
+
+    @flow(name="publish-locations-test")
+    def publish_all() -> None:  # artifacts belong to a run (outside one is deprecated)
+        for key, uri in cases.items():
+            publish_location(key, uri, "Latest checkpoint", "test")
+
+    publish_all()
+    with get_client(sync_client=True) as client:
+        found = {a.key: a for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=list(cases))))}
+    assert found["vatt-test-http"].data == f"[Latest checkpoint]({cases['vatt-test-http']})"
+    assert f"`{cases['vatt-test-s3']}`" in found["vatt-test-s3"].data
+    assert f"`` {local} ``" in found["vatt-test-local"].data  # a path with backticks stays whole
+    for key in ("vatt-test-s3", "vatt-test-local"):  # no link at all
+        assert "](" not in found[key].data and "file://" not in found[key].data
 
 
 def _schedules(client, name: str) -> list[tuple[str, str, bool]]:
