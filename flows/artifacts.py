@@ -1,10 +1,14 @@
 """What a run shows in the Prefect UI: tables, the report with its plots, the gate's decision
-and links to the checkpoint, the report and the data version.
+and where the checkpoint, the report and the data version are.
 
 Keys are stable (`vatt-metrics`, `vatt-report`, ...), so the UI's artifact page of a key shows
 its history across runs. Prefect 3.9's image artifact takes a URL, which a report in a local
 folder or a private bucket does not have; the plots are therefore put inside the Markdown as
 data URIs (`![...](data:image/png;base64,...)`), which the UI renders as images.
+
+Locations (the checkpoint, the report folder, the data version, best.yaml) are links only when
+they are URLs a browser opens (http, https); a local path or an s3:// URI, which the UI cannot
+open, is shown as text in a Markdown artifact of the same key (`publish_location`).
 """
 
 from __future__ import annotations
@@ -32,9 +36,31 @@ KEYS = {"ingest": "vatt-ingest", "training": "vatt-training", "metrics": "vatt-m
 _IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)")
 
 
-def link_for(uri: str) -> str:
-    """A URL for a local path or an s3:// URI."""
-    return uri if "://" in uri else Path(uri).resolve().as_uri()
+def opens_in_a_browser(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def _code(text: str) -> str:
+    """`text` as a Markdown code span (fenced past any backticks it holds)."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    return f"{fence} {text} {fence}" if longest else f"{fence}{text}{fence}"
+
+
+def location_markdown(title: str, uri: str) -> str:
+    """The Markdown of a location the UI cannot open: its title and the path or URI as text."""
+    where = uri if "://" in uri else str(Path(uri).resolve())
+    kind = "in object storage" if "://" in uri else "on the machine that ran the flow"
+    return f"# {title}\n\n{_code(where)}\n\n({kind}; not a URL the browser can open)"
+
+
+def publish_location(key: str, uri: str, title: str, description: str) -> None:
+    """A link artifact for a URL a browser opens, else a Markdown artifact naming `uri`."""
+    if opens_in_a_browser(uri):
+        create_link_artifact(key=key, link=uri, link_text=title, description=description)
+    else:
+        create_markdown_artifact(key=key, markdown=location_markdown(title, uri),
+                                 description=description)
 
 
 def _join(folder: str, name: str) -> str:
@@ -67,20 +93,17 @@ def publish_ingest(summaries: list[dict[str, Any]], version: Optional[dict[str, 
     create_table_artifact(key=KEYS["ingest"], table=rows,
                           description="Ingested datasets (vatt.data.ingest)")
     if version and version.get("version"):
-        create_link_artifact(key=KEYS["data_version"], link=link_for("data.dvc"),
-                             link_text=f"data version {version['version']}",
-                             description=version["message"])
+        publish_location(KEYS["data_version"], "data.dvc", f"data version {version['version']}",
+                         version["message"])
 
 
 @task(name="publish-data-version", cache_policy=NO_CACHE, **transient_retries)
 def publish_data_version(record: dict[str, Any]) -> None:
     """The published data version a cluster job read (vatt.data.publish)."""
-    create_link_artifact(
-        key=KEYS["data_version"], link=record["uri"],
-        link_text=f"data version {record['version']}",
-        description=(f"The data the cluster's jobs read: {record.get('files', '?')} files, "
-                     f"immutable under {record['uri']} ({record.get('uploaded', 0)} uploaded by "
-                     "this run)"))
+    publish_location(
+        KEYS["data_version"], record["uri"], f"data version {record['version']}",
+        (f"The data the cluster's jobs read: {record.get('files', '?')} files, immutable under "
+         f"{record['uri']} ({record.get('uploaded', 0)} uploaded by this run)"))
 
 
 @task(name="publish-training", cache_policy=NO_CACHE, **transient_retries)
@@ -109,8 +132,8 @@ def publish_training(cfg: Config, trained: dict[str, Any]) -> None:
                              markdown=inline_images("\n".join(lines), trained["run_uri"], store),
                              description="Pretraining losses")
     if trained["checkpoint"]:
-        create_link_artifact(key=KEYS["checkpoint"], link=link_for(trained["checkpoint"]),
-                             link_text=trained["checkpoint"], description="Latest checkpoint")
+        publish_location(KEYS["checkpoint"], trained["checkpoint"], "Latest checkpoint",
+                         "Latest checkpoint")
 
 
 def metrics_table(results: dict[str, Any],
@@ -156,14 +179,12 @@ def publish_evaluation(cfg: Config, evaluated: dict[str, Any],
                              description="Evaluation report with its plots")
     create_markdown_artifact(key=KEYS["gate"], markdown=gate_markdown(evaluated["decision"], promoted),
                              description="The promotion gate's decision and its reason")
-    create_link_artifact(key=KEYS["report_link"], link=link_for(evaluated["report"]),
-                         link_text=evaluated["report"], description="Report folder")
+    publish_location(KEYS["report_link"], evaluated["report"], "Report folder", "Report folder")
     version = evaluated.get("data_version") or {}
     md5 = version.get("md5") if isinstance(version, dict) else None
     if md5:
-        create_link_artifact(key=KEYS["data_version"], link=link_for(version.get("data_path", ".")),
-                             link_text=f"data version {md5}",
-                             description="The data the evaluated model was trained on")
+        publish_location(KEYS["data_version"], version.get("data_path", "."),
+                         f"data version {md5}", "The data the evaluated model was trained on")
 
 
 @task(name="publish-timing", cache_policy=NO_CACHE, **transient_retries)
@@ -174,7 +195,8 @@ def publish_timing(rows: list[dict[str, Any]]) -> None:
 
 
 __all__ = ["publish_ingest", "publish_training", "publish_evaluation", "publish_timing",
-           "metrics_table", "gate_markdown", "inline_images", "KEYS"]
+           "metrics_table", "gate_markdown", "inline_images", "publish_location",
+           "location_markdown", "KEYS"]
 
 
 @task(name="publish-sweep", cache_policy=NO_CACHE)
@@ -194,6 +216,6 @@ def publish_sweep(swept: dict[str, Any]) -> None:
     create_markdown_artifact(key=KEYS["sweep_report"], markdown=markdown,
                              description="Sweep results and the speed/accuracy trade-off")
     if "best.yaml" in files:
-        create_link_artifact(key=KEYS["sweep_best"], link=link_for(swept["uris"]["best.yaml"]),
-                             link_text="best.yaml (vatt pretrain --config best.yaml)",
-                             description="the config of the best trial")
+        publish_location(KEYS["sweep_best"], swept["uris"]["best.yaml"],
+                         "best.yaml (vatt pretrain --config best.yaml)",
+                         "the config of the best trial")

@@ -5,6 +5,7 @@ what needs no server: every deployment's flow loads and its typed parameters ref
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -95,7 +96,9 @@ def test_the_pipelines_retrain_ran_every_step_and_shows_its_results(prefect_api,
     decision = json.loads(registry.read_text())["decisions"][0]
     assert decision["promoted"] and decision["checkpoint"] == str(default_pipeline.checkpoint)
     assert "promoted" in shown["vatt-gate"].data and decision["reason"] in shown["vatt-gate"].data
-    assert f"({default_pipeline.checkpoint.as_uri()})" in shown["vatt-checkpoint"].data
+    # a local path is no URL the UI can open: shown as text, not as a file:// link
+    assert f"`{default_pipeline.checkpoint}`" in shown["vatt-checkpoint"].data
+    assert all("](" not in shown[key].data for key in ("vatt-checkpoint", "vatt-report-folder"))
     # the library's logs (training progress) are in the run's logs
     logs = run_logs(flow_run_id)
     total = train.optim.total_steps
@@ -211,6 +214,102 @@ def test_vatt_pipeline_takes_a_config_file_and_refuses_bad_input_before_prefect_
         err = capsys.readouterr().err
         assert said in err and "canary-0b1d" not in err, err
     assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
+
+
+def test_locations_are_links_only_when_a_browser_opens_them(prefect_api, tmp_path):
+    """A checkpoint, a report folder or a data version: an http(s) URL is a link; a local path
+    or an s3:// URI (the UI cannot open file:// or s3://) is shown as text. (Prefect stores a
+    link artifact as Markdown, `[text](url)`, so the data says which it is.)"""
+    from prefect import flow, get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.artifacts import publish_location
+
+    local = tmp_path / "run `odd`" / "checkpoint_00000300"
+    cases = {"vatt-test-http": "https://store.example/vatt/report/index.html",
+             "vatt-test-s3": "s3://vatt/runs/tiny-1/checkpoint_00000300",
+             "vatt-test-local": str(local)}
+
+    @flow(name="publish-locations-test")
+    def publish_all() -> None:  # artifacts belong to a run (outside one is deprecated)
+        for key, uri in cases.items():
+            publish_location(key, uri, "Latest checkpoint", "test")
+
+    publish_all()
+    with get_client(sync_client=True) as client:
+        found = {a.key: a for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=list(cases))))}
+    assert found["vatt-test-http"].data == f"[Latest checkpoint]({cases['vatt-test-http']})"
+    assert f"`{cases['vatt-test-s3']}`" in found["vatt-test-s3"].data
+    assert f"`` {local} ``" in found["vatt-test-local"].data  # a path with backticks stays whole
+    for key in ("vatt-test-s3", "vatt-test-local"):  # no link at all
+        assert "](" not in found[key].data and "file://" not in found[key].data
+
+
+def _schedules(client, name: str) -> list[tuple[str, str, bool]]:
+    return sorted((s.schedule.cron, s.schedule.timezone or "", s.active)
+                  for s in client.read_deployment_by_name(name).schedules)
+
+
+def test_schedules_edited_in_the_ui_survive_a_restart_of_serve(prefect_api, tmp_path):
+    """`vatt serve` registers prefect.yaml's deployments at every start: the schedules a user
+    edited in the UI (here through the same API calls the UI makes) stay as edited, and an edit
+    of prefect.yaml's schedules still reaches the server. Scratch deployment names, so that the
+    session's served `weekly` is left alone."""
+    import yaml
+    from prefect import get_client
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.exceptions import ObjectNotFound
+
+    from flows.deployments import PREFECT_YAML, build_deployments, register, served_entries
+
+    spec = yaml.safe_load(PREFECT_YAML.read_text())
+    spec["deployments"] = [dict(entry, name=f"{entry['name']}-schedules-test")
+                           for entry in spec["deployments"]
+                           if entry["name"] in ("weekly", "on-demand") and not entry.get("work_pool")]
+    path = tmp_path / "prefect.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    weekly, on_demand = "retrain/weekly-schedules-test", "ingest/on-demand-schedules-test"
+
+    def start_serve(paused: bool = False) -> None:
+        # what `vatt serve` does before serving, then `serve`'s own registration of the same
+        for deployment in register(build_deployments(path, paused=paused), served_entries(path)):
+            deployment.apply()
+
+    with get_client(sync_client=True) as client:
+        try:
+            start_serve()
+            assert _schedules(client, weekly) == [("0 3 * * 1", "UTC", True)]
+            assert _schedules(client, on_demand) == []
+            # the UI: the weekly schedule moved and paused, a schedule added to on-demand
+            deployment = client.read_deployment_by_name(weekly)
+            client.update_deployment_schedule(
+                deployment.id, deployment.schedules[0].id, active=False,
+                schedule=CronSchedule(cron="30 5 * * 2", timezone="Europe/Paris"))
+            client.create_deployment_schedules(client.read_deployment_by_name(on_demand).id,
+                                               [(CronSchedule(cron="0 0 1 * *"), True)])
+            start_serve()  # a restart
+            assert _schedules(client, weekly) == [("30 5 * * 2", "Europe/Paris", False)]
+            assert _schedules(client, on_demand) == [("0 0 1 * *", "", True)]
+
+            # prefect.yaml's cron edited: the newer decision, for that deployment only
+            spec["deployments"][0]["schedules"][0]["cron"] = "0 4 * * 1"
+            path.write_text(yaml.safe_dump(spec))
+            start_serve()
+            assert _schedules(client, weekly) == [("0 4 * * 1", "UTC", True)]
+            assert _schedules(client, on_demand) == [("0 0 1 * *", "", True)]
+
+            # deleted in the UI: stays deleted; `vatt serve --no-schedules`: paused, kept
+            deployment = client.read_deployment_by_name(weekly)
+            client.delete_deployment_schedule(deployment.id, deployment.schedules[0].id)
+            start_serve(paused=True)
+            assert _schedules(client, weekly) == []
+            assert client.read_deployment_by_name(on_demand).paused
+            assert _schedules(client, on_demand) == [("0 0 1 * *", "", True)]
+        finally:
+            for name in (weekly, on_demand):
+                with contextlib.suppress(ObjectNotFound):
+                    client.delete_deployment(client.read_deployment_by_name(name).id)
 
 
 def test_bad_parameters_are_rejected_before_any_work(prefect_api, tmp_path):

@@ -28,10 +28,14 @@ a local copy of the results and Tune's console output (`tune.log`) is kept in th
 Resuming: `vatt sweep` on an output that holds a sweep restores it (`Tuner.restore`, reading
 Tune's state from there, from any machine and folder): finished trials are not run again;
 unfinished and failed ones start again, and as each trial's Train run is named after its trial
-id, it resumes from its last checkpoint. Ray does not save ASHA's
-rungs, so after a resume the scheduler has forgotten the scores of the trials before it: a
-resumed trial is compared only with trials that report after the resume, and so a resumed
-sweep stops fewer trials early than an uninterrupted one would (never more).
+id, it resumes from its last checkpoint. What resume does not promise is the same early
+stopping: Ray 2.60 saves the search algorithm's state with the experiment but not the
+scheduler's, so the restored ASHA starts with empty rungs. Trials it stopped before the
+interruption stay stopped (they are finished); a restored trial's first report is compared at
+the highest rung at or below its step, and only with the scores reported after the resume.
+ASHA's cutoff at a rung is a quantile of the scores recorded there so far, so with a different
+set of scores a resumed sweep may stop a trial that an uninterrupted one would have kept, or
+keep one it would have stopped.
 """
 
 from __future__ import annotations

@@ -370,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--limit", type=int, default=None,
                        help="most flow runs at once from this process (default: no limit)")
     serve.add_argument("--no-schedules", action="store_true",
-                       help="serve without the schedules (runs only when triggered)")
+                       help="serve with the deployments paused: their schedules stay on "
+                            "the server, none runs (runs only when triggered)")
     serve.set_defaults(handler=_cmd_serve)
 
     deploy = sub.add_parser("deploy", help="register the deployments of prefect.yaml on the "
