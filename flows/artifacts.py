@@ -157,7 +157,9 @@ def gate_markdown(decision: Optional[dict[str, Any]], promoted: Optional[dict[st
         "| | value |", "|---|---|",
         f"| metric | `{decision['metric']}` |",
         f"| this model | {_fmt(decision['candidate_value'])} |",
-        f"| promoted model before | {_fmt(before) if before is not None else 'none'} |",
+        f"| promoted model before | {_fmt(before) if before is not None else 'none'}"
+        + (f" ({decision.get('promoted_value_source')})" if before is not None else "") + " |",
+        f"| margin | {_fmt(decision.get('margin', 0.0))} |",
         f"| promoted model | {incumbent} |",
         f"| candidate | `{decision['checkpoint']}` |",
         f"| time | {decision['time']} |"])

@@ -96,6 +96,7 @@ def test_the_pipelines_retrain_ran_every_step_and_shows_its_results(prefect_api,
     decision = json.loads(registry.read_text())["decisions"][0]
     assert decision["promoted"] and decision["checkpoint"] == str(default_pipeline.checkpoint)
     assert "promoted" in shown["vatt-gate"].data and decision["reason"] in shown["vatt-gate"].data
+    assert f"| margin | {decision['margin']:.4f} |" in shown["vatt-gate"].data
     # a local path is no URL the UI can open: shown as text, not as a file:// link
     assert f"`{default_pipeline.checkpoint}`" in shown["vatt-checkpoint"].data
     assert all("](" not in shown[key].data for key in ("vatt-checkpoint", "vatt-report-folder"))
