@@ -381,12 +381,12 @@ def read_ucf101(root: Path, cfg: IngestConfig) -> SourceIndex:
         if not parts:
             continue
         where = f"{class_file}:{line_no}"
+        if len(parts) != 2:
+            raise LayoutError(f"{where}: expected '<index> <ClassName>', got {line!r}")
         try:
-            if len(parts) != 2:
-                raise ValueError(f"expected '<index> <ClassName>', got {line!r}")
             number = bounds.number(parts[0], "index", 1, bounds.MAX_CLASSES, where, integer=True)
         except ValueError as err:
-            raise LayoutError(f"{where}: {err}") from None
+            raise LayoutError(str(err)) from None
         if number in names:
             raise LayoutError(f"{where}: class index {number} is also {names[number]!r}; each "
                               "index must appear once")
@@ -654,13 +654,13 @@ def read_mit(root: Path, cfg: IngestConfig) -> SourceIndex:
         if not line.strip():
             continue
         name, _, number = line.rpartition(",")
+        if not name:
+            raise LayoutError(f"{categories}:{line_no}: expected '<name>,<index>', got {line!r}")
         try:
-            if not name:
-                raise ValueError(f"expected '<name>,<index>', got {line!r}")
             index_of = bounds.number(number.strip(), "index", 0, bounds.MAX_CLASSES - 1,
                                      f"{categories}:{line_no}", integer=True)
         except ValueError as err:
-            raise LayoutError(f"{categories}:{line_no}: {err}") from None
+            raise LayoutError(str(err)) from None
         names[index_of] = name.strip()
     if sorted(names) != list(range(len(names))):
         raise LayoutError(f"{categories}: class indices must be 0..{len(names) - 1}, each once")
