@@ -57,7 +57,8 @@ import numpy as np
 from vatt.config import Config, StorageConfig
 from vatt.data.media import MediaDecoder, MediaError, encode_video, encode_wav, load_image
 from vatt.data.pool import WorkerDied, map_in_processes
-from vatt.data.sources import READERS, SOURCES, ClipSpec, LayoutError, SourceIndex, WorkItem
+from vatt.data.sources import (READERS, SOURCES, ClipSpec, LayoutError, SourceIndex, UnsafePath,
+                               WorkItem, inside)
 
 # bump when the shard content changes for the same input (2: clip folds; 3: records name their
 # reader and dataset and say whether they are an image, AudioSet's lists and hold-out val split)
@@ -65,7 +66,7 @@ FORMAT_VERSION = 3
 # a dataset name is a folder under OUT and the first part of every clip_id
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_\-]{0,63}")
 # the code that decides what an ingest writes: a change to it is a change of output
-_INGEST_CODE = ("ingest.py", "sources.py", "media.py", "synthetic.py")
+_INGEST_CODE = ("ingest.py", "sources.py", "bounds.py", "media.py", "synthetic.py")
 
 log = logging.getLogger("vatt.data")
 
@@ -591,6 +592,29 @@ def build_vocabulary(out: Path, max_size: int) -> Optional[Path]:
     return path
 
 
+def _usable_items(items: list[WorkItem], root: Path) -> tuple[list[WorkItem], list[dict]]:
+    """The items whose media is a file under `root` and whose shard key no earlier item has
+    (keys become member names: `a.b` and `a_b` would both be `a_b`), and a quarantine entry
+    for each other one. Readers check paths already; this holds for any SourceIndex, and runs
+    before anything reads a media file (the fingerprint hashes them)."""
+    usable, refused, keys = [], [], {}
+    for item in items:
+        try:
+            inside(root, item.media)
+        except UnsafePath as err:
+            refused.append({"item": item.media, "kind": "media", "reason": str(err)})
+            continue
+        key = _safe_key(item.key)
+        if key in keys:
+            refused.append({"item": item.media, "kind": "media", "reason": f"duplicate key: "
+                            f"{item.key!r} gives the clip key {key!r} that {keys[key]} has "
+                            "already; rename one of the two"})
+            continue
+        keys[key] = item.media
+        usable.append(item)
+    return usable, refused
+
+
 def ingest_index(cfg: Config, index: SourceIndex, root: Path, out: Path, name: str,
                  progress: bool = True, source: Optional[str] = None) -> dict:
     """Write shards, manifest, report and vocabularies for an indexed source into dataset
@@ -610,7 +634,8 @@ def ingest_index(cfg: Config, index: SourceIndex, root: Path, out: Path, name: s
     shard_dir = target / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     per_shard = max(1, cfg.data.ingest.media_per_shard)
-    items = sorted(index.items, key=lambda it: (it.split, it.key))
+    usable, refused = _usable_items(index.items, root)
+    items = sorted(usable, key=lambda it: (it.split, it.key))
     tasks, reused = [], []
     for split in sorted({it.split for it in items}):
         split_items = [it for it in items if it.split == split]
@@ -648,7 +673,7 @@ def ingest_index(cfg: Config, index: SourceIndex, root: Path, out: Path, name: s
             stale.unlink()
     results.sort(key=lambda r: r[0].name)
 
-    clips, bad = [], [{"kind": "row", **b} for b in index.bad] + died
+    clips, bad = [], [{"kind": "row", **b} for b in index.bad] + refused + died
     for shard, sidecar in results:
         for record in sidecar["clips"]:
             clips.append({**record, "shard": f"shards/{shard.name}"})

@@ -68,6 +68,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from vatt.config import Config, CropStyle, StorageConfig
+from vatt.data import bounds
 from vatt.data.media import decode_video, decode_wav
 
 STRING_COLUMNS = ("clip_id", "video_id")
@@ -109,7 +110,17 @@ def _read_bytes(uri: str, storage: Optional[StorageConfig] = None) -> bytes:
 
 
 def read_manifest(root: str, dataset: str, storage: Optional[StorageConfig] = None) -> dict:
-    return json.loads(_read_bytes(_join(root, dataset, "manifest.json"), storage))
+    uri = _join(root, dataset, "manifest.json")
+    try:
+        manifest = json.loads(_read_bytes(uri, storage))
+    except ValueError as err:
+        raise DataError(f"{uri}: not valid JSON ({err}); re-ingest the dataset or `dvc pull` "
+                        "it again") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("clips"), list) or \
+            not isinstance(manifest.get("splits"), dict):
+        raise DataError(f"{uri}: not a manifest vatt ingest writes (it needs 'splits' and "
+                        "'clips'); re-ingest the dataset")
+    return manifest
 
 
 def manifest_sha256(root: str, dataset: str, storage: Optional[StorageConfig] = None) -> str:
@@ -165,37 +176,82 @@ _MEMBER_NAME = re.compile(r"^[A-Za-z0-9_\-]+\.(json|mp4|wav)$")  # what vatt ing
 
 def _read_shard(row: dict, root: str, dataset: str, clip_index: dict,
                 checksums: Optional[dict] = None,
-                storage: Optional[StorageConfig] = None) -> list[dict]:
+                storage: Optional[StorageConfig] = None,
+                shard_clips: Optional[dict] = None) -> list[dict]:
     """The clips of one shard. Every member must be a plain file with a name ingest writes
-    (no paths, no '..') and, with `checksums` (clip_id -> {ext: sha256}, from the manifest),
-    match its manifest checksum: a corrupt or tampered shard is an error, not training data."""
+    (no paths, no '..'), once; with `checksums` (clip_id -> {ext: sha256}, from the manifest)
+    every member of every clip must have a manifest checksum and match it (the `.json` record
+    too), before anything of it is parsed: a corrupt, tampered or extended shard is an error,
+    not training data. With `shard_clips` (shard -> the clip_ids the manifest puts in it), a
+    clip missing from the shard is an error too."""
     uri = _join(root, dataset, row["shard"])
     data = _read_bytes(uri, storage)
     clips: dict[str, dict] = {}
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        for member in tar.getmembers():
-            if not member.isfile() or not _MEMBER_NAME.match(member.name):
-                raise DataError(f"{uri}: member {member.name!r} is not a clip file vatt ingest "
-                                "writes (<key>.json/.mp4/.wav); the shard is not ours or was "
-                                "tampered with: re-ingest the dataset")
-            key, ext = member.name.split(".", 1)
-            clips.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            for member in tar.getmembers():
+                if not member.isfile() or not _MEMBER_NAME.match(member.name):
+                    raise DataError(f"{uri}: member {member.name!r} is not a clip file vatt "
+                                    "ingest writes (<key>.json/.mp4/.wav); the shard is not ours "
+                                    "or was tampered with: re-ingest the dataset")
+                key, ext = member.name.split(".", 1)
+                if ext in clips.get(key, {}):
+                    raise DataError(f"{uri}: member {member.name!r} appears twice; the shard was "
+                                    "tampered with: re-ingest the dataset")
+                clips.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    except tarfile.TarError as err:
+        raise DataError(f"{uri}: not a readable tar ({err}); re-ingest the dataset or `dvc "
+                        "pull` it again") from None
+    clip_ids = {clip_id.split("/", 1)[-1]: clip_id for clip_id in (checksums or {})}
+    if shard_clips is not None:
+        absent = sorted(set(shard_clips.get(row["shard"], [])) - {clip_ids.get(k) for k in clips})
+        if absent:
+            raise DataError(f"{uri}: the manifest lists {len(absent)} clip(s) this shard does "
+                            f"not hold ({absent[0]!r}, ...); the shard was changed after ingest: "
+                            "re-ingest the dataset")
     rows = []
     for key, parts in clips.items():
-        record = json.loads(parts["json"])
-        expected = (checksums or {}).get(record["clip_id"])
         if checksums is not None:
-            if expected is None:
-                raise DataError(f"{uri}: clip {record['clip_id']!r} is not in the manifest; "
-                                "re-ingest the dataset")
-            for ext, digest in expected.items():
-                if hashlib.sha256(parts.get(ext, b"")).hexdigest() != digest:
-                    raise DataError(f"{uri}: {key}.{ext} does not match the manifest's sha256 "
-                                    "(corrupt or changed after ingest); re-ingest the dataset")
+            clip_id = clip_ids.get(key)
+            if clip_id is None:
+                raise DataError(f"{uri}: clip {key!r} is not in the manifest; re-ingest the "
+                                "dataset")
+            _verify_members(uri, key, parts, checksums[clip_id])
+        if "json" not in parts:
+            raise DataError(f"{uri}: clip {key!r} has no {key}.json record; re-ingest the "
+                            "dataset")
+        try:
+            record = json.loads(parts["json"])
+            clip_id = record["clip_id"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise DataError(f"{uri}: {key}.json is not a clip record ({err!r}); re-ingest the "
+                            "dataset") from None
+        if checksums is not None and clip_id != clip_ids[key]:
+            raise DataError(f"{uri}: {key}.json says it is clip {clip_id!r}, the manifest says "
+                            f"{clip_ids[key]!r}; re-ingest the dataset")
         rows.append({"record": json.dumps(record), "mp4": parts.get("mp4", b""),
                      "wav": parts.get("wav", b""),
-                     "clip_index": clip_index.get(record["clip_id"], -1)})
+                     "clip_index": clip_index.get(clip_id, -1)})
     return rows
+
+
+def _verify_members(uri: str, key: str, parts: dict[str, bytes], expected: dict) -> None:
+    """A clip's members against its manifest checksums: the same members (none added, none
+    missing; the `.json` record is one of them) with the same bytes."""
+    if "json" not in expected:
+        raise DataError(f"{uri}: the manifest has no checksum for {key}.json, so the clip's "
+                        "record cannot be verified (a manifest not written by this version of "
+                        "vatt ingest, or edited); re-ingest the dataset")
+    if set(parts) != set(expected):
+        added = sorted(set(parts) - set(expected))
+        missing = sorted(set(expected) - set(parts))
+        raise DataError(f"{uri}: clip {key!r} has members {sorted(parts)} but the manifest has "
+                        f"checksums for {sorted(expected)} (added: {added}, missing: "
+                        f"{missing}); the shard was changed after ingest: re-ingest the dataset")
+    for ext, digest in sorted(expected.items()):
+        if hashlib.sha256(parts[ext]).hexdigest() != digest:
+            raise DataError(f"{uri}: {key}.{ext} does not match the manifest's sha256 "
+                            "(corrupt or changed after ingest); re-ingest the dataset")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,11 +429,44 @@ def _window_starts(num_frames: int, spec: ClipSpec, rng: Optional[np.random.Gene
     return [int(round(x)) for x in np.linspace(0, last, spec.num_windows)]
 
 
+def _checked_record(record: dict, spec: ClipSpec) -> dict:
+    """A clip record with the numbers the loader uses checked against vatt.data.bounds (fps and
+    frame count size the window index, labels index the class list): a DataError naming the
+    field, the value, the bound and the clip otherwise."""
+    where = f"clip {record.get('clip_id', '?')!r}"
+    try:
+        fps = bounds.number(record["fps"], "fps", bounds.MIN_FPS, bounds.MAX_FPS, where)
+        span = bounds.number(record["end"], "end", 0, bounds.MAX_MEDIA_SECONDS, where) - \
+            bounds.number(record["start"], "start", 0, bounds.MAX_MEDIA_SECONDS, where)
+        # ingest stores frames round(start * fps) to round(end * fps)
+        most = min(bounds.MAX_CLIP_FRAMES, max(1, math.ceil(span * fps) + 1))
+        frames = bounds.number(record["num_frames"], "num_frames", 0, most, where, integer=True)
+        top = spec.num_classes - 1
+        label = bounds.number(record.get("label", -1), "label", -1, top, where, integer=True)
+        labels = record.get("labels", [])
+        if not isinstance(labels, list):
+            raise bounds.OutOfBounds(f"{where}: labels must be a list, got {labels!r}")
+        labels = [bounds.number(x, "labels[]", 0, top, where, integer=True) for x in labels]
+        fold = bounds.number(record.get("fold", 0), "fold", 0, bounds.MAX_FOLD, where,
+                             integer=True)
+        captions = record["captions"]
+        if not isinstance(captions, list):
+            raise bounds.OutOfBounds(f"{where}: captions must be a list, got {captions!r}")
+        captions = [bounds.text(c, "captions[]", where) for c in captions]
+    except KeyError as err:
+        raise DataError(f"{where}: the clip record has no {err}; re-ingest the dataset") from None
+    except ValueError as err:
+        raise DataError(f"{err} (the clip record is not what vatt ingest writes, or the "
+                        "dataset's class list changed): re-ingest the dataset") from None
+    return {**record, "fps": fps, "num_frames": frames, "label": label, "labels": labels,
+            "fold": fold, "captions": captions}
+
+
 def decode_clip(row: dict, spec: ClipSpec) -> list[dict]:
     """One stored clip -> one row per window with the model's inputs (schema: module doc)."""
-    record = json.loads(row["record"])
+    record = _checked_record(json.loads(row["record"]), spec)
     rng = np.random.default_rng() if spec.training else None
-    fps_ratio = spec.fps / float(record["fps"])
+    fps_ratio = spec.fps / record["fps"]
     audio = None
     if len(row["wav"]):
         audio, rate = decode_wav(row["wav"])
@@ -504,8 +593,12 @@ def build_dataset(cfg: Config, split: str, training: bool, dataset: str = "synth
     shards = manifest["splits"][split]["shards"]
     index = {c["clip_id"]: i for i, c in enumerate(manifest["clips"])}
     wanted = set(shards)
-    checksums = {c["clip_id"]: c["sha256"] for c in manifest["clips"]
-                 if c.get("shard") in wanted and "sha256" in c}
+    checksums, shard_clips = {}, {}
+    for clip in manifest["clips"]:
+        if clip.get("shard") in wanted:
+            # every clip of the split is verified; one without checksums cannot be
+            checksums[clip["clip_id"]] = clip.get("sha256") or {}
+            shard_clips.setdefault(clip["shard"], []).append(clip["clip_id"])
     if num_crops < 1:
         raise ValueError(f"num_crops={num_crops}: evaluation needs at least one crop per window")
     words = tuple(vocab_words) if vocab_words is not None else load_vocab_words(root, cfg.storage)
@@ -516,8 +609,8 @@ def build_dataset(cfg: Config, split: str, training: bool, dataset: str = "synth
     elif shard_seed is not None:
         ds = ds.randomize_block_order(seed=shard_seed)
     ds = ds.flat_map(partial(_read_shard, root=root, dataset=dataset, clip_index=index,
-                             storage=cfg.storage,
-                             checksums=checksums))
+                             storage=cfg.storage, checksums=checksums,
+                             shard_clips=shard_clips))
     return ds.flat_map(partial(decode_clip, spec=spec))
 
 
