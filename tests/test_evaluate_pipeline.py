@@ -264,7 +264,7 @@ def test_a_changed_split_re_measures_the_promoted_model(checkpoint, tmp_path):
     assert decision.promoted_value_source == "re-measured", decision
     assert decision.promoted_value == pytest.approx(
         champion_on_new["text_video_retrieval.MRR"], abs=1e-6)
-    assert decision.margin >= 0.08  # the tiny preset's measured noise, or more
+    assert decision.margin >= 0.06  # the tiny preset's measured noise, or more
     # (these seeds: 0.514 vs the promoted model's 0.386 on the new split, beyond two paired
     # standard errors of its 6 queries)
     assert decision.promoted and "re-measured on this evaluation's data" in decision.reason
