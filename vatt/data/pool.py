@@ -274,7 +274,8 @@ def map_in_processes(fn: Callable[[Any], Any], tasks: Sequence[Any], workers: in
                     if done:
                         done()
                 elif (deadline_s is not None and worker.index is not None
-                      and time.monotonic() - worker.heard >= deadline_s):
+                      and time.monotonic() - worker.heard >= deadline_s
+                      and not worker.conn.poll()):  # (a word since the wait: read it first)
                     # alive but stuck: killed (SIGTERM ends even a loop in C), not run again
                     index = worker.index
                     pool.remove(worker)
