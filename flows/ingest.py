@@ -3,7 +3,9 @@
 
 Ingestion is cached across flow runs on what determines its output (the source, its input
 files, the ingest settings and code: vatt.data.ingest.source_fingerprint), so a second run on
-unchanged input does no work; a cached ingest whose output was deleted runs again.
+unchanged input does no work. A cache hit is checked against the data folder: when its
+manifests are not the ones the cached run wrote (deleted, edited, or a `dvc pull` of another
+data revision), the ingest runs again.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from prefect import flow
 
 from flows.artifacts import publish_data_version, publish_ingest
 from flows.params import DatasetName, Overrides, Preset, Source
-from flows.tasks import (fingerprint_source, ingest_source, publish_data, resolve_config,
-                         version_data)
+from flows.tasks import (fingerprint_source, ingest_source, ingested_data, publish_data,
+                         resolve_config, version_data)
 from vatt.config import Config
 
 log = logging.getLogger("vatt.flows")
@@ -27,8 +29,6 @@ def ingest_data(cfg: Config, source: str, path: Optional[str], version: bool = T
     """The steps of an ingest inside any flow: fingerprint, ingest (cached), version, publish.
     `name`: the dataset folder under data.path (default: the source's name).
     Returns {"summaries", "version", "cached", "seconds": {stage: s}}."""
-    from vatt.data.ingest import missing_outputs
-
     out = cfg.data.path
     fingerprint = fingerprint_source(cfg, source, path, out, name)
     state = ingest_source(cfg, source, path, out, fingerprint["fingerprint"], name,
@@ -36,9 +36,13 @@ def ingest_data(cfg: Config, source: str, path: Optional[str], version: bool = T
     ingested = state.result()
     cached = state.is_completed() and state.name == "Cached"
     if cached:
-        missing = missing_outputs(source, out, name)
-        if missing:
-            log.info("ingest cached, but its output is gone (%s): ingesting again", missing[0])
+        now = ingested_data(source, out, name)
+        changed = sorted(folder for folder, digest in now.items()
+                         if digest is None or digest != ingested.get("data", {}).get(folder))
+        if changed:
+            log.info("ingest cached, but the data is not what it wrote (%s/%s/manifest.json "
+                     "%s: a dvc pull of another revision, an edit or a deletion): ingesting "
+                     "again", out, changed[0], "is gone" if now[changed[0]] is None else "differs")
             ingested = ingest_source.with_options(refresh_cache=True)(
                 cfg, source, path, out, fingerprint["fingerprint"], name)
             cached = False

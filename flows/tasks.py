@@ -100,8 +100,24 @@ def fingerprint_source(cfg: Config, source: str, path: Optional[str], out: str,
     return {"fingerprint": fingerprint, "seconds": timer.seconds}
 
 
+def ingested_data(source: str, out: str, name: Optional[str] = None) -> dict[str, Optional[str]]:
+    """{manifest: its SHA-256, None when it is not there} of the datasets an ingest of `source`
+    writes into `out`: what the data folder holds now. A manifest lists every clip with its
+    members' checksums, so this sees any change of the data (a `dvc pull` of another revision
+    included) while reading a few small files, not the shards."""
+    from vatt.data.ingest import ingested_names
+    from vatt.data.loader import manifest_sha256
+
+    return {folder: manifest_sha256(out, folder)
+            if (Path(out) / folder / "manifest.json").is_file() else None
+            for folder in ingested_names(source, name)}
+
+
 def _ingest_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    # what determines the output, nothing else (not Prefect's per-run default)
+    # what determines the output, nothing else (not Prefect's per-run default); the data the
+    # cached run wrote is in its result ("data"), checked against the folder on a hit
+    # (flows.ingest.ingest_data): a key over the folder's content before the run could not
+    # hit on the run after, as the run itself changes it
     return f"vatt-ingest-{parameters['fingerprint']}"
 
 
@@ -111,12 +127,14 @@ def ingest_source(cfg: Config, source: str, path: Optional[str], out: str,
                   fingerprint: str, name: Optional[str] = None) -> dict[str, Any]:
     """Ingest into dataset folder `name` (default: the source's; cached on `fingerprint`,
     which covers the name: a second run on unchanged input and settings is a cache hit and
-    does no work). Returns the summaries and the seconds spent."""
+    does no work). Returns the summaries, the seconds spent and the data written
+    (`ingested_data`: its manifests' digests)."""
     from vatt.data.ingest import ingest
 
     with _Timer() as timer:
         summaries = ingest(cfg, source, path, out, progress=False, name=name)
-    return {"summaries": summaries, "seconds": timer.seconds, "fingerprint": fingerprint}
+    return {"summaries": summaries, "seconds": timer.seconds, "fingerprint": fingerprint,
+            "data": ingested_data(source, out, name)}
 
 
 @task(name="version-data", cache_policy=NO_CACHE, **transient_retries)
@@ -227,7 +245,8 @@ def config_summary(cfg: Config) -> dict[str, Any]:
             "workers": cfg.train.num_workers, "data": str(Path(cfg.data.path))}
 
 
-__all__ = ["resolve_config", "fingerprint_source", "ingest_source", "version_data", "pull_data",
+__all__ = ["resolve_config", "fingerprint_source", "ingest_source", "ingested_data",
+           "version_data", "pull_data",
            "publish_data",
            "pretrain_model", "read_promoted", "evaluate_checkpoint", "StageTime",
            "transient_retries", "retry_transient", "config_summary"]

@@ -109,27 +109,47 @@ def test_the_pipelines_retrain_ran_every_step_and_shows_its_results(prefect_api,
     assert {"ingest", "pretrain", "evaluate", "prefect overhead", "total"} <= stages
 
 
-def test_ingest_is_cached_on_its_input_and_redone_when_its_output_is_gone(
+def test_ingest_is_cached_on_its_input_and_redone_when_its_output_is_gone_or_changed(
         prefect_api, default_pipeline):
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
     from flows.ingest import ingest
 
     overrides = [f"data.path={default_pipeline.data}"]
 
-    def ingest_state():
+    def ingest_states():
+        """The flow's result and its ingest task runs' states, in order."""
         state = ingest(overrides=overrides, return_state=True)
         assert state.is_completed(), state.message
-        return task_runs(state.state_details.flow_run_id)["ingest"].state, state.result()
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+        runs = sorted((run for run in runs if run.name.rsplit("-", 1)[0] == "ingest"),
+                      key=lambda run: run.expected_start_time)
+        return [run.state.name for run in runs], state.result()
 
-    ingest_state()  # cached or not, depending on what ran before in this session
-    again, result = ingest_state()
-    assert again.name == "Cached" and result["cached"] is True
+    ingest_states()  # cached or not, depending on what ran before in this session
+    again, result = ingest_states()
+    assert again == ["Cached"] and result["cached"] is True
     assert result["seconds"]["ingest"] == 0.0
 
     manifest = default_pipeline.data / "synthetic-esc50" / "manifest.json"
     saved = manifest.read_bytes()
     manifest.unlink()
-    redone, result = ingest_state()
+    redone, result = ingest_states()
+    assert redone == ["Cached", "Completed"]  # the hit, checked and refused, then the ingest
     assert result["cached"] is False and manifest.read_bytes() == saved  # byte-identical again
+
+    # the manifest of another data revision, as a `dvc pull` of it writes (one clip fewer):
+    # the input is unchanged, but the data is not what the cached run wrote
+    pulled = json.loads(saved)
+    pulled["clips"] = pulled["clips"][:-1]
+    manifest.write_text(json.dumps(pulled, sort_keys=True, indent=1))
+    redone, result = ingest_states()
+    assert redone == ["Cached", "Completed"] and result["cached"] is False
+    assert manifest.read_bytes() == saved
+    assert ingest_states()[0] == ["Cached"]  # and the next run is a hit again
 
 
 BAD_PARAMETERS = [{"preset": "no-such-preset"}, {"promote": "maybe"},

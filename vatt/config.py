@@ -148,6 +148,10 @@ class IngestConfig:
     video_qmax: int = 4
     media_per_shard: int = 16  # raw media files per shard (a shard is the unit of re-use)
     num_workers: int = 2  # processes decoding and encoding
+    # seconds a raw file's decode may go without decoding anything (a frame or audio block; a
+    # slow real file does so many times a second) before its worker is killed and the file
+    # quarantined: a decoder stuck in a loop, a read that never returns
+    decode_timeout_s: float = 300.0
     max_bad_fraction: float = 0.1  # fail the run when a larger share of items is quarantined
     ucf101_split: int = 1  # trainlist0N/testlist0N
     esc50_test_fold: int = 5  # the other folds train
@@ -516,6 +520,12 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(
             f"data.ingest.holdout_fraction={holdout} is outside [0, 1): it is the share of the "
             "training items held out as split val (0.1 holds out a tenth; 0 none)")
+    timeout = cfg.data.ingest.decode_timeout_s
+    if not timeout > 0:
+        raise ConfigError(
+            f"data.ingest.decode_timeout_s={timeout} must be positive: it is how long a raw "
+            "file's decode may go without decoding anything before the file is quarantined "
+            "(300 s by default; raise it for media on a very slow filesystem)")
     if cfg.eval.finetune_test_crops < 1:
         raise ConfigError(
             f"eval.finetune_test_crops={cfg.eval.finetune_test_crops}: fine-tuning tests on at "

@@ -34,7 +34,9 @@ so an ingest's memory does not grow with the length of its files (an hour of vid
 whole at 224 px would take about 10 GB); the clip files wait in a spool on disk until their raw
 file has decoded to its end (a truncated file gives no clip), then go into the shard's tar.
 Shards are written by a pool of worker processes (`vatt.data.pool`) that survives a worker's
-death: its shard is written again, or its files are quarantined if it dies twice.
+death: its shard is written again, or its files are quarantined if it dies twice. A decode that
+goes data.ingest.decode_timeout_s without decoding anything (a stuck decoder, a hung read) has
+its worker killed and its file quarantined; the shard is written again without it.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ import numpy as np
 
 from vatt.config import Config, StorageConfig
 from vatt.data.media import MediaDecoder, MediaError, encode_video, encode_wav, load_image
-from vatt.data.pool import WorkerDied, map_in_processes
+from vatt.data.pool import TimedOut, WorkerDied, map_in_processes, working_on
 from vatt.data.sources import (READERS, SOURCES, ClipSpec, LayoutError, SourceIndex, UnsafePath,
                                WorkItem, inside)
 
@@ -476,6 +478,7 @@ def _process_item(root: Path, dataset: dict, item: WorkItem, params: dict,
                     return quarantined(str(err))
                 except Exception as err:  # a decoder fault on one file must not stop the run
                     return quarantined(f"unreadable: {type(err).__name__}: {err}")
+                working_on(item.media)  # decoded something: restarts the deadline
                 window.add(frames, samples)
                 while decoder.lasts_at_least >= _settled_end(item, done, params):
                     spec, caption_times = _settled_clip(item, done, params)
@@ -527,6 +530,7 @@ def _process_shard(task: dict) -> dict:
     records, bad = [], []
     with _shard_tar(shard_path) as tar:
         for item in task["items"]:
+            working_on(item.media)  # the deadline (data.ingest.decode_timeout_s) is this file's
             r, b = _process_item(root, task["dataset"], item, task["params"], tar)
             records += r
             bad += b
@@ -534,6 +538,13 @@ def _process_shard(task: dict) -> dict:
                "clips": records, "bad": bad}
     shard_path.with_suffix(".json").write_text(json.dumps(sidecar, sort_keys=True, indent=1))
     return sidecar
+
+
+def _stuck_reason(timed_out: TimedOut) -> str:
+    return (f"stuck: its decode went {timed_out.seconds:g} s without decoding anything "
+            f"(data.ingest.decode_timeout_s={timed_out.seconds:g}), so its worker was killed: a "
+            "decoder in a loop or a read that never returns. If the file is only slow to read, "
+            "raise data.ingest.decode_timeout_s")
 
 
 def _fingerprint(root: Path, items: list[WorkItem], params: dict) -> str:
@@ -651,21 +662,30 @@ def ingest_index(cfg: Config, index: SourceIndex, root: Path, out: Path, name: s
                               "items": group, "params": params, "fingerprint": fingerprint})
     results = list(reused)
     bar = tqdm(total=len(tasks), desc=f"ingest {name}", unit="shard", disable=not progress)
-    workers = min(cfg.data.ingest.num_workers, len(tasks))
-    died: list[dict] = []  # items of shards whose worker process died (quarantined)
-    if workers > 1:
-        for task, sidecar in zip(tasks, map_in_processes(_process_shard, tasks, workers,
-                                                         done=bar.update)):
+    died: list[dict] = []  # items whose worker process died twice or got stuck (quarantined)
+    pending = tasks
+    while pending:  # always in worker processes: a stuck decode needs a process to kill
+        retry = []
+        for task, sidecar in zip(pending, map_in_processes(
+                _process_shard, pending, min(cfg.data.ingest.num_workers, len(pending)),
+                done=bar.update, deadline_s=cfg.data.ingest.decode_timeout_s)):
             if isinstance(sidecar, WorkerDied):
                 died += [{"item": item.media, "kind": "media", "reason": sidecar.reason}
                          for item in task["items"]]
                 Path(task["shard"]).unlink(missing_ok=True)
+            elif isinstance(sidecar, TimedOut):
+                stuck = [it for it in task["items"] if it.media == sidecar.note] or task["items"]
+                died += [{"item": item.media, "kind": "media", "reason": _stuck_reason(sidecar)}
+                         for item in stuck]
+                rest = [it for it in task["items"] if it not in stuck]
+                Path(task["shard"]).unlink(missing_ok=True)
+                if rest:  # the shard without the stuck file; a later run tries it whole again
+                    retry.append({**task, "items": rest,
+                                  "fingerprint": f"{task['fingerprint']}-without-stuck-files"})
             else:
                 results.append((Path(task["shard"]), sidecar))
-    else:
-        for task in tasks:
-            results.append((Path(task["shard"]), _process_shard(task)))
-            bar.update()
+        bar.total += len(retry)
+        pending = retry
     bar.close()
     keep = {p.name for p, _ in results} | {p.with_suffix(".json").name for p, _ in results}
     for stale in shard_dir.iterdir():  # shards of an earlier, different input

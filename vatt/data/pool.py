@@ -19,6 +19,14 @@ worker holds no file descriptor but its own pipe's end, so a killed worker's pip
 as closed. Ctrl-C and SIGTERM are handled once, by the parent (workers ignore SIGINT and end on
 SIGTERM); on any exit of `map_in_processes` every worker is ended and reaped, and a worker whose
 parent is gone ends by itself (its pipe closes). A forkserver that dies is started again.
+
+Nor does it hang on a worker that is alive but stuck (a decoder in a loop, a read that never
+returns), when given a deadline (`deadline_s`): a task calls `working_on(note)` as it goes (the
+ingest: at each raw file and each decoded piece of it), which restarts its deadline and names
+what it is on; a worker that passes its deadline without a word is killed, and the task's
+result is a `TimedOut` with the last note (the stuck file), so the caller can quarantine that
+and go on. A timed-out task is not run again (a stuck decode would be stuck again). Without a
+deadline a task may take as long as it takes (the generated dataset: no outside input).
 """
 
 from __future__ import annotations
@@ -37,6 +45,9 @@ from typing import Any, Callable, Optional, Sequence
 _PRELOAD = ["vatt.data.ingest", "vatt.data.synthetic", "torch", "torchaudio"]
 _STOP_WAIT_S = 5.0  # how long a worker asked to stop may take before it is killed
 _START_ATTEMPTS = 3  # a worker's start fails when the forkserver has just been killed
+_PROGRESS_EVERY_S = 1.0  # a task's progress on the same note is sent at most this often
+# what a worker sends: (task index, one of these, payload)
+_PROGRESS, _DONE, _FAILED = "progress", "done", "failed"
 
 
 @dataclass
@@ -46,6 +57,15 @@ class WorkerDied:
     reason: str
 
 
+@dataclass
+class TimedOut:
+    """The result of a task whose worker went `seconds` without progress and was killed;
+    `note`: what the task last said it was on (`working_on`), None if it never said."""
+
+    note: Optional[str]
+    seconds: float
+
+
 class RemoteTraceback(Exception):
     """The traceback of an exception raised by a task in a worker (its `__cause__`)."""
 
@@ -53,9 +73,34 @@ class RemoteTraceback(Exception):
         return "\n" + self.args[0]
 
 
+# in a worker, while it runs a task: its pipe, the task's index, the last note and when it was sent
+_running: Optional[tuple[Connection, int]] = None
+_last_progress: tuple[Optional[str], float] = (None, 0.0)
+
+
+def working_on(note: str) -> None:
+    """Called by a task as it goes: it is alive and on `note` (e.g. the file it decodes), which
+    restarts its deadline. Cheap enough to call per decoded frame (the same note is sent at
+    most once a second); outside a pool worker it does nothing."""
+    global _last_progress
+    if _running is None:
+        return
+    now = time.monotonic()
+    if _last_progress[0] == note and now - _last_progress[1] < _PROGRESS_EVERY_S:
+        return
+    conn, index = _running
+    try:
+        conn.send((index, _PROGRESS, note))
+    except (BrokenPipeError, ConnectionResetError):  # the parent is gone: the reply finds out
+        return
+    _last_progress = (note, now)
+
+
 def _worker(conn: Connection, fn: Callable[[Any], Any]) -> None:
-    """A worker's life: receive (index, task), send (index, ok, result or error), until the
-    parent sends None or its end of the pipe closes."""
+    """A worker's life: receive (index, task), send (index, _DONE, result) or (index, _FAILED,
+    (error, traceback)), with (index, _PROGRESS, note) while the task runs, until the parent
+    sends None or its end of the pipe closes."""
+    global _running, _last_progress
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled once, by the parent
     # no inherited handler (an orchestrator's, e.g. Prefect's, raises): a worker just ends
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -67,17 +112,21 @@ def _worker(conn: Connection, fn: Callable[[Any], Any]) -> None:
         if message is None:
             return
         index, task = message
+        _running, _last_progress = (conn, index), (None, 0.0)
         try:
-            reply = (index, True, fn(task))
+            reply = (index, _DONE, fn(task))
         except BaseException as err:
-            reply = (index, False, (err, traceback.format_exc()))
+            reply = (index, _FAILED, (err, traceback.format_exc()))
+        finally:
+            _running = None
         try:
             conn.send(reply)
         except (pickle.PicklingError, TypeError, AttributeError) as err:
             # a result or exception that cannot travel: say so, with the original traceback
-            text = reply[2][1] if not reply[1] else ""
-            conn.send((index, False, (RuntimeError(
-                f"the task's {'result' if reply[1] else 'exception'} cannot be sent back from "
+            failed = reply[1] == _FAILED
+            text = reply[2][1] if failed else ""
+            conn.send((index, _FAILED, (RuntimeError(
+                f"the task's {'exception' if failed else 'result'} cannot be sent back from "
                 f"the worker process ({type(err).__name__}: {err})"), text)))
         except (BrokenPipeError, ConnectionResetError):  # the parent is gone
             return
@@ -106,6 +155,8 @@ class _Worker:
             finally:
                 child_end.close()  # the worker's end lives in the worker alone: its death closes it
         self.index: Optional[int] = None
+        self.note: Optional[str] = None  # what its task last said it was on
+        self.heard = 0.0  # time.monotonic() when it was given its task or last sent progress
 
     def give(self, index: int, task: Any) -> bool:
         """Send it a task; False if it had died idle (the task was not started)."""
@@ -113,7 +164,7 @@ class _Worker:
             self.conn.send((index, task))
         except (BrokenPipeError, ConnectionResetError):
             return False
-        self.index = index
+        self.index, self.note, self.heard = index, None, time.monotonic()
         return True
 
     def stop(self, graceful: bool) -> None:
@@ -152,14 +203,19 @@ def _context() -> Any:
 
 
 def map_in_processes(fn: Callable[[Any], Any], tasks: Sequence[Any], workers: int,
-                     done: Optional[Callable[[], None]] = None) -> list[Any]:
+                     done: Optional[Callable[[], None]] = None,
+                     deadline_s: Optional[float] = None) -> list[Any]:
     """[fn(task) for task in tasks] in `workers` processes, in task order; `done()` after each
     finished task (a progress bar). `fn` must be importable by name (a module-level function).
     A task whose worker dies runs once more in a fresh worker; if that dies too, its result is
-    a `WorkerDied`. An exception raised by `fn` propagates (its traceback in the worker is its
-    `__cause__`), after every worker has been stopped."""
+    a `WorkerDied`. With `deadline_s`, a task that goes that long without calling `working_on`
+    has its worker killed and its result is a `TimedOut`. An exception raised by `fn`
+    propagates (its traceback in the worker is its `__cause__`), after every worker has been
+    stopped."""
     if workers < 1:
         raise ValueError(f"workers={workers}: a process pool needs at least 1 worker")
+    if deadline_s is not None and not deadline_s > 0:
+        raise ValueError(f"deadline_s={deadline_s}: a deadline must be positive (None: none)")
     context = _context()
     results: dict[int, Any] = {}
     deaths = [0] * len(tasks)
@@ -175,7 +231,13 @@ def map_in_processes(fn: Callable[[Any], Any], tasks: Sequence[Any], workers: in
                     index = queue.popleft()
                     if not worker.give(index, tasks[index]):
                         queue.appendleft(index)  # its death is seen below, charged to no task
-            ready = set(wait([w.conn for w in pool] + [w.process.sentinel for w in pool]))
+            timeout = None  # wait until a worker speaks or dies, or the first deadline
+            if deadline_s is not None:
+                heard = [w.heard for w in pool if w.index is not None]
+                if heard:
+                    timeout = max(0.0, min(heard) + deadline_s - time.monotonic())
+            ready = set(wait([w.conn for w in pool] + [w.process.sentinel for w in pool],
+                             timeout))
             for worker in list(pool):
                 reply = None
                 if worker.conn in ready:
@@ -184,9 +246,12 @@ def map_in_processes(fn: Callable[[Any], Any], tasks: Sequence[Any], workers: in
                     except (EOFError, OSError):  # it died, mid-reply or idle
                         pass
                 if reply is not None:
-                    index, ok, value = reply
+                    index, kind, value = reply
+                    if kind == _PROGRESS:
+                        worker.note, worker.heard = value, time.monotonic()
+                        continue
                     worker.index = None
-                    if not ok:
+                    if kind == _FAILED:
                         error, text = value
                         raise error from RemoteTraceback(text)
                     results[index] = value
@@ -208,6 +273,16 @@ def map_in_processes(fn: Callable[[Any], Any], tasks: Sequence[Any], workers: in
                         "out of memory, or a crash in a decoder)")
                     if done:
                         done()
+                elif (deadline_s is not None and worker.index is not None
+                      and time.monotonic() - worker.heard >= deadline_s
+                      and not worker.conn.poll()):  # (a word since the wait: read it first)
+                    # alive but stuck: killed (SIGTERM ends even a loop in C), not run again
+                    index = worker.index
+                    pool.remove(worker)
+                    worker.stop(graceful=False)
+                    results[index] = TimedOut(worker.note, deadline_s)
+                    if done:
+                        done()
         graceful = True
     finally:
         for worker in pool:
@@ -215,4 +290,4 @@ def map_in_processes(fn: Callable[[Any], Any], tasks: Sequence[Any], workers: in
     return [results[index] for index in range(len(tasks))]
 
 
-__all__ = ["map_in_processes", "WorkerDied", "RemoteTraceback"]
+__all__ = ["map_in_processes", "working_on", "WorkerDied", "TimedOut", "RemoteTraceback"]

@@ -683,7 +683,9 @@ def _run(fn, tasks: list[dict], workers: int, desc: str, progress: bool) -> list
     bar = tqdm(total=len(tasks), desc=desc, unit="file", disable=not progress)
     out = []
     if workers > 1:
-        out = map_in_processes(fn, tasks, workers, done=bar.update)
+        # no deadline: generating reads no outside input, so a hang is a bug to see, not a
+        # bad file to quarantine (the ingest's decode has one: data.ingest.decode_timeout_s)
+        out = map_in_processes(fn, tasks, workers, done=bar.update, deadline_s=None)
         died = [task for task, result in zip(tasks, out) if isinstance(result, WorkerDied)]
         if died:
             raise RuntimeError(f"{desc}: generating {len(died)} file(s) killed the worker process "
