@@ -375,32 +375,6 @@ def test_bad_parameters_are_rejected_before_any_work(prefect_api, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_sweeps_best_yaml_trains_through_the_pretrain_flow(prefect_api, default_pipeline,
-                                                             tmp_path):
-    """`config=` a whole config as a sweep writes it (best.yaml: to_yaml of the best trial's
-    config) trains as is through Prefect; the overrides apply on top, the run is named after
-    the file."""
-    import yaml
-
-    from flows.pretrain import pretrain
-    from vatt.config import to_yaml
-
-    best = load_config("tiny", ["model.video.drop_rate=0.25", "model.audio.drop_rate=0.75",
-                                "model.heads.vt_dim=32", f"data.path={default_pipeline.data}"])
-    (tmp_path / "best.yaml").write_text(to_yaml(best))
-    state = pretrain(config=str(tmp_path / "best.yaml"), return_state=True, overrides=[
-        f"train.storage_path={tmp_path / 'runs'}", "train.num_workers=1",
-        "train.cpus_per_worker=1", "train.global_batch_size=4", "train.optim.total_steps=2",
-        "train.optim.warmup_steps=1", "train.log_every=1", "train.checkpoint_every=2",
-        "train.validation.every=0"])
-    assert state.is_completed(), state.message
-    result = state.result()
-    assert result["run_name"].startswith("best-")  # pinned to the flow run, named for the file
-    saved = yaml.safe_load(next((tmp_path / "runs").glob("best-*/checkpoint_*/config.yaml")).read_text())
-    assert saved["model"] == yaml.safe_load(to_yaml(best))["model"]  # the file's model, as is
-    assert saved["train"]["optim"]["total_steps"] == 2  # and the override on top
-
-
 def test_transient_object_store_fault_is_retried_and_the_run_succeeds(
         prefect_api, default_pipeline, s3_env, tmp_path):
     """The registry's bucket stops answering (the S3 server is paused) when the evaluate flow

@@ -9,7 +9,7 @@ did not resolve fails every trial here. The space is built so that ASHA has some
 two of the four trials have 1-dimensional common-space heads, whose embeddings are +-1 and tie
 with half of the items, so their validation MRR is far below a working head's at the first rung
 (whatever the order of trials and the resume). The tests then read what it left, and train its
-best.yaml with `vatt pretrain --config sweeps/heads_sharing/best.yaml`.
+best.yaml through the Prefect `pretrain` flow (`config=sweeps/heads_sharing/best.yaml`).
 """
 
 from __future__ import annotations
@@ -142,23 +142,27 @@ def test_a_killed_sweep_resumes_without_running_finished_trials_again(swept):
     assert leftover == [], leftover
 
 
-def test_best_yaml_trains_as_is_with_pretrain_config(swept):
-    """`vatt pretrain --config sweeps/heads_sharing/best.yaml` from the project folder: its
-    relative paths (data/, runs/) as the sweep wrote them; runs go to a folder of their own so
-    that `vatt evaluate --checkpoint latest` (test_readme_commands.py) still finds the
-    pipeline's checkpoint under runs/."""
+def test_best_yaml_trains_as_is_through_the_pretrain_flow(swept, prefect_api, monkeypatch):
+    """The sweep's best.yaml trains through Prefect: the `pretrain` flow with `config=
+    sweeps/heads_sharing/best.yaml`, from the project folder. Its relative paths (data/, runs/)
+    as the sweep wrote them resolve against the folder the flow runs in; the overrides apply on
+    top; the run is named after the file. Runs go to a folder of their own so that `vatt
+    evaluate --checkpoint latest` (test_readme_commands.py) still finds the pipeline's
+    checkpoint under runs/."""
+    from flows.pretrain import pretrain
+
     project = swept["project"]
+    monkeypatch.chdir(project)
     best_yaml = (swept["out"] / "best.yaml").relative_to(project)
-    done = subprocess.run(
-        [*vatt_command(), "pretrain", "--config", str(best_yaml), *FAST,
-         "train.optim.total_steps=2", "train.validation.every=0", "train.storage_path=best-runs"],
-        cwd=project, env=_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        timeout=10 * 60)
-    assert done.returncode == 0, done.stdout[-4000:]
-    assert "step 2: loss" in done.stdout
-    saved = yaml.safe_load(next((project / "best-runs").glob("*/checkpoint_*/config.yaml")).read_text())
+    state = pretrain(config=str(best_yaml), return_state=True, overrides=[
+        *FAST, "train.optim.total_steps=2", "train.validation.every=0",
+        "train.storage_path=best-runs"])
+    assert state.is_completed(), state.message
+    assert state.result()["run_name"].startswith("best-")  # pinned to the flow run, named for the file
+    saved = yaml.safe_load(next((project / "best-runs").glob("best-*/checkpoint_*/config.yaml")).read_text())
     best = yaml.safe_load((swept["out"] / "best.yaml").read_text())
-    assert saved["model"] == best["model"]
+    assert saved["model"] == best["model"]  # the file's model, as is
+    assert saved["train"]["optim"]["total_steps"] == 2  # and the override on top
     assert saved["data"]["path"] == str((project / "data").resolve())  # data/ of the project
 
 
