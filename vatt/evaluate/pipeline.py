@@ -240,7 +240,7 @@ def run_evaluation(checkpoint: str, cfg: Config, overrides: Iterable[str] = (),
     for line in describe_data(data):
         log.info("  %s", line)
     for task, why in skipped.items():
-        log.info("  %s: skipped, %s (eval.tasks_if_ingested)", task, why)
+        log.info("  %s: skipped, %s", task, why)
     return evaluate_checkpoint(loaded, data, list(data), promote=promote, store=store,
                                skipped=skipped)
 
