@@ -154,10 +154,10 @@ class _Window:
 
 class _TrainingStream:
     """Endless training batches (inputs, targets, has_video) of `settings.batch_size` windows:
-    the split read epoch after epoch (a fresh, seeded pass each), its labelled windows mixed through a
-    seeded shuffle buffer that holds at most `settings.shuffle_mb` MiB, the windows drawn for a
-    batch included. Labels are checked against `num_classes` as they arrive. `peak_bytes` is the
-    most the buffer held."""
+    the split read epoch after epoch (a fresh, seeded pass each), its labelled windows mixed
+    through a seeded shuffle buffer that holds at most `settings.shuffle_mb` MiB (the batch being
+    trained, drawn from it, is on top). Labels are checked against `num_classes` as they arrive.
+    `peak_bytes` is the most the buffer held."""
 
     def __init__(self, batches: Iterable[dict], num_classes: int, settings: "FinetuneSettings",
                  task: str, modality: str = "video", multilabel: bool = False):
@@ -206,7 +206,6 @@ class _TrainingStream:
         return capacity
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
-        size = self.settings.batch_size
         buffer: list[_Window] = []
         capacity, held = None, 0
         for window in self._windows():
@@ -216,16 +215,21 @@ class _TrainingStream:
             self.peak_bytes = max(self.peak_bytes, held)
             if len(buffer) < capacity:
                 continue
-            picked = []
-            for _ in range(size):  # draw without replacement: swap the pick to the end, pop it
-                i = int(torch.randint(len(buffer), (1,), generator=self.generator))
-                buffer[i], buffer[-1] = buffer[-1], buffer[i]
-                picked.append(buffer.pop())
-            held -= sum(w.nbytes for w in picked)
-            inputs = torch.stack([w.inputs for w in picked])  # (B, T, H, W, 3) or (B, S)
-            targets = torch.as_tensor(np.stack([w.target for w in picked]))  # (B,) or (B, C)
-            present = np.array([w.has_video for w in picked], dtype=np.float32)  # (B,)
-            yield inputs, targets, present
+            # yielded as made: this frame keeps no reference to the batch while it refills
+            yield self._draw(buffer)
+            held = sum(w.nbytes for w in buffer)
+
+    def _draw(self, buffer: list[_Window]) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """(inputs, targets, has_video) of a batch drawn at random from `buffer`, removed
+        from it."""
+        picked = []
+        for _ in range(self.settings.batch_size):  # without replacement: swap to the end, pop
+            i = int(torch.randint(len(buffer), (1,), generator=self.generator))
+            buffer[i], buffer[-1] = buffer[-1], buffer[i]
+            picked.append(buffer.pop())
+        return (torch.stack([w.inputs for w in picked]),  # (B, T, H, W, 3) or (B, S)
+                torch.as_tensor(np.stack([w.target for w in picked])),  # (B,) or (B, C)
+                np.array([w.has_video for w in picked], dtype=np.float32))  # (B,)
 
 
 def learning_rate(step: int, settings: FinetuneSettings) -> float:
