@@ -39,7 +39,7 @@ WINDOW_BYTES = FRAMES * SIZE * SIZE * 3  # one uint8 window: 98,304 bytes
 
 
 def test_the_shuffle_buffer_holds_uint8_windows_within_its_byte_bound():
-    bound_mb = 40 * WINDOW_BYTES / 2 ** 20  # room for exactly 40 windows
+    bound_mb = 20 * WINDOW_BYTES / 2 ** 20  # room for exactly 20 windows (of 4 batches, 32)
     settings = FinetuneSettings(batch_size=8, shuffle_mb=bound_mb, seed=0)
     stream = _TrainingStream(_uint8_batches(24), 3, settings, "action_finetune")
     batches = [b for _, b in zip(range(12), stream)]  # 96 windows: the split 4 times over
@@ -47,7 +47,12 @@ def test_the_shuffle_buffer_holds_uint8_windows_within_its_byte_bound():
     assert inputs.dtype == torch.uint8 and inputs.shape == (8, FRAMES, SIZE, SIZE, 3)
     assert targets.shape == (8,) and present.tolist() == [1.0] * 8
     # full before the first batch, then refilled: exactly its bound, one byte a pixel
-    assert stream.peak_bytes == 40 * WINDOW_BYTES <= bound_mb * 2 ** 20
+    assert stream.peak_bytes == 20 * WINDOW_BYTES <= bound_mb * 2 ** 20
+    # a bound with room to spare: 4 batches, not more (a small split's first step comes soon)
+    roomy = _TrainingStream(_uint8_batches(24), 3, FinetuneSettings(batch_size=8, seed=0),
+                            "action_finetune")
+    next(iter(roomy))
+    assert roomy.peak_bytes == 32 * WINDOW_BYTES
     # a bound below one batch is refused, naming the setting and the room a batch needs
     small = FinetuneSettings(batch_size=8, shuffle_mb=7 * WINDOW_BYTES / 2 ** 20)
     with pytest.raises(ValueError, match=r"eval\.finetune_shuffle_mb=.*holds 7 windows.*"

@@ -316,9 +316,9 @@ class EvalConfig:
     finetune_warmup_steps: int = 2500
     finetune_batch_size: int = 64
     finetune_test_crops: int = 3  # the spec's test: 4 clips (data.eval_num_windows) x 3 crops
-    # fine-tuning's shuffle buffer of training windows holds at most this many MiB (uint8
-    # video as the loader gives it: 4.6 MiB a window at the spec's input, 222 windows; audio
-    # 0.6 MiB); it must hold a batch
+    # fine-tuning's shuffle buffer of training windows (4 batches) holds at most this many MiB
+    # (uint8 video as the loader gives it: 4.6 MiB a window at the spec's input, so 222
+    # windows; audio 0.6 MiB); it must hold a batch
     finetune_shuffle_mb: float = 1024.0
     seed: int = 0
     batch_size: int = 32  # clips per forward pass when extracting features

@@ -9,9 +9,10 @@ temporal window, random resized crop or scale jitter, flip, colour jitter, audio
 pass per epoch with its shards in that epoch's seeded order and its augmentation drawn from the
 same seed, so every epoch sees new crops of each clip and a second run the same ones (batches
 held in memory are permuted instead). The windows are mixed through a seeded shuffle buffer
-bounded in bytes (`eval.finetune_shuffle_mb`, default 1 GiB: 222 windows at the spec's input),
-which holds video as the loader's uint8 (a quarter of float32) and turns each batch into float
-on the device, so memory grows with neither the split nor the steps: SGD with
+of `SHUFFLE_BATCHES` batches but at most `eval.finetune_shuffle_mb` (default 1 GiB: 222 windows
+at the spec's input, where 4 batches of 64 would take 1.15 GiB), which holds video as the
+loader's uint8 (a quarter of float32) and turns each batch into float on the device, so memory
+grows with neither the split nor the steps: SGD with
 momentum 0.9, lr `eval.finetune_lr` (spec 0.005) with linear warmup over
 `eval.finetune_warmup_steps` (spec 2.5k) then cosine to 0, batch `eval.finetune_batch_size`
 (spec 64), label smoothing 0.1, no DropToken. Test: the evaluation windows, no augmentation,
@@ -44,6 +45,9 @@ from vatt.evaluate.probes import (ClassificationResult, _per_video_targets, grou
                                   score_predictions)
 
 _EVAL_DEFAULTS = EvalConfig()  # the defaults live once, in the structured config
+# the shuffle buffer holds this many batches of windows unless eval.finetune_shuffle_mb holds
+# fewer: enough to mix a few shards; more would only delay the first step of a small split
+SHUFFLE_BATCHES = 4
 
 
 @dataclass(frozen=True)
@@ -155,8 +159,8 @@ class _Window:
 class _TrainingStream:
     """Endless training batches (inputs, targets, has_video) of `settings.batch_size` windows:
     the split read epoch after epoch (a fresh, seeded pass each), its labelled windows mixed
-    through a seeded shuffle buffer that holds at most `settings.shuffle_mb` MiB (the batch being
-    trained, drawn from it, is on top). Labels are checked against `num_classes` as they arrive.
+    through a seeded shuffle buffer of SHUFFLE_BATCHES batches that holds at most
+    `settings.shuffle_mb` MiB (the batch being trained, drawn from it, is on top). Labels are checked against `num_classes` as they arrive.
     `peak_bytes` is the most the buffer held."""
 
     def __init__(self, batches: Iterable[dict], num_classes: int, settings: "FinetuneSettings",
@@ -193,9 +197,11 @@ class _TrainingStream:
             epoch += 1
 
     def _capacity(self, window: _Window) -> int:
-        """Windows the byte bound holds; at least a batch, or a clear error."""
+        """Windows the buffer holds: SHUFFLE_BATCHES batches, fewer where the byte bound holds
+        fewer; at least a batch, or a clear error."""
         bound = self.settings.shuffle_mb * 2 ** 20
-        capacity = int(bound // max(1, window.nbytes))
+        capacity = min(int(bound // max(1, window.nbytes)),
+                       SHUFFLE_BATCHES * self.settings.batch_size)
         if capacity < self.settings.batch_size:
             need = self.settings.batch_size * window.nbytes / 2 ** 20
             raise ValueError(f"{self.task}: eval.finetune_shuffle_mb={self.settings.shuffle_mb:g}"
