@@ -91,7 +91,7 @@ class PeakPrivateMemory(threading.Thread):
             time.sleep(self.every_s)
 
 
-def measure(root: Path, task: str, steps: int) -> dict:
+def measure(root: Path, task: str, steps: int, extra: list[str] = ()) -> dict:
     """Fine-tune once in this process; its peak memory and what it trained on."""
     import ray
     import torch
@@ -102,7 +102,7 @@ def measure(root: Path, task: str, steps: int) -> dict:
 
     torch.set_num_threads(2)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    cfg = _config(root, [f"eval.finetune_steps={steps}"])
+    cfg = _config(root, [f"eval.finetune_steps={steps}", *extra])
     torch.manual_seed(0)
     model = build_model(cfg)
     sampler = PeakPrivateMemory()
@@ -134,10 +134,12 @@ def main(argv=None) -> int:
                         help="times each train split's shards are listed (fills the buffer)")
     parser.add_argument("--data", default="artifacts/finetune_memory",
                         help="data folder (reused)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. eval.finetune_shuffle_mb=320")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # internal: ROOT TASK here
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(measure(Path(args.one[0]), args.one[1], args.steps)))
+        print(json.dumps(measure(Path(args.one[0]), args.one[1], args.steps, args.set)))
         return 0
     import vatt
 
@@ -148,7 +150,8 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     for task in args.tasks:
         done = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--one",
-                               str(root), task], capture_output=True, text=True)
+                               str(root), task, "--set", *args.set], capture_output=True,
+                              text=True)
         if done.returncode != 0:
             print(done.stdout[-3000:], done.stderr[-6000:], file=sys.stderr)
             return done.returncode
