@@ -81,10 +81,50 @@ def test_finetuning_tests_on_windows_times_the_specs_crops(setup):
     data = build_eval_data(cfg, ["action_linear", "action_finetune"])
     probe = data["action_linear"]["synthetic-ucf101"]
     finetune = data["action_finetune"]["synthetic-ucf101"]
-    assert finetune["train"] is probe["train"]  # fine-tuning trains on the probe's windows
+    # fine-tuning trains on training windows (the loader's augmentation), the probe on its own
+    assert finetune["train"].training and not probe["train"].training
+    assert finetune["train"].views_per_clip == 1 and probe["train"].views_per_clip == 2
     views = [(int(c), int(w)) for b in finetune["test"] for c, w in zip(b["clip_index"], b["window"])]
     assert {w for _, w in views} == set(range(2 * 3))  # 2 windows x eval.finetune_test_crops=3
     assert len(views) == 3 * sum(len(b["window"]) for b in probe["test"])
+
+
+def test_finetuning_trains_on_augmented_windows_and_tests_on_fixed_ones(setup):
+    """The fine-tuning train split through the real loader in training mode: each epoch a new
+    random window / crop / flip of every clip (uint8, as the shuffle buffer holds it), the same
+    epoch again for the same seed; the test split's evaluation windows the same every time."""
+    from vatt.evaluate.data import build_eval_data
+
+    cfg, _ = setup
+    data = build_eval_data(cfg, ["action_finetune"],
+                           datasets={"action_finetune": ["synthetic-ucf101"]})
+    train, test = data["action_finetune"]["synthetic-ucf101"].values()
+
+    def per_clip(batches):
+        out = {}
+        for batch in batches:
+            for clip, window, video in zip(batch["clip_index"], batch["window"], batch["video"]):
+                out[int(clip), int(window)] = video.clone()
+        return out
+
+    first, again, second = (per_clip(train.shuffled(seed)) for seed in (1, 1, 2))
+    assert len(first) == train.num_clips and {w for _, w in first} == {0}  # a window a clip
+    assert next(iter(first.values())).dtype == torch.uint8
+    assert all(torch.equal(first[k], again[k]) for k in first)  # seeded: reproducible
+    changed = [k for k in first if not torch.equal(first[k], second[k])]
+    assert len(changed) == len(first)  # every clip cropped anew in the next epoch
+    # none is one of the evaluation windows of its clip (what fine-tuning trained on before)
+    from vatt.data.loader import video_to_float
+    from vatt.evaluate.data import read_split
+
+    evaluation = per_clip(read_split(cfg, "synthetic-ucf101", "train", ["video"]))
+    for (clip, _), video in first.items():
+        as_float = video_to_float(video[None])[0]
+        assert not any(torch.allclose(as_float, evaluation[clip, w], atol=0.02) for w in (0, 1))
+    fixed, fixed_again = per_clip(test), per_clip(test)
+    assert fixed.keys() == fixed_again.keys() and len(fixed) == test.num_clips * 3 * 2
+    assert all(torch.equal(fixed[k], fixed_again[k]) for k in fixed)
+    assert next(iter(fixed.values())).dtype == torch.float32  # evaluation batches: float
 
 
 def test_missing_dataset_is_a_clear_error(setup):
@@ -268,7 +308,8 @@ def test_two_datasets_of_one_source_evaluated_in_one_run(setup, tmp_path):
     results = evaluate_model(build_model(cfg), cfg, ["action_linear"], data)
     m = results["metrics"]
     for name in ("kinetics400", "kinetics600"):
-        assert m[f"action_linear@{name}.num_test_videos"] == 16  # 8 motions x 2 test clips
+        # tested on val, the split the paper reports for Kinetics: 8 motions x 1 val clip
+        assert m[f"action_linear@{name}.num_test_videos"] == 8
         assert results["tasks"][f"action_linear@{name}"]["class_names"][0] == "bouncing"
     # the same clips and the same model: the same numbers, and the first is the flat key
     assert m["action_linear@kinetics400.top1"] == m["action_linear@kinetics600.top1"] \

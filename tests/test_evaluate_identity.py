@@ -63,9 +63,9 @@ def test_a_changed_test_clip_changes_the_test_split_only(tmp_path):
 def test_only_the_settings_that_change_a_tasks_number_are_in_its_identity(tmp_path):
     _write(tmp_path, "msrvtt")
     base = _identity(tmp_path)
-    # where the numbers go, how big a feature batch is, the fine-tuning cache, the device:
-    # no number changes
-    same = _identity(tmp_path, ["eval.batch_size=7", "eval.finetune_cache_mb=1",
+    # where the numbers go, how big a feature batch is, the device, and fine-tuning's settings
+    # for the tasks that do not fine-tune: no number of theirs changes
+    same = _identity(tmp_path, ["eval.batch_size=7", "eval.finetune_shuffle_mb=1",
                                 "eval.finetune_steps=3", "eval.output_path=elsewhere",
                                 "eval.device=cpu", "eval.promotion_margin=0.5"])
     assert same["tasks"] == base["tasks"]

@@ -320,10 +320,10 @@ class EvalConfig:
     finetune_warmup_steps: int = 2500
     finetune_batch_size: int = 64
     finetune_test_crops: int = 3  # the spec's test: 4 clips (data.eval_num_windows) x 3 crops
-    # a train split whose decoded windows fit in this many MiB is read through the loader once
-    # and held for the later epochs (a small split re-read every epoch costs more than its
-    # steps); a larger one streams every epoch. 0: always stream
-    finetune_cache_mb: float = 512.0
+    # fine-tuning's shuffle buffer of training windows (4 batches) holds at most this many MiB
+    # (uint8 video as the loader gives it: 4.6 MiB a window at the spec's input, so 222
+    # windows; audio 0.6 MiB); it must hold a batch
+    finetune_shuffle_mb: float = 1024.0
     seed: int = 0
     batch_size: int = 32  # clips per forward pass when extracting features
     # where feature extraction and fine-tuning run: "auto" (cuda when a GPU is visible, else
@@ -535,6 +535,10 @@ def _check_values(cfg: Config) -> None:
         if not getattr(cfg.eval, key) >= 0:
             raise ConfigError(f"eval.{key}={getattr(cfg.eval, key)}: a margin is how much better "
                               "a candidate must be; use 0 or more (0: not worse)")
+    if not cfg.eval.finetune_shuffle_mb > 0:
+        raise ConfigError(
+            f"eval.finetune_shuffle_mb={cfg.eval.finetune_shuffle_mb}: fine-tuning's shuffle "
+            "buffer needs room for at least a batch of windows (default 1024 MiB)")
     if cfg.eval.audioset_train not in ("balanced", "unbalanced", "both"):
         raise ConfigError(
             f"eval.audioset_train='{cfg.eval.audioset_train}': AudioSet fine-tuning trains on "

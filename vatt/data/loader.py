@@ -158,6 +158,7 @@ class ClipSpec:
     hue: float
     noise_std: float
     image_frames: int = 1  # frames an image (a 1-frame clip) becomes: the temporal patch size
+    seed: Optional[int] = None  # training: augmentation drawn from (seed, clip_index); None: fresh
 
 
 @lru_cache(maxsize=4)
@@ -465,7 +466,10 @@ def _checked_record(record: dict, spec: ClipSpec) -> dict:
 def decode_clip(row: dict, spec: ClipSpec) -> list[dict]:
     """One stored clip -> one row per window with the model's inputs (schema: module doc)."""
     record = _checked_record(json.loads(row["record"]), spec)
-    rng = np.random.default_rng() if spec.training else None
+    # a seeded training pass (fine-tuning's epochs) augments each clip reproducibly (+ 1: a
+    # clip the manifest lacks is -1, and seeds are non-negative)
+    key = None if spec.seed is None else (spec.seed, int(row["clip_index"]) + 1)
+    rng = np.random.default_rng(key) if spec.training else None
     fps_ratio = spec.fps / record["fps"]
     audio = None
     if len(row["wav"]):
@@ -547,7 +551,8 @@ def decode_clip(row: dict, spec: ClipSpec) -> list[dict]:
 
 
 def clip_spec(cfg: Config, manifest: dict, training: bool, vocab_words: tuple[str, ...],
-              num_windows: Optional[int] = None, num_crops: int = 1) -> ClipSpec:
+              num_windows: Optional[int] = None, num_crops: int = 1,
+              seed: Optional[int] = None) -> ClipSpec:
     d = cfg.data
     return ClipSpec(
         num_frames=d.num_frames, fps=d.fps, frame_size=d.frame_size, sample_rate=d.sample_rate,
@@ -561,7 +566,7 @@ def clip_spec(cfg: Config, manifest: dict, training: bool, vocab_words: tuple[st
         crop_area=tuple(d.crop_area), crop_aspect=tuple(d.crop_aspect),
         jitter_prob=d.color_jitter_prob, brightness=d.brightness, contrast=d.contrast,
         saturation=d.saturation, hue=d.hue, noise_std=d.audio_noise_std,
-        image_frames=int(cfg.model.video.patch_size[0]))
+        image_frames=int(cfg.model.video.patch_size[0]), seed=seed)
 
 
 def load_vocab_words(root: str, storage: Optional[StorageConfig] = None) -> tuple[str, ...]:
@@ -577,12 +582,13 @@ def load_vocab_words(root: str, storage: Optional[StorageConfig] = None) -> tupl
 def build_dataset(cfg: Config, split: str, training: bool, dataset: str = "synthetic-howto100m",
                   root: Optional[str] = None, num_windows: Optional[int] = None,
                   num_crops: int = 1, vocab_words: Optional[tuple[str, ...]] = None,
-                  shard_seed: Optional[int] = None):
+                  shard_seed: Optional[int] = None, augment_seed: Optional[int] = None):
     """A `ray.data.Dataset` of model-ready rows (schema: module doc) for one split;
     `num_windows` x `num_crops` rows per clip in evaluation. Captions are encoded with
     `vocab_words` (a run's or a checkpoint's own vocabulary), default the data's vocab.json.
     `shard_seed` reads an evaluation split's shards in that seed's order (a fine-tuning epoch)
-    instead of the manifest's."""
+    instead of the manifest's (in training: the shard order of a seeded pass); `augment_seed`
+    draws a training pass's augmentation from it (the same pass again for the same seed)."""
     import ray
 
     root = str(root or cfg.data.path)
@@ -602,11 +608,9 @@ def build_dataset(cfg: Config, split: str, training: bool, dataset: str = "synth
     if num_crops < 1:
         raise ValueError(f"num_crops={num_crops}: evaluation needs at least one crop per window")
     words = tuple(vocab_words) if vocab_words is not None else load_vocab_words(root, cfg.storage)
-    spec = clip_spec(cfg, manifest, training, words, num_windows, num_crops)
+    spec = clip_spec(cfg, manifest, training, words, num_windows, num_crops, augment_seed)
     ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
-    if training:
-        ds = ds.randomize_block_order()
-    elif shard_seed is not None:
+    if training or shard_seed is not None:
         ds = ds.randomize_block_order(seed=shard_seed)
     ds = ds.flat_map(partial(_read_shard, root=root, dataset=dataset, clip_index=index,
                              storage=cfg.storage, checksums=checksums,

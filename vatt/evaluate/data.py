@@ -19,8 +19,17 @@ sources, then the folder name; the first is the one the flat `<task>.<metric>` k
     text_video_retrieval              msrvtt (per video), youcook2 (per segment)  synthetic-msrvtt
     video_audio_retrieval             the same as text_video_retrieval
 
+Which split a role reads: "train" the manifest's train split (AudioSet: eval.audioset_train);
+"test" the first of the task's test splits (tasks.TEST_SPLITS: test, val, validation; Kinetics
+val first, the split the paper reports) that is there and, for a task that needs labels, has a
+labelled clip. A split passed over for lack of labels (Kinetics' test.csv publishes none) is
+listed in the skipped list with the reason; a dataset left with no labelled test split is
+skipped with it, and the evaluation goes on.
+
 Each split is read through the loader in evaluation mode (`num_windows` evenly spread windows
-per clip, centre crop, no augmentation, the first captions) every time it is iterated: nothing
+per clip, centre crop, no augmentation, the first captions) every time it is iterated, except a
+fine-tuning task's train split, which is read in training mode (one randomly placed window per
+clip with the loader's training augmentation, seeded per epoch; its video stays uint8): nothing
 decoded is held between batches, so a split of any size takes the memory of a few batches
 (feature extraction keeps only the features; fine-tuning reads the split epoch after epoch).
 The batches come in a fixed order, the loader's (manifest) order, which Ray Data is told to
@@ -36,6 +45,7 @@ read several manifest splits one after the other (AudioSet balanced + unbalanced
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional
 
@@ -43,7 +53,8 @@ import numpy as np
 
 from vatt.config import Config
 from vatt.data.loader import DataError, read_manifest
-from vatt.evaluate.tasks import TASKS, TEST_SPLITS, Task, check_tasks
+from vatt.evaluate.tasks import (TASKS, Task, check_tasks, preferred_test_splits,
+                                 result_key)
 
 GENERATED_PREFIX = "synthetic-"  # the embedded default dataset's folders: synthetic-<layout>
 METADATA = ("label", "labels", "video_id", "clip_id", "fold")
@@ -71,11 +82,13 @@ class EvalSplit:
 
     def __init__(self, cfg: Config, dataset: str, split: str | tuple[str, ...],
                  columns: Iterable[str], num_windows: int, num_crops: int, batch_size: int,
-                 vocab_words: Optional[tuple[str, ...]], manifest: dict):
-        self.cfg, self.dataset = cfg, dataset
+                 vocab_words: Optional[tuple[str, ...]], manifest: dict, training: bool = False):
+        self.cfg, self.dataset, self.training = cfg, dataset, training
         self.splits = (split,) if isinstance(split, str) else tuple(split)
         self.split = "+".join(self.splits)
         self.columns = set(columns) | set(METADATA) | {"clip_index", "window"}
+        if training and "video" in self.columns:
+            self.columns.add("has_video")  # uint8 video: has_video 0 rows become zeros later
         if "text" in self.columns:
             self.columns.add("text_mask")
         self.num_windows, self.num_crops, self.batch_size = num_windows, num_crops, batch_size
@@ -86,7 +99,8 @@ class EvalSplit:
         clips = [c for c in manifest["clips"] if c.get("shard") in shards]
         self.num_clips = len(clips)
         self.num_videos = len({c.get("video_id", c.get("clip_id")) for c in clips})
-        self.views_per_clip = num_windows * num_crops
+        # training: one window per clip and pass, its place and crop drawn by the loader
+        self.views_per_clip = 1 if training else num_windows * num_crops
 
     @property
     def num_classes(self) -> Optional[int]:
@@ -96,11 +110,14 @@ class EvalSplit:
         return self.batches()
 
     def shuffled(self, seed: int) -> Iterator[dict[str, Any]]:
-        """The split with its shards read in `seed`'s order (a fine-tuning epoch)."""
+        """The split with its shards read in `seed`'s order (a fine-tuning epoch); a training
+        split's augmentation is drawn from `seed` too (the same epoch again for the same seed)."""
         return self.batches(shard_seed=seed)
 
     def batches(self, shard_seed: Optional[int] = None) -> Iterator[dict[str, Any]]:
-        """Batches of `batch_size` views (torch tensors; strings as lists) holding `columns`."""
+        """Batches of `batch_size` views (torch tensors; strings as lists) holding `columns`;
+        a training split's video is the loader's uint8 (`video_to_float` with has_video makes
+        the float), and without a seed its augmentation is fresh each time."""
         for split in self.splits:
             yield from self._split_batches(split, shard_seed)
 
@@ -109,10 +126,11 @@ class EvalSplit:
 
         from vatt.data.loader import build_dataset, video_to_float
 
-        ds = build_dataset(self.cfg, split, training=False, dataset=self.dataset,
+        ds = build_dataset(self.cfg, split, training=self.training, dataset=self.dataset,
                            root=str(self.cfg.data.path), num_windows=self.num_windows,
                            num_crops=self.num_crops, vocab_words=self.vocab_words,
-                           shard_seed=shard_seed)
+                           shard_seed=shard_seed,
+                           augment_seed=shard_seed if self.training else None)
         ds.context.execution_options.preserve_order = True  # the same batches every time
         empty = True
         for rows in ds.iter_batches(batch_size=self.batch_size, batch_format="numpy",
@@ -124,7 +142,7 @@ class EvalSplit:
                 batch[key] = [str(v) for v in value] if value.dtype == object \
                     or value.dtype.kind in "US" \
                     else torch.from_numpy(np.require(value, requirements=["C", "W"]))
-            if "video" in batch:  # rows hold uint8 pixels (vatt.data.loader schema)
+            if "video" in batch and not self.training:  # rows hold uint8 pixels (the loader's)
                 batch["video"] = video_to_float(batch["video"], rows["has_video"])
             empty = False
             yield batch
@@ -210,10 +228,28 @@ def choose_datasets(cfg: Config, tasks: Iterable[str],
     return chosen, skipped
 
 
+@dataclass(frozen=True)
+class SplitChoice:
+    """The manifest splits a role reads (empty: no labelled test split, the dataset is skipped)
+    and those passed over, each with the reason."""
+
+    names: tuple[str, ...]
+    passed_over: dict[str, str] = field(default_factory=dict)
+
+
+def _has_labels(manifest: dict, split: str) -> bool:
+    """Whether any clip of a manifest split has a label (a class id or multi-hot classes)."""
+    shards = set(manifest["splits"][split]["shards"])
+    return any(int(c.get("label", -1)) >= 0 or c.get("labels")
+               for c in manifest["clips"] if c.get("shard") in shards)
+
+
 def _split_names(manifest: dict, wanted: tuple[str, ...], role: str, dataset: str,
-                 needed_by: str) -> tuple[str, ...]:
+                 needed_by: str, needs_labels: bool = False) -> SplitChoice:
     """The manifest splits a role reads: every one of the `wanted` train splits (all must be
-    there), the first present of the `wanted` test splits."""
+    there), the first present of the `wanted` test splits, passing over (with the reason) one
+    without a labelled clip when `needs_labels`. A role none of whose splits is there is an
+    error; test splits that are all there but unlabelled give no split to read."""
     splits = manifest["splits"]
 
     def present(name: str) -> bool:
@@ -222,11 +258,20 @@ def _split_names(manifest: dict, wanted: tuple[str, ...], role: str, dataset: st
     if role == "train":
         missing = [name for name in wanted if not present(name)]
         if not missing:
-            return wanted
+            return SplitChoice(wanted)
     else:
+        passed_over = {}
         for name in wanted:
-            if present(name):
-                return (name,)
+            if not present(name):
+                continue
+            if needs_labels and not _has_labels(manifest, name):
+                passed_over[name] = (f"no clip of dataset {dataset}'s split {name} has a label "
+                                     "(its list publishes none, as Kinetics' test.csv); "
+                                     f"{needed_by} scores labelled clips only")
+                continue
+            return SplitChoice((name,), passed_over)
+        if passed_over:
+            return SplitChoice((), passed_over)
         missing = list(wanted)
     raise DataError(f"dataset {dataset}: no {' / '.join(missing)} split with clips (it has "
                     f"{sorted(splits)}); {needed_by} needs it")
@@ -237,12 +282,14 @@ def read_split(cfg: Config, dataset: str, split: str | tuple[str, ...], columns:
                num_crops: int = 1, vocab_words: Optional[tuple[str, ...]] = None) -> EvalSplit:
     """One split of `dataset` in evaluation mode (`num_windows` x `num_crops` views per clip),
     in batches of `batch_size` (default eval.batch_size) holding `columns` plus the metadata;
-    read when iterated. `split` "train" or "test" (its first present of TEST_SPLITS), or the
-    manifest split names to read one after the other."""
+    read when iterated. `split` "train" or "test" (the first present of the source's test
+    splits, tasks.preferred_test_splits), or the manifest split names to read one after the
+    other."""
     manifest = read_manifest(str(cfg.data.path), dataset, cfg.storage)
     if isinstance(split, str) and split in ("train", "test"):
-        wanted = ("train",) if split == "train" else TEST_SPLITS
-        names = _split_names(manifest, wanted, split, dataset, "evaluation")
+        source, _ = dataset_source(manifest, dataset)
+        wanted = ("train",) if split == "train" else preferred_test_splits(source)
+        names = _split_names(manifest, wanted, split, dataset, "evaluation").names
     else:
         names = (split,) if isinstance(split, str) else tuple(split)
     if num_crops < 1:
@@ -274,28 +321,57 @@ def build_eval_data_and_skipped(cfg: Config, tasks: Optional[Iterable[str]] = No
                                 optional: Iterable[str] = ()
                                 ) -> tuple[dict[str, dict[str, dict[str, EvalSplit]]],
                                            dict[str, str]]:
-    """`build_eval_data` and {task: why it was skipped}."""
+    """`build_eval_data` and {what was skipped: why}: a task without data (see
+    `choose_datasets`), a task's dataset without a labelled test split ("<task>@<dataset>"; the
+    task itself when that was its only dataset) and a test split passed over for lack of labels
+    ("<task>@<dataset> split <name>"). A fine-tuning task's train split is read in training
+    mode (the loader's augmentation), so it is not shared with a probe's."""
     tasks = check_tasks(tasks or cfg.eval.tasks)
     chosen, skipped = choose_datasets(cfg, tasks, datasets, optional)
     manifests = {name: read_manifest(str(cfg.data.path), name, cfg.storage)
                  for names in chosen.values() for name in names}
 
-    def key(task: str, dataset: str, role: str) -> tuple[str, tuple[str, ...], int]:
+    def choice(task: str, dataset: str, role: str) -> SplitChoice:
+        spec = TASKS[task]
+        needed_by = spec.name + (" (eval.audioset_train picks balanced / unbalanced / both)"
+                                 if spec.split_names is not None else "")
+        source, _ = dataset_source(manifests[dataset], dataset)
+        return _split_names(manifests[dataset], spec.manifest_splits(cfg, role, source), role,
+                            dataset, needed_by, needs_labels=spec.needs_labels)
+
+    choices = {(task, dataset, role): choice(task, dataset, role) for task, names in
+               chosen.items() for dataset in names for role in TASKS[task].splits}
+    for task in list(chosen):
+        for dataset in list(chosen[task]):
+            test = choices.get((task, dataset, "test"))
+            if test is None:
+                continue
+            reasons = "; ".join(test.passed_over.values())
+            if test.names:
+                skipped.update({f"{result_key(task, dataset)} split {name}":
+                                f"{why}; evaluated on {test.names[0]}"
+                                for name, why in test.passed_over.items()})
+                continue
+            chosen[task].remove(dataset)
+            skipped[result_key(task, dataset) if chosen[task] else task] = \
+                f"no labelled test split: {reasons}"
+        if not chosen[task]:
+            del chosen[task]
+
+    def key(task: str, dataset: str, role: str) -> tuple[str, tuple[str, ...], int, bool]:
         spec = TASKS[task]
         # video fine-tuning tests on the spec's crops per window; all else on the centre crop
         crops = cfg.eval.finetune_test_crops if spec.multi_crop_test and role == "test" else 1
-        needed_by = spec.name + (" (eval.audioset_train picks balanced / unbalanced / both)"
-                                 if spec.split_names is not None else "")
-        return dataset, _split_names(manifests[dataset], spec.manifest_splits(cfg, role), role,
-                                     dataset, needed_by), crops
+        training = spec.needs_model and role == "train"  # fine-tuning: training windows
+        return dataset, choices[task, dataset, role].names, crops, training
 
-    columns: dict[tuple[str, tuple[str, ...], int], set[str]] = {}
+    columns: dict[tuple[str, tuple[str, ...], int, bool], set[str]] = {}
     for task, names in chosen.items():
         for dataset in names:
             for role in TASKS[task].splits:
                 columns.setdefault(key(task, dataset, role), set()).update(TASKS[task].modalities)
     read = {k: EvalSplit(cfg, k[0], k[1], cols, num_windows or cfg.data.eval_num_windows, k[2],
-                         cfg.eval.batch_size, vocab_words, manifests[k[0]])
+                         cfg.eval.batch_size, vocab_words, manifests[k[0]], training=k[3])
             for k, cols in sorted(columns.items())}
     data = {task: {dataset: {role: read[key(task, dataset, role)]
                              for role in TASKS[task].splits} for dataset in names}

@@ -3,15 +3,22 @@
 `vatt evaluate` (vatt.evaluate.tasks).
 
 A copy of the pretrained backbone (the model itself is left untouched) gets a linear
-classifier on its pooled output and is trained end to end on the train split's windows, read from
-the loader epoch after epoch (an `EvalSplit` reads its shards in a seeded order each epoch;
-batches held in memory are permuted) and mixed through a seeded shuffle buffer of
-`SHUFFLE_BATCHES` batches, so memory does not grow with the split: SGD with
+classifier on its pooled output and is trained end to end on the train split's training windows:
+vatt.evaluate.data reads it through the loader in training mode, as pretraining does (a random
+temporal window, random resized crop or scale jitter, flip, colour jitter, audio noise), one
+pass per epoch with its shards in that epoch's seeded order and its augmentation drawn from the
+same seed, so every epoch sees new crops of each clip and a second run the same ones (batches
+held in memory are permuted instead). The windows are mixed through a seeded shuffle buffer
+of `SHUFFLE_BATCHES` batches but at most `eval.finetune_shuffle_mb` (default 1 GiB: 222 windows
+at the spec's input, where 4 batches of 64 would take 1.15 GiB), which holds video as the
+loader's uint8 (a quarter of float32) and turns each batch into float on the device, so memory
+grows with neither the split nor the steps: SGD with
 momentum 0.9, lr `eval.finetune_lr` (spec 0.005) with linear warmup over
 `eval.finetune_warmup_steps` (spec 2.5k) then cosine to 0, batch `eval.finetune_batch_size`
-(spec 64), label smoothing 0.1, no DropToken. Test: logits averaged over each video's views,
-the spec's 4 clips x 3 crops (`data.eval_num_windows` windows x `eval.finetune_test_crops`
-left / centre / right crops, as vatt.evaluate.data reads the test split for this task).
+(spec 64), label smoothing 0.1, no DropToken. Test: the evaluation windows, no augmentation,
+logits averaged over each video's views, the spec's 4 clips x 3 crops
+(`data.eval_num_windows` windows x `eval.finetune_test_crops` left / centre / right crops, as
+vatt.evaluate.data reads the test split for this task).
 Multi-label (AudioSet): binary cross-entropy on the multi-hot `labels` (no label smoothing, which
 the spec gives for the softmax), scored with mAP, AUC and d-prime. Images (ImageNet): each image
 is one frame replicated to the video patch's temporal size (`ImageToPatch`), one token slab.
@@ -33,11 +40,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from vatt.config import EvalConfig
+from vatt.data.loader import video_to_float
 from vatt.evaluate.probes import (ClassificationResult, _per_video_targets, group_mean,
                                   score_predictions)
 
 _EVAL_DEFAULTS = EvalConfig()  # the defaults live once, in the structured config
-SHUFFLE_BATCHES = 4  # the training shuffle buffer, in batches (what it holds of decoded windows)
+# the shuffle buffer holds this many batches of windows unless eval.finetune_shuffle_mb holds
+# fewer: enough to mix a few shards; more would only delay the first step of a small split
+SHUFFLE_BATCHES = 4
 
 
 @dataclass(frozen=True)
@@ -52,14 +62,14 @@ class FinetuneSettings:
     momentum: float = 0.9
     label_smoothing: float = 0.1
     seed: int = _EVAL_DEFAULTS.seed
-    cache_mb: float = _EVAL_DEFAULTS.finetune_cache_mb
+    shuffle_mb: float = _EVAL_DEFAULTS.finetune_shuffle_mb
 
     @classmethod
     def from_config(cls, eval_cfg: Any) -> "FinetuneSettings":
         return cls(steps=eval_cfg.finetune_steps, lr=eval_cfg.finetune_lr,
                    warmup_steps=eval_cfg.finetune_warmup_steps,
                    batch_size=eval_cfg.finetune_batch_size, seed=eval_cfg.seed,
-                   cache_mb=eval_cfg.finetune_cache_mb)
+                   shuffle_mb=eval_cfg.finetune_shuffle_mb)
 
 
 class BackboneClassifier(nn.Module):
@@ -98,7 +108,17 @@ class ImageToPatch:
 def _labelled(batch: dict, task: str, modality: str = "video", multilabel: bool = False
               ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """(inputs [n, ...], targets [n] or [n, C] multi-hot, video ids [n]) of the labelled
-    windows of a batch."""
+    windows of a batch; a training split's uint8 video becomes float here (zeros where the
+    batch's has_video is 0), as the buffer's batches do."""
+    inputs, targets, ids, present = _labelled_raw(batch, task, modality, multilabel)
+    if inputs.dtype == torch.uint8:
+        inputs = video_to_float(inputs, present)
+    return inputs, targets, ids
+
+
+def _labelled_raw(batch: dict, task: str, modality: str, multilabel: bool
+                  ) -> tuple[torch.Tensor, np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """`_labelled` as the batch holds it (uint8 video stays uint8), and has_video [n] or None."""
     target_key = "labels" if multilabel else "label"
     if modality not in batch or target_key not in batch:
         raise KeyError(f"{task}: batches need '{modality}' and '{target_key}' (a labelled "
@@ -110,21 +130,38 @@ def _labelled(batch: dict, task: str, modality: str = "video", multilabel: bool 
         targets = np.asarray(batch["label"]).astype(np.int64)
         keep = targets >= 0
     inputs = torch.as_tensor(np.asarray(batch[modality]))[torch.as_tensor(keep)]
-    return inputs, targets[keep], np.asarray(batch["video_id"])[keep]
+    present = np.asarray(batch["has_video"])[keep] if "has_video" in batch else None
+    return inputs, targets[keep], np.asarray(batch["video_id"])[keep], present
 
 
 def _epoch(batches: Iterable[dict], seed: int, generator: torch.Generator) -> Iterable[dict]:
-    """One pass over the train split in a seeded order."""
+    """One pass over the train split in a seeded order (a training split: seeded augmentation)."""
     if hasattr(batches, "shuffled"):  # vatt.evaluate.data.EvalSplit: its shards in seed's order
         return batches.shuffled(seed)
     held = list(batches)  # batches held in memory already (a list): permute them
     return [held[i] for i in torch.randperm(len(held), generator=generator).tolist()]
 
 
+@dataclass(frozen=True)
+class _Window:
+    """One training window in the shuffle buffer: its input as the loader gave it (uint8 video,
+    float32 audio), its target, and whether the clip has video (uint8 rows of 0 are zeros)."""
+
+    inputs: torch.Tensor
+    target: Any
+    has_video: float = 1.0
+
+    @property
+    def nbytes(self) -> int:
+        return self.inputs.numel() * self.inputs.element_size()
+
+
 class _TrainingStream:
-    """Endless training batches (video, labels) of `settings.batch_size` windows: the split read
-    epoch after epoch, its labelled windows mixed through a seeded shuffle buffer of
-    SHUFFLE_BATCHES batches. Labels are checked against `num_classes` as they arrive."""
+    """Endless training batches (inputs, targets, has_video) of `settings.batch_size` windows:
+    the split read epoch after epoch (a fresh, seeded pass each), its labelled windows mixed
+    through a seeded shuffle buffer of SHUFFLE_BATCHES batches that holds at most
+    `settings.shuffle_mb` MiB (the batch being trained, drawn from it, is on top). Labels are checked against `num_classes` as they arrive.
+    `peak_bytes` is the most the buffer held."""
 
     def __init__(self, batches: Iterable[dict], num_classes: int, settings: "FinetuneSettings",
                  task: str, modality: str = "video", multilabel: bool = False):
@@ -133,59 +170,72 @@ class _TrainingStream:
         self.modality, self.multilabel = modality, multilabel
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.windows_per_epoch = 0  # labelled windows in one pass (known after the first)
+        self.peak_bytes = 0
 
-    def _windows(self) -> Iterator[tuple[torch.Tensor, Any]]:
-        """The split's labelled windows, epoch after epoch. A split whose decoded windows fit in
-        settings.cache_mb is read once and then permuted (reading a small split through the
-        loader again every epoch costs more than the steps); a larger one streams every epoch."""
-        epoch, budget = 0, self.settings.cache_mb * 2 ** 20
-        cached: Optional[list[tuple[torch.Tensor, Any]]] = [] if budget > 0 else None
-        held = 0
+    def _windows(self) -> Iterator[_Window]:
+        """The split's labelled windows, epoch after epoch."""
+        epoch = 0
         while True:
-            if cached and epoch > 0:
-                order = torch.randperm(len(cached), generator=self.generator).tolist()
-                yield from (cached[i] for i in order)
-                epoch += 1
-                continue
             count = 0
             for batch in _epoch(self.source, self.settings.seed + epoch, self.generator):
-                inputs, labels, _ = _labelled(batch, self.task, self.modality, self.multilabel)
+                inputs, labels, _, present = _labelled_raw(batch, self.task, self.modality,
+                                                           self.multilabel)
                 if self.multilabel and labels.shape[1:] != (self.num_classes,):
                     raise ValueError(f"{self.task}: multi-hot labels of {labels.shape[1:]} "
                                      f"classes, expected {self.num_classes}")
                 if not self.multilabel and len(labels) and int(labels.max()) >= self.num_classes:
                     raise ValueError(f"{self.task}: label {int(labels.max())} is outside the "
                                      f"dataset's {self.num_classes} classes")
-                for window, label in zip(inputs, list(labels)):
+                for i, (window, label) in enumerate(zip(inputs, list(labels))):
                     count += 1
-                    item = (window.clone(), label)  # a copy: a view would keep its whole batch
-                    if cached is not None:
-                        held += item[0].numel() * item[0].element_size()
-                        if held <= budget:
-                            cached.append(item)
-                        else:  # too large to hold: stream it every epoch
-                            cached = None
-                    yield item
+                    # a copy: a view would keep its whole batch alive in the buffer
+                    yield _Window(window.clone(), label,
+                                  1.0 if present is None else float(present[i]))
             if count == 0:
                 raise ValueError(f"{self.task}: no labelled window in the split")
             self.windows_per_epoch = self.windows_per_epoch or count
             epoch += 1
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        size = self.settings.batch_size
-        capacity = size * SHUFFLE_BATCHES
-        buffer: list[tuple[torch.Tensor, Any]] = []
-        for item in self._windows():
-            buffer.append(item)
+    def _capacity(self, window: _Window) -> int:
+        """Windows the buffer holds: SHUFFLE_BATCHES batches, fewer where the byte bound holds
+        fewer; at least a batch, or a clear error."""
+        bound = self.settings.shuffle_mb * 2 ** 20
+        capacity = min(int(bound // max(1, window.nbytes)),
+                       SHUFFLE_BATCHES * self.settings.batch_size)
+        if capacity < self.settings.batch_size:
+            need = self.settings.batch_size * window.nbytes / 2 ** 20
+            raise ValueError(f"{self.task}: eval.finetune_shuffle_mb={self.settings.shuffle_mb:g}"
+                             f" holds {capacity} windows of {tuple(window.inputs.shape)} "
+                             f"{window.inputs.dtype}, fewer than a batch "
+                             f"(eval.finetune_batch_size={self.settings.batch_size}); raise it to "
+                             f"at least {math.ceil(need)} or lower the batch size")
+        return capacity
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
+        buffer: list[_Window] = []
+        capacity, held = None, 0
+        for window in self._windows():
+            capacity = capacity or self._capacity(window)
+            buffer.append(window)
+            held += window.nbytes
+            self.peak_bytes = max(self.peak_bytes, held)
             if len(buffer) < capacity:
                 continue
-            picked = []
-            for _ in range(size):  # draw without replacement: swap the pick to the end, pop it
-                i = int(torch.randint(len(buffer), (1,), generator=self.generator))
-                buffer[i], buffer[-1] = buffer[-1], buffer[i]
-                picked.append(buffer.pop())
-            yield (torch.stack([inputs for inputs, _ in picked]),  # (B, T, H, W, 3) or (B, S)
-                   torch.as_tensor(np.stack([label for _, label in picked])))  # (B,) or (B, C)
+            # yielded as made: this frame keeps no reference to the batch while it refills
+            yield self._draw(buffer)
+            held = sum(w.nbytes for w in buffer)
+
+    def _draw(self, buffer: list[_Window]) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """(inputs, targets, has_video) of a batch drawn at random from `buffer`, removed
+        from it."""
+        picked = []
+        for _ in range(self.settings.batch_size):  # without replacement: swap to the end, pop
+            i = int(torch.randint(len(buffer), (1,), generator=self.generator))
+            buffer[i], buffer[-1] = buffer[-1], buffer[i]
+            picked.append(buffer.pop())
+        return (torch.stack([w.inputs for w in picked]),  # (B, T, H, W, 3) or (B, S)
+                torch.as_tensor(np.stack([w.target for w in picked])),  # (B,) or (B, C)
+                np.array([w.has_video for w in picked], dtype=np.float32))  # (B,)
 
 
 def learning_rate(step: int, settings: FinetuneSettings) -> float:
@@ -220,7 +270,9 @@ def finetune_classifier(model: nn.Module, train_batches: Iterable[dict],
     backbone.drop_rate = 0.0  # spec: no DropToken at fine-tuning
     stream = _TrainingStream(train_batches, num_classes, settings, task, modality, multilabel)
     net, optimizer, loss = None, None, None
-    for step, (inputs, targets) in zip(range(settings.steps), stream):
+    for step, (inputs, targets, present) in zip(range(settings.steps), stream):
+        if inputs.dtype == torch.uint8:  # the loader's pixels: to float on the device
+            inputs = video_to_float(inputs.to(device), present)
         inputs = prepare(inputs).to(device)
         if net is None:  # the feature width, from the first batch
             with torch.no_grad():
@@ -261,6 +313,7 @@ def finetune_classifier(model: nn.Module, train_batches: Iterable[dict],
     # None when the steps ended within the first pass over the train split
     result.metrics.update({"num_train_windows": stream.windows_per_epoch or None,
                            "num_test_windows": int(len(test_y)), "steps": settings.steps,
+                           "shuffle_buffer_peak_mb": round(stream.peak_bytes / 2 ** 20, 1),
                            "final_train_loss": float(loss.item())})
     return result
 

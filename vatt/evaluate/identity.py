@@ -12,8 +12,8 @@ for both, and nothing else is in the way (vatt.evaluate.registry). Per task (and
     settings  the settings that change this task's number (TASK_SETTINGS by protocol, plus
               TASK_EXTRA_SETTINGS): a probe's recipe for a linear probe, the fine-tuning recipe
               for fine-tuning, windows and captions per clip for retrieval. Where the report
-              goes, the batch size of feature extraction, the fine-tuning cache and the device
-              are not in it: they change no number
+              goes, the batch size of feature extraction and the device are not in it: they
+              change no number
     code      the version of the code that computes the number (`code_version`): the SHA-256
               of the evaluation, loader and model modules' source
 
@@ -36,9 +36,10 @@ from vatt.config import Config, to_dict
 TASK_SETTINGS: dict[str, tuple[str, ...]] = {
     "linear": ("eval.probe_rank", "eval.probe_lr", "eval.probe_epochs", "eval.probe_batch_size",
                "eval.probe_weight_decay", "eval.seed", "data.eval_num_windows"),
+    # the shuffle buffer's bound decides the order of the training windows
     "finetune": ("eval.finetune_steps", "eval.finetune_lr", "eval.finetune_warmup_steps",
-                 "eval.finetune_batch_size", "eval.finetune_test_crops", "eval.seed",
-                 "data.eval_num_windows"),
+                 "eval.finetune_batch_size", "eval.finetune_test_crops",
+                 "eval.finetune_shuffle_mb", "eval.seed", "data.eval_num_windows"),
     "zero-shot": ("data.eval_num_windows",),
 }
 # and those of one task beyond its protocol's

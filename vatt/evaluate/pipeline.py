@@ -295,7 +295,7 @@ def run_evaluation(checkpoint: str, cfg: Config, overrides: Iterable[str] = (),
     for line in describe_data(data):
         log.info("  %s", line)
     for task, why in skipped.items():
-        log.info("  %s: skipped, %s (eval.tasks_if_ingested)", task, why)
+        log.info("  %s: skipped, %s", task, why)
 
     def data_for(model_cfg: Config, vocab_words: Optional[tuple[str, ...]], task: str,
                  dataset: str) -> Mapping[str, Mapping[str, Any]]:

@@ -35,6 +35,9 @@ ITEMS = ("video", "clip")  # a retrieval item: a video (its clips averaged) or o
 # the split names a test split may have in a manifest, in order of preference (MiT, ImageNet
 # and YouCook2 evaluate on their official validation set, which ingest writes as `test`)
 TEST_SPLITS = ("test", "val", "validation")
+# where a source's reported split is not its test split: the paper reports Kinetics on val
+# (its test.csv publishes no labels); test only when a labelled one is all there is
+TEST_SPLITS_BY_SOURCE = {"kinetics": ("val", "validation", "test")}
 # eval.audioset_train -> the AudioSet train splits fine-tuning reads
 AUDIOSET_TRAIN = {"balanced": ("train",), "unbalanced": ("train_unbalanced",),
                   "both": ("train", "train_unbalanced")}
@@ -96,12 +99,23 @@ class Task:
         """Trains (a copy of) the model on raw batches instead of reading extracted features."""
         return self.protocol == "finetune"
 
-    def manifest_splits(self, cfg: "Config", role: str) -> tuple[str, ...]:
-        """The manifest split names `role` reads: all of them for train (several are read one
-        after the other), the first present of them for test."""
+    def manifest_splits(self, cfg: "Config", role: str,
+                        source: Optional[str] = None) -> tuple[str, ...]:
+        """The manifest split names `role` reads on a dataset of `source`: all of them for
+        train (several are read one after the other), the first present (and, for a labelled
+        task, labelled) of them for test."""
         if self.split_names is not None:
             return tuple(self.split_names(cfg, role))
-        return ("train",) if role == "train" else TEST_SPLITS
+        return ("train",) if role == "train" else preferred_test_splits(source)
+
+    @property
+    def needs_labels(self) -> bool:
+        return self.labels != "none"
+
+
+def preferred_test_splits(source: Optional[str]) -> tuple[str, ...]:
+    """A source's test splits in order of preference (TEST_SPLITS unless it reports another)."""
+    return TEST_SPLITS_BY_SOURCE.get(source or "", TEST_SPLITS)
 
 
 TASKS: dict[str, Task] = {}
@@ -369,4 +383,5 @@ def paper_result(preset: Optional[str], task: str, source: Optional[str],
 
 __all__ = ["Task", "TaskRun", "TASKS", "register", "get_task", "check_tasks", "describe_tasks",
            "paper_result", "PAPER_RESULTS", "result_key", "split_key", "TEST_SPLITS",
+           "TEST_SPLITS_BY_SOURCE", "preferred_test_splits",
            "AUDIOSET_TRAIN", "num_classes"]
