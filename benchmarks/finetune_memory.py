@@ -31,9 +31,10 @@ import os
 import resource
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
+
+from eval_memory import PeakPrivateMemory  # the same sampler (benchmarks/ is sys.path[0] here)
 
 SPEC_INPUT = ["data.num_frames=32", "data.fps=10", "data.frame_size=224",
               "data.sample_rate=48000", "model.video.patch_size=[4,16,16]",
@@ -73,22 +74,6 @@ def prepare(data: Path, repeat: int) -> Path:
     if not (root / "vocab.json").exists():
         (root / "vocab.json").symlink_to(source / "vocab.json")
     return root
-
-
-class PeakPrivateMemory(threading.Thread):
-    """The peak of this process's RssAnon (private resident memory), sampled."""
-
-    def __init__(self, every_s: float = 0.02):
-        super().__init__(daemon=True)
-        self.every_s, self.peak_kb, self.running = every_s, 0, True
-
-    def run(self) -> None:
-        while self.running:
-            with open("/proc/self/status") as status:
-                for line in status:
-                    if line.startswith("RssAnon:"):
-                        self.peak_kb = max(self.peak_kb, int(line.split()[1]))
-            time.sleep(self.every_s)
 
 
 def measure(root: Path, task: str, steps: int, extra: list[str] = ()) -> dict:
