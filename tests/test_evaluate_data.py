@@ -314,3 +314,23 @@ def test_two_datasets_of_one_source_evaluated_in_one_run(setup, tmp_path):
     # the same clips and the same model: the same numbers, and the first is the flat key
     assert m["action_linear@kinetics400.top1"] == m["action_linear@kinetics600.top1"] \
         == m["action_linear.top1"]
+
+
+def test_a_promoted_model_measured_otherwise_is_re_measured_on_the_ingested_data(setup, tmp_path):
+    """`vatt evaluate`'s path (run_evaluation): the candidate is evaluated with one window per
+    clip where the promoted model's number had two, so the promoted model is read back from the
+    registry and evaluated on the same ingested split with the candidate's settings (its data
+    built for it through the loader) before the gate decides; the same weights give the same
+    number, so nothing is promoted."""
+    from vatt.evaluate.pipeline import run_evaluation
+
+    cfg, folder = setup
+    common = [f"eval.registry_path={tmp_path / 'registry'}", f"eval.output_path={tmp_path / 'eval'}"]
+    tasks, datasets = ["text_video_retrieval"], {"text_video_retrieval": ["synthetic-msrvtt"]}
+    first = run_evaluation(str(folder), cfg, common, tasks, datasets)
+    assert first.decision.promoted
+    fewer = run_evaluation(str(folder), cfg, [*common, "data.eval_num_windows=1"], tasks, datasets)
+    decision = fewer.decision
+    assert decision.promoted_value_source == "re-measured", decision.reason
+    assert decision.promoted_value == pytest.approx(decision.candidate_value, abs=1e-6)
+    assert not decision.promoted and "data.eval_num_windows 2 -> 1" in decision.reason

@@ -332,7 +332,8 @@ class Registry:
                 else:
                     margin_words = f"{used_margin:g} (eval.promotion_margin)"
                 against = ("the promoted model" if source == "stored" else
-                           "the promoted model, re-measured on this evaluation's data")
+                           "the promoted model, re-measured on this evaluation's data (its stored "
+                           "number: " + "; ".join(differences(mine, theirs)) + ")")
                 direction = "lower" if metric.rpartition(".")[2] in LOWER_IS_BETTER else "higher"
                 if used_margin:
                     promote = is_better_or_equal(metric, value, current_value, used_margin)
