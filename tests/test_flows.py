@@ -327,10 +327,11 @@ def test_schedules_edited_in_the_ui_survive_a_restart_of_serve(prefect_api, tmp_
             assert _schedules(client, weekly) == []
             assert client.read_deployment_by_name(on_demand).paused
             assert _schedules(client, on_demand) == [("0 0 1 * *", "", True)]
-        finally:
-            for name in (weekly, on_demand):
-                with contextlib.suppress(ObjectNotFound):
-                    client.delete_deployment(client.read_deployment_by_name(name).id)
+        finally:  # every scratch deployment (each on-demand entry got the scratch name)
+            for deployment in client.read_deployments():
+                if deployment.name.endswith("-schedules-test"):
+                    with contextlib.suppress(ObjectNotFound):
+                        client.delete_deployment(deployment.id)
 
 
 def test_bad_parameters_are_rejected_before_any_work(prefect_api, tmp_path):
