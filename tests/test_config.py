@@ -165,3 +165,14 @@ def test_a_saved_whole_config_loads_back_as_it_was(tmp_path):
     saved.write_text(to_yaml(cfg))
     assert load_config(saved) == cfg
     assert load_config(saved, ["train.seed=3"]).train.seed == 3
+
+
+def test_a_config_saved_with_retired_eval_settings_still_loads():
+    """A checkpoint saved before eval.promote_incomparable and eval.finetune_cache_mb went is
+    evaluated again (and a promoted model re-measured) with its own config."""
+    saved = to_dict(load_config("tiny"))
+    saved["eval"].update(promote_incomparable=True, finetune_cache_mb=512.0)
+    assert from_dict(saved) == load_config("tiny")
+    saved["eval"]["finetune_cach_mb"] = 1.0  # a misspelt key is still an error, named
+    with pytest.raises(ConfigError, match="finetune_cach_mb"):
+        from_dict(saved)

@@ -672,6 +672,9 @@ def to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
+_RETIRED_EVAL_KEYS = ("promote_incomparable", "finetune_cache_mb")
+
+
 def from_dict(data: dict[str, Any]) -> Config:
     """Inverse of `to_dict` (e.g. the config saved beside a checkpoint), validated."""
     schema = OmegaConf.structured(Config)
@@ -683,10 +686,13 @@ def from_dict(data: dict[str, Any]) -> Config:
         train.setdefault("precision", "auto" if train.pop("bf16") else "fp32")
         data = {**data, "train": train}
     evaluation = data.get("eval")
-    if isinstance(evaluation, dict) and "promote_incomparable" in evaluation:
-        # configs saved before the gate re-measured the promoted model (it never promotes on an
-        # incomparable number now, so the setting has nothing left to decide)
-        data = {**data, "eval": {k: v for k, v in evaluation.items() if k != "promote_incomparable"}}
+    if isinstance(evaluation, dict) and set(evaluation) & set(_RETIRED_EVAL_KEYS):
+        # configs saved before these settings went must still load (a checkpoint evaluated
+        # again, a promoted model re-measured): promote_incomparable (the gate never promotes on
+        # an incomparable number now), finetune_cache_mb (fine-tuning reads a fresh augmented
+        # pass per epoch; eval.finetune_shuffle_mb bounds its buffer)
+        data = {**data, "eval": {k: v for k, v in evaluation.items()
+                                 if k not in _RETIRED_EVAL_KEYS}}
     try:
         cfg: Config = OmegaConf.to_object(OmegaConf.merge(schema, data))  # type: ignore
     except OmegaConfBaseException as err:
