@@ -52,8 +52,10 @@ from vatt.data.pool import WorkerDied, map_in_processes
 LAYOUTS = ("howto100m", "ucf101", "esc50", "msrvtt", "kinetics", "audioset", "youcook2",
            "imagenet")
 WIDTH, HEIGHT, FPS, RATE = 128, 96, 10, 16000
-GENERATOR_VERSION = 4  # 4: sound and captions follow the motion; Kinetics, AudioSet, YouCook2 and
-# ImageNet layouts; a validation split in every set (3: MSR-VTT validate; 2: shared rooms)
+GENERATOR_VERSION = 5  # 5: every motion visible at 5 fps, the actor inside the evaluation's crop,
+# nothing static tied to the motion; 4: sound and captions follow the motion; Kinetics,
+# AudioSet, YouCook2 and ImageNet layouts; a validation split in every set (3: MSR-VTT
+# validate; 2: shared rooms)
 SCENE_SECONDS = 3.2  # one pretraining clip (2 x the tiny window) per scene
 
 SHAPES = ["circle", "square", "triangle", "diamond", "ring", "cross"]
@@ -147,13 +149,19 @@ class Thing:
 
 @dataclass
 class Scene:
-    actor: Thing
+    actor: Thing  # actor.x, actor.y: where it is on average over the scene (the anchor)
     motion: str
     rate: float  # motion events per second (tempo)
     loudness: float
     distractors: list[Thing] = field(default_factory=list)
     jolts: np.ndarray = field(default_factory=lambda: np.zeros(0))  # shake event times
     cue: str = "colour"  # what the sound and the captions follow (CUES)
+    duration: float = SCENE_SECONDS  # the scene's clock runs over [0, duration)
+    pitch: float = 600.0  # base pitch of the actor's sound (Hz)
+    phases: np.ndarray = field(default_factory=lambda: np.zeros(4))  # shake's tremble
+    # the motion's own offset averaged over the scene, taken off so that actor.x, actor.y is
+    # the mean position whatever the motion (no class sits in its own part of the frame)
+    centring: tuple[float, float] = (0.0, 0.0)
 
     @property
     def tempo(self) -> int:
@@ -170,19 +178,35 @@ def _tint(colour: str, rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.array(COLOURS[colour]) + rng.normal(0, 0.06, 3), 0, 1)
 
 
+# Where the actor may be (version 5). The evaluation sees the centre square of the frame (the
+# short side: x in [16, 112) of 128); the actor's shape reaches 1.2 radii from its centre (a
+# square's corner) and a pulse swells it by PULSE_SWELL: its mean position lies within
+# ANCHOR_SPREAD of the frame's centre and its motion takes it at most REACH further, so that
+# it never leaves that square (tests/test_data_synthetic.py checks every frame)
+ACTOR_RADIUS = (12.0, 16.0)
+ANCHOR_SPREAD = 6.0
+REACH = 22.0
+PULSE_SWELL = 0.6
+
+
 def _thing(rng: np.random.Generator, small: bool = False) -> Thing:
     colour = COLOUR_NAMES[rng.integers(len(COLOURS))]
     rgb = _tint(colour, rng)
-    radius = rng.uniform(5, 8) if small else rng.uniform(16, 22)
-    return Thing(SHAPES[rng.integers(len(SHAPES))], colour, rgb, radius,
-                 rng.uniform(25, WIDTH - 25), rng.uniform(25, HEIGHT - 25),
+    if small:
+        radius, x, y = rng.uniform(5, 8), rng.uniform(25, WIDTH - 25), rng.uniform(25, HEIGHT - 25)
+    else:
+        radius = rng.uniform(*ACTOR_RADIUS)
+        x, y = np.array([WIDTH / 2, HEIGHT / 2]) + rng.uniform(-1, 1, 2) * ANCHOR_SPREAD
+    return Thing(SHAPES[rng.integers(len(SHAPES))], colour, rgb, radius, x, y,
                  rng.uniform(-4, 4), rng.uniform(-3, 3), rng.uniform(0, np.pi))
 
 
 def make_scene(rng: np.random.Generator, duration: float, motion: str | None = None,
                colour: str | None = None, cue: str = "colour") -> Scene:
-    """A random scene; `cue` "motion" also gives it up to two distractors, half of them of the
-    actor's colour and shape (so that those say little about which thing sounds)."""
+    """A random scene of `duration` seconds; `cue` "motion" also gives it up to two
+    distractors, half of them of the actor's colour and shape (so that those say little about
+    which thing sounds). Nothing static depends on the motion: colour, shape, size, mean
+    position and the sound's pitch are drawn the same way for every motion."""
     actor = _thing(rng)
     if colour is not None:
         actor.colour = colour
@@ -197,44 +221,86 @@ def make_scene(rng: np.random.Generator, duration: float, motion: str | None = N
         if rng.random() < 0.5:
             d.shape, d.colour, d.rgb = actor.shape, actor.colour, _tint(actor.colour, rng)
     jolts = np.sort(rng.uniform(0.1, duration - 0.1, max(1, rng.poisson(rate * duration))))
-    return Scene(actor, motion, rate, rng.uniform(0.25, 0.5), distractors, jolts, cue)
+    # the pitch is the sound's own (the kinds overlap in pitch: the kind is timbre), not the
+    # actor's size, which would tie something static in the picture to the sound
+    pitch = 1300.0 * 0.3 ** rng.uniform(0, 1)
+    scene = Scene(actor, motion, rate, rng.uniform(0.25, 0.5), distractors, jolts, cue,
+                  duration, pitch, rng.uniform(0, 2 * np.pi, 4))
+    times = np.arange(int(round(duration * FPS))) / FPS
+    offsets = np.array([_offset(scene, t)[:2] for t in times])
+    scene.centring = tuple(float(v) for v in offsets.mean(axis=0))
+    return scene
 
 
 # ---------------------------------------------------------------------------------------------
 # motion: where the actor is at time t, and when its sound events happen
+#
+# Version 5: each motion moves the actor by at least 4.5 raw pixels (3 pixels of the `tiny`
+# model's 64-pixel input) per 5 fps frame, on average over a clip (MIN_DISPLACEMENT; measured by
+# `displacement` on points of the actor's outline and stripe, so a spin and a pulse count);
+# versions up to 4 had a spin and a pulse that barely changed between frames and a shake whose
+# jolts faded between two frames
 
 
-def _actor_state(scene: Scene, t: float, duration: float) -> tuple[float, float, float, float]:
-    """(x, y, radius, angle) of the actor at time t (seconds from the scene start)."""
-    a, f = scene.actor, scene.rate
-    x, y, r, angle = a.x, a.y, a.radius, a.angle
-    floor = HEIGHT - r - 4
-    if scene.motion == "bounce":
-        y = floor - 40 * abs(np.sin(np.pi * f * t))
-    elif scene.motion == "slide":
-        direction = 1 if a.vx >= 0 else -1
-        span = WIDTH - 2 * r
-        x = r + (span * (0.5 + direction * (t / duration - 0.5)))
-        y = a.y + 3 * np.sin(2 * np.pi * f * t)  # a step wobble at the tempo
+def _triangle(u: float) -> float:
+    """A triangle wave of period 1 between -1 and 1 (-1 at u = 0)."""
+    return 4 * abs((u % 1.0) - 0.5) - 1
+
+
+def _offset(scene: Scene, t: float) -> tuple[float, float, float, float]:
+    """(dx, dy, radius scale, added angle) of the actor's motion at time t, before centring."""
+    f = scene.rate
+    dx = dy = 0.0
+    scale, turn = 1.0, 0.0
+    if scene.motion == "bounce":  # floor contact (dy = 0) at t = k / f
+        dy = -34 * abs(np.sin(np.pi * f * t))
+    elif scene.motion == "slide":  # sideways at constant speed, turning at t = (k + 1/2) / f
+        direction = 1 if scene.actor.vx >= 0 else -1
+        dx = direction * REACH * _triangle(f * t / 2 + 0.25)
+        dy = 2 * np.sin(2 * np.pi * f * t)  # a little wobble
     elif scene.motion == "orbit":
-        x = WIDTH / 2 + 32 * np.cos(np.pi * f * t)
-        y = HEIGHT / 2 + 24 * np.sin(np.pi * f * t)
-    elif scene.motion == "zigzag":
-        phase = (f * t / 2) % 1.0
-        y = HEIGHT / 2 + 28 * (4 * abs(phase - 0.5) - 1)
-        x = 20 + (WIDTH - 40) * (t / duration)
-    elif scene.motion == "pulse":
-        r = r * (1.0 + 0.45 * np.sin(2 * np.pi * f * t))
-    elif scene.motion == "shake":
+        dx = 20 * np.cos(np.pi * f * t)
+        dy = 18 * np.sin(np.pi * f * t)
+    elif scene.motion == "zigzag":  # fast up and down (bottom at t = k / f) while drifting across
+        dx = 18 * _triangle(f * t / 4 + 0.25)
+        dy = -18 * _triangle(f * t)
+    elif scene.motion == "pulse":  # swells to the largest at t = (k + 1/4) / f
+        scale = 1.0 + PULSE_SWELL * np.sin(2 * np.pi * f * t)
+    elif scene.motion == "shake":  # trembles all the time, kicked hard at each jolt
+        p = scene.phases
+        dx = 4.5 * (np.sin(2 * np.pi * 2.1 * t + p[0]) + np.sin(2 * np.pi * 2.9 * t + p[1]))
+        dy = 4.5 * (np.sin(2 * np.pi * 2.3 * t + p[2]) + np.sin(2 * np.pi * 3.1 * t + p[3]))
         since = t - scene.jolts[scene.jolts <= t]
-        kick = np.exp(-since / 0.08).sum() if len(since) else 0.0
-        x = a.x + 10 * kick * np.sin(37 * t)
-        y = a.y + 10 * kick * np.cos(23 * t)
-    elif scene.motion == "spin":
-        angle = a.angle + 2 * np.pi * (f / 4) * t  # a quarter turn per event
-    elif scene.motion == "fall":
-        y = floor - (floor - 12) * _fall_height(t % _FALL_PERIOD)  # dropped again and again
-    return x, y, r, angle
+        kick = np.exp(-since / 0.25).sum() if len(since) else 0.0
+        dx, dy = dx + 8 * kick * np.sin(37 * t), dy + 8 * kick * np.cos(23 * t)
+    elif scene.motion == "spin":  # a quarter turn from one event to the next
+        turn = 3.0 * f * t
+    elif scene.motion == "fall":  # dropped again and again, bouncing ever lower
+        dy = -36 * _fall_height(t % _FALL_PERIOD)
+    return dx, dy, scale, turn
+
+
+def outline(scene: Scene, t: float, points: int = 16) -> np.ndarray:
+    """(points, 2) raw-pixel positions of points on the actor's outline at time t, fixed to its
+    body (so they turn with a spin and spread with a pulse; two of them end its stripe)."""
+    x, y, r, angle = _actor_state(scene, t)
+    phi = angle + 2 * np.pi * np.arange(points) / points
+    return np.stack([x + r * np.cos(phi), y + r * np.sin(phi)], axis=1)
+
+
+def displacement(scene: Scene, start: float, frames: int, fps: float) -> float:
+    """Mean raw-pixel distance the actor's outline points move from one frame to the next, over
+    `frames` frames at `fps` from `start`: how much the motion shows at that frame rate."""
+    points = np.stack([outline(scene, start + k / fps) for k in range(frames)])
+    return float(np.linalg.norm(np.diff(points, axis=0), axis=2).mean())
+
+
+def _actor_state(scene: Scene, t: float) -> tuple[float, float, float, float]:
+    """(x, y, radius, angle) of the actor at time t (seconds on the scene's clock)."""
+    a = scene.actor
+    dx, dy, scale, turn = _offset(scene, t)
+    return (a.x + dx - scene.centring[0], a.y + dy - scene.centring[1], a.radius * scale,
+            a.angle + turn)
 
 
 _FALL_IMPACTS = np.cumsum([0.55, 0.45, 0.34, 0.26])
@@ -261,9 +327,11 @@ def sound_events(scene: Scene, duration: float) -> list[tuple[float, float]]:
     if scene.motion == "fall":
         return [(start + t, 0.8 ** k) for start in np.arange(0.0, duration, _FALL_PERIOD)
                 for k, t in enumerate(_FALL_IMPACTS) if start + t < duration]
-    period = {"bounce": 1 / f, "slide": 1 / f, "orbit": 2 / f, "zigzag": 2 / f,
-              "pulse": 1 / f, "spin": 1 / f}[scene.motion]
-    offset = {"bounce": 0.0, "slide": 0.25 / f, "orbit": 0.0, "zigzag": 0.0,
+    # bounce: floor contacts; slide: turns; orbit: one per loop; zigzag: its lowest points;
+    # pulse: its largest size; spin: each quarter turn
+    period = {"bounce": 1 / f, "slide": 1 / f, "orbit": 2 / f, "zigzag": 1 / f,
+              "pulse": 1 / f, "spin": np.pi / 6 / f}[scene.motion]
+    offset = {"bounce": 0.0, "slide": 0.5 / f, "orbit": 0.0, "zigzag": 0.0,
               "pulse": 0.25 / f, "spin": 0.0}[scene.motion]
     return [(t, 1.0) for t in np.arange(offset, duration, period)]
 
@@ -322,6 +390,9 @@ def room(seed: int, rng: np.random.Generator) -> np.ndarray:
     return _background(np.random.default_rng([seed, 1000, int(rng.integers(NUM_ROOMS))]))
 
 
+STRIPE_SHADE = 0.3  # the stripe that shows a turn (0.55 up to version 4: a spin was faint)
+
+
 def render(scene: Scene, background: np.ndarray, t0: float, duration: float,
            rng: np.random.Generator) -> np.ndarray:
     """Frames (N, H, W, 3) uint8 at FPS for [t0, t0 + duration) of the scene clock."""
@@ -335,10 +406,10 @@ def render(scene: Scene, background: np.ndarray, t0: float, duration: float,
             inside, stripe = _mask(d.shape, x, y, d.radius, d.angle)
             image[inside] = d.rgb
             image[stripe] = d.rgb * 0.55
-        x, y, r, angle = _actor_state(scene, t, duration + t0)
+        x, y, r, angle = _actor_state(scene, t)
         inside, stripe = _mask(scene.actor.shape, x, y, r, angle)
         image[inside] = scene.actor.rgb
-        image[stripe] = scene.actor.rgb * 0.55
+        image[stripe] = scene.actor.rgb * STRIPE_SHADE
         image += rng.normal(0, 0.03, image.shape).astype(np.float32)  # sensor noise
         frames.append((np.clip(image, 0, 1) * 255).astype(np.uint8))
     return np.stack(frames)
@@ -380,10 +451,8 @@ def soundtrack(scene: Scene, duration: float, rng: np.random.Generator,
     n = int(round(duration * RATE))
     audio = np.zeros(n + RATE, dtype=np.float64)
     kind = scene.sound
-    # bigger things sound lower: the base pitch falls with the actor's size (plus a spread), so
-    # the pitch ranges of the kinds overlap and the kind is timbre, not pitch
-    size = (scene.actor.radius - 16.0) / 6.0  # 0 (smallest actor) .. 1 (largest)
-    pitch = 1300.0 * 0.3 ** size * rng.uniform(0.85, 1.15)
+    # the pitch ranges of the kinds overlap: the kind is timbre, not pitch
+    pitch = scene.pitch
     for t, amp in sound_events(scene, duration):
         event = _event_sound(kind, pitch * rng.uniform(0.97, 1.03), rng)
         start = int(t * RATE)
@@ -539,8 +608,8 @@ def _howto_video(task: dict) -> dict:
         scene = make_scene(rng, scene_seconds, cue=task["cue"])
         frames.append(render(scene, background, 0.0, scene_seconds, rng))
         audio.append(soundtrack(scene, scene_seconds, rng))
-        for _ in range(rng.integers(2, 4)):  # narration drifts around its scene
-            start = max(0.0, k * scene_seconds + rng.uniform(-0.3, 2.0))
+        for _ in range(rng.integers(3, 5)):  # narration drifts a little around its scene
+            start = max(0.0, k * scene_seconds + rng.uniform(-0.3, 1.0))
             narration.append((start, start + rng.uniform(1.0, 2.0), describe(scene, rng)))
     total = scene_seconds * num_scenes
     for _ in range(rng.integers(1, 4)):  # talk unrelated to the picture
@@ -655,7 +724,7 @@ def _imagenet_image(task: dict) -> dict:
     scene.actor.shape = SHAPES[task["class"]]
     t = float(rng.uniform(0, 3.9))
     image = Image.fromarray(render(scene, room(task["seed"], rng), t, 1 / FPS, rng)[0])
-    x, y, r, _ = _actor_state(scene, t, 4.0)
+    x, y, r, _ = _actor_state(scene, t)
     box = [int(np.clip(v, 0, limit - 1)) for v, limit in
            ((x - r, WIDTH), (y - r, HEIGHT), (x + r, WIDTH), (y + r, HEIGHT))]
     buffer = io.BytesIO()
