@@ -7,11 +7,20 @@ modality agrees on: it sets the sound kind (a bouncing thing boings, a sliding o
 orbiting one chirps, a shaken one rattles, ...) and when the sounds happen (a bounce sounds at
 each floor contact, a fall at each ever closer impact, a shake at each random jolt, ...), and it
 is what the captions name, with paraphrases (synonyms, eight templates, the sound and tempo
-sometimes added); bigger actors sound lower. The colour and shape are seen but never heard or
-named, so a pretraining pair can only be matched by what moves how. HowTo100M-style videos add
-narration unrelated to the picture and caption timing that drifts around the scenes.
+sometimes added); the pitch is the sound's own, not tied to anything seen. The colour and
+shape are seen but never heard or named, so a pretraining pair can only be matched by what moves
+how. HowTo100M-style videos add narration unrelated to the picture and caption timing that
+drifts around the scenes.
 
-Generator version 4 (issue 14). Versions 2-3 tied the sound to the colour and named colour and
+Generator version 5 (issue 26) states three rules, each checked by tests/test_data_synthetic.py:
+every motion moves visibly at the `tiny` model's input (each class's outline moves at least
+MIN_DISPLACEMENT = 4 model pixels per 5 fps frame on average, 95% of its clips at least
+MIN_CLIP_DISPLACEMENT = 3; version 4's pulse and spin moved 0 by the actor's centre, its shake
+1.2); the actor stays inside the evaluation's centre crop in every frame; and with the motion
+cue nothing static (colour, shape, size, mean position over the scene, pitch, loudness)
+predicts the motion, the sound kind or the caption better than chance (version 4 placed a
+bouncing or falling actor above or below the others, and its pitch followed its size).
+Version 4 (issue 14): versions 2-3 tied the sound to the colour and named colour and
 shape in the captions: `tiny` pretraining then learned colour, which met both contrastive
 objectives, and left the action probe (8 motions) near chance (BENCHMARKS.md, "Learning
 signal"). Version 2 (issue 5) had already made the data learnable on a CPU budget: rooms shared
@@ -179,7 +188,8 @@ def _tint(colour: str, rng: np.random.Generator) -> np.ndarray:
 
 
 # Where the actor may be (version 5). The evaluation sees the centre square of the frame (the
-# short side: x in [16, 112) of 128); the actor's shape reaches 1.2 radii from its centre (a
+# short side: x in [16, 112) of 128 were the aspect kept; ingestion stores `tiny`'s frames at
+# 80 x 64, sides being multiples of 16, which widens it to [12.8, 115.2)); the actor's shape reaches 1.2 radii from its centre (a
 # square's corner) and a pulse swells it by PULSE_SWELL: its mean position lies within
 # ANCHOR_SPREAD of the frame's centre and its motion takes it at most REACH further, so that
 # it never leaves that square (tests/test_data_synthetic.py checks every frame)
@@ -235,11 +245,17 @@ def make_scene(rng: np.random.Generator, duration: float, motion: str | None = N
 # ---------------------------------------------------------------------------------------------
 # motion: where the actor is at time t, and when its sound events happen
 #
-# Version 5: each motion moves the actor by at least 4.5 raw pixels (3 pixels of the `tiny`
-# model's 64-pixel input) per 5 fps frame, on average over a clip (MIN_DISPLACEMENT; measured by
-# `displacement` on points of the actor's outline and stripe, so a spin and a pulse count);
-# versions up to 4 had a spin and a pulse that barely changed between frames and a shake whose
-# jolts faded between two frames
+# Version 5: each motion moves visibly at the `tiny` model's input (8 frames at 5 fps, 64 x 64
+# pixels: ingestion stores 80 x 64, 0.625 x 0.667 model pixels per raw pixel, and evaluation
+# keeps its centre square), measured by `displacement` on points of the actor's outline, fixed
+# to its body so that a spin and a pulse count. Over random windows of that input, every class
+# moves MIN_DISPLACEMENT model pixels per frame on average (a quarter of a 16-pixel patch) and
+# at least 95% of each class's clips move MIN_CLIP_DISPLACEMENT (tests/test_data_synthetic.py
+# checks both, for both cues). Versions up to 4 had a spin and a pulse that barely changed
+# between frames (0 pixels by the actor's centre), a shake whose jolts faded between two frames
+# (1.2) and a slide of 3.6
+MIN_DISPLACEMENT = 4.0  # model pixels per frame, a class's mean over clips
+MIN_CLIP_DISPLACEMENT = 3.0  # model pixels per frame, the floor of 95% of a class's clips
 
 
 def _triangle(u: float) -> float:
@@ -288,10 +304,12 @@ def outline(scene: Scene, t: float, points: int = 16) -> np.ndarray:
     return np.stack([x + r * np.cos(phi), y + r * np.sin(phi)], axis=1)
 
 
-def displacement(scene: Scene, start: float, frames: int, fps: float) -> float:
-    """Mean raw-pixel distance the actor's outline points move from one frame to the next, over
-    `frames` frames at `fps` from `start`: how much the motion shows at that frame rate."""
-    points = np.stack([outline(scene, start + k / fps) for k in range(frames)])
+def displacement(scene: Scene, start: float, frames: int, fps: float,
+                 scale: tuple[float, float] = (1.0, 1.0)) -> float:
+    """Mean distance the actor's outline points move from one frame to the next, over `frames`
+    frames at `fps` from `start`: how much the motion shows at that frame rate. In raw pixels,
+    or in a resized frame's pixels with `scale` (its pixels per raw pixel along x and y)."""
+    points = np.stack([outline(scene, start + k / fps) for k in range(frames)]) * scale
     return float(np.linalg.norm(np.diff(points, axis=0), axis=2).mean())
 
 
