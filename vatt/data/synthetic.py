@@ -168,6 +168,10 @@ class Scene:
     duration: float = SCENE_SECONDS  # the scene's clock runs over [0, duration)
     pitch: float = 600.0  # base pitch of the actor's sound (Hz)
     phases: np.ndarray = field(default_factory=lambda: np.zeros(4))  # shake's tremble
+    # how far into its cycle the motion is when the scene starts (seconds), so that a window
+    # of a few frames is as likely to show any part of the cycle (a falling actor is not high
+    # at the start of every scene)
+    phase: float = 0.0
     # the motion's own offset averaged over the scene, taken off so that actor.x, actor.y is
     # the mean position whatever the motion (no class sits in its own part of the frame)
     centring: tuple[float, float] = (0.0, 0.0)
@@ -235,7 +239,7 @@ def make_scene(rng: np.random.Generator, duration: float, motion: str | None = N
     # actor's size, which would tie something static in the picture to the sound
     pitch = 1300.0 * 0.3 ** rng.uniform(0, 1)
     scene = Scene(actor, motion, rate, rng.uniform(0.25, 0.5), distractors, jolts, cue,
-                  duration, pitch, rng.uniform(0, 2 * np.pi, 4))
+                  duration, pitch, rng.uniform(0, 2 * np.pi, 4), rng.uniform(0, 4 / rate))
     times = np.arange(int(round(duration * FPS))) / FPS
     offsets = np.array([_offset(scene, t)[:2] for t in times])
     scene.centring = tuple(float(v) for v in offsets.mean(axis=0))
@@ -264,8 +268,9 @@ def _triangle(u: float) -> float:
 
 
 def _offset(scene: Scene, t: float) -> tuple[float, float, float, float]:
-    """(dx, dy, radius scale, added angle) of the actor's motion at time t, before centring."""
-    f = scene.rate
+    """(dx, dy, radius scale, added angle) of the actor's motion at time t (the scene's clock),
+    before centring."""
+    f, t = scene.rate, (t if scene.motion == "shake" else t + scene.phase)  # the motion's clock
     dx = dy = 0.0
     scale, turn = 1.0, 0.0
     if scene.motion == "bounce":  # floor contact (dy = 0) at t = k / f
@@ -342,16 +347,18 @@ def sound_events(scene: Scene, duration: float) -> list[tuple[float, float]]:
     f = scene.rate
     if scene.motion == "shake":
         return [(t, 1.0) for t in scene.jolts]
+    phase = scene.phase  # events are placed on the motion's clock, then moved to the scene's
     if scene.motion == "fall":
-        return [(start + t, 0.8 ** k) for start in np.arange(0.0, duration, _FALL_PERIOD)
-                for k, t in enumerate(_FALL_IMPACTS) if start + t < duration]
+        return sorted((start + t - phase, 0.8 ** k)
+                      for start in np.arange(0.0, duration + phase, _FALL_PERIOD)
+                      for k, t in enumerate(_FALL_IMPACTS) if 0 <= start + t - phase < duration)
     # bounce: floor contacts; slide: turns; orbit: one per loop; zigzag: its lowest points;
     # pulse: its largest size; spin: each quarter turn
     period = {"bounce": 1 / f, "slide": 1 / f, "orbit": 2 / f, "zigzag": 1 / f,
               "pulse": 1 / f, "spin": np.pi / 6 / f}[scene.motion]
     offset = {"bounce": 0.0, "slide": 0.5 / f, "orbit": 0.0, "zigzag": 0.0,
               "pulse": 0.25 / f, "spin": 0.0}[scene.motion]
-    return [(t, 1.0) for t in np.arange(offset, duration, period)]
+    return [(t, 1.0) for t in np.arange((offset - phase) % period, duration, period)]
 
 
 # ---------------------------------------------------------------------------------------------
