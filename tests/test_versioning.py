@@ -4,15 +4,20 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from vatt.config import StorageConfig
-from vatt.data.versioning import VersioningError, data_version, pull, push, track
+from vatt.config import StorageConfig, load_config
+from vatt.data.ingest import ingest_params
+from vatt.data.synthetic import GENERATOR_VERSION, LAYOUTS, generator_stamp
+from vatt.data.versioning import VersioningError, data_version, describe_data, pull, push, track
 from vatt.storage import ObjectStore
 
 from conftest import _free_ports
@@ -181,6 +186,14 @@ def test_ingest_into_data_ends_with_dvc_add_and_push(repo, monkeypatch, capsys):
     assert (repo / "data.dvc").is_file() and f"data version: {version}" in out
     pushed = [p for p in (repo / ".dvc" / "storage").rglob("*") if p.is_file()]
     assert len(pushed) >= len(list((repo / "data").rglob("*.tar")))
+    # data.dvc says which generator made the data, as every manifest records it
+    written = yaml.safe_load((repo / "data.dvc").read_text())
+    stamp = {"name": "vatt.data.synthetic", "version": GENERATOR_VERSION, "seed": 0,
+             "scale": 0.05, "cue": "colour"}
+    assert written["meta"]["generator"] == stamp
+    assert written["desc"] == "synthetic generator 5, seed 0, scale 0.05, cue colour (8 datasets)"
+    for manifest in (repo / "data").glob("*/manifest.json"):
+        assert json.loads(manifest.read_text())["generator"] == stamp
     # a run on a named revision pulls that revision first; an unknown one is a clear error
     assert main(["pretrain", "--data-rev", "no-such-tag"]) == 2
     assert "no-such-tag" in capsys.readouterr().err
@@ -264,3 +277,92 @@ def test_a_run_records_the_data_it_reads_not_a_stale_data_dvc(repo, caplog):
     shutil.copytree(repo / "data", other)
     record = data_version_of(load_config("tiny", [f"data.path={other}"]))
     assert record["md5"] is None and "is not the data/ folder" in record["unversioned_because"]
+
+
+# The committed data.dvc is what the default ingest writes (`vatt pipeline`, or this command),
+# so that a default pipeline leaves the checkout unmodified
+REFRESH_DATA_DVC = ("refresh it from the repository's root: `vatt ingest --source synthetic` "
+                    "(the default ingest into data/, as `vatt pipeline` runs it: dvc add + dvc "
+                    "push to the local remote; move any other dataset out of data/ first), "
+                    "then `git add data.dvc`")
+
+
+def _data_dvc(path: Path) -> dict:
+    """What data.dvc says about the data: the out's hash, size and file count, desc, meta."""
+    text = yaml.safe_load(path.read_text())
+    out = text["outs"][0]
+    return {"md5": out.get("md5"), "size": out.get("size"), "nfiles": out.get("nfiles"),
+            "desc": text.get("desc"), "meta": text.get("meta")}
+
+
+def _differences(committed: dict, written: dict) -> str:
+    return "; ".join(f"{key}: committed {committed[key]!r}, the default ingest writes "
+                     f"{written[key]!r}" for key in committed if committed[key] != written[key])
+
+
+def test_the_committed_data_dvc_names_the_default_configs_generator_and_ingest():
+    """The fast half of the guard: the committed data.dvc records the generator (version,
+    seed, scale, cue), ingest parameters and datasets that the default config ingests today,
+    so a new generator version or a changed `tiny` data setting without a refreshed data.dvc
+    fails here, without a pipeline run."""
+    cfg = load_config("tiny")
+    expected = {"datasets": {f"synthetic-{layout}": "synthetic" for layout in LAYOUTS},
+                "ingest": ingest_params(cfg),
+                "generator": {"name": "vatt.data.synthetic", **generator_stamp(cfg)}}
+    committed = _data_dvc(PROJECT / "data.dvc")["meta"] or {}
+    wrong = {key: (committed.get(key), value) for key, value in expected.items()
+             if committed.get(key) != value}
+    assert not wrong, (f"data.dvc is not what the default ingest writes ({wrong}: committed, "
+                       f"expected); {REFRESH_DATA_DVC}")
+
+
+def test_the_default_pipeline_writes_the_committed_data_dvc(default_pipeline):
+    """The whole guard: `vatt pipeline` (the README's main job, in a project holding this
+    checkout's data.dvc) writes exactly the committed data.dvc, so it leaves the checkout
+    unmodified."""
+    committed = _data_dvc(PROJECT / "data.dvc")
+    written = _data_dvc(default_pipeline.project / "data.dvc")
+    assert written == committed, (f"data.dvc is not what the default pipeline writes "
+                                  f"({_differences(committed, written)}); {REFRESH_DATA_DVC}")
+
+
+def test_track_records_what_made_the_data_and_replaces_an_older_record(repo):
+    """dvc add keeps the desc and meta of the data.dvc it replaces; track writes them anew
+    from the manifests, and DVC hashes neither (the md5 and the clean status stay)."""
+    _write_data(repo, seed=3)
+    for name, scale in (("synthetic-a", 0.5), ("synthetic-b", 0.5)):
+        (repo / "data" / name).mkdir()
+        stamp = {"name": "vatt.data.synthetic", "version": 4, "seed": 0, "scale": scale,
+                 "cue": "motion"}
+        (repo / "data" / name / "manifest.json").write_text(json.dumps(
+            {"source": "synthetic", "params": {"fps": 5.0}, "generator": stamp, "clips": []}))
+    (repo / "data" / "kinetics600").mkdir()
+    (repo / "data" / "kinetics600" / "manifest.json").write_text(json.dumps(
+        {"source": "kinetics", "params": {"fps": 5.0}, "clips": []}))
+    track("data", repo_root=repo)
+    first = yaml.safe_load((repo / "data.dvc").read_text())
+    assert first["desc"] == ("synthetic generator 4, seed 0, scale 0.5, cue motion (2 datasets); "
+                             "kinetics600 (ingested: kinetics)")
+    assert first["meta"]["generator"]["version"] == 4 and first["meta"]["ingest"] == {"fps": 5.0}
+    assert first["meta"]["datasets"] == {"kinetics600": "kinetics", "synthetic-a": "synthetic",
+                                         "synthetic-b": "synthetic"}
+    # the same data under another record: same md5; the record is the new one, not dvc's old
+    text = (repo / "data.dvc").read_text()
+    (repo / "data.dvc").write_text(text.replace("version: 4", "version: 3"))
+    track("data", repo_root=repo)
+    second = yaml.safe_load((repo / "data.dvc").read_text())
+    assert second == first
+    # another generator for one dataset: each dataset's record, and data.dvc follows the data
+    manifest = repo / "data" / "synthetic-b" / "manifest.json"
+    record = json.loads(manifest.read_text())
+    record["generator"]["version"] = 5
+    manifest.write_text(json.dumps(record))
+    track("data", repo_root=repo)
+    third = yaml.safe_load((repo / "data.dvc").read_text())
+    assert third["meta"]["generator"]["synthetic-b"]["version"] == 5
+    assert "generator 4" in third["desc"] and "generator 5" in third["desc"]
+    assert third["outs"][0]["md5"] != first["outs"][0]["md5"]
+    assert describe_data(repo / "data").meta == third["meta"]
+    assert subprocess.run([str(Path(sys.executable).parent / "dvc"), "status"], cwd=repo,
+                          capture_output=True, text=True).stdout.strip() == \
+        "Data and pipelines are up to date."

@@ -7,8 +7,9 @@ Output, for a source ingested into OUT as dataset NAME (`--name`; default: the s
                                            16-bit audio, if any), <key>.json (clip record below)
     OUT/NAME/shards/<split>-<NNNNNN>.json  that shard's records, checksums and input fingerprint
     OUT/NAME/manifest.json                 source (the reader), name, ingest parameters, label
-                                           names, splits, and every clip (record + sha256 of
-                                           each member)
+                                           names, splits, every clip (record + sha256 of each
+                                           member), and for the generated dataset the generator
+                                           that made it (version, seed, scale, cue)
     OUT/NAME/report.json                   quarantined rows and media with reasons, summary
     OUT/NAME/vocab.json                    word vocabulary of NAME's training captions
     OUT/vocab.json                         word vocabulary of all sources' training captions
@@ -627,10 +628,12 @@ def _usable_items(items: list[WorkItem], root: Path) -> tuple[list[WorkItem], li
 
 
 def ingest_index(cfg: Config, index: SourceIndex, root: Path, out: Path, name: str,
-                 progress: bool = True, source: Optional[str] = None) -> dict:
+                 progress: bool = True, source: Optional[str] = None,
+                 generator: Optional[dict] = None) -> dict:
     """Write shards, manifest, report and vocabularies for an indexed source into dataset
     folder OUT/`name`; returns the summary. `source`: what the manifest records as the source
-    (default: the reader's name, index.name). Raises IngestError when the quarantined share
+    (default: the reader's name, index.name); `generator`: what made generated raw input (its
+    record goes into the manifest, and from there into data.dvc). Raises IngestError when the quarantined share
     exceeds the threshold, or when OUT/`name` holds another source's dataset."""
     from tqdm import tqdm
 
@@ -710,6 +713,8 @@ def ingest_index(cfg: Config, index: SourceIndex, root: Path, out: Path, name: s
         entry["hours"] = round(entry["hours"], 4)
     manifest = {"source": source, "name": name, "params": params, "label_names": index.label_names,
                 "multi_label": index.multi_label, "splits": splits, "clips": clips}
+    if generator is not None:
+        manifest["generator"] = generator
 
     # the share counts rows and media files; a bad segment of a good file counts as one item more
     bad_items = len(bad)
@@ -766,8 +771,12 @@ def _ingest(cfg: Config, source: str, src: Optional[str], out: Path, progress: b
 
         raw = Path(src) if src else out.resolve().parent / ".cache" / "synthetic-raw"
         generate(cfg, raw, progress=progress)
+        # the generator's own stamp of what it wrote (version, seed, scale, cue)
+        generator = {"name": "vatt.data.synthetic",
+                     **json.loads((raw / "generated.json").read_text())}
         return [ingest_index(cfg, READERS[layout](raw / layout, cfg.data.ingest),
-                             raw / layout, out, f"synthetic-{layout}", progress, source)
+                             raw / layout, out, f"synthetic-{layout}", progress, source,
+                             generator)
                 for layout in LAYOUTS]
     if not src:
         raise IngestError(f"--source {source} needs --path (a local folder or s3:// prefix)")

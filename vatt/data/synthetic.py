@@ -806,16 +806,24 @@ def default_counts(scale: float) -> dict[str, int]:
             "imagenet_per_class": (max(4, int(16 * scale)), max(2, int(6 * scale)))}
 
 
+def generator_stamp(cfg: Config) -> dict:
+    """What decides the generated data for `cfg`: generator version, seed, scale and cue
+    (written to root/generated.json, and by ingestion into each manifest and data.dvc)."""
+    ing = cfg.data.ingest
+    cue = getattr(ing.synthetic_cue, "value", ing.synthetic_cue)
+    if cue not in CUES:
+        raise ValueError(f"data.ingest.synthetic_cue={cue!r}: pick one of {', '.join(CUES)}")
+    return {"version": GENERATOR_VERSION, "seed": ing.synthetic_seed, "scale": ing.synthetic_scale,
+            "cue": cue}
+
+
 def generate(cfg: Config, root: str | Path, progress: bool = True) -> Path:
     """Write every layout of LAYOUTS under `root` (skipped when a finished copy for the same
     seed, scale, cue and generator version is there). Returns `root`."""
     ing = cfg.data.ingest
     root = Path(root)
-    cue = getattr(ing.synthetic_cue, "value", ing.synthetic_cue)
-    if cue not in CUES:
-        raise ValueError(f"data.ingest.synthetic_cue={cue!r}: pick one of {', '.join(CUES)}")
-    stamp = {"version": GENERATOR_VERSION, "seed": ing.synthetic_seed, "scale": ing.synthetic_scale,
-             "cue": cue}
+    stamp = generator_stamp(cfg)
+    cue = stamp["cue"]
     done = root / "generated.json"
     if done.exists() and json.loads(done.read_text()) == stamp:
         return root
@@ -982,5 +990,5 @@ def _generate_imagenet(root: Path, seed: int, cue: str, per_class: tuple[int, in
             writer.writerow([r["name"], f"{r['wnid']} {' '.join(map(str, r['box']))} "])
 
 
-__all__ = ["generate", "LAYOUTS", "SHAPES", "SOUNDS", "MOTIONS", "make_scene", "render",
+__all__ = ["generate", "generator_stamp", "LAYOUTS", "SHAPES", "SOUNDS", "MOTIONS", "make_scene", "render",
            "soundtrack", "describe", "sound_events", "default_counts"]

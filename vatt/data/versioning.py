@@ -1,6 +1,7 @@
 """Data versioning with DVC: `data/` (the ingested shards) is tracked by the top-level `data.dvc`.
 
-    track("data")            # dvc add data      -> data.dvc (commit it with git)
+    track("data")            # dvc add data      -> data.dvc (commit it with git), with what
+                             # made the data (desc, meta: datasets, ingest parameters, generator)
     push()                   # dvc push          -> the default remote in .dvc/config
     pull(rev="v1")           # data.dvc as of git revision v1, then dvc pull
     data_version()           # the md5 in data.dvc: what a training run records
@@ -20,6 +21,7 @@ retry for minutes and then report only "N files failed to upload").
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -178,10 +180,59 @@ def _open(root: Path, remote: Optional[str], storage: "StorageConfig | None",
 # The operations
 
 
+@dataclass(frozen=True)
+class DataDescription:
+    """What made an ingested data folder, as data.dvc carries it (DVC's top-level `desc` and
+    `meta`, which DVC keeps out of every hash): one line for a reader, and the record."""
+
+    desc: Optional[str]
+    meta: Optional[dict[str, Any]]
+
+
+def _one_or_each(values: dict[str, Any]) -> Any:
+    """The value every dataset shares, else {dataset: value}."""
+    distinct = {json.dumps(v, sort_keys=True) for v in values.values()}
+    return next(iter(values.values())) if len(distinct) == 1 else values
+
+
+def describe_data(data_dir: "str | os.PathLike[str]") -> DataDescription:
+    """What made the datasets under `data_dir`, from their manifests: the datasets and their
+    sources, the ingest parameters, and for the generated default dataset the generator
+    (version, seed, scale, cue), e.g. desc "synthetic generator 5, seed 0, scale 1, cue colour
+    (8 datasets)". Nothing (None, None) when no folder holds a manifest."""
+    sources, params, generators = {}, {}, {}
+    for manifest in sorted(Path(data_dir).glob("*/manifest.json")):
+        try:
+            record = json.loads(manifest.read_text())
+            name = manifest.parent.name
+            sources[name], params[name] = record["source"], record["params"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise VersioningError(f"{manifest} is not an ingest manifest ({err}): ingest that "
+                                  "dataset again, or move its folder out of the data folder") from None
+        if record.get("generator") is not None:
+            generators[name] = record["generator"]
+    if not sources:
+        return DataDescription(None, None)
+    meta: dict[str, Any] = {"datasets": sources, "ingest": _one_or_each(params)}
+    lines = []
+    if generators:
+        meta["generator"] = _one_or_each(generators)
+        for stamp in {json.dumps(g, sort_keys=True): g for g in generators.values()}.values():
+            count = sum(g == stamp for g in generators.values())
+            lines.append(f"synthetic generator {stamp.get('version')}, seed {stamp.get('seed')}, "
+                         f"scale {stamp.get('scale'):g}, cue {stamp.get('cue')} ({count} "
+                         f"dataset{'s' if count > 1 else ''})")
+    others = sorted(name for name in sources if name not in generators)
+    if others:
+        lines.append(f"{', '.join(others)} (ingested: {', '.join(sorted({sources[n] for n in others}))})")
+    return DataDescription("; ".join(lines), meta)
+
+
 def track(data_dir: "str | os.PathLike[str]" = "data",
           repo_root: "str | os.PathLike[str] | None" = None) -> Path:
     """`dvc add data_dir`: hash it into the cache and write `<data_dir>.dvc` beside it
-    (for `data`, the top-level data.dvc). Returns that file; commit it with git."""
+    (for `data`, the top-level data.dvc), with `desc` and `meta` saying what made the data
+    (describe_data). Returns that file; commit it with git."""
     from dvc.repo import Repo
 
     root = _root(repo_root)
@@ -194,8 +245,14 @@ def track(data_dir: "str | os.PathLike[str]" = "data",
         relative = target.resolve().relative_to(root)
     except ValueError:
         raise VersioningError(f"cannot track {target}: it is outside the repository {root}") from None
+    described = describe_data(target)
     with Repo(str(root)) as repo, _dvc_errors("add"):
-        repo.add(str(root / relative))  # absolute: DVC resolves relative targets against cwd
+        # absolute: DVC resolves relative targets against cwd
+        for stage in repo.add(str(root / relative)):
+            # `dvc add` keeps the desc and meta of the file it replaces: they are written anew,
+            # so they say what made this data, not an earlier one (DVC hashes neither)
+            stage.desc, stage.meta = described.desc, described.meta
+            stage.dump()
     return root / f"{relative}.dvc"
 
 
@@ -315,5 +372,5 @@ def version_ingested(out: "str | os.PathLike[str]", storage: "StorageConfig | No
 
 
 __all__ = ["track", "push", "pull", "data_version", "find_repo_root", "version_ingested",
-           "workspace_matches",
+           "workspace_matches", "describe_data", "DataDescription",
            "VersionRecord", "VersioningError", "DATA_DVC"]
