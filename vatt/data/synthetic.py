@@ -193,8 +193,9 @@ def _tint(colour: str, rng: np.random.Generator) -> np.ndarray:
 
 # Where the actor may be (version 5). The evaluation sees the centre square of the frame (the
 # short side: x in [16, 112) of 128 were the aspect kept; ingestion stores `tiny`'s frames at
-# 80 x 64, sides being multiples of 16, which widens it to [12.8, 115.2)); the actor's shape reaches 1.2 radii from its centre (a
-# square's corner) and a pulse swells it by PULSE_SWELL: its mean position lies within
+# 80 x 64, sides being multiples of 16, which widens it to [12.8, 115.2)); the actor's shape
+# reaches 1.2 radii from its centre (a square's corner) and a pulse swells it by PULSE_SWELL:
+# its mean position lies within
 # ANCHOR_SPREAD of the frame's centre and its motion takes it at most REACH further, so that
 # it never leaves that square (tests/test_data_synthetic.py checks every frame)
 ACTOR_RADIUS = (12.0, 16.0)
