@@ -204,11 +204,14 @@ def describe_data(data_dir: "str | os.PathLike[str]") -> DataDescription:
     for manifest in sorted(Path(data_dir).glob("*/manifest.json")):
         try:
             record = json.loads(manifest.read_text())
-            name = manifest.parent.name
-            sources[name], params[name] = record["source"], record["params"]
-        except (ValueError, KeyError, TypeError) as err:
+            if not isinstance(record, dict):
+                raise TypeError(f"a JSON {type(record).__name__}, not an object")
+        except (ValueError, TypeError) as err:
             raise VersioningError(f"{manifest} is not an ingest manifest ({err}): ingest that "
                                   "dataset again, or move its folder out of the data folder") from None
+        name = manifest.parent.name
+        # a manifest written before these fields (or by hand) is described as far as it goes
+        sources[name], params[name] = record.get("source", "unknown"), record.get("params")
         if record.get("generator") is not None:
             generators[name] = record["generator"]
     if not sources:
