@@ -2,19 +2,26 @@
 
     .venv/bin/python benchmarks/cue_experiment.py --cue motion --steps 300 [--eval-at 150] [KEY=VALUE ...]
 
-Generates --clips pretraining windows of the default dataset's scenes (vatt.data.synthetic with
-`--cue`: `colour`, the default data, or `motion`, where sound and captions follow the motion
-only), converted as the loader does (training crops and flips; audio resampled), trains the
-preset's VATT with its losses, optimiser and learning-rate schedule on random batches of them,
-and prints the action linear probe (8 motions, 15 train / 10 test videos per class, 4 windows
-each) and the audio probe (8 sound kinds) of the random init and of the trained model
-(vatt.evaluate.probes). A diagnostic for issue 14 (BENCHMARKS.md, "Learning signal");
-benchmarks/learning_signal.py measures the real pipeline.
+Builds the default dataset's clips as the pipeline gives them to the model (synthetic_clips.py;
+dataset seed --seed, `--cue`: `colour` or `motion`, where sound and captions follow the motion
+only): the first --clips pretraining clips (the HowTo100M-style videos' 3.2 s clips, four per
+video, each scene rendered once at the generator's frame rate, frames taken at data.fps and
+resized as ingestion does, audio resampled as it does, the data.num_text_candidates nearest
+narrations as captions), a training window of data.num_frames of one drawn per step as the
+loader draws it (window, crop, flip, jitter, audio noise). No codec: the generated files' and
+the stored clips' encoding is skipped, so the frames differ from the pipeline's by codec error
+only (tests/test_benchmark_synthetic_clips.py). It trains the preset's VATT with its losses,
+optimiser and learning-rate schedule on random batches of them, and prints the action linear
+probe (8 motions, 15 train / 10 test labelled videos per class, the UCF101-style layout's, with
+the evaluation's data.eval_num_windows windows each) and the audio probe (8 sound kinds) of the
+random init and of the trained model (vatt.evaluate.probes). A diagnostic for issues 14 and 26
+(BENCHMARKS.md, "Learning signal"); benchmarks/learning_signal.py measures the real pipeline.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 
@@ -24,20 +31,23 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cue", choices=("colour", "motion"), default="motion")
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--clips", type=int, default=1600, help="pretraining windows")
+    parser.add_argument("--clips", type=int, default=1600,
+                        help="pretraining clips (1600: the default dataset's)")
     parser.add_argument("--eval-at", default="", help="also evaluate at these steps, e.g. 150,300")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the dataset's seed (data.ingest.synthetic_seed) and the batches'")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("overrides", nargs="*", help="config overrides, KEY=VALUE")
     args = parser.parse_args(argv)
 
     import numpy as np
     import torch
-    import torchaudio
 
+    from synthetic_clips import (evaluation_windows, labelled_clips,  # benchmarks/, sys.path[0]
+                                 pretraining_clips, training_window)
     from vatt.config import load_config
     from vatt.data import synthetic as S
-    from vatt.data.loader import _spatial, clip_spec, video_to_float
+    from vatt.data.loader import clip_spec, video_to_float
     from vatt.evaluate import probes
     from vatt.losses import vatt_loss
     from vatt.model import build_model
@@ -47,53 +57,32 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config(args.preset, [f"train.optim.total_steps={args.steps}", *args.overrides])
     data = cfg.data
-    seconds = data.num_frames / data.fps
     words = ("<pad>", "<unk>")
 
-    def frames(scene, background, start, rng):
-        return np.stack([S.render(scene, background, start + k / data.fps, 1 / S.FPS, rng)[0]
-                         for k in range(data.num_frames)])
-
-    def sound(scene, duration, rng):
-        wave = torch.from_numpy(S.soundtrack(scene, duration, rng))
-        return torchaudio.functional.resample(wave, S.RATE, data.sample_rate)
-
     started = time.time()
-    rng = np.random.default_rng(args.seed)
-    clips = []  # (frames, audio window, captions)
-    for _ in range(args.clips):
-        scene = S.make_scene(rng, S.SCENE_SECONDS, cue=args.cue)
-        start = rng.uniform(0, S.SCENE_SECONDS - seconds)
-        video = frames(scene, S.room(args.seed, rng), start, rng)
-        first = int(start * data.sample_rate)
-        audio = sound(scene, S.SCENE_SECONDS, rng)[first:first + data.audio_samples]
-        clips.append((video, audio, [S.describe(scene, rng)
-                                     for _ in range(data.num_text_candidates)]))
-    vocab = Vocabulary.build([c for clip in clips for c in clip[2]],
+    per_video = 4  # a 12.8 s pretraining video gives four 3.2 s clips
+    clips = pretraining_clips(cfg, args.seed, range(math.ceil(args.clips / per_video)),
+                              args.cue)[:args.clips]
+    vocab = Vocabulary.build([c for clip in clips for c in clip.captions],
                              max_size=data.vocab_size - 2)
     evaluation = clip_spec(cfg, {}, training=False, vocab_words=words)
 
-    def probe_set(per_class: int, seed: int):
-        """Videos of each motion (4 s, 4 evenly spread windows): inputs, motion, sound kind."""
-        r = np.random.default_rng([seed, 99])
+    def probe_set(videos: range):
+        """The evaluation's windows of labelled videos: inputs, motion, sound kind, video."""
         video, audio, motion, kind, ids = [], [], [], [], []
-        for c, name in enumerate(S.MOTIONS):
-            for j in range(per_class):
-                scene = S.make_scene(r, 4.0, motion=name, cue=args.cue)
-                background, wave = S.room(seed, r), sound(scene, 4.0, r)
-                for w in range(4):
-                    start = w * (4.0 - seconds) / 3
-                    video.append(torch.from_numpy(_spatial(frames(scene, background, start, r),
-                                                           None, evaluation)))
-                    first = int(start * data.sample_rate)
-                    audio.append(wave[first:first + data.audio_samples])
-                    motion.append(c)
-                    kind.append(S.SOUNDS.index(scene.sound))
-                    ids.append(c * per_class + j)
+        for number, clip in enumerate(labelled_clips(cfg, args.seed, videos, args.cue)):
+            for frames, wave in evaluation_windows(clip, evaluation):
+                video.append(torch.from_numpy(frames))
+                audio.append(torch.from_numpy(wave))
+                motion.append(clip.label)
+                kind.append(S.SOUNDS.index(clip.scene.sound))
+                ids.append(number)
         return {"video": video_to_float(torch.stack(video)), "audio": torch.stack(audio),
                 "motion": np.array(motion), "kind": np.array(kind), "ids": np.array(ids)}
 
-    train_set, test_set = probe_set(15, args.seed + 1000), probe_set(10, args.seed + 2000)
+    classes = len(S.MOTIONS)  # labelled video i shows motion i % 8
+    train_set, test_set = probe_set(range(15 * classes)), probe_set(range(15 * classes,
+                                                                          25 * classes))
     print(f"generated in {time.time() - started:.0f} s", flush=True)
     settings = probes.ProbeSettings.from_config(cfg.eval)
 
@@ -126,12 +115,18 @@ def main(argv: list[str] | None = None) -> int:
         model.train()
         set_learning_rate(optimizer, step, cfg.train.optim)
         pick = r.choice(len(clips), cfg.train.global_batch_size, replace=False)
-        text = torch.tensor([[vocab.encode(c, data.max_text_tokens) for c in clips[i][2]]
-                             for i in pick])
-        batch = {"video": video_to_float(torch.stack([torch.from_numpy(
-                     _spatial(clips[i][0], r, training)) for i in pick])),
-                 "audio": torch.stack([clips[i][1] for i in pick]),
-                 "text": text, "text_mask": torch.ones(text.shape[:2])}
+        windows = [training_window(clips[i], training, r) for i in pick]
+        # the clip's captions, padded and masked to data.num_text_candidates as the loader does
+        text = torch.zeros(len(pick), data.num_text_candidates, data.max_text_tokens,
+                           dtype=torch.int64)
+        mask = torch.zeros(text.shape[:2])
+        for row, i in enumerate(pick):
+            for j, caption in enumerate(clips[i].captions[:data.num_text_candidates]):
+                text[row, j] = torch.tensor(vocab.encode(caption, data.max_text_tokens))
+                mask[row, j] = 1.0
+        batch = {"video": video_to_float(torch.stack([torch.from_numpy(v) for v, _ in windows])),
+                 "audio": torch.stack([torch.from_numpy(a) for _, a in windows]),
+                 "text": text, "text_mask": mask}
         losses = vatt_loss(model(batch), batch["text_mask"], cfg.loss)
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()

@@ -16,7 +16,10 @@ def ceiling():
     spec = importlib.util.spec_from_file_location("supervised_ceiling", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module
+    # benchmarks/ on the path (its synthetic_clips.py), as it is when the script runs
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(SCRIPT.parent))
+        yield module
 
 
 def test_video_tower_learns_the_colour_with_labels(ceiling, tmp_path):
@@ -35,9 +38,12 @@ def test_audio_clips_have_the_presets_length(ceiling):
     from vatt.config import load_config
 
     cfg = load_config("tiny")
-    inputs, labels = ceiling.make_clips(cfg, 3, "audio", seed=0)
-    assert inputs.shape == (3, cfg.data.audio_samples)
+    inputs, labels = ceiling.make_clips(cfg, range(2), "audio", seed=0, cue="motion")
+    # the evaluation's windows of each labelled video, video i showing motion i % 8
+    windows = cfg.data.eval_num_windows
+    assert inputs.shape == (2 * windows, cfg.data.audio_samples)
     assert set(labels) == {"motion", "shape", "colour", "sound"}
+    assert labels["motion"].tolist() == [0] * windows + [1] * windows
 
 
 def test_a_target_the_tower_cannot_see_is_refused(ceiling, capsys):

@@ -430,6 +430,23 @@ def _window_starts(num_frames: int, spec: ClipSpec, rng: Optional[np.random.Gene
     return [int(round(x)) for x in np.linspace(0, last, spec.num_windows)]
 
 
+def _audio_window(audio: Optional[np.ndarray], start: int, rng: Optional[np.random.Generator],
+                  spec: ClipSpec) -> np.ndarray:
+    """The (spec.audio_samples,) float32 audio of the window starting at frame `start` (zeros
+    past the clip's end or without audio), plus training's noise (spec.training) from `rng`."""
+    wave = np.zeros(spec.audio_samples, dtype=np.float32)
+    if audio is not None:
+        a0 = int(round(start / spec.fps * spec.sample_rate))
+        piece = audio[a0:a0 + spec.audio_samples]
+        wave[:len(piece)] = piece
+        if spec.training and spec.noise_std > 0:
+            peak = float(np.abs(wave).max())
+            noise = rng.standard_normal(wave.shape, dtype=np.float32)
+            wave += noise * np.float32(spec.noise_std * peak)
+            np.clip(wave, -1.0, 1.0, out=wave)
+    return wave
+
+
 def _checked_record(record: dict, spec: ClipSpec) -> dict:
     """A clip record with the numbers the loader uses checked against vatt.data.bounds (fps and
     frame count size the window index, labels index the class list): a DataError naming the
@@ -521,16 +538,7 @@ def decode_clip(row: dict, spec: ClipSpec) -> list[dict]:
         else:
             # zeros here; `video_to_float` makes has_video 0 rows exactly 0.0
             video = np.zeros((spec.num_frames, spec.frame_size, spec.frame_size, 3), np.uint8)
-        wave = np.zeros(spec.audio_samples, dtype=np.float32)
-        if audio is not None:
-            a0 = int(round(start / spec.fps * spec.sample_rate))
-            piece = audio[a0:a0 + spec.audio_samples]
-            wave[:len(piece)] = piece
-            if spec.training and spec.noise_std > 0:
-                peak = float(np.abs(wave).max())
-                noise = rng.standard_normal(wave.shape, dtype=np.float32)
-                wave += noise * np.float32(spec.noise_std * peak)
-                np.clip(wave, -1.0, 1.0, out=wave)
+        wave = _audio_window(audio, start, rng, spec)
         item = {
             "video": video, "audio": wave, "text": text, "text_mask": mask,
             "label": np.int64(record.get("label", -1)), "fold": np.int64(record.get("fold", 0)),

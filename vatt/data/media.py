@@ -6,7 +6,8 @@ kernel), cuts clips from it as they complete and stores each clip as an MJPEG MP
 16-bit PCM WAV (audio), both encoded deterministically so that re-runs give byte-identical
 shards. Memory stays bounded by a clip plus one audio-resampling span (AUDIO_CHUNK_SECONDS),
 whatever the file's length; `load_media` puts the pieces of a whole file together (the same
-numbers). Still images (ImageNet) are decoded with Pillow by `load_image` and stored as
+numbers; `resample_frames` applies the same rate and size to frames that were never
+encoded). Still images (ImageNet) are decoded with Pillow by `load_image` and stored as
 one-frame clips the same way. The loader decodes the clip files back with `decode_video` /
 `decode_wav`.
 """
@@ -51,6 +52,12 @@ def _aligned(x: float) -> int:
     """Stored frame sides are multiples of 16: with unaligned rows (e.g. 86 px) the RGB -> YUV
     conversion reads varying padding bytes and the encoded clips stop being byte-identical."""
     return max(16, int(round(x / 16.0)) * 16)
+
+
+def _output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(width, height) a frame is resized to: short side `short_side`, aspect kept, aligned."""
+    scale = short_side / min(width, height)
+    return _aligned(width * scale), _aligned(height * scale)
 
 
 class _ConstantRate:
@@ -246,8 +253,7 @@ class MediaDecoder:
                         continue
                     if packet.stream is v_stream:
                         if size is None:
-                            scale = self.short_side / min(frame.width, frame.height)
-                            size = (_aligned(frame.width * scale), _aligned(frame.height * scale))
+                            size = _output_size(frame.width, frame.height, self.short_side)
                         image = frame.to_ndarray(width=size[0], height=size[1], format="rgb24",
                                                  interpolation="AREA")
                         if frames.last is not None and frame.time - t0 < frames.last[0]:
@@ -331,11 +337,38 @@ def load_image(path: str | Path, *, short_side: int) -> np.ndarray:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         # OSError covers "image file is truncated" and UnidentifiedImageError
         raise MediaError(f"unreadable image: {type(err).__name__}: {err}") from None
-    height, width = pixels.shape[:2]
-    scale = short_side / min(width, height)
-    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")
-    return frame.to_ndarray(width=_aligned(width * scale), height=_aligned(height * scale),
-                            format="rgb24", interpolation="AREA")
+    return _resized(pixels, short_side)
+
+
+def _resized(image: np.ndarray, short_side: int, reformatter=None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB at short side `short_side`, as decoded frames are resized (the same
+    pixels with a `VideoReformatter` kept for many frames: one swscale context, not one each)."""
+    height, width = image.shape[:2]
+    out_width, out_height = _output_size(width, height, short_side)
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+    if reformatter is not None:
+        return reformatter.reformat(frame, width=out_width, height=out_height, format="rgb24",
+                                    interpolation="AREA").to_ndarray()
+    return frame.to_ndarray(width=out_width, height=out_height, format="rgb24",
+                            interpolation="AREA")
+
+
+def resample_frames(frames: np.ndarray, source_fps: float, *, fps: float,
+                    short_side: int) -> np.ndarray:
+    """A constant-rate video's frames (N, H, W, 3) uint8 at `source_fps` -> the frames
+    `MediaDecoder` gives for it, without a codec: at `fps` by the same rule (`_ConstantRate`:
+    the frame shown at t = k / fps is the last one starting at or before t) and at short side
+    `short_side` with the same resize. What the benchmarks feed the model (benchmarks/
+    synthetic_clips.py); tests/test_benchmark_synthetic_clips.py compares it with a decoded file."""
+    from av.video.reformatter import VideoReformatter
+
+    rate = _ConstantRate(fps)
+    out: list[np.ndarray] = []
+    for k, image in enumerate(frames):
+        out += rate.push(k / source_fps, image)
+    out += rate.finish()[0]
+    reformatter = VideoReformatter()
+    return np.stack([_resized(image, short_side, reformatter) for image in out])
 
 
 def encode_video(frames: np.ndarray, fps: float, qmax: int = 4) -> bytes:

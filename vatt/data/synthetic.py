@@ -625,13 +625,28 @@ def _rng(seed: int, layout: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, LAYOUTS.index(layout), index])
 
 
-def _howto_video(task: dict) -> dict:
-    rng = _rng(task["seed"], "howto100m", task["index"])
+@dataclass
+class Video:
+    """A generated video before it is written: its frames and sound as `write_video` gets them,
+    and its narration as caption.json holds it. The benchmarks in benchmarks/ build their clips
+    from these (synthetic_clips.py), so they see what the generated files hold."""
+    frames: np.ndarray  # (N, HEIGHT, WIDTH, 3) uint8 at FPS: frame k shows time k / FPS
+    audio: np.ndarray  # (S,) float32 in [-1, 1] at RATE, mono
+    scenes: list[Scene]  # the scenes one after another (a labelled video has one)
+    narration: list[tuple[float, float, str]] = field(default_factory=list)  # (start, end, text)
+
+
+def howto_video(seed: int, index: int, cue: str) -> Video:
+    """Pretraining video `index` of the dataset of `seed`: four scenes of SCENE_SECONDS in one
+    room, narration that drifts around them and unrelated talk (times rounded to 10 ms, as
+    published)."""
+    rng = _rng(seed, "howto100m", index)
     scene_seconds, num_scenes = SCENE_SECONDS, 4
-    background = room(task["seed"], rng)
-    frames, audio, narration = [], [], []
+    background = room(seed, rng)
+    scenes, frames, audio, narration = [], [], [], []
     for k in range(num_scenes):
-        scene = make_scene(rng, scene_seconds, cue=task["cue"])
+        scene = make_scene(rng, scene_seconds, cue=cue)
+        scenes.append(scene)
         frames.append(render(scene, background, 0.0, scene_seconds, rng))
         audio.append(soundtrack(scene, scene_seconds, rng))
         for _ in range(rng.integers(3, 5)):  # narration drifts a little around its scene
@@ -642,22 +657,35 @@ def _howto_video(task: dict) -> dict:
         start = rng.uniform(0, total - 1)
         narration.append((start, start + rng.uniform(1.0, 3.0), _pick(rng, CHATTER)))
     narration.sort()
+    return Video(np.concatenate(frames), np.concatenate(audio), scenes,
+                 [(round(start, 2), round(end, 2), text) for start, end, text in narration])
+
+
+def _howto_video(task: dict) -> dict:
+    video = howto_video(task["seed"], task["index"], task["cue"])
     vid = f"synth{task['index']:05d}"
-    write_video(Path(task["root"]) / "videos" / f"{vid}.mp4", np.concatenate(frames),
-                np.concatenate(audio))
-    return {vid: {"start": [round(n[0], 2) for n in narration],
-                  "end": [round(n[1], 2) for n in narration],
-                  "text": [n[2] for n in narration]}}
+    write_video(Path(task["root"]) / "videos" / f"{vid}.mp4", video.frames, video.audio)
+    return {vid: {"start": [n[0] for n in video.narration], "end": [n[1] for n in video.narration],
+                  "text": [n[2] for n in video.narration]}}
+
+
+UCF_SECONDS = 4.0
+
+
+def ucf_video(seed: int, index: int, label: int, cue: str) -> Video:
+    """Labelled video `index` of the dataset of `seed`: one scene of motion MOTIONS[label],
+    UCF_SECONDS long (the UCF101-style layout's videos; its file adds a second audio channel)."""
+    rng = _rng(seed, "ucf101", index)
+    scene = make_scene(rng, UCF_SECONDS, motion=MOTIONS[label], cue=cue)
+    frames = render(scene, room(seed, rng), 0.0, UCF_SECONDS, rng)
+    return Video(frames, soundtrack(scene, UCF_SECONDS, rng), [scene])
 
 
 def _ucf_video(task: dict) -> dict:
-    rng = _rng(task["seed"], "ucf101", task["index"])
-    motion = MOTIONS[task["class"]]
-    scene = make_scene(rng, 4.0, motion=motion, cue=task["cue"])
+    video = ucf_video(task["seed"], task["index"], task["class"], task["cue"])
     name = UCF_CLASSES[task["class"]]
     rel = f"UCF-101/{name}/v_{name}_g{task['group']:02d}_c{task['clip']:02d}.avi"
-    write_video(Path(task["root"]) / rel, render(scene, room(task["seed"], rng), 0.0, 4.0, rng),
-                soundtrack(scene, 4.0, rng), container="avi")
+    write_video(Path(task["root"]) / rel, video.frames, video.audio, container="avi")
     return {"rel": rel, "class": task["class"], "group": task["group"]}
 
 
@@ -991,5 +1019,6 @@ def _generate_imagenet(root: Path, seed: int, cue: str, per_class: tuple[int, in
             writer.writerow([r["name"], f"{r['wnid']} {' '.join(map(str, r['box']))} "])
 
 
-__all__ = ["generate", "generator_stamp", "LAYOUTS", "SHAPES", "SOUNDS", "MOTIONS", "make_scene", "render",
-           "soundtrack", "describe", "sound_events", "default_counts"]
+__all__ = ["generate", "generator_stamp", "LAYOUTS", "SHAPES", "SOUNDS", "MOTIONS", "make_scene",
+           "render", "soundtrack", "describe", "sound_events", "default_counts", "Video",
+           "howto_video", "ucf_video"]
