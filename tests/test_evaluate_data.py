@@ -127,6 +127,36 @@ def test_finetuning_trains_on_augmented_windows_and_tests_on_fixed_ones(setup):
     assert next(iter(fixed.values())).dtype == torch.float32  # evaluation batches: float
 
 
+def test_epochs_read_in_one_execution_are_the_epochs_read_one_by_one(setup):
+    """Fine-tuning reads the epochs its steps need in one Ray Data execution
+    (`EvalSplit.passes`): the same windows in the same order as reading each epoch on its own
+    (`shuffled`: Ray Data's randomize_block_order and the epoch's seeded augmentation), so its
+    numbers are those of one execution per epoch; the training stream marks the epochs."""
+    from vatt.evaluate.data import build_eval_data
+    from vatt.evaluate.finetune import FinetuneSettings, _TrainingStream
+
+    cfg, _ = setup
+    train = build_eval_data(cfg, ["action_finetune"], datasets={
+        "action_finetune": ["synthetic-ucf101"]})["action_finetune"]["synthetic-ucf101"]["train"]
+    seeds = (2, 3, 4)  # two shards: seed 2 reads them in the manifest's order, 3 and 4 not
+    one_by_one = [(seed, int(c), video) for seed in seeds for b in train.shuffled(seed)
+                  for c, video in zip(b["clip_index"], b["video"])]
+    together = [(int(s), int(c), video) for b in train.passes(seeds)
+                for s, c, video in zip(b["pass_seed"], b["clip_index"], b["video"])]
+    assert [row[:2] for row in together] == [row[:2] for row in one_by_one]
+    assert all(torch.equal(a[2], b[2]) for a, b in zip(together, one_by_one))
+    # something to check: the passes order the clips differently
+    orders = [[c for s, c, _ in one_by_one if s == seed] for seed in seeds]
+    assert orders[0] != orders[1] == orders[2] and sorted(orders[0]) == sorted(orders[1])
+    # the training stream: epoch e is shuffled(seed + e), its labelled windows counted
+    settings = FinetuneSettings(steps=6, batch_size=8, seed=2)
+    stream = _TrainingStream(train, 8, settings, "action_finetune")
+    windows = stream._windows()
+    read = [next(windows).inputs for _ in range(len(one_by_one) + 1)]
+    assert all(torch.equal(a, b[2]) for a, b in zip(read, one_by_one))
+    assert stream.windows_per_epoch == train.num_clips == len(orders[0])
+
+
 def test_missing_dataset_is_a_clear_error(setup):
     from vatt.evaluate.data import build_eval_data
 

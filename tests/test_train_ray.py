@@ -1,8 +1,9 @@
 """Pretraining under Ray Train on a local Ray (2 CPUs), on the default dataset the session's
 `vatt pipeline` ingested: its 2 gloo workers made the loss go down (that run's folder); a killed
 worker is replaced and the run resumes from the last checkpoint; checkpoints go to and come back
-from s3:// on the real SeaweedFS server; a run that cannot start fails before training with a
-message naming the key. Short budgets: these check the plumbing, the pipeline the learning."""
+from s3:// on the real SeaweedFS server, the same runs with a frozen word2vec table (the first
+through `vatt pretrain`); a run that cannot start fails before training with a message naming
+the key. Short budgets: these check the plumbing, the pipeline the learning."""
 
 from __future__ import annotations
 
@@ -128,29 +129,69 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, train_data, tmp
     assert at_checkpoint["epoch_batch"] >= 1
 
 
-def test_checkpoints_to_and_from_s3_and_same_run_name_resumes(ray_cluster, train_data, s3_env):
+def _word2vec_file(data: Path, folder: Path) -> dict:
+    """A word2vec text file of four of the data's words; returns {word: vector}."""
+    import numpy as np
+
+    from vatt.data.loader import load_vocab_words
+
+    words = load_vocab_words(str(data))
+    dim = load_config("tiny").model.text.embedding_dim
+    rng = np.random.default_rng(0)
+    vectors = {word: rng.normal(size=dim).astype(np.float32) for word in words[2:6]}
+    (folder / "vectors.txt").write_text(f"{len(vectors)} {dim}\n" + "".join(
+        word + " " + " ".join(f"{x:.7f}" for x in vec) + "\n" for word, vec in vectors.items()))
+    return vectors
+
+
+def test_checkpoints_to_and_from_s3_and_same_run_name_resumes(ray_cluster, train_data, s3_env,
+                                                              tmp_path):
+    """Also `model.text.word2vec_path` end to end, on the same runs (one run fewer): the first
+    is `vatt pretrain` as typed; its worker looks the run's vocabulary up in the file, the
+    table stays frozen (through the resume too) and the checkpoint carries the vocabulary."""
+    import io
+
+    import torch
+
+    from vatt.cli import main
+    from vatt.data.loader import load_vocab_words
     from vatt.storage import ObjectStore
     from vatt.train.pretrain import pretrain
 
     storage = "s3://vatt-data/train-test-runs"
     run_name = f"s3-{int(time.time())}"
-    first = pretrain(config(train_data, storage, run_name, "train.num_workers=1",
-                            "train.cpus_per_worker=1", "train.optim.total_steps=4",
-                            "train.log_every=2", "train.checkpoint_every=2"))
-    assert first.checkpoint_uri == f"{storage}/{run_name}/checkpoint_00000004"
-    names = ObjectStore().list(first.checkpoint_uri)
-    assert {"model.pt", "optimizer.pt", "state.json", "worker_0.pt"} <= set(names)
+    vectors = _word2vec_file(train_data, tmp_path)
+    word2vec = f"model.text.word2vec_path={tmp_path / 'vectors.txt'}"
+    one_worker = ["train.num_workers=1", "train.cpus_per_worker=1", "train.log_every=2",
+                  "train.checkpoint_every=2", word2vec]
+    assert main(["pretrain", "--preset", "tiny", *BASE, f"data.path={train_data}",
+                 f"train.storage_path={storage}", f"train.run_name={run_name}",
+                 "train.optim.total_steps=4", *one_worker]) == 0
+    words = load_vocab_words(str(train_data))
+
+    def word2vec_table_is_in(checkpoint: str) -> None:  # and the run's vocabulary with it
+        table = torch.load(io.BytesIO(ObjectStore().read_bytes(f"{checkpoint}/model.pt")),
+                           weights_only=True)["backbones.text.embedding.weight"]
+        for word, vec in vectors.items():
+            assert torch.allclose(table[words.index(word)], torch.from_numpy(vec), atol=1e-6)
+        saved = json.loads(ObjectStore().read_text(f"{checkpoint}/vocab.json"))["words"]
+        assert tuple(saved) == words
+
+    first = f"{storage}/{run_name}/checkpoint_00000004"
+    names = ObjectStore().list(first)
+    assert {"model.pt", "optimizer.pt", "state.json", "worker_0.pt", "vocab.json"} <= set(names)
+    word2vec_table_is_in(first)  # read now: the resumed run keeps its last checkpoints only
 
     # same run name, more steps: restored from s3://, continues at step 4 (not from zero)
-    second = pretrain(config(train_data, storage, run_name, "train.num_workers=1",
-                             "train.cpus_per_worker=1", "train.optim.total_steps=8",
-                             "train.log_every=2", "train.checkpoint_every=2"))
+    second = pretrain(config(train_data, storage, run_name, "train.optim.total_steps=8",
+                                 *one_worker))
     assert steps_of(second.history) == [2, 4, 6, 8]
     assert [row["attempt"] for row in second.history] == [0, 0, 1, 1]
     state = json.loads(ObjectStore().read_text(f"{second.checkpoint_uri}/state.json"))
     assert state["started_from"] == [0, 4]
     run_files = set(ObjectStore().list(f"{storage}/{run_name}"))
     assert {"history.json", "loss_curve.png"} <= run_files
+    word2vec_table_is_in(second.checkpoint_uri)  # frozen through the resume too
 
     with pytest.raises(PreflightError, match="train.storage_path='s3://no-such-bucket-vatt/runs'"):
         pretrain(config(train_data, "s3://no-such-bucket-vatt/runs", "no-bucket"))
@@ -167,31 +208,3 @@ def test_run_that_cannot_start_fails_before_training(ray_cluster, train_data, tm
     with pytest.raises(PreflightError, match=r"more than data.vocab_size=8 rows"):
         pretrain(config(train_data, tmp_path, "small-vocab", "data.vocab_size=8"))
     assert not any((tmp_path / name).exists() for name in ("too-many", "no-gpu", "small-vocab"))
-
-
-def test_word2vec_table_through_vatt_pretrain(ray_cluster, train_data, tmp_path):
-    """`model.text.word2vec_path` end to end: the workers look the run's vocabulary up in the
-    file, the table stays frozen, and the checkpoint carries the vocabulary."""
-    import numpy as np
-    import torch
-
-    from vatt.cli import main
-    from vatt.data.loader import load_vocab_words
-
-    words = load_vocab_words(str(train_data))
-    dim = load_config("tiny").model.text.embedding_dim
-    rng = np.random.default_rng(0)
-    vectors = {word: rng.normal(size=dim).astype(np.float32) for word in words[2:6]}
-    path = tmp_path / "vectors.txt"
-    path.write_text(f"{len(vectors)} {dim}\n" + "".join(
-        word + " " + " ".join(f"{x:.7f}" for x in vec) + "\n" for word, vec in vectors.items()))
-    args = [*BASE, f"data.path={train_data}", f"train.storage_path={tmp_path / 'runs'}",
-            "train.run_name=w2v", "train.optim.total_steps=2", "train.log_every=1",
-            "train.checkpoint_every=2", f"model.text.word2vec_path={path}"]
-    assert main(["pretrain", "--preset", "tiny", *args]) == 0
-    checkpoint = tmp_path / "runs" / "w2v" / "checkpoint_00000002"
-    table = torch.load(checkpoint / "model.pt", weights_only=True)[
-        "backbones.text.embedding.weight"]
-    for word, vec in vectors.items():
-        assert torch.allclose(table[words.index(word)], torch.from_numpy(vec), atol=1e-6)
-    assert tuple(json.loads((checkpoint / "vocab.json").read_text())["words"]) == words

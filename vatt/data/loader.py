@@ -55,6 +55,7 @@ input (BENCHMARKS.md, issue 15).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -63,7 +64,7 @@ import re
 import tarfile
 from dataclasses import dataclass
 from functools import lru_cache, partial
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -590,13 +591,17 @@ def load_vocab_words(root: str, storage: Optional[StorageConfig] = None) -> tupl
 def build_dataset(cfg: Config, split: str, training: bool, dataset: str = "synthetic-howto100m",
                   root: Optional[str] = None, num_windows: Optional[int] = None,
                   num_crops: int = 1, vocab_words: Optional[tuple[str, ...]] = None,
-                  shard_seed: Optional[int] = None, augment_seed: Optional[int] = None):
+                  shard_seed: Optional[int] = None, augment_seed: Optional[int] = None,
+                  pass_seeds: Sequence[int] = ()):
     """A `ray.data.Dataset` of model-ready rows (schema: module doc) for one split;
     `num_windows` x `num_crops` rows per clip in evaluation. Captions are encoded with
     `vocab_words` (a run's or a checkpoint's own vocabulary), default the data's vocab.json.
     `shard_seed` reads an evaluation split's shards in that seed's order (a fine-tuning epoch)
     instead of the manifest's (in training: the shard order of a seeded pass); `augment_seed`
-    draws a training pass's augmentation from it (the same pass again for the same seed)."""
+    draws a training pass's augmentation from it (the same pass again for the same seed).
+    `pass_seeds` (training): the split read once per seed, one pass after the other, each as
+    shard_seed = augment_seed = that seed reads it, in one dataset (several fine-tuning epochs
+    in one Ray Data execution instead of one each); its rows carry their pass's `pass_seed`."""
     import ray
 
     root = str(root or cfg.data.path)
@@ -617,13 +622,44 @@ def build_dataset(cfg: Config, split: str, training: bool, dataset: str = "synth
         raise ValueError(f"num_crops={num_crops}: evaluation needs at least one crop per window")
     words = tuple(vocab_words) if vocab_words is not None else load_vocab_words(root, cfg.storage)
     spec = clip_spec(cfg, manifest, training, words, num_windows, num_crops, augment_seed)
+    read = partial(_read_shard, root=root, dataset=dataset, clip_index=index,
+                   storage=cfg.storage, checksums=checksums, shard_clips=shard_clips)
+    if pass_seeds:
+        if not training:
+            raise ValueError("pass_seeds: seeded passes are training passes (training=True)")
+        items = [{"shard": shard, "pass_seed": int(seed)}
+                 for seed in pass_seeds for shard in shard_order(shards, seed)]
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        return ds.flat_map(partial(_read_pass_shard, read=read)).flat_map(
+            partial(_decode_pass_clip, spec=spec))
     ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
     if training or shard_seed is not None:
         ds = ds.randomize_block_order(seed=shard_seed)
-    ds = ds.flat_map(partial(_read_shard, root=root, dataset=dataset, clip_index=index,
-                             storage=cfg.storage, checksums=checksums,
-                             shard_clips=shard_clips))
+    ds = ds.flat_map(read)
     return ds.flat_map(partial(decode_clip, spec=spec))
+
+
+def shard_order(shards: Sequence[str], seed: int) -> list[str]:
+    """The shards in the order `randomize_block_order(seed=seed)` gives a dataset of one block
+    per shard (Ray Data shuffles the blocks with numpy's default_rng(seed)): a seeded pass's
+    order, computed here so that several passes can be read as one dataset. The test of
+    `pass_seeds` checks it against Ray's."""
+    order = list(shards)
+    np.random.default_rng(seed).shuffle(order)
+    return order
+
+
+def _read_pass_shard(row: dict, read: Any) -> list[dict]:
+    """The clips of one shard of a seeded pass (`read`: `_read_shard` bound to its split),
+    each carrying the pass's seed."""
+    return [{**clip, "pass_seed": row["pass_seed"]} for clip in read(row)]
+
+
+def _decode_pass_clip(row: dict, spec: ClipSpec) -> list[dict]:
+    """`decode_clip` with the augmentation of the row's pass; each window keeps `pass_seed`."""
+    seed = int(row["pass_seed"])
+    return [{**window, "pass_seed": seed}
+            for window in decode_clip(row, dataclasses.replace(spec, seed=seed))]
 
 
 def _collate(batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -652,5 +688,5 @@ def torch_batches(source, batch_size: int, training: bool, shuffle_buffer: int =
         drop_last=training, local_shuffle_buffer_size=shuffle_buffer if training else None)
 
 
-__all__ = ["build_dataset", "torch_batches", "decode_clip", "video_to_float", "read_manifest",
+__all__ = ["build_dataset", "shard_order", "torch_batches", "decode_clip", "video_to_float", "read_manifest",
            "manifest_sha256", "clip_spec", "load_vocab_words", "DataError", "ClipSpec"]

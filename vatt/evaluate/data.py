@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Optional
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -114,6 +114,20 @@ class EvalSplit:
         split's augmentation is drawn from `seed` too (the same epoch again for the same seed)."""
         return self.batches(shard_seed=seed)
 
+    def passes(self, seeds: Sequence[int]) -> Iterator[dict[str, Any]]:
+        """`shuffled(seed)` for each of `seeds`, one after the other, in one Ray Data
+        execution where the split is one manifest split (a fine-tuning task's epochs: one
+        execution per epoch cost a small split more than its decoding); each batch's
+        `pass_seed` says which pass each of its rows belongs to (a batch may straddle two)."""
+        if len(self.splits) > 1:  # one pass holds every manifest split: pass after pass
+            import torch
+
+            for seed in seeds:
+                for batch in self.shuffled(seed):
+                    yield {**batch, "pass_seed": torch.full((len(batch["video_id"]),), seed)}
+            return
+        yield from self._split_batches(self.splits[0], None, pass_seeds=tuple(seeds))
+
     def batches(self, shard_seed: Optional[int] = None) -> Iterator[dict[str, Any]]:
         """Batches of `batch_size` views (torch tensors; strings as lists) holding `columns`;
         a training split's video is the loader's uint8 (`video_to_float` with has_video makes
@@ -121,7 +135,8 @@ class EvalSplit:
         for split in self.splits:
             yield from self._split_batches(split, shard_seed)
 
-    def _split_batches(self, split: str, shard_seed: Optional[int]) -> Iterator[dict[str, Any]]:
+    def _split_batches(self, split: str, shard_seed: Optional[int],
+                       pass_seeds: tuple[int, ...] = ()) -> Iterator[dict[str, Any]]:
         import torch
 
         from vatt.data.loader import build_dataset, video_to_float
@@ -130,14 +145,16 @@ class EvalSplit:
                            root=str(self.cfg.data.path), num_windows=self.num_windows,
                            num_crops=self.num_crops, vocab_words=self.vocab_words,
                            shard_seed=shard_seed,
-                           augment_seed=shard_seed if self.training else None)
+                           augment_seed=shard_seed if self.training else None,
+                           pass_seeds=pass_seeds)
+        columns = self.columns | {"pass_seed"} if pass_seeds else self.columns
         ds.context.execution_options.preserve_order = True  # the same batches every time
         empty = True
         for rows in ds.iter_batches(batch_size=self.batch_size, batch_format="numpy",
                                     prefetch_batches=1):
             batch: dict[str, Any] = {}
             for key, value in rows.items():
-                if key not in self.columns:
+                if key not in columns:
                     continue
                 batch[key] = [str(v) for v in value] if value.dtype == object \
                     or value.dtype.kind in "US" \

@@ -8,7 +8,8 @@ vatt.evaluate.data reads it through the loader in training mode, as pretraining 
 temporal window, random resized crop or scale jitter, flip, colour jitter, audio noise), one
 pass per epoch with its shards in that epoch's seeded order and its augmentation drawn from the
 same seed, so every epoch sees new crops of each clip and a second run the same ones (batches
-held in memory are permuted instead). The windows are mixed through a seeded shuffle buffer
+held in memory are permuted instead); the epochs the steps need are read in one Ray Data
+execution (`EvalSplit.passes`), not one each. The windows are mixed through a seeded shuffle buffer
 of `SHUFFLE_BATCHES` batches but at most `eval.finetune_shuffle_mb` (default 1 GiB: 222 windows
 at the spec's input, where 4 batches of 64 would take 1.15 GiB), which holds video as the
 loader's uint8 (a quarter of float32) and turns each batch into float on the device, so memory
@@ -134,12 +135,20 @@ def _labelled_raw(batch: dict, task: str, modality: str, multilabel: bool
     return inputs, targets[keep], np.asarray(batch["video_id"])[keep], present
 
 
-def _epoch(batches: Iterable[dict], seed: int, generator: torch.Generator) -> Iterable[dict]:
-    """One pass over the train split in a seeded order (a training split: seeded augmentation)."""
-    if hasattr(batches, "shuffled"):  # vatt.evaluate.data.EvalSplit: its shards in seed's order
-        return batches.shuffled(seed)
-    held = list(batches)  # batches held in memory already (a list): permute them
+def _epoch(batches: Iterable[dict], generator: torch.Generator) -> list[dict]:
+    """One pass over batches held in memory (a list), permuted."""
+    held = list(batches)
     return [held[i] for i in torch.randperm(len(held), generator=generator).tolist()]
+
+
+def _by_pass(batch: dict, first_seed: int) -> Iterator[tuple[int, dict]]:
+    """(epoch, the batch's rows of that epoch) for a batch of `EvalSplit.passes`, whose rows
+    carry their pass's seed (first_seed + epoch); a batch straddles at most a few passes."""
+    seeds = np.asarray(batch["pass_seed"])
+    starts = [0, *(np.flatnonzero(seeds[1:] != seeds[:-1]) + 1).tolist(), len(seeds)]
+    for start, end in zip(starts[:-1], starts[1:]):
+        yield int(seeds[start]) - first_seed, {key: value[start:end]
+                                               for key, value in batch.items()}
 
 
 @dataclass(frozen=True)
@@ -170,31 +179,61 @@ class _TrainingStream:
         self.modality, self.multilabel = modality, multilabel
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.windows_per_epoch = 0  # labelled windows in one pass (known after the first)
+        self._yielded = 0  # labelled windows read so far
         self.peak_bytes = 0
+
+    def _epoch_batches(self) -> Iterator[tuple[int, dict]]:
+        """(epoch, batch) over the split's epochs, in order: epoch e is the split read with
+        seed settings.seed + e (`EvalSplit.shuffled`). An EvalSplit reads as many epochs as
+        the steps can still use in one Ray Data execution (`EvalSplit.passes`, the same
+        windows in the same order); batches held in memory are permuted per epoch."""
+        seed, epoch = self.settings.seed, 0
+        if not hasattr(self.source, "passes"):
+            while True:
+                held = _epoch(self.source, self.generator)
+                if not held:
+                    raise ValueError(f"{self.task}: no labelled window in the split")
+                for batch in held:
+                    yield epoch, batch
+                epoch += 1
+        # windows the steps draw: a full buffer, then a batch per step (its capacity is at
+        # most SHUFFLE_BATCHES batches); per epoch: every clip until a pass has counted them
+        needed = (SHUFFLE_BATCHES + self.settings.steps - 1) * self.settings.batch_size
+        while True:
+            per_epoch = self.windows_per_epoch or max(1, self.source.num_clips)
+            count = max(1, math.ceil((needed - self._yielded) / per_epoch))
+            for batch in self.source.passes(range(seed + epoch, seed + epoch + count)):
+                yield from _by_pass(batch, seed)
+            epoch += count
 
     def _windows(self) -> Iterator[_Window]:
         """The split's labelled windows, epoch after epoch."""
-        epoch = 0
-        while True:
-            count = 0
-            for batch in _epoch(self.source, self.settings.seed + epoch, self.generator):
-                inputs, labels, _, present = _labelled_raw(batch, self.task, self.modality,
-                                                           self.multilabel)
-                if self.multilabel and labels.shape[1:] != (self.num_classes,):
-                    raise ValueError(f"{self.task}: multi-hot labels of {labels.shape[1:]} "
-                                     f"classes, expected {self.num_classes}")
-                if not self.multilabel and len(labels) and int(labels.max()) >= self.num_classes:
-                    raise ValueError(f"{self.task}: label {int(labels.max())} is outside the "
-                                     f"dataset's {self.num_classes} classes")
-                for i, (window, label) in enumerate(zip(inputs, list(labels))):
-                    count += 1
-                    # a copy: a view would keep its whole batch alive in the buffer
-                    yield _Window(window.clone(), label,
-                                  1.0 if present is None else float(present[i]))
-            if count == 0:
-                raise ValueError(f"{self.task}: no labelled window in the split")
-            self.windows_per_epoch = self.windows_per_epoch or count
-            epoch += 1
+        epoch, count = 0, 0  # the epoch being read, its labelled windows so far
+
+        def close(upto: int) -> None:  # the epochs before `upto` are read: each had windows
+            nonlocal epoch, count
+            while epoch < upto:
+                if count == 0:
+                    raise ValueError(f"{self.task}: no labelled window in the split")
+                self.windows_per_epoch = self.windows_per_epoch or count
+                epoch, count = epoch + 1, 0
+
+        for batch_epoch, batch in self._epoch_batches():
+            close(batch_epoch)
+            inputs, labels, _, present = _labelled_raw(batch, self.task, self.modality,
+                                                       self.multilabel)
+            if self.multilabel and labels.shape[1:] != (self.num_classes,):
+                raise ValueError(f"{self.task}: multi-hot labels of {labels.shape[1:]} "
+                                 f"classes, expected {self.num_classes}")
+            if not self.multilabel and len(labels) and int(labels.max()) >= self.num_classes:
+                raise ValueError(f"{self.task}: label {int(labels.max())} is outside the "
+                                 f"dataset's {self.num_classes} classes")
+            for i, (window, label) in enumerate(zip(inputs, list(labels))):
+                count += 1
+                self._yielded += 1
+                # a copy: a view would keep its whole batch alive in the buffer
+                yield _Window(window.clone(), label,
+                              1.0 if present is None else float(present[i]))
 
     def _capacity(self, window: _Window) -> int:
         """Windows the buffer holds: SHUFFLE_BATCHES batches, fewer where the byte bound holds
