@@ -161,8 +161,8 @@ class IngestConfig:
     synthetic_seed: int = 0
     # what the generated scenes' sound and captions follow: `colour` (learnable on the `tiny` CPU
     # budget: retrieval and the audio probe learn, the motions do not) or `motion` (pairs can only
-    # be matched by the motion; at the tiny budget nothing is learned: BENCHMARKS.md, "Learning
-    # signal", generator version 4)
+    # be matched by the motion; at the tiny budget nothing is learned, in 300 steps or 1200:
+    # BENCHMARKS.md, "Learning signal", generator versions 4 and 5)
     synthetic_cue: SyntheticCue = SyntheticCue.colour
     synthetic_scale: float = 1.0  # multiplies the default number of generated clips
 
