@@ -13,9 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from vatt.config import load_config
-from vatt.data.loader import (_colour_jitter, _colour_uint8, _crop_box, _jitter_affine, _spatial,
-                              clip_spec,
-                              video_to_float)
+from vatt.data.loader import (_colour_jitter, _colour_uint8, _crop_box, _draw_jitter,
+                              _jitter_affine, _spatial, clip_spec, video_to_float)
 from vatt.data.media import decode_video, encode_video
 
 # one uint8 level in [-1, 1] units: the uint8 resize rounds to the nearest level (0.5) and its
@@ -97,7 +96,7 @@ def _jitter_bound(seed: int, spec, h: int, w: int) -> float:
     probe = copy.deepcopy(rng)
     probe.uniform()  # brightness
     contrast = probe.uniform(1 - spec.contrast, 1 + spec.contrast)
-    matrix, _ = _jitter_affine(0.5, rng, spec)  # the matrix does not depend on the mean
+    matrix, _ = _jitter_affine(0.5, _draw_jitter(rng, spec))  # the matrix does not depend on the mean
     return (LEVEL * (np.abs(matrix).sum(axis=1).max() + abs(1 - contrast)) + JITTER_ROUNDING
             + 1e-5)
 
@@ -167,7 +166,7 @@ def test_uint8_jitter_is_the_float_jitter_rounded_to_the_nearest_level(decoded):
                      True, ("<pad>", "<unk>"))
     pixels = torch.from_numpy(np.ascontiguousarray(decoded[:, :, :224]))  # (T, S, S, 3) uint8
     for seed in range(4):
-        rounded = _colour_uint8(pixels, np.random.default_rng(seed), spec)
+        rounded = _colour_uint8(pixels, _draw_jitter(np.random.default_rng(seed), spec))
         assert rounded.dtype == torch.uint8
         plain = _colour_jitter(pixels.permute(0, 3, 1, 2).float() / 255.0,
                                np.random.default_rng(seed), spec)  # (T, 3, S, S) in [0, 1]

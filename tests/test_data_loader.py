@@ -283,3 +283,86 @@ def test_shards_are_checked_against_the_manifest(data_root, tmp_path):
     with pytest.raises(DataError, match=r"member '\.\./\.\./outside\.json' is not a clip file"):
         _read_shard({"shard": shard}, str(data), "howto100m", index, checksums)
     assert not (tmp_path / "outside.json").exists()
+
+
+def _same_columns(with_video, without, video_columns=("video",)):
+    """Rows read without video equal those read with it in every column but `video_columns`."""
+    assert len(without) == len(with_video)
+    for a, b in zip(with_video, without):
+        assert set(b) == set(a) - set(video_columns)
+        for name, value in b.items():
+            assert np.array_equal(np.asarray(value), np.asarray(a[name])), name
+
+
+@pytest.mark.parametrize("crop", ["inception", "vgg"])
+def test_a_split_read_without_video_decodes_none_and_keeps_every_other_column(
+        data_root, monkeypatch, crop):
+    """`video=False` (a split only audio-only tasks read): no frame is decoded (a counting
+    wrapper around the real `decode_video`) and every other column of every row, the seeded
+    training pass's audio noise (drawn after the crop, flip and jitter) included, equals the
+    row read with video."""
+    import dataclasses
+
+    from vatt.data import loader
+
+    cfg = _cfg(data_root, f"data.crop={crop}", "data.color_jitter_prob=0.5",
+               "data.audio_noise_std=0.1", "data.eval_num_windows=2")
+    manifest = loader.read_manifest(str(data_root), "howto100m")
+    index = {c["clip_id"]: i for i, c in enumerate(manifest["clips"])}
+    clips = [clip for shard in manifest["splits"]["train"]["shards"]
+             for clip in loader._read_shard({"shard": shard}, str(data_root), "howto100m", index)]
+    words = loader.load_vocab_words(str(data_root))
+    calls = []
+    real = loader.decode_video
+
+    def counting(*args, **kwargs):
+        calls.append(args[1:])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loader, "decode_video", counting)
+    for training, seed in ((True, 3), (True, 4), (True, 5), (False, None)):
+        spec = clip_spec(cfg, manifest, training, words, seed=seed)
+        with_video = [row for clip in clips for row in loader.decode_clip(clip, spec)]
+        assert len(calls) == len(clips) and all("video" in row for row in with_video)
+        calls.clear()
+        without = [row for clip in clips
+                   for row in loader.decode_clip(clip, dataclasses.replace(spec, video=False))]
+        assert calls == []  # nothing decoded
+        _same_columns(with_video, without)
+        assert all(row["has_video"] == 1.0 for row in without)  # the clips still have video
+    noisy = loader.decode_clip(clips[0], clip_spec(cfg, manifest, True, words, seed=3))[0]["audio"]
+    quiet = loader.decode_clip(clips[0], clip_spec(cfg, manifest, False, words))[0]["audio"]
+    assert not np.array_equal(noisy, quiet)  # something to compare: training drew noise
+
+
+def test_evaluation_decodes_video_only_where_a_task_of_the_split_reads_it(
+        ray_local, data_root, monkeypatch):
+    """An evaluation split whose tasks read only audio is read with `video=False` (recorded by
+    a wrapper around the real `build_dataset`), one shared with a video task (its columns hold
+    video) with video; both give the same audio, labels and places in seeded training passes
+    (fine-tuning's epochs, through Ray Data; evaluation windows: the test above)."""
+    from vatt.data import loader
+    from vatt.evaluate.data import EvalSplit
+
+    cfg = _cfg(data_root, "data.eval_num_windows=2", "data.audio_noise_std=0.1")
+    manifest = loader.read_manifest(str(data_root), "howto100m")
+    asked = []
+    real = loader.build_dataset
+
+    def recording(*args, **kwargs):
+        asked.append(kwargs["video"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loader, "build_dataset", recording)
+
+    def rows(columns):
+        split = EvalSplit(cfg, "howto100m", "train", columns, 2, 1, 2, None, manifest,
+                          training=True)
+        return [{k: v[i] for k, v in batch.items()}
+                for batch in split.passes((1, 2)) for i in range(len(batch["clip_id"]))]
+
+    audio_only, shared = rows(["audio"]), rows(["audio", "video"])
+    assert asked == [False, True]
+    assert all("video" in row for row in shared)
+    # a training split with video also carries has_video (its uint8 zeros rows)
+    _same_columns(shared, audio_only, ("video", "has_video"))

@@ -20,7 +20,10 @@ S = data.audio_samples, L = data.num_text_candidates, K = data.max_text_tokens, 
                                           `torch_batches` / `video_to_float` make the float;
                                           an image (a 1-frame clip, ImageNet) is its frame
                                           replicated to T = model.video.patch_size[0] (one
-                                          temporal patch), one window per image
+                                          temporal patch), one window per image; no video
+                                          column at all where the split is read without
+                                          video (`build_dataset(video=False)`: audio-only
+                                          tasks), nothing of it decoded
     audio        float32 [B, S]           in [-1, 1], mono, the same time span as the video
     text         int64   [B, L, K]        word ids (pad 0, unk 1) of up to L captions
     text_mask    float32 [B, L]           1 for a real caption, 0 for a missing one
@@ -70,7 +73,7 @@ import numpy as np
 
 from vatt.config import Config, CropStyle, StorageConfig
 from vatt.data import bounds
-from vatt.data.media import decode_video, decode_wav
+from vatt.data.media import decode_video, decode_wav, video_size
 
 STRING_COLUMNS = ("clip_id", "video_id")
 
@@ -160,6 +163,7 @@ class ClipSpec:
     noise_std: float
     image_frames: int = 1  # frames an image (a 1-frame clip) becomes: the temporal patch size
     seed: Optional[int] = None  # training: augmentation drawn from (seed, clip_index); None: fresh
+    video: bool = True  # False: rows carry no video column and no frame is decoded
 
 
 @lru_cache(maxsize=4)
@@ -288,16 +292,31 @@ def _resize(frames, size: int):
                          antialias=shrink)
 
 
-def _jitter_affine(mean: float, rng: np.random.Generator, spec: ClipSpec
-                   ) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class Jitter:
+    """One colour jitter's drawn parameters (spec section 1)."""
+
+    brightness: float  # added to every channel
+    contrast: float  # gain about the clip's mean
+    saturation: float  # gain away from grey
+    hue: float  # rotation of the YIQ chroma plane, radians
+
+
+def _draw_jitter(rng: np.random.Generator, spec: ClipSpec) -> Jitter:
+    """The jitter's four draws from `rng`, in the order the loader has always taken them."""
+    return Jitter(brightness=float(rng.uniform(-spec.brightness, spec.brightness)),
+                  contrast=float(rng.uniform(1 - spec.contrast, 1 + spec.contrast)),
+                  saturation=float(rng.uniform(1 - spec.saturation, 1 + spec.saturation)),
+                  hue=2 * math.pi * float(rng.uniform(-spec.hue, spec.hue)))
+
+
+def _jitter_affine(mean: float, jitter: Jitter) -> tuple[np.ndarray, np.ndarray]:
     """Colour jitter (spec section 1) as one affine map of RGB in [0, 1]: x -> matrix @ x + offset
     (before the clamp to [0, 1]). Brightness, contrast, saturation and hue, in that order, are
     each affine in the pixel values (contrast about `mean`, the clip's mean before jitter), so
     the four compose into one 3x3 matrix and offset."""
-    delta = float(rng.uniform(-spec.brightness, spec.brightness))
-    contrast = float(rng.uniform(1 - spec.contrast, 1 + spec.contrast))
-    saturation = float(rng.uniform(1 - spec.saturation, 1 + spec.saturation))
-    theta = 2 * math.pi * float(rng.uniform(-spec.hue, spec.hue))
+    delta, contrast, saturation = jitter.brightness, jitter.contrast, jitter.saturation
+    theta = jitter.hue
     luma = np.array([0.299, 0.587, 0.114])
     eye = np.eye(3)
     # brightness: x + delta; contrast: (x - m) c + m with m the mean after brightness
@@ -318,7 +337,7 @@ def _colour_jitter(video, rng: np.random.Generator, spec: ClipSpec):
     statement of the jitter (the loader applies the same map in `_colour_uint8`)."""
     import torch
 
-    matrix, offset = _jitter_affine(float(video.mean()), rng, spec)
+    matrix, offset = _jitter_affine(float(video.mean()), _draw_jitter(rng, spec))
     t, _, h, w = video.shape
     flat = video.permute(1, 0, 2, 3).reshape(3, -1)  # (3, T*H*W)
     out = torch.addmm(torch.tensor(offset, dtype=video.dtype)[:, None],
@@ -326,10 +345,9 @@ def _colour_jitter(video, rng: np.random.Generator, spec: ClipSpec):
     return out.reshape(3, t, h, w).permute(1, 0, 2, 3).clamp_(0.0, 1.0)
 
 
-def _colour_uint8(pixels, jitter: Optional[np.random.Generator] = None,
-                  spec: Optional[ClipSpec] = None):
+def _colour_uint8(pixels, jitter: Optional[Jitter] = None):
     """(T, S, S, 3) uint8, contiguous -> (T, S, S, 3) uint8: the colour jitter
-    (`_jitter_affine` with parameters drawn from `jitter`, the clamp to [0, 1]) rounded to the
+    (`_jitter_affine` with the drawn parameters `jitter`, the clamp to [0, 1]) rounded to the
     nearest uint8 level, or `pixels` unchanged when `jitter` is None.
 
     The rounding adds at most half a level (1/510 in [0, 1], 1/255 in [-1, 1]) to the float
@@ -344,7 +362,7 @@ def _colour_uint8(pixels, jitter: Optional[np.random.Generator] = None,
         return pixels
     # the clip's mean in [0, 1] (contrast pivots on it); numpy sums uint8 fastest
     mean = float(pixels.numpy().sum(dtype=np.uint64)) / (255.0 * pixels.numel())
-    matrix, offset = _jitter_affine(mean, jitter, spec)
+    matrix, offset = _jitter_affine(mean, jitter)
     # on the 0-255 scale; + 0.5 so that the float -> uint8 cast (truncation) rounds to nearest
     weight = torch.tensor(matrix.T, dtype=torch.float32)  # (3 in, 3 out)
     bias = torch.tensor(255.0 * offset + 0.5, dtype=torch.float32)
@@ -374,10 +392,40 @@ def video_to_float(video, has_video=None):
     return out
 
 
+@dataclass(frozen=True)
+class SpatialDraw:
+    """A training view's random crop, flip and colour jitter, drawn from the frame's size alone
+    (so a split read without video takes the same draws, and its audio noise after them)."""
+
+    box: tuple[int, int, int, int]  # (top, left, height, width) of the crop
+    rescaled: Optional[tuple[int, int]]  # VGG style: (h, w) the frame is resized to first
+    flip: bool
+    jitter: Optional[Jitter]  # None: no colour jitter
+
+
+def _draw_spatial(rng: np.random.Generator, h: int, w: int, spec: ClipSpec) -> SpatialDraw:
+    """A training view's augmentation of (h, w) frames, drawn from `rng` in the loader's order:
+    the crop (Inception's random resized crop, or VGG's scale jitter and crop), the flip, the
+    jitter's coin and then its parameters."""
+    size, rescaled = spec.frame_size, None
+    if spec.crop == CropStyle.vgg.value:  # resize + scale jitter, then a random crop
+        scale = rng.uniform(1.0, 1.25) * size / min(h, w)
+        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+        rescaled = (nh, nw)
+        box = (int(rng.integers(0, nh - size + 1)), int(rng.integers(0, nw - size + 1)), size,
+               size)
+    else:
+        box = _crop_box(rng, h, w, spec)
+    flip = bool(rng.random() < 0.5)
+    jitter = _draw_jitter(rng, spec) if rng.random() < spec.jitter_prob else None
+    return SpatialDraw(box=box, rescaled=rescaled, flip=flip, jitter=jitter)
+
+
 def _spatial(frames: np.ndarray, rng: Optional[np.random.Generator], spec: ClipSpec,
              crop: int = 0) -> np.ndarray:
     """(T, h, w, 3) uint8 -> (T, S, S, 3) uint8 (a row's video; `video_to_float` maps it to
-    [-1, 1]); `crop` picks one of the evaluation's spec.num_crops square crops.
+    [-1, 1]); `crop` picks one of the evaluation's spec.num_crops square crops, `rng` (training)
+    draws the augmentation (`_draw_spatial`).
 
     Pixels stay uint8 throughout: crop (a view), one uint8 resize to S x S, flip, then colour
     jitter as one float pass at the output size, rounded back to uint8. Equal to the same steps
@@ -398,24 +446,21 @@ def _spatial(frames: np.ndarray, rng: Optional[np.random.Generator], spec: ClipS
         if side != size:
             video = _resize(video, size)
     else:
-        if spec.crop == CropStyle.vgg.value:  # resize + scale jitter, then a random crop
+        draw = _draw_spatial(rng, h, w, spec)
+        top, left, ch, cw = draw.box
+        if draw.rescaled is not None:  # VGG style: the whole frame resized, then cropped
             import torch.nn.functional as F
 
-            scale = rng.uniform(1.0, 1.25) * size / min(h, w)
-            nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
             video = F.interpolate(video.contiguous(memory_format=torch.channels_last),
-                                  size=(nh, nw), mode="bilinear", align_corners=False)
-            top, left = int(rng.integers(0, nh - size + 1)), int(rng.integers(0, nw - size + 1))
-            video = video[:, :, top:top + size, left:left + size]
+                                  size=draw.rescaled, mode="bilinear", align_corners=False)
+            video = video[:, :, top:top + ch, left:left + cw]
         else:
-            top, left, ch, cw = _crop_box(rng, h, w, spec)
             video = _resize(video[:, :, top:top + ch, left:left + cw], size)
-        if rng.random() < 0.5:
+        if draw.flip:
             video = video.flip(-1)
-        if rng.random() < spec.jitter_prob:
-            jitter = rng
+        jitter = draw.jitter
     pixels = video.permute(0, 2, 3, 1).contiguous()  # (T, S, S, 3) uint8
-    return _colour_uint8(pixels, jitter, spec).numpy()
+    return _colour_uint8(pixels, jitter).numpy()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,7 +551,10 @@ def decode_clip(row: dict, spec: ClipSpec) -> list[dict]:
     else:
         length = int((len(audio) if audio is not None else 0) / spec.sample_rate * spec.fps)
     starts = [0] if image else _window_starts(length, spec, rng)
-    if has_video:
+    frame_size = None  # (h, w) of the stored frames, for a training view's draws without video
+    if has_video and not spec.video and rng is not None:
+        frame_size = video_size(row["mp4"])  # the container's header: nothing decoded
+    if has_video and spec.video:
         # stored frame of each frame at data.fps; only the windows' frames are decoded
         def source(j: int) -> int:
             return min(stored - 1, int(min(j, length - 1) / fps_ratio))
@@ -531,7 +579,13 @@ def decode_clip(row: dict, spec: ClipSpec) -> list[dict]:
     crops = spec.num_crops  # 1 in training (clip_spec)
     views = [(w, start, c) for w, start in enumerate(starts) for c in range(crops)]
     for window, start, crop in views:
-        if has_video:
+        video = None
+        if not spec.video:
+            if frame_size is not None:
+                # the draws the view's crop, flip and jitter would take, so that the audio
+                # noise drawn after them is the noise of a read with video
+                _draw_spatial(rng, *frame_size, spec)
+        elif has_video:
             take = [position[source(j)] for j in range(start, start + num_frames)]
             # one window of distinct frames is the decoded array itself: no copy
             clip = decoded if take == list(range(len(decoded))) else decoded[take]
@@ -540,14 +594,15 @@ def decode_clip(row: dict, spec: ClipSpec) -> list[dict]:
             # zeros here; `video_to_float` makes has_video 0 rows exactly 0.0
             video = np.zeros((spec.num_frames, spec.frame_size, spec.frame_size, 3), np.uint8)
         wave = _audio_window(audio, start, rng, spec)
-        item = {
-            "video": video, "audio": wave, "text": text, "text_mask": mask,
+        item = {} if video is None else {"video": video}  # no video column: spec.video False
+        item.update({
+            "audio": wave, "text": text, "text_mask": mask,
             "label": np.int64(record.get("label", -1)), "fold": np.int64(record.get("fold", 0)),
             "has_video": np.float32(has_video), "has_audio": np.float32(audio is not None),
             "clip_index": np.int64(row["clip_index"]),
             "window": np.int64(window * crops + crop),
             "clip_id": record["clip_id"], "video_id": record["video_id"],
-        }
+        })
         if spec.multi_label:
             hot = np.zeros(spec.num_classes, dtype=np.float32)
             hot[list(record.get("labels", []))] = 1.0
@@ -561,7 +616,7 @@ def decode_clip(row: dict, spec: ClipSpec) -> list[dict]:
 
 def clip_spec(cfg: Config, manifest: dict, training: bool, vocab_words: tuple[str, ...],
               num_windows: Optional[int] = None, num_crops: int = 1,
-              seed: Optional[int] = None) -> ClipSpec:
+              seed: Optional[int] = None, video: bool = True) -> ClipSpec:
     d = cfg.data
     return ClipSpec(
         num_frames=d.num_frames, fps=d.fps, frame_size=d.frame_size, sample_rate=d.sample_rate,
@@ -575,7 +630,7 @@ def clip_spec(cfg: Config, manifest: dict, training: bool, vocab_words: tuple[st
         crop_area=tuple(d.crop_area), crop_aspect=tuple(d.crop_aspect),
         jitter_prob=d.color_jitter_prob, brightness=d.brightness, contrast=d.contrast,
         saturation=d.saturation, hue=d.hue, noise_std=d.audio_noise_std,
-        image_frames=int(cfg.model.video.patch_size[0]), seed=seed)
+        image_frames=int(cfg.model.video.patch_size[0]), seed=seed, video=video)
 
 
 def load_vocab_words(root: str, storage: Optional[StorageConfig] = None) -> tuple[str, ...]:
@@ -592,7 +647,7 @@ def build_dataset(cfg: Config, split: str, training: bool, dataset: str = "synth
                   root: Optional[str] = None, num_windows: Optional[int] = None,
                   num_crops: int = 1, vocab_words: Optional[tuple[str, ...]] = None,
                   shard_seed: Optional[int] = None, augment_seed: Optional[int] = None,
-                  pass_seeds: Sequence[int] = ()):
+                  pass_seeds: Sequence[int] = (), video: bool = True):
     """A `ray.data.Dataset` of model-ready rows (schema: module doc) for one split;
     `num_windows` x `num_crops` rows per clip in evaluation. Captions are encoded with
     `vocab_words` (a run's or a checkpoint's own vocabulary), default the data's vocab.json.
@@ -601,7 +656,9 @@ def build_dataset(cfg: Config, split: str, training: bool, dataset: str = "synth
     draws a training pass's augmentation from it (the same pass again for the same seed).
     `pass_seeds` (training): the split read once per seed, one pass after the other, each as
     shard_seed = augment_seed = that seed reads it, in one dataset (several fine-tuning epochs
-    in one Ray Data execution instead of one each); its rows carry their pass's `pass_seed`."""
+    in one Ray Data execution instead of one each); its rows carry their pass's `pass_seed`.
+    `video=False` (a split only audio-only tasks read): rows without the video column, no frame
+    decoded, every other column (the audio's training noise too) as with video."""
     import ray
 
     root = str(root or cfg.data.path)
@@ -621,7 +678,8 @@ def build_dataset(cfg: Config, split: str, training: bool, dataset: str = "synth
     if num_crops < 1:
         raise ValueError(f"num_crops={num_crops}: evaluation needs at least one crop per window")
     words = tuple(vocab_words) if vocab_words is not None else load_vocab_words(root, cfg.storage)
-    spec = clip_spec(cfg, manifest, training, words, num_windows, num_crops, augment_seed)
+    spec = clip_spec(cfg, manifest, training, words, num_windows, num_crops, augment_seed,
+                     video=video)
     read = partial(_read_shard, root=root, dataset=dataset, clip_index=index,
                    storage=cfg.storage, checksums=checksums, shard_clips=shard_clips)
     if pass_seeds:

@@ -430,6 +430,14 @@ def decode_video(data: bytes, indices: Optional[list[int]] = None) -> np.ndarray
         return out
 
 
+def video_size(data: bytes) -> tuple[int, int]:
+    """MP4 bytes -> (height, width) of its frames, from the container's header (no frame is
+    decoded): what a split read without video needs to draw its training crops."""
+    with av.open(io.BytesIO(data)) as container:
+        context = container.streams.video[0].codec_context
+        return int(context.height), int(context.width)
+
+
 def encode_wav(audio: np.ndarray, sample_rate: int) -> bytes:
     """(S,) float in [-1, 1] -> mono 16-bit PCM WAV bytes."""
     pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")

@@ -35,7 +35,10 @@ decoded is held between batches, so a split of any size takes the memory of a fe
 The batches come in a fixed order, the loader's (manifest) order, which Ray Data is told to
 preserve, so two evaluations run the model on the same batches; extraction then puts the
 features in (clip, window) order, which the probes' results depend on. Only the columns a task
-needs are kept (audio-only sources carry no video tensor).
+needs are kept (audio-only sources carry no video tensor), and a split none of whose tasks
+needs video (audio_linear, audio_finetune) is read without decoding it: the loader skips the
+frames and their crop and jitter, and every other column, training noise included, is what a
+read with video gives (a split shared with a video task decodes it).
 
 A split is an `EvalSplit`: re-iterable batches that also carry the dataset's `num_classes`,
 `label_names` and `source` from its manifest, which the probes use instead of "largest label
@@ -146,7 +149,7 @@ class EvalSplit:
                            num_crops=self.num_crops, vocab_words=self.vocab_words,
                            shard_seed=shard_seed,
                            augment_seed=shard_seed if self.training else None,
-                           pass_seeds=pass_seeds)
+                           pass_seeds=pass_seeds, video="video" in self.columns)
         columns = self.columns | {"pass_seed"} if pass_seeds else self.columns
         ds.context.execution_options.preserve_order = True  # the same batches every time
         empty = True
