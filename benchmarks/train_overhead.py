@@ -73,13 +73,15 @@ def main(argv=None) -> int:
     import ray
 
     from vatt.config import load_config
-    from vatt.train.pretrain import build_dataset, resolve
+    from vatt.data.loader import build_dataset
+    from vatt.train.pretrain import resolve
 
     cfg = resolve(load_config(args.preset, [f"train.optim.total_steps={args.steps}",
                                             *args.overrides]))
     ray.init()
     # one dataset, materialised once, so every variant reads the same decoded clips from memory
-    dataset = build_dataset(cfg).materialize()
+    dataset = build_dataset(cfg, cfg.train.dataset_split, training=True,
+                            dataset=cfg.train.dataset).materialize()
     if args.steps % args.warmup:
         parser.error("--steps must be a multiple of --warmup (the Ray runs report every --warmup steps)")
     # variants alternate, repeated; the best of each is kept (least disturbed by other load)

@@ -250,6 +250,37 @@ def test_run_phases_split_a_run_into_its_stages():
     assert run_phases({}, resumed)["steps"] == 17.0
 
 
+def test_the_loops_meter_reports_the_start_up_once_and_the_time_between_windows():
+    """What vatt.train.phases reads from the rows: the loop's Window stamps the attempt's
+    start-up moments, in order, into its first report only, and every report carries the
+    seconds spent between windows (checkpoints, reports) so far, not the windows' own."""
+    import time
+
+    import torch
+
+    from vatt.train.loop import LOSS_KEYS, Window
+    from vatt.train.phases import WORKER_STAMPS
+
+    window = Window()  # the worker enters its loop
+    window.reset()  # the model is ready
+    batches = iter([{"clip": 1}, {"clip": 2}, {"clip": 3}])
+    losses = {key: torch.tensor(1.0) for key in LOSS_KEYS}
+    for _ in range(2):
+        window.next_batch(batches)
+        window.add(losses, clips=4)
+    first = window.metrics(torch.device("cpu"))
+    stamps = [first[key] for key in WORKER_STAMPS]
+    assert stamps == sorted(stamps) and first["phase_checkpoint_s"] == 0.0
+    assert first["loss_total"] == 1.0 and first["clips_per_s"] > 0
+    time.sleep(0.05)  # a checkpoint being written
+    window.reset()
+    window.next_batch(batches)
+    window.add(losses, clips=4)
+    second = window.metrics(torch.device("cpu"))
+    assert not set(WORKER_STAMPS) & set(second)
+    assert 0.05 <= second["phase_checkpoint_s"] < 1.0
+
+
 @pytest.mark.parametrize("read_ahead", [0, 3])
 def test_batch_stream_runs_epoch_after_epoch_and_resumes_where_it_was(read_ahead):
     """A real Ray Data dataset of 40 rows in batches of 8: 5 per epoch. Read in the training

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
 import torch
@@ -215,22 +215,45 @@ def batch_stream(shard: Any, batch_size: int, position: DataPosition,
 
 @dataclass
 class Window:
-    """Accumulates what happened since the last report."""
+    """The loop's meter: what happened since the last report (steps, clips, data wait, losses),
+    reported as each row's mean losses, clips/s and data-wait share. It also keeps the attempt's
+    start-up moments (wall clock: created as the worker enters its loop, the first window's start
+    when the model is ready, the first batch, the first step), reported once with the attempt's
+    first row, and the seconds spent between windows (checkpoints, reports, validation),
+    reported with every row: vatt.train.phases reads both from the history."""
 
     steps: int = 0
     clips: int = 0
     data_wait: float = 0.0
     start: float = 0.0
     loss_sums: Optional[dict[str, torch.Tensor]] = None
+    startup: dict[str, float] = field(default_factory=lambda: {"phase_worker_start": time.time()})
+    between: float = 0.0  # seconds between windows so far, this attempt
+    closed: Optional[float] = None  # when the last window was measured (perf_counter)
+    batch_arrived: float = 0.0  # wall clock of the last micro-batch handed out
 
     def reset(self) -> None:
+        now = time.perf_counter()
+        if self.closed is None:
+            self.startup["phase_model_ready"] = time.time()
+        else:
+            self.between += now - self.closed
         self.steps, self.clips, self.data_wait, self.loss_sums = 0, 0, 0.0, None
-        self.start = time.perf_counter()
+        self.start = now
 
-    def add(self, losses: dict[str, torch.Tensor], clips: int, data_wait: float) -> None:
+    def next_batch(self, batches: Iterator[dict[str, Any]]) -> dict[str, Any]:
+        """The next micro-batch, the wait for it counted."""
+        before = time.perf_counter()
+        batch = next(batches)
+        self.data_wait += time.perf_counter() - before
+        self.batch_arrived = time.time()
+        return batch
+
+    def add(self, losses: dict[str, torch.Tensor], clips: int) -> None:
+        if self.closed is None and "phase_first_step" not in self.startup:  # the first step
+            self.startup |= {"phase_first_batch": self.batch_arrived, "phase_first_step": time.time()}
         self.steps += 1
         self.clips += clips
-        self.data_wait += data_wait
         if self.loss_sums is None:
             self.loss_sums = {key: value.clone() for key, value in losses.items()}
         else:
@@ -251,10 +274,13 @@ class Window:
             world = dist.get_world_size()
         losses, clips, wait, elapsed_sum = packed[:3] / (self.steps * world), packed[3], packed[4], packed[5]
         mean_elapsed = float(elapsed_sum) / world
-        return {f"loss_{key}": float(value) for key, value in zip(LOSS_KEYS, losses)} | {
+        metrics = {f"loss_{key}": float(value) for key, value in zip(LOSS_KEYS, losses)} | {
             "clips_per_s": float(clips) / max(mean_elapsed, 1e-9),
             "data_wait_share": float(wait) / max(float(elapsed_sum), 1e-9),
-        }
+        } | self.startup | {"phase_checkpoint_s": self.between}
+        self.startup = {}
+        self.closed = time.perf_counter()
+        return metrics
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
@@ -262,7 +288,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     "vocab_words": [...] | None}`."""
     import ray.train
 
-    entered = time.time()  # wall clock: the driver compares these with its own (vatt.train.phases)
+    window = Window()  # from the worker's start: the rows carry its start-up too
     cfg = from_dict(loop_config["config"])
     data_version = loop_config.get("data_version")
     vocab_words = loop_config.get("vocab_words")
@@ -294,9 +320,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         seed_everything(cfg.train.seed + 1000 * rank + 1)  # distinct augmentation/DropToken per rank
     state.started_from.append(state.step)
     state.world_size = world
-    # this attempt's start-up, reported once with its first row (vatt.train.phases)
-    startup: dict[str, float] = {"phase_worker_start": entered, "phase_model_ready": time.time()}
-    checkpoint_seconds = 0.0  # writing and reporting checkpoints, this attempt
 
     total = cfg.train.optim.total_steps
     batches = batch_stream(ray.train.get_dataset_shard("train"), batch_size, state.data,
@@ -311,24 +334,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         # a finished run started again (e.g. its sweep trial restarted after a crash): report
         # its last row again, so that whoever drives it (Tune) sees the run's result
         ray.train.report(dict(state.history[-1]))
-    window = Window()
     window.reset()
     while state.step < total:
-        micro: list[dict[str, torch.Tensor]] = []
-        wait = 0.0
-        for _ in range(cfg.train.grad_accum):
-            before = time.perf_counter()
-            batch = next(batches)
-            wait += time.perf_counter() - before
-            micro.append(to_device(batch, device))
-        if startup and "phase_first_batch" not in startup:
-            startup["phase_first_batch"] = time.time()
+        micro = [to_device(window.next_batch(batches), device)
+                 for _ in range(cfg.train.grad_accum)]
         losses, state.learning_rate = train_step(cfg, train_model, optimizer, micro, state.step,
                                                  device, precision)
         state.step += 1
-        if startup and "phase_first_step" not in startup:
-            startup["phase_first_step"] = time.time()
-        window.add(losses, clips=batch_size * len(micro), data_wait=wait)
+        window.add(losses, clips=batch_size * len(micro))
 
         save = state.step % cfg.train.checkpoint_every == 0 or state.step == total
         if not (save or state.step % cfg.train.log_every == 0):
@@ -336,8 +349,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         row = {"step": state.step, "lr": state.learning_rate, "epoch": state.data.epoch,
                "epoch_batch": state.data.batches,  # micro-batches of this epoch so far
                "attempt": len(state.started_from) - 1, "time": time.time()}
-        row |= window.metrics(device) | startup | {"phase_checkpoint_s": checkpoint_seconds}
-        startup = {}
+        row |= window.metrics(device)
         if any(value != value for value in row.values()):  # NaN
             raise FloatingPointError(
                 f"loss became NaN at step {state.step} ({row}); lower train.optim.lr_peak or "
@@ -352,13 +364,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         row |= last_validation
         state.history.append(row)
         if save:
-            before = time.perf_counter()
             with tempfile.TemporaryDirectory(prefix="vatt-ckpt-") as folder:
                 save_checkpoint(folder, rank=rank, state=state, model=model, optimizer=optimizer,
                                 cfg=cfg, data_version=data_version, vocab_words=vocab_words)
                 ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(folder),
                                  checkpoint_dir_name=checkpoint_dir_name(state.step))
-            checkpoint_seconds += time.perf_counter() - before
         else:
             ray.train.report(row)
         window.reset()

@@ -1,9 +1,10 @@
 """Where a pretraining run's wall time goes: start-up, steps, checkpoints, shut-down.
 
-The driver stamps its own moments (`DriverClock`) and the workers stamp theirs into the first row
-each attempt reports (`phase_worker_start`, `phase_model_ready`, `phase_first_batch`,
-`phase_first_step`, wall-clock seconds) and into every row the seconds spent writing checkpoints
-so far (`phase_checkpoint_s`). `run_phases` turns both into seconds per phase:
+The driver notes its own moments (`DriverClock`); the rest comes from the rows training reports:
+the loop's meter (vatt.train.loop.Window) adds to the first row of each attempt its start-up
+moments (`phase_worker_start`, `phase_model_ready`, `phase_first_batch`, `phase_first_step`,
+wall-clock seconds) and to every row the seconds spent between its step windows so far
+(`phase_checkpoint_s`). `run_phases` turns both into seconds per phase:
 
     connect       preflight, storage check and connecting to (or starting) Ray
     prepare       the run's vocabulary and the Ray Data datasets (lazy: nothing is read yet)
@@ -13,7 +14,8 @@ so far (`phase_checkpoint_s`). `run_phases` turns both into seconds per phase:
     first_batch   the Ray Data pipeline starting and the first batch arriving
     first_step    the first step (one-off costs: allocator, kernels, a compiled graph)
     steps         the other steps, checkpoints excluded
-    checkpoints   writing and reporting the checkpoints before the last row
+    checkpoints   between the step windows before the last row: writing and reporting the
+                  checkpoints (and the other rows, and train.validation when it is on)
     finish        the last checkpoint, the worker group stopping and fit() returning
     summary       history.json and the loss curve
 

@@ -82,14 +82,6 @@ def resolve(cfg: Config) -> Config:
     return dc_replace(cfg, train=dc_replace(cfg.train, run_name=run_name))
 
 
-def connect_ray() -> str:
-    """Use the Ray of this process, the cluster at RAY_ADDRESS, or start a local one (Ray's own
-    output to its log files unless VATT_VERBOSE; vatt.console)."""
-    from vatt.console import init_ray
-
-    return init_ray()
-
-
 def data_version_of(cfg: Config) -> dict[str, Any]:
     """What data the run reads, saved with every checkpoint: the SHA-256 of the dataset's
     manifest (it lists every clip with the checksum of each member, so it identifies what was
@@ -168,13 +160,6 @@ def run_vocabulary(cfg: Config, storage: Storage) -> tuple[str, ...]:
     with storage.filesystem.open_output_stream(path) as stream:
         stream.write((json.dumps({"words": list(words)}, indent=0) + "\n").encode())
     return words
-
-
-def build_dataset(cfg: Config, vocab_words: Optional[tuple[str, ...]] = None):
-    from vatt.data.loader import build_dataset as build
-
-    return build(cfg, cfg.train.dataset_split, training=True, dataset=cfg.train.dataset,
-                 vocab_words=vocab_words)
 
 
 def scaling_config(cfg: Config):
@@ -278,6 +263,8 @@ def pretrain(cfg: Config, datasets: Optional[dict[str, Any]] = None,
     reported row (vatt.train.progress)."""
     from contextlib import nullcontext
 
+    from vatt.console import init_ray
+    from vatt.data.loader import build_dataset
     from vatt.train.phases import DriverClock, describe_phases, run_phases
     from vatt.train.progress import ProgressFeed
 
@@ -286,7 +273,7 @@ def pretrain(cfg: Config, datasets: Optional[dict[str, Any]] = None,
     cfg = resolve(cfg)
     check_config(cfg)
     storage = resolve_storage(cfg)
-    where = connect_ray()
+    where = init_ray()  # this process's Ray, the cluster at RAY_ADDRESS, or a local one
     # what the cluster may grow to, not what is up: workers that wait are what an autoscaler adds
     capacity = cluster_capacity()
     check_resources(cfg, capacity.maximum, capacity.describe(where))
@@ -294,7 +281,8 @@ def pretrain(cfg: Config, datasets: Optional[dict[str, Any]] = None,
     version = data_version_of(cfg)
     vocab_words = run_vocabulary(cfg, storage) if datasets is None else None
     if datasets is None:
-        datasets = {"train": build_dataset(cfg, vocab_words)}
+        datasets = {"train": build_dataset(cfg, cfg.train.dataset_split, training=True,
+                                           dataset=cfg.train.dataset, vocab_words=vocab_words)}
         if cfg.train.validation.every > 0:
             from vatt.train.validation import build_validation_dataset
 
