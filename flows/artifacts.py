@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from prefect import task
 from prefect.artifacts import (create_link_artifact, create_markdown_artifact,
@@ -26,6 +26,12 @@ from prefect.cache_policies import NO_CACHE
 from flows.tasks import transient_retries
 from vatt.config import Config
 from vatt.storage import ObjectStore
+
+if TYPE_CHECKING:
+    from vatt.data.versioning import VersionRecord
+    from vatt.evaluate.pipeline import EvaluationOutcome
+    from vatt.evaluate.registry import Decision
+    from vatt.train.pretrain import PretrainResult
 
 KEYS = {"ingest": "vatt-ingest", "training": "vatt-training", "metrics": "vatt-metrics",
         "report": "vatt-report", "gate": "vatt-gate", "checkpoint": "vatt-checkpoint",
@@ -86,15 +92,15 @@ def _fmt(value: Any) -> str:
 
 
 @task(name="publish-ingest", cache_policy=NO_CACHE, **transient_retries)
-def publish_ingest(summaries: list[dict[str, Any]], version: Optional[dict[str, Any]]) -> None:
+def publish_ingest(summaries: list[dict[str, Any]], version: Optional[VersionRecord]) -> None:
     rows = [{"dataset": s.get("name", s["source"]), "clips": s["clips"], "minutes": round(s["hours"] * 60, 1),
              "per split": ", ".join(f"{k} {v}" for k, v in s["per_split"].items()),
              "quarantined": s["quarantined"]} for s in summaries]
     create_table_artifact(key=KEYS["ingest"], table=rows,
                           description="Ingested datasets (vatt.data.ingest)")
-    if version and version.get("version"):
-        publish_location(KEYS["data_version"], "data.dvc", f"data version {version['version']}",
-                         version["message"])
+    if version and version.version:
+        publish_location(KEYS["data_version"], "data.dvc", f"data version {version.version}",
+                         version.message)
 
 
 @task(name="publish-data-version", cache_policy=NO_CACHE, **transient_retries)
@@ -107,13 +113,13 @@ def publish_data_version(record: dict[str, Any]) -> None:
 
 
 @task(name="publish-training", cache_policy=NO_CACHE, **transient_retries)
-def publish_training(cfg: Config, trained: dict[str, Any]) -> None:
+def publish_training(cfg: Config, trained: PretrainResult) -> None:
     from vatt.train.phases import describe_phases
     from vatt.train.pretrain import LOSS_CURVE_PNG
 
     store = ObjectStore.from_config(cfg.storage)
-    history = trained["history"]
-    lines = [f"# Pretraining run `{trained['run_name']}`", ""]
+    history = trained.history
+    lines = [f"# Pretraining run `{trained.config.train.run_name}`", ""]
     if history:
         first, last = history[0], history[-1]
         lines += ["| step | total loss | video-audio NCE | video-text MIL-NCE | clips/s |",
@@ -123,81 +129,124 @@ def publish_training(cfg: Config, trained: dict[str, Any]) -> None:
                          f"{row['loss_video_audio']:.4f} | {row['loss_video_text']:.4f} | "
                          f"{row.get('clips_per_s', 0):.1f} |")
         lines += ["", f"![loss curve]({LOSS_CURVE_PNG})"]
-    where = describe_phases(trained.get("phases") or {})
+    where = describe_phases(trained.phases)
     if where:
         lines += ["", f"Wall time: {where}"]
-    lines += ["", f"Run folder: `{trained['run_uri']}`", "",
-              f"Checkpoint: `{trained['checkpoint']}`"]
+    lines += ["", f"Run folder: `{trained.run_uri}`", "",
+              f"Checkpoint: `{trained.checkpoint_uri}`"]
     create_markdown_artifact(key=KEYS["training"],
-                             markdown=inline_images("\n".join(lines), trained["run_uri"], store),
+                             markdown=inline_images("\n".join(lines), trained.run_uri, store),
                              description="Pretraining losses")
-    if trained["checkpoint"]:
-        publish_location(KEYS["checkpoint"], trained["checkpoint"], "Latest checkpoint",
+    if trained.checkpoint_uri:
+        publish_location(KEYS["checkpoint"], trained.checkpoint_uri, "Latest checkpoint",
                          "Latest checkpoint")
 
 
-def metrics_table(results: dict[str, Any],
-                  promoted: Optional[dict[str, Any]]) -> list[dict[str, str]]:
-    """One row per (task, dataset): this model's headline metrics beside the promoted model's
-    (before the gate) and the paper's number for a paper preset (vatt.evaluate.report)."""
-    from vatt.evaluate.report import result_rows
-
-    return result_rows(results, promoted)
-
-
-def gate_markdown(decision: Optional[dict[str, Any]], promoted: Optional[dict[str, Any]]) -> str:
+def gate_markdown(decision: Optional[Decision], promoted: Optional[dict[str, Any]]) -> str:
     if decision is None:
         return "# Promotion gate\n\nNot run (`promote` was off): the registry is unchanged."
-    verdict = "**promoted**" if decision["promoted"] else "**not promoted**"
-    before = decision["promoted_value"]
+    verdict = "**promoted**" if decision.promoted else "**not promoted**"
+    before = decision.promoted_value
     incumbent = (f"`{promoted['checkpoint']}`" if promoted else "none")
     return "\n".join([
         "# Promotion gate", "",
-        f"Decision: {verdict}. {decision['reason']}.", "",
+        f"Decision: {verdict}. {decision.reason}.", "",
         "| | value |", "|---|---|",
-        f"| metric | `{decision['metric']}` |",
-        f"| this model | {_fmt(decision['candidate_value'])} |",
+        f"| metric | `{decision.metric}` |",
+        f"| this model | {_fmt(decision.candidate_value)} |",
         f"| promoted model before | {_fmt(before) if before is not None else 'none'}"
-        + (f" ({decision.get('promoted_value_source')})" if before is not None else "") + " |",
-        f"| margin | {_fmt(decision.get('margin', 0.0))} |",
+        + (f" ({decision.promoted_value_source})" if before is not None else "") + " |",
+        f"| margin | {_fmt(decision.margin)} |",
         f"| promoted model | {incumbent} |",
-        f"| candidate | `{decision['checkpoint']}` |",
-        f"| time | {decision['time']} |"])
+        f"| candidate | `{decision.checkpoint}` |",
+        f"| time | {decision.time} |"])
 
 
 @task(name="publish-evaluation", cache_policy=NO_CACHE, **transient_retries)
-def publish_evaluation(cfg: Config, evaluated: dict[str, Any],
+def publish_evaluation(cfg: Config, evaluated: EvaluationOutcome,
                        promoted: Optional[dict[str, Any]]) -> None:
-    from vatt.evaluate.report import REPORT_FILE
+    from vatt.evaluate.report import REPORT_FILE, result_rows
 
     store = ObjectStore.from_config(cfg.storage)
-    create_table_artifact(key=KEYS["metrics"], table=metrics_table(evaluated["results"], promoted),
-                          description=f"Evaluation of step {evaluated['step']}, one row per "
-                                      "(task, dataset), beside the promoted model's numbers "
-                                      "and the paper's")
-    report = store.read_text(_join(evaluated["report"], REPORT_FILE))
+    # one row per (task, dataset) beside the promoted model's (before the gate) and the paper's
+    create_table_artifact(key=KEYS["metrics"], table=result_rows(evaluated.results, promoted),
+                          description=f"Evaluation of step {evaluated.results.get('step')}, one "
+                                      "row per (task, dataset), beside the promoted model's "
+                                      "numbers and the paper's")
+    report = store.read_text(_join(evaluated.report_uri, REPORT_FILE))
     create_markdown_artifact(key=KEYS["report"],
-                             markdown=inline_images(report, evaluated["report"], store),
+                             markdown=inline_images(report, evaluated.report_uri, store),
                              description="Evaluation report with its plots")
-    create_markdown_artifact(key=KEYS["gate"], markdown=gate_markdown(evaluated["decision"], promoted),
+    create_markdown_artifact(key=KEYS["gate"], markdown=gate_markdown(evaluated.decision, promoted),
                              description="The promotion gate's decision and its reason")
-    publish_location(KEYS["report_link"], evaluated["report"], "Report folder", "Report folder")
-    version = evaluated.get("data_version") or {}
+    publish_location(KEYS["report_link"], evaluated.report_uri, "Report folder", "Report folder")
+    version = evaluated.results.get("data_version") or {}
     md5 = version.get("md5") if isinstance(version, dict) else None
     if md5:
         publish_location(KEYS["data_version"], version.get("data_path", "."),
                          f"data version {md5}", "The data the evaluated model was trained on")
 
 
+def timing_rows(task_runs: list[Any], flow_seconds: float) -> list[dict[str, Any]]:
+    """One row per task run (Prefect's `total_run_time` of it, in the order they started), the
+    rest of the flow's time (Prefect's own overhead: the flow outside its tasks) and the total."""
+    def row(stage: str, seconds: float) -> dict[str, Any]:
+        return {"stage": stage, "seconds": round(seconds, 1),
+                "share": f"{100 * seconds / max(flow_seconds, 1e-9):.1f}%"}
+
+    runs = sorted(task_runs, key=lambda run: run.start_time or run.expected_start_time)
+    # a task run's name is its task's, with a suffix ("pretrain-1a2")
+    rows = [row(run.name.rsplit("-", 1)[0], run.total_run_time.total_seconds()) for run in runs]
+    outside = flow_seconds - sum(run.total_run_time.total_seconds() for run in runs)
+    return [*rows, row("prefect overhead", max(0.0, outside)), row("total", flow_seconds)]
+
+
+def _finished_task_runs(flow_run_id: Any, expected: set[Any], wait_s: float = 10.0) -> list[Any]:
+    """The ended task runs of a flow run as Prefect's API recorded them. The API records them
+    from the engine's events, a moment after they end: this waits up to `wait_s` until the
+    `expected` ones are there and every one recorded has ended (but the caller's own)."""
+    import time
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.context import TaskRunContext
+
+    own = TaskRunContext.get().task_run.id
+    deadline = time.monotonic() + wait_s
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = [run for run in client.read_task_runs(flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[flow_run_id]))) if run.id != own]
+            ended = [run for run in runs if run.state is not None and run.state.is_final()]
+            if (len(ended) == len(runs) and expected <= {run.id for run in runs}) \
+                    or time.monotonic() > deadline:
+                return ended
+            time.sleep(0.2)
+
+
 @task(name="publish-timing", cache_policy=NO_CACHE, **transient_retries)
-def publish_timing(rows: list[dict[str, Any]]) -> None:
+def publish_timing() -> list[dict[str, Any]]:
+    """The flow run's wall time so far by task, from Prefect's records of its task runs; the
+    table's rows."""
+    from datetime import datetime, timezone
+
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    # the task runs whose results the flow holds (the engine's states of them)
+    expected = {state.state_details.task_run_id for state, *_ in context.run_results.values()
+                if state.state_details.task_run_id is not None}
+    runs = _finished_task_runs(context.flow_run.id, expected)
+    started = context.flow_run.start_time or context.start_time
+    rows = timing_rows(runs, (datetime.now(timezone.utc) - started).total_seconds())
     create_table_artifact(key=KEYS["timing"], table=rows,
-                          description="Wall time by stage; Prefect's overhead is the flow's time "
-                                      "outside the library calls")
+                          description="Wall time by task, as Prefect recorded the task runs; "
+                                      "Prefect's overhead is the flow's time outside them")
+    return rows
 
 
 __all__ = ["publish_ingest", "publish_training", "publish_evaluation", "publish_timing",
-           "metrics_table", "gate_markdown", "inline_images", "publish_location",
+           "timing_rows", "gate_markdown", "inline_images", "publish_location",
            "location_markdown", "KEYS"]
 
 

@@ -10,6 +10,7 @@ from prefect import flow
 from flows.artifacts import publish_evaluation
 from flows.params import Overrides, Preset
 from flows.tasks import evaluate_checkpoint, read_promoted, resolve_config
+from vatt.evaluate.pipeline import outcome_summary
 from vatt.evaluate.tasks import TASKS
 
 Task = Literal[tuple(TASKS)]  # type: ignore[valid-type]
@@ -26,4 +27,4 @@ def evaluate(checkpoint: str = "latest", preset: Preset = "tiny", overrides: Ove
     promoted = read_promoted(cfg)
     evaluated = evaluate_checkpoint(checkpoint, cfg, list(overrides), tasks, promote)
     publish_evaluation(cfg, evaluated, promoted)
-    return evaluated
+    return outcome_summary(evaluated)  # what a caller of the flow reads, JSON

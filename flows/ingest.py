@@ -28,33 +28,29 @@ def ingest_data(cfg: Config, source: str, path: Optional[str], version: bool = T
                 name: Optional[str] = None) -> dict[str, Any]:
     """The steps of an ingest inside any flow: fingerprint, ingest (cached), version, publish.
     `name`: the dataset folder under data.path (default: the source's name).
-    Returns {"summaries", "version", "cached", "seconds": {stage: s}}."""
+    Returns {"summaries", "version", "cached"}."""
     out = cfg.data.path
     fingerprint = fingerprint_source(cfg, source, path, out, name)
-    state = ingest_source(cfg, source, path, out, fingerprint["fingerprint"], name,
-                          return_state=True)
+    state = ingest_source(cfg, source, path, out, fingerprint, name, return_state=True)
     ingested = state.result()
     cached = state.is_completed() and state.name == "Cached"
     if cached:
         now = ingested_data(source, out, name)
         changed = sorted(folder for folder, digest in now.items()
-                         if digest is None or digest != ingested.get("data", {}).get(folder))
+                         if digest is None or digest != ingested.data.get(folder))
         if changed:
             log.info("ingest cached, but the data is not what it wrote (%s/%s/manifest.json "
                      "%s: a dvc pull of another revision, an edit or a deletion): ingesting "
                      "again", out, changed[0], "is gone" if now[changed[0]] is None else "differs")
             ingested = ingest_source.with_options(refresh_cache=True)(
-                cfg, source, path, out, fingerprint["fingerprint"], name)
+                cfg, source, path, out, fingerprint, name)
             cached = False
         else:
             log.info("ingest: cached (the input and settings are unchanged, fingerprint %s); "
-                     "nothing to do", fingerprint["fingerprint"][:12])
+                     "nothing to do", fingerprint[:12])
     versioned = version_data(cfg, out, version)
-    publish_ingest(ingested["summaries"], versioned)
-    return {"summaries": ingested["summaries"], "version": versioned["version"], "cached": cached,
-            "seconds": {"fingerprint": fingerprint["seconds"],
-                        "ingest": 0.0 if cached else ingested["seconds"],
-                        "version": versioned["seconds"]}}
+    publish_ingest(ingested.summaries, versioned)
+    return {"summaries": ingested.summaries, "version": versioned.version, "cached": cached}
 
 
 @flow(name="ingest", description="Raw video/audio/text -> validated shards under data/, "
@@ -72,5 +68,4 @@ def ingest(source: Source = "synthetic", path: Optional[str] = None, preset: Pre
         published = publish_data(cfg)
         publish_data_version(published)
         result["published"] = {key: published[key] for key in ("version", "uri")}
-        result["seconds"]["publish"] = published["seconds"]
     return result

@@ -32,4 +32,5 @@ def pretrain(preset: Preset = "tiny", overrides: Overrides = [],
     cfg = resolve_config(preset, overrides, run_name or pinned_run_name(preset, config), config)
     trained = pretrain_model(cfg)
     publish_training(cfg, trained)
-    return {key: trained[key] for key in ("run_uri", "checkpoint", "run_name", "seconds")}
+    return {"run_uri": trained.run_uri, "checkpoint": trained.checkpoint_uri,
+            "run_name": trained.config.train.run_name}

@@ -16,7 +16,6 @@ runs never race for the registry; `vatt pipeline` runs it once on the embedded d
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Optional
 
 from prefect import flow
@@ -33,18 +32,6 @@ from vatt.config import TrainingTarget, replace
 log = logging.getLogger("vatt.flows")
 
 
-def timing_rows(seconds: dict[str, float], total: float) -> list[dict[str, Any]]:
-    """Stage times and what is left for Prefect (the flow's time outside library calls)."""
-    library = sum(seconds.values())
-    rows = [{"stage": stage, "seconds": round(value, 1),
-             "share": f"{100 * value / max(total, 1e-9):.1f}%"} for stage, value in seconds.items()]
-    overhead = max(0.0, total - library)
-    rows.append({"stage": "prefect overhead", "seconds": round(overhead, 1),
-                 "share": f"{100 * overhead / max(total, 1e-9):.1f}%"})
-    rows.append({"stage": "total", "seconds": round(total, 1), "share": "100%"})
-    return rows
-
-
 @flow(name="retrain", description="Ingest or pull data, pretrain VATT, evaluate, promote")
 def retrain(preset: Preset = "tiny", overrides: Overrides = [], source: Source = "synthetic",
             source_path: Optional[str] = None, data_rev: Optional[GitRev] = None,
@@ -55,32 +42,27 @@ def retrain(preset: Preset = "tiny", overrides: Overrides = [], source: Source =
     instead of `preset`. `source`/`source_path`: what to ingest into data.path; `data_rev`:
     instead, pull the data.dvc of that git revision. `run_name`: the Ray Train run (default:
     pinned to this flow run)."""
-    started = time.perf_counter()
+    from vatt.evaluate.pipeline import outcome_summary
+
     cfg = resolve_config(preset, overrides, run_name or pinned_run_name(preset, config), config)
-    seconds: dict[str, float] = {}
     if data_rev:
-        pulled = pull_data(cfg, data_rev)
-        seconds["pull"] = pulled["seconds"]
+        pull_data(cfg, data_rev)
     else:
-        data = ingest_data(cfg, source, source_path)
-        seconds.update(data["seconds"])
+        ingest_data(cfg, source, source_path)
     published = None
     if cfg.cluster.target == TrainingTarget.kubernetes:  # the jobs read one published version
         published = publish_data(cfg)
-        seconds["publish"] = published["seconds"]
         publish_data_version(published)
         cfg = replace(cfg, [f"data.path={published['uri']}"])
     trained = pretrain_model(cfg)
-    seconds["pretrain"] = trained["seconds"]
     publish_training(cfg, trained)
     promoted = read_promoted(cfg)
-    evaluated = evaluate_checkpoint(trained["checkpoint"], cfg, list(overrides), None, promote)
-    seconds["evaluate"] = evaluated["seconds"]
+    evaluated = evaluate_checkpoint(trained.checkpoint_uri, cfg, list(overrides), None, promote)
     publish_evaluation(cfg, evaluated, promoted)
-    rows = timing_rows(seconds, time.perf_counter() - started)
-    publish_timing(rows)
-    return {"run_name": trained["run_name"], "checkpoint": trained["checkpoint"],
-            "history": trained["history"], "metrics": evaluated["metrics"],
-            "report": evaluated["report"], "decision": evaluated["decision"],
-            "promoted_before": promoted, "timing": rows,
+    timing = publish_timing()  # from Prefect's records of the task runs above
+    summary = outcome_summary(evaluated)
+    return {"run_name": trained.config.train.run_name, "checkpoint": trained.checkpoint_uri,
+            "history": trained.history, "metrics": summary["metrics"],
+            "report": summary["report"], "decision": summary["decision"],
+            "promoted_before": promoted, "timing": timing,
             "data": {key: published[key] for key in ("version", "uri")} if published else None}

@@ -2,26 +2,30 @@
 
 Retries are declared here, on the decorators: tasks that talk to an object store, a DVC remote
 or an API retry transient faults (vatt.faults.is_transient) with exponential backoff and
-jitter; a bad config, missing data or a failed training is not retried. Each task returns what
-the next needs plus the seconds its library call took (`StageTime`), from which the flows
-report Prefect's own overhead.
+jitter; a bad config, missing data or a failed training is not retried. Each task returns the
+library's result (`PretrainResult`, `EvaluationOutcome`, `VersionRecord`, ...); how long each
+took is Prefect's record of the task run (flows.artifacts.publish_timing).
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 
-from vatt.config import Config, load_config, replace, to_dict
+from vatt.config import Config, load_config, replace
 from vatt.faults import is_transient
+
+if TYPE_CHECKING:  # the library's results, imported where the tasks run them
+    from vatt.data.versioning import VersionRecord
+    from vatt.evaluate.pipeline import EvaluationOutcome
+    from vatt.train.pretrain import PretrainResult
 
 log = logging.getLogger("vatt.flows")
 
@@ -45,25 +49,6 @@ def retry_transient(task_obj, task_run, state) -> bool:
 
 transient_retries = dict(retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,
                          retry_jitter_factor=RETRY_JITTER, retry_condition_fn=retry_transient)
-
-
-@dataclass
-class StageTime:
-    """Seconds spent in library calls, per stage (ingest, pretrain, evaluate, ...)."""
-
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def add(self, stage: str, seconds: float) -> None:
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
-
-
-class _Timer:
-    def __enter__(self) -> "_Timer":
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.seconds = time.perf_counter() - self.start
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,14 +75,12 @@ def resolve_config(preset: str, overrides: list[str], run_name: Optional[str] = 
 
 @task(name="fingerprint-source", cache_policy=NO_CACHE, **transient_retries)
 def fingerprint_source(cfg: Config, source: str, path: Optional[str], out: str,
-                       name: Optional[str] = None) -> dict[str, Any]:
+                       name: Optional[str] = None) -> str:
     """The hash of what determines the ingest's output (vatt.data.ingest.source_fingerprint),
     the dataset name included."""
     from vatt.data.ingest import source_fingerprint
 
-    with _Timer() as timer:
-        fingerprint = source_fingerprint(cfg, source, path, out, name)
-    return {"fingerprint": fingerprint, "seconds": timer.seconds}
+    return source_fingerprint(cfg, source, path, out, name)
 
 
 def ingested_data(source: str, out: str, name: Optional[str] = None) -> dict[str, Optional[str]]:
@@ -113,51 +96,56 @@ def ingested_data(source: str, out: str, name: Optional[str] = None) -> dict[str
             for folder in ingested_names(source, name)}
 
 
+@dataclass
+class Ingested:
+    """What an ingest task wrote: the library's summaries (vatt.data.ingest.ingest), and the
+    data folder's manifests' digests after it (`ingested_data`), which a cache hit is checked
+    against."""
+
+    summaries: list[dict[str, Any]]
+    data: dict[str, Optional[str]]
+
+
 def _ingest_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     # what determines the output, nothing else (not Prefect's per-run default); the data the
-    # cached run wrote is in its result ("data"), checked against the folder on a hit
+    # cached run wrote is in its result (`Ingested.data`), checked against the folder on a hit
     # (flows.ingest.ingest_data): a key over the folder's content before the run could not
-    # hit on the run after, as the run itself changes it
-    return f"vatt-ingest-{parameters['fingerprint']}"
+    # hit on the run after, as the run itself changes it. "v2": results cached before were
+    # dicts, not `Ingested`
+    return f"vatt-ingest-v2-{parameters['fingerprint']}"
 
 
 @task(name="ingest", cache_key_fn=_ingest_cache_key, persist_result=True,
       result_serializer="json", **transient_retries)
 def ingest_source(cfg: Config, source: str, path: Optional[str], out: str,
-                  fingerprint: str, name: Optional[str] = None) -> dict[str, Any]:
+                  fingerprint: str, name: Optional[str] = None) -> Ingested:
     """Ingest into dataset folder `name` (default: the source's; cached on `fingerprint`,
     which covers the name: a second run on unchanged input and settings is a cache hit and
-    does no work). Returns the summaries, the seconds spent and the data written
-    (`ingested_data`: its manifests' digests)."""
+    does no work)."""
     from vatt.data.ingest import ingest
 
-    with _Timer() as timer:
-        summaries = ingest(cfg, source, path, out, progress=False, name=name)
-    return {"summaries": summaries, "seconds": timer.seconds, "fingerprint": fingerprint,
-            "data": ingested_data(source, out, name)}
+    summaries = ingest(cfg, source, path, out, progress=False, name=name)
+    return Ingested(summaries=summaries, data=ingested_data(source, out, name))
 
 
 @task(name="version-data", cache_policy=NO_CACHE, **transient_retries)
-def version_data(cfg: Config, out: str, enabled: bool = True) -> dict[str, Any]:
+def version_data(cfg: Config, out: str, enabled: bool = True) -> VersionRecord:
     """dvc add + dvc push of the project's data/ (retried: the remote may hiccup)."""
     from vatt.data.versioning import version_ingested
 
-    with _Timer() as timer:
-        record = version_ingested(out, cfg.storage, enabled=enabled)
+    record = version_ingested(out, cfg.storage, enabled=enabled)
     log.info("%s", record.message)
-    return {"version": record.version, "pushed": record.pushed, "message": record.message,
-            "seconds": timer.seconds}
+    return record
 
 
 @task(name="pull-data", cache_policy=NO_CACHE, **transient_retries)
-def pull_data(cfg: Config, rev: str) -> dict[str, Any]:
-    """dvc pull of the data.dvc of git revision `rev`."""
+def pull_data(cfg: Config, rev: str) -> str:
+    """dvc pull of the data.dvc of git revision `rev`; its data version."""
     from vatt.data.versioning import pull
 
-    with _Timer() as timer:
-        version = pull(rev=rev, storage=cfg.storage, remote=cfg.storage.dvc_remote)
+    version = pull(rev=rev, storage=cfg.storage, remote=cfg.storage.dvc_remote)
     log.info("data: pulled %s (version %s)", rev, version)
-    return {"version": version, "rev": rev, "seconds": timer.seconds}
+    return version
 
 
 @task(name="publish-data", cache_policy=NO_CACHE, **transient_retries)
@@ -168,11 +156,10 @@ def publish_data(cfg: Config) -> dict[str, Any]:
     from vatt.data.publish import data_for_job
     from vatt.storage import ObjectStore
 
-    with _Timer() as timer:
-        _, record = data_for_job(cfg, ObjectStore.from_config(cfg.storage))
+    _, record = data_for_job(cfg, ObjectStore.from_config(cfg.storage))
     log.info("data version %s at %s (%d files uploaded now)", record["version"], record["uri"],
              record.get("uploaded", 0))
-    return {**record, "seconds": timer.seconds}
+    return record
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,7 +167,7 @@ def publish_data(cfg: Config) -> dict[str, Any]:
 
 
 @task(name="pretrain", cache_policy=NO_CACHE)
-def pretrain_model(cfg: Config) -> dict[str, Any]:
+def pretrain_model(cfg: Config) -> PretrainResult:
     """Ray Train pretraining on the target of cluster.target: this machine's Ray (local), or a
     KubeRay RayJob (kubernetes: submitted, followed to its end, results read back from object
     storage). A worker that dies is replaced by Ray Train itself (train.max_failures); a retried
@@ -188,18 +175,13 @@ def pretrain_model(cfg: Config) -> dict[str, Any]:
     or re-creates it when it had failed)."""
     from vatt.config import TrainingTarget
 
-    with _Timer() as timer:
-        if cfg.cluster.target == TrainingTarget.kubernetes:
-            from vatt.cluster.jobs import pretrain_on_cluster
+    if cfg.cluster.target == TrainingTarget.kubernetes:
+        from vatt.cluster.jobs import pretrain_on_cluster
 
-            result = pretrain_on_cluster(cfg)
-        else:
-            from vatt.train.pretrain import pretrain
+        return pretrain_on_cluster(cfg)
+    from vatt.train.pretrain import pretrain
 
-            result = pretrain(cfg)
-    return {"run_uri": result.run_uri, "checkpoint": result.checkpoint_uri,
-            "history": result.history, "run_name": result.config.train.run_name,
-            "phases": result.phases, "seconds": timer.seconds}
+    return pretrain(cfg)
 
 
 @task(name="read-promoted", cache_policy=NO_CACHE, **transient_retries)
@@ -213,40 +195,28 @@ def read_promoted(cfg: Config) -> Optional[dict[str, Any]]:
 
 @task(name="evaluate", cache_policy=NO_CACHE, **transient_retries)
 def evaluate_checkpoint(checkpoint: str, cfg: Config, overrides: list[str],
-                        tasks: Optional[list[str]], promote: bool) -> dict[str, Any]:
+                        tasks: Optional[list[str]], promote: bool) -> EvaluationOutcome:
     """Downstream evaluation, report and (if `promote`) the promotion gate: in this process, or
     with cluster.target=kubernetes as a RayJob on the cluster (reading the checkpoint and data
     from object storage, writing the report and the registry's decision there)."""
     from vatt.config import TrainingTarget
-    from vatt.evaluate.pipeline import describe_decision, outcome_summary, run_evaluation
-    from vatt.evaluate.registry import Decision
+    from vatt.evaluate.pipeline import describe_decision, outcome_from_summary, run_evaluation
 
-    with _Timer() as timer:
-        if cfg.cluster.target == TrainingTarget.kubernetes:
-            from vatt.cluster.jobs import evaluate_on_cluster
+    if cfg.cluster.target == TrainingTarget.kubernetes:
+        from vatt.cluster.jobs import evaluate_on_cluster
 
-            summary = evaluate_on_cluster(cfg, checkpoint, overrides, tasks, promote)
-        else:
-            summary = outcome_summary(run_evaluation(checkpoint, cfg, overrides, tasks,
-                                                     promote=promote))
-    log.info("report: %s", summary["report"])
-    if summary["decision"] is not None:
-        log.info("%s", describe_decision(Decision(**summary["decision"])))
-    return {**summary, "seconds": timer.seconds}
-
-
-def config_summary(cfg: Config) -> dict[str, Any]:
-    """The few settings a reader of the run page wants to see."""
-    flat = to_dict(cfg)
-    return {"preset": cfg.name, "sharing": flat["model"]["sharing"],
-            "video drop_rate": cfg.model.video.drop_rate,
-            "audio drop_rate": cfg.model.audio.drop_rate,
-            "steps": cfg.train.optim.total_steps, "batch": cfg.train.global_batch_size,
-            "workers": cfg.train.num_workers, "data": str(Path(cfg.data.path))}
+        outcome = outcome_from_summary(
+            evaluate_on_cluster(cfg, checkpoint, overrides, tasks, promote))
+    else:
+        outcome = run_evaluation(checkpoint, cfg, overrides, tasks, promote=promote)
+    log.info("report: %s", outcome.report_uri)
+    if outcome.decision is not None:
+        log.info("%s", describe_decision(outcome.decision))
+    return outcome
 
 
 __all__ = ["resolve_config", "fingerprint_source", "ingest_source", "ingested_data",
            "version_data", "pull_data",
            "publish_data",
-           "pretrain_model", "read_promoted", "evaluate_checkpoint", "StageTime",
-           "transient_retries", "retry_transient", "config_summary"]
+           "pretrain_model", "read_promoted", "evaluate_checkpoint", "Ingested",
+           "transient_retries", "retry_transient"]

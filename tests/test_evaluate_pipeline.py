@@ -53,6 +53,16 @@ def test_evaluate_checkpoint_twice_same_numbers_and_registry(checkpoint):
     promoted = Registry(root / "registry", ObjectStore()).promoted
     assert promoted["source_checkpoint"] == str(folder) and promoted["data_version"]["md5"] == "d41d8cd9"
     assert promoted["config"]["model"]["video"]["num_layers"] == 1
+    # a RayJob's outcome file (`vatt evaluate --outcome`) reads back as the same outcome, its
+    # metrics table included (the evaluate flow's task returns an EvaluationOutcome either way)
+    from vatt.evaluate.pipeline import outcome_from_summary, outcome_summary
+    from vatt.evaluate.report import result_rows
+
+    for outcome in (first, second):
+        summary = outcome_summary(outcome)
+        again = outcome_from_summary(json.loads(json.dumps(summary)))
+        assert outcome_summary(again) == summary and again.decision == outcome.decision
+        assert result_rows(again.results) == result_rows(outcome.results)
 
 
 def test_corrupt_checkpoint_is_clear_and_registry_unchanged(checkpoint, tmp_path):

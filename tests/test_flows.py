@@ -132,7 +132,6 @@ def test_ingest_is_cached_on_its_input_and_redone_when_its_output_is_gone_or_cha
     ingest_states()  # cached or not, depending on what ran before in this session
     again, result = ingest_states()
     assert again == ["Cached"] and result["cached"] is True
-    assert result["seconds"]["ingest"] == 0.0
 
     manifest = default_pipeline.data / "synthetic-esc50" / "manifest.json"
     saved = manifest.read_bytes()
@@ -150,6 +149,27 @@ def test_ingest_is_cached_on_its_input_and_redone_when_its_output_is_gone_or_cha
     assert redone == ["Cached", "Completed"] and result["cached"] is False
     assert manifest.read_bytes() == saved
     assert ingest_states()[0] == ["Cached"]  # and the next run is a hit again
+
+
+def test_the_timing_table_is_prefects_record_of_the_task_runs():
+    """The `vatt-timing` rows: each task run's total run time as Prefect records it, in the
+    order the runs started, the flow's time outside them (Prefect's overhead) and the total."""
+    from datetime import datetime, timedelta, timezone
+    from uuid import uuid4
+
+    from prefect.client.schemas.objects import TaskRun
+
+    from flows.artifacts import timing_rows
+
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    runs = [TaskRun(name=name, task_key=name, dynamic_key="0", flow_run_id=uuid4(),
+                    start_time=start + timedelta(seconds=at), total_run_time=timedelta(seconds=took))
+            for name, at, took in (("evaluate-3c1", 70, 20.0), ("pretrain-9fa", 10, 50.0))]
+    rows = timing_rows(runs, 100.0)
+    assert rows == [{"stage": "pretrain", "seconds": 50.0, "share": "50.0%"},
+                    {"stage": "evaluate", "seconds": 20.0, "share": "20.0%"},
+                    {"stage": "prefect overhead", "seconds": 30.0, "share": "30.0%"},
+                    {"stage": "total", "seconds": 100.0, "share": "100.0%"}]
 
 
 BAD_PARAMETERS = [{"preset": "no-such-preset"}, {"promote": "maybe"},

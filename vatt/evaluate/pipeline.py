@@ -323,6 +323,15 @@ def outcome_summary(outcome: EvaluationOutcome) -> dict[str, Any]:
             "decision": asdict(outcome.decision) if outcome.decision is not None else None}
 
 
+def outcome_from_summary(summary: dict[str, Any]) -> EvaluationOutcome:
+    """The outcome an `outcome_summary` describes (a RayJob's `vatt evaluate --outcome`), its
+    results as far as the summary keeps them: `outcome_summary` of it gives `summary` back."""
+    results = {**summary["results"], **{key: summary[key] for key in
+                                        ("metrics", "checkpoint", "step", "data_version")}}
+    decision = Decision(**summary["decision"]) if summary["decision"] is not None else None
+    return EvaluationOutcome(results=results, report_uri=summary["report"], decision=decision)
+
+
 def run_evaluation_on_worker(checkpoint: str, cfg: Config, overrides: Iterable[str] = (),
                              tasks: Optional[Iterable[str]] = None,
                              datasets: Optional[Mapping[str, Iterable[str] | str]] = None,
@@ -368,4 +377,5 @@ def describe_decision(decision: Decision) -> str:
 __all__ = ["load_checkpoint_for_eval", "evaluate_checkpoint", "checkpoint_config",
            "run_evaluation", "describe_decision", "with_eval_overrides", "FROZEN_AT_EVALUATION",
            "evaluation_identity", "remeasure_champion", "evaluation_config", "metric_ranks",
-           "LoadedCheckpoint", "EvaluationOutcome", "outcome_summary", "run_evaluation_on_worker"]
+           "LoadedCheckpoint", "EvaluationOutcome", "outcome_summary", "outcome_from_summary",
+           "run_evaluation_on_worker"]
