@@ -28,7 +28,7 @@ from flows.params import ConfigFile, GitRev, Overrides, Preset, RunName, Source
 from flows.pretrain import pinned_run_name
 from flows.tasks import (evaluate_checkpoint, pretrain_model, publish_data, pull_data,
                          read_promoted, resolve_config)
-from vatt.config import TrainingTarget, replace
+from vatt.config import DEFAULT_PRESET, TrainingTarget, replace
 
 log = logging.getLogger("vatt.flows")
 
@@ -46,7 +46,7 @@ def timing_rows(seconds: dict[str, float], total: float) -> list[dict[str, Any]]
 
 
 @flow(name="retrain", description="Ingest or pull data, pretrain VATT, evaluate, promote")
-def retrain(preset: Preset = "tiny", overrides: Overrides = [], source: Source = "synthetic",
+def retrain(preset: Preset = DEFAULT_PRESET, overrides: Overrides = [], source: Source = "synthetic",
             source_path: Optional[str] = None, data_rev: Optional[GitRev] = None,
             run_name: Optional[RunName] = None, promote: bool = True,
             config: Optional[ConfigFile] = None) -> dict[str, Any]:
