@@ -94,7 +94,7 @@ class AudioModelConfig(EncoderConfig):
         _check_drop_rate(key, self.drop_rate)
         if not self.input_scale > 0:
             raise ConfigError(f"{key}.input_scale={self.input_scale} must be positive: it "
-                              "multiplies the waveform before the tokenizer (1 keeps the spec's input)")
+                              "multiplies the waveform before the tokenizer (1: the spec's input)")
 
 
 @dataclass

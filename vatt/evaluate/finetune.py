@@ -337,5 +337,5 @@ def finetune_classifier(model: nn.Module, train_batches: Iterable[dict],
     return result
 
 
-__all__ = ["MOMENTUM", "LABEL_SMOOTHING", "BackboneClassifier", "ImageToPatch", "finetune_classifier",
-           "learning_rate"]
+__all__ = ["MOMENTUM", "LABEL_SMOOTHING", "BackboneClassifier", "ImageToPatch",
+           "finetune_classifier", "learning_rate"]
