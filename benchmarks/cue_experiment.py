@@ -84,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     train_set, test_set = probe_set(range(15 * classes)), probe_set(range(15 * classes,
                                                                           25 * classes))
     print(f"generated in {time.time() - started:.0f} s", flush=True)
-    settings = probes.ProbeSettings.from_config(cfg.eval)
 
     def features(model, x, tower):
         model.eval()
@@ -98,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             result = probes.linear_probe(
                 features(model, train_set[tower], tower), train_set[target], train_set["ids"],
                 features(model, test_set[tower], tower), test_set[target], test_set["ids"], 8,
-                settings=settings, task=tower)
+                settings=cfg.eval.probe, seed=cfg.eval.seed, task=tower)
             found[tower] = result.metrics["top1"]
         print(f"[{tag}] action probe top-1 {found['video']:.3f}, audio probe (sound kind) "
               f"top-1 {found['audio']:.3f} (chance 0.125)", flush=True)

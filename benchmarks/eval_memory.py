@@ -14,7 +14,7 @@ takes, not the model's, which is the same for every N.
 
 The evaluation is what `vatt evaluate` runs for action recognition, through the public API both
 before and after streaming: `build_eval_data(cfg, ["action_linear"])` then `evaluate_model`
-(linear probe, eval.probe_epochs=1). Each N runs in a fresh process on a local Ray with 2 CPUs;
+(linear probe, eval.probe.epochs=1). Each N runs in a fresh process on a local Ray with 2 CPUs;
 two numbers of that process (the driver, where evaluation used to hold every decoded window;
 Ray's decoding workers are separate processes of fixed size): its peak resident set (ru_maxrss),
 which also counts the pages of Ray's shared-memory object store the driver has read batches
@@ -44,7 +44,7 @@ DATASET = "synthetic-ucf101"
 def _config(data: Path, extra: list[str] = ()):
     from vatt.config import load_config
 
-    return load_config("tiny", [*SPEC_INPUT, f"data.path={data}", "eval.probe_epochs=1",
+    return load_config("tiny", [*SPEC_INPUT, f"data.path={data}", "eval.probe.epochs=1",
                                 "data.ingest.synthetic_scale=0.1", *extra])
 
 

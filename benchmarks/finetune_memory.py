@@ -4,7 +4,7 @@
     PYTHONPATH=<other checkout> python benchmarks/finetune_memory.py --data /tmp/finetune-memory
 
 Input: the spec's, 32 frames of 224x224 at 10 fps and 48 kHz audio (153,600 samples), the
-spec's fine-tuning batch of 64 (eval.finetune_batch_size) and test views (4 windows x 3 crops for
+spec's fine-tuning batch of 64 (eval.finetune.batch_size) and test views (4 windows x 3 crops for
 video). One training window's video is 32x224x224x3 = 4.6 MiB as the loader's uint8, 18.4 MiB as
 float32; its audio 0.6 MiB. Data: the generated Kinetics and AudioSet layouts (`vatt ingest
 --source synthetic`, scale 0.1) ingested once at that input into `--data`; each train split's
@@ -40,7 +40,7 @@ SPEC_INPUT = ["data.num_frames=32", "data.fps=10", "data.frame_size=224",
               "data.sample_rate=48000", "model.video.patch_size=[4,16,16]",
               "model.audio.patch_size=128", "model.audio.input_scale=1.0"]
 # the spec's fine-tuning batch and schedule shape; the test views are the defaults' (4 x 3)
-FINETUNE = ["eval.finetune_batch_size=64", "eval.finetune_warmup_steps=1",
+FINETUNE = ["eval.finetune.batch_size=64", "eval.finetune.warmup_steps=1",
             "data.eval_num_windows=4", "eval.batch_size=32"]
 DATASETS = {"action_finetune": "synthetic-kinetics", "audio_finetune": "synthetic-audioset"}
 TRAIN_SPLITS = {"action_finetune": ["train"], "audio_finetune": ["train"]}
@@ -87,7 +87,7 @@ def measure(root: Path, task: str, steps: int, extra: list[str] = ()) -> dict:
 
     torch.set_num_threads(2)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    cfg = _config(root, [f"eval.finetune_steps={steps}", *extra])
+    cfg = _config(root, [f"eval.finetune.steps={steps}", *extra])
     torch.manual_seed(0)
     model = build_model(cfg)
     sampler = PeakPrivateMemory()
@@ -104,7 +104,7 @@ def measure(root: Path, task: str, steps: int, extra: list[str] = ()) -> dict:
             "test_windows": metrics["num_test_windows"], "steps": steps,
             # MiB, as the memory columns (ru_maxrss and RssAnon are in KiB); "-" where the
             # code has no such setting or metric (before the bound)
-            "bound_mb": getattr(cfg.eval, "finetune_shuffle_mb", "-"),
+            "bound_mb": getattr(cfg.eval.finetune, "shuffle_mb", "-"),
             "buffer_peak_mb": metrics.get("shuffle_buffer_peak_mb", "-"),
             "seconds": round(seconds, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default="artifacts/finetune_memory",
                         help="data folder (reused)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="config overrides, e.g. eval.finetune_shuffle_mb=320")
+                        help="config overrides, e.g. eval.finetune.shuffle_mb=320")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # internal: ROOT TASK here
     args = parser.parse_args(argv)
     if args.one:

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                      + f" | {statistics.mean(values):.3f} | {statistics.stdev(values):.3f} | "
                      f"{max(values) - min(values):.3f} |")
     # the gate's other noise: the standard error of the paired per-query difference of two runs
-    # on the same queries (eval.promotion_noise_z of them is the per-decision margin)
+    # on the same queries (eval.promotion.noise_z of them is the per-decision margin)
     lines += ["", "| runs | MRR difference | paired standard error | queries |", "|---|---|---|---|"]
     for i in range(len(runs)):
         for j in range(i + 1, len(runs)):

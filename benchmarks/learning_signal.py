@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"`{args.preset}`, {loaded.step} steps x {cfg.train.global_batch_size} clips, "
           f"default dataset (synthetic_scale={cfg.data.ingest.synthetic_scale}), "
-          f"{cfg.data.eval_num_windows} eval windows per clip, probe {cfg.eval.probe_epochs} "
+          f"{cfg.data.eval_num_windows} eval windows per clip, probe {cfg.eval.probe.epochs} "
           f"epochs")
     print(signal_table(rows))
     print()

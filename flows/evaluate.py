@@ -10,6 +10,7 @@ from prefect import flow
 from flows.artifacts import publish_evaluation
 from flows.params import Overrides, Preset
 from flows.tasks import evaluate_checkpoint, read_promoted, resolve_config
+from vatt.config import DEFAULT_PRESET
 from vatt.evaluate.pipeline import outcome_summary
 from vatt.evaluate.tasks import TASKS
 
@@ -17,7 +18,7 @@ Task = Literal[tuple(TASKS)]  # type: ignore[valid-type]
 
 
 @flow(name="evaluate", description="Downstream evaluation, report and promotion gate")
-def evaluate(checkpoint: str = "latest", preset: Preset = "tiny", overrides: Overrides = [],
+def evaluate(checkpoint: str = "latest", preset: Preset = DEFAULT_PRESET, overrides: Overrides = [],
              tasks: Optional[list[Task]] = None, promote: bool = True) -> dict[str, Any]:
     """`checkpoint`: a checkpoint folder or s3:// prefix, or "latest" (the newest under
     train.storage_path). `overrides` set evaluation keys (eval.*, data.path, e.g.

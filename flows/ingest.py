@@ -19,7 +19,7 @@ from flows.artifacts import publish_data_version, publish_ingest
 from flows.params import DatasetName, Overrides, Preset, Source
 from flows.tasks import (fingerprint_source, ingest_source, ingested_data, publish_data,
                          resolve_config, version_data)
-from vatt.config import Config
+from vatt.config import DEFAULT_PRESET, Config
 
 log = logging.getLogger("vatt.flows")
 
@@ -55,7 +55,7 @@ def ingest_data(cfg: Config, source: str, path: Optional[str], version: bool = T
 
 @flow(name="ingest", description="Raw video/audio/text -> validated shards under data/, "
                                  "versioned with DVC")
-def ingest(source: Source = "synthetic", path: Optional[str] = None, preset: Preset = "tiny",
+def ingest(source: Source = "synthetic", path: Optional[str] = None, preset: Preset = DEFAULT_PRESET,
            overrides: Overrides = [], version: bool = True,
            name: Optional[DatasetName] = None) -> dict[str, Any]:
     """`source` in its published layout at `path` (a folder or s3:// prefix; for `synthetic`,

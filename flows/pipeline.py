@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from vatt.config import DEFAULT_PRESET
 
-def pipeline_parameters(preset: str = "tiny", overrides: Optional[list[str]] = None,
+
+def pipeline_parameters(preset: str = DEFAULT_PRESET, overrides: Optional[list[str]] = None,
                         source: str = "synthetic", source_path: Optional[str] = None,
                         promote: bool = True) -> dict[str, Any]:
     """The `retrain` flow's parameters for `vatt pipeline`, checked as the flow checks them (a
@@ -32,7 +34,7 @@ def pipeline_parameters(preset: str = "tiny", overrides: Optional[list[str]] = N
     return retrain.validate_parameters(parameters)
 
 
-def run_pipeline(preset: str = "tiny", overrides: Optional[list[str]] = None,
+def run_pipeline(preset: str = DEFAULT_PRESET, overrides: Optional[list[str]] = None,
                  source: str = "synthetic", source_path: Optional[str] = None,
                  promote: bool = True) -> tuple[Any, dict[str, Any], float]:
     """(final state, retrain's result, wall seconds including Prefect's start-up). `preset`: a

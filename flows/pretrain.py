@@ -11,6 +11,7 @@ from prefect import flow
 from flows.artifacts import publish_training
 from flows.params import ConfigFile, Overrides, Preset, RunName
 from flows.tasks import pretrain_model, resolve_config
+from vatt.config import DEFAULT_PRESET
 
 
 def pinned_run_name(preset: str, config: Optional[str] = None) -> str:
@@ -24,7 +25,7 @@ def pinned_run_name(preset: str, config: Optional[str] = None) -> str:
 
 
 @flow(name="pretrain", description="VATT pretraining with Ray Train, resumable by run name")
-def pretrain(preset: Preset = "tiny", overrides: Overrides = [],
+def pretrain(preset: Preset = DEFAULT_PRESET, overrides: Overrides = [],
              run_name: Optional[RunName] = None,
              config: Optional[ConfigFile] = None) -> dict[str, Any]:
     """`config`: a whole config as YAML on the machine running the flow (e.g. the best.yaml of

@@ -27,13 +27,13 @@ from flows.params import ConfigFile, GitRev, Overrides, Preset, RunName, Source
 from flows.pretrain import pinned_run_name
 from flows.tasks import (evaluate_checkpoint, pretrain_model, publish_data, pull_data,
                          read_promoted, resolve_config)
-from vatt.config import TrainingTarget, replace
+from vatt.config import DEFAULT_PRESET, TrainingTarget, replace
 
 log = logging.getLogger("vatt.flows")
 
 
 @flow(name="retrain", description="Ingest or pull data, pretrain VATT, evaluate, promote")
-def retrain(preset: Preset = "tiny", overrides: Overrides = [], source: Source = "synthetic",
+def retrain(preset: Preset = DEFAULT_PRESET, overrides: Overrides = [], source: Source = "synthetic",
             source_path: Optional[str] = None, data_rev: Optional[GitRev] = None,
             run_name: Optional[RunName] = None, promote: bool = True,
             config: Optional[ConfigFile] = None) -> dict[str, Any]:

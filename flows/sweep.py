@@ -16,6 +16,7 @@ from pydantic import Field, StringConstraints
 from flows.artifacts import publish_sweep
 from flows.params import Overrides, Preset
 from tuning.space import SPACE_DIR
+from vatt.config import DEFAULT_PRESET
 
 SpaceName = Literal[tuple(sorted(p.stem for p in SPACE_DIR.glob("*.yaml")))]  # type: ignore[valid-type]
 SpaceFile = Annotated[str, StringConstraints(pattern=r"^[^\-\s].*\.ya?ml$")]  # a YAML of your own
@@ -46,7 +47,7 @@ def run_sweep_task(space: str, preset: str, overrides: list[str], samples: int,
 
 @flow(name="sweep", description="Ray Tune sweep of VATT pretraining runs (DropToken rate, "
                                 "backbone sharing, ...) selected on the validation split")
-def sweep(space: Union[SpaceName, SpaceFile] = "droptoken_sharing", preset: Preset = "tiny",
+def sweep(space: Union[SpaceName, SpaceFile] = "droptoken_sharing", preset: Preset = DEFAULT_PRESET,
           overrides: Overrides = [], samples: Samples = 1,
           out: Optional[str] = None,
           scheduler: Optional[Literal["asha", "fifo"]] = None) -> dict[str, Any]:

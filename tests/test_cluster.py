@@ -96,7 +96,7 @@ def test_the_evaluation_job_is_rendered_beside_its_run_and_its_entrypoint_parses
     checkpoint = "s3://vatt-data/runs/run-x/checkpoint_000001"
     command = ("evaluate", "--checkpoint", checkpoint, "--outcome",
                "s3://vatt-data/eval/jobs/run-x-eval.json", "--on-worker",
-               "data.path=s3://vatt-data/datasets/sha256-abc", "eval.probe_epochs=3")
+               "data.path=s3://vatt-data/datasets/sha256-abc", "eval.probe.epochs=3")
     rendered = render_job(cfg, command=command, suffix=EVALUATE_SUFFIX)
     assert rendered.name == "run-x-eval"
     assert rendered.rayjob["metadata"]["labels"][STEP_LABEL] == "evaluate"
@@ -106,7 +106,7 @@ def test_the_evaluation_job_is_rendered_beside_its_run_and_its_entrypoint_parses
     assert (args.checkpoint, args.on_worker, args.no_promote) == (checkpoint, True, False)
     assert args.outcome.endswith("/jobs/run-x-eval.json")
     assert args.overrides == ["data.path=s3://vatt-data/datasets/sha256-abc",
-                              "eval.probe_epochs=3"]
+                              "eval.probe.epochs=3"]
     for doc in rendered.documents:
         assert validate(doc) == [], (doc["kind"], validate(doc))
     # reports and the registry are written by the pods: local folders are refused

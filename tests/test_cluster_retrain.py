@@ -201,7 +201,7 @@ class Platform:
                 "data.ingest.synthetic_scale=0.05", "data.ingest.num_workers=1",
                 "train.optim.total_steps=4", "train.optim.warmup_steps=1",
                 "train.log_every=2", "train.checkpoint_every=2", "eval.tasks_if_ingested=[]",
-                "eval.probe_epochs=5", *more]
+                "eval.probe.epochs=5", *more]
 
     def run(self, deployment: str, parameters: dict) -> Any:
         """Triggers a run of `deployment` through the API, as the UI's Run button does."""

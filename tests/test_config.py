@@ -3,7 +3,7 @@
 import pytest
 
 from vatt.config import (BackboneSharing, ConfigError, available_presets, from_dict, load_config,
-                         to_dict)
+                         replace, to_dict)
 
 
 def test_presets_exist_and_load():
@@ -17,7 +17,7 @@ def test_spec_defaults_in_full_presets():
     assert cfg.model.video.size == "medium" and cfg.model.audio.size == "base"
     assert cfg.model.video.drop_rate == 0.5 and cfg.model.audio.drop_rate == 0.5
     assert cfg.model.audio.patch_size == 128 and cfg.model.audio.input_scale == 1.0
-    assert cfg.data.eval_num_windows == 4 and cfg.eval.finetune_test_crops == 3  # 4 clips x 3 crops
+    assert cfg.data.eval_num_windows == 4 and cfg.eval.finetune.test_crops == 3  # 4 clips x 3 crops
     assert cfg.data.num_frames == 32 and cfg.data.fps == 10 and cfg.data.frame_size == 224
     assert cfg.data.audio_samples == 153_600
     assert cfg.train.optim.warmup_steps == 10_000  # paper, not the code's 5k
@@ -167,12 +167,85 @@ def test_a_saved_whole_config_loads_back_as_it_was(tmp_path):
     assert load_config(saved, ["train.seed=3"]).train.seed == 3
 
 
-def test_a_config_saved_with_retired_eval_settings_still_loads():
-    """A checkpoint saved before eval.promote_incomparable and eval.finetune_cache_mb went is
-    evaluated again (and a promoted model re-measured) with its own config."""
-    saved = to_dict(load_config("tiny"))
-    saved["eval"].update(promote_incomparable=True, finetune_cache_mb=512.0)
-    assert from_dict(saved) == load_config("tiny")
+def test_a_config_saved_with_flat_or_retired_eval_settings_still_loads():
+    """A checkpoint saved before the eval groups (eval.probe_rank, ...) or before
+    eval.promote_incomparable and eval.finetune_cache_mb went is evaluated again (and a promoted
+    model re-measured) with its own config: the flat values move into their groups."""
+    cfg = load_config("tiny", ["eval.probe.epochs=7", "eval.promotion.margin=0.5"])
+    saved = to_dict(cfg)
+    flat = {key: value for key, value in saved["eval"].items()
+            if key not in ("probe", "finetune", "promotion")}
+    for group in ("probe", "finetune", "promotion"):
+        flat.update({f"{group}_{name}": value for name, value in saved["eval"][group].items()})
+    saved["eval"] = {**flat, "promote_incomparable": True, "finetune_cache_mb": 512.0}
+    assert from_dict(saved) == cfg
     saved["eval"]["finetune_cach_mb"] = 1.0  # a misspelt key is still an error, named
     with pytest.raises(ConfigError, match="finetune_cach_mb"):
         from_dict(saved)
+
+
+@pytest.mark.parametrize("old, new", [("eval.probe_epochs", "eval.probe.epochs"),
+                                      ("eval.finetune_steps", "eval.finetune.steps"),
+                                      ("eval.promotion_margin", "eval.promotion.margin")])
+def test_an_old_flat_eval_key_fails_naming_its_new_key(old, new, tmp_path):
+    with pytest.raises(ConfigError, match=rf"override: config key '{old}' is retired; set {new} "):
+        load_config("tiny", [f"{old}=3"])
+    with pytest.raises(ConfigError, match=rf"'{old}' is retired; set {new} "):
+        replace(load_config("tiny"), [f"{old}=3"])
+    group, name = new.split(".")[1:]
+    written = tmp_path / "old.yaml"  # a config file written before the groups
+    written.write_text(f"eval:\n  {group}_{name}: 3\n")
+    with pytest.raises(ConfigError, match=rf"old\.yaml: config key '{old}' is retired; set {new}"):
+        load_config(written)
+    # the new key, nested, from the command line
+    assert getattr(getattr(load_config("tiny", [f"{new}=3"]).eval, group), name) == 3
+
+
+def test_train_bf16_is_retired_naming_train_precision():
+    with pytest.raises(ConfigError, match=r"'train\.bf16' is retired; set train\.precision"):
+        load_config("tiny", ["train.bf16=true"])
+    saved = to_dict(load_config("tiny"))
+    saved["train"]["bf16"] = True  # as written by runs before train.precision existed
+    with pytest.raises(ConfigError, match=r"saved config: .*'train\.bf16'.*train\.precision"):
+        from_dict(saved)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("eval.probe.rank=0", r"eval\.probe: rank=0, .*at least 1"),
+    ("eval.probe.lr=0", r"eval\.probe: .*lr=0\.0 positive"),
+    ("eval.probe.weight_decay=-1", r"eval\.probe\.weight_decay=-1\.0: use 0 or more"),
+    ("eval.finetune.steps=0", r"eval\.finetune: steps=0 .*at least 1"),
+    ("eval.finetune.warmup_steps=-1", r"eval\.finetune: .*warmup_steps=-1 0 or more"),
+    ("eval.finetune.test_crops=0", r"eval\.finetune\.test_crops=0: .*at least one crop"),
+    ("eval.finetune.shuffle_mb=0", r"eval\.finetune\.shuffle_mb=0\.0: .*at least a batch"),
+    ("eval.promotion.margin=-0.1", r"eval\.promotion\.margin=-0\.1: .*0 or more"),
+    ("eval.promotion.noise_z=-1", r"eval\.promotion\.noise_z=-1\.0: .*0 or more"),
+])
+def test_each_eval_group_checks_its_own_fields(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny", [override])
+
+
+def test_each_group_checks_itself_without_a_whole_config():
+    from vatt.config import FinetuneConfig, ProbeConfig, PromotionConfig, ValidationConfig
+
+    for group in (ProbeConfig(), FinetuneConfig(), PromotionConfig(), ValidationConfig()):
+        group.check()  # the defaults are valid
+    with pytest.raises(ConfigError, match=r"eval\.finetune: steps=0"):
+        FinetuneConfig(steps=0).check()
+    with pytest.raises(ConfigError, match=r"train\.validation\.split='test'"):
+        ValidationConfig(split="test").check()
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("eval.audioset_train", "all", "balanced, unbalanced, both"),
+    ("eval.device", "gpu", "auto, cpu, cuda")])
+def test_closed_sets_are_enums_that_list_their_values(key, value, allowed):
+    with pytest.raises(ConfigError, match=rf"'{key}'.*'{value}'.*Allowed values: {allowed}\."):
+        load_config("tiny", [f"{key}={value}"])
+
+
+def test_the_default_preset_is_named_once():
+    from vatt.config import DEFAULT_PRESET
+
+    assert load_config() == load_config(DEFAULT_PRESET) and DEFAULT_PRESET == "tiny"

@@ -34,7 +34,7 @@ def setup(tmp_path_factory):
                                f"train.storage_path={root / 'runs'}",
                                f"eval.output_path={root / 'eval'}",
                                f"eval.registry_path={root / 'registry'}",
-                               "eval.probe_epochs=20", "data.eval_num_windows=2"])
+                               "eval.probe.epochs=20", "data.eval_num_windows=2"])
     ingest(cfg, "synthetic", None, root / "data", progress=False)
     torch.manual_seed(0)
     model = build_model(cfg)
@@ -85,7 +85,7 @@ def test_finetuning_tests_on_windows_times_the_specs_crops(setup):
     assert finetune["train"].training and not probe["train"].training
     assert finetune["train"].views_per_clip == 1 and probe["train"].views_per_clip == 2
     views = [(int(c), int(w)) for b in finetune["test"] for c, w in zip(b["clip_index"], b["window"])]
-    assert {w for _, w in views} == set(range(2 * 3))  # 2 windows x eval.finetune_test_crops=3
+    assert {w for _, w in views} == set(range(2 * 3))  # 2 windows x eval.finetune.test_crops=3
     assert len(views) == 3 * sum(len(b["window"]) for b in probe["test"])
 
 
@@ -133,7 +133,8 @@ def test_epochs_read_in_one_execution_are_the_epochs_read_one_by_one(setup):
     (`shuffled`: Ray Data's randomize_block_order and the epoch's seeded augmentation), so its
     numbers are those of one execution per epoch; the training stream marks the epochs."""
     from vatt.evaluate.data import build_eval_data
-    from vatt.evaluate.finetune import FinetuneSettings, _TrainingStream
+    from vatt.config import FinetuneConfig
+    from vatt.evaluate.finetune import _TrainingStream
 
     cfg, _ = setup
     train = build_eval_data(cfg, ["action_finetune"], datasets={
@@ -149,8 +150,8 @@ def test_epochs_read_in_one_execution_are_the_epochs_read_one_by_one(setup):
     orders = [[c for s, c, _ in one_by_one if s == seed] for seed in seeds]
     assert orders[0] != orders[1] == orders[2] and sorted(orders[0]) == sorted(orders[1])
     # the training stream: epoch e is shuffled(seed + e), its labelled windows counted
-    settings = FinetuneSettings(steps=6, batch_size=8, seed=2)
-    stream = _TrainingStream(train, 8, settings, "action_finetune")
+    settings = FinetuneConfig(steps=6, batch_size=8)
+    stream = _TrainingStream(train, 8, settings, "action_finetune", seed=2)
     windows = stream._windows()
     read = [next(windows).inputs for _ in range(len(one_by_one) + 1)]
     assert all(torch.equal(a, b[2]) for a, b in zip(read, one_by_one))
@@ -301,8 +302,8 @@ def test_finetuning_reads_its_splits_from_the_loader(setup):
     from vatt.model import build_model
 
     cfg, _ = setup
-    cfg = replace(cfg, ["eval.finetune_steps=3", "eval.finetune_warmup_steps=1",
-                        "eval.finetune_batch_size=4", "eval.finetune_test_crops=1"])
+    cfg = replace(cfg, ["eval.finetune.steps=3", "eval.finetune.warmup_steps=1",
+                        "eval.finetune.batch_size=4", "eval.finetune.test_crops=1"])
     data = build_eval_data(cfg, ["action_finetune"],
                            datasets={"action_finetune": ["synthetic-ucf101"]})
     torch.manual_seed(0)

@@ -1,5 +1,5 @@
 """Fine-tuning's training stream and which splits an evaluation reads, in process (no Ray):
-the shuffle buffer keeps the loader's uint8 video and stays within eval.finetune_shuffle_mb;
+the shuffle buffer keeps the loader's uint8 video and stays within eval.finetune.shuffle_mb;
 Kinetics is tested on val; a test split without labels is passed over with its reason. That the
 train split is read with the loader's training augmentation (new crops each epoch, the test
 windows unchanged) is test_evaluate_data.py's, through the real loader."""
@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from vatt.config import load_config, replace
-from vatt.evaluate.finetune import FinetuneSettings, _TrainingStream, finetune_classifier
+from vatt.config import FinetuneConfig
+from vatt.evaluate.finetune import _TrainingStream, finetune_classifier
 from vatt.model import build_model
 
 FRAMES, SIZE = 8, 64  # the tiny preset's input
@@ -40,7 +41,7 @@ WINDOW_BYTES = FRAMES * SIZE * SIZE * 3  # one uint8 window: 98,304 bytes
 
 def test_the_shuffle_buffer_holds_uint8_windows_within_its_byte_bound():
     bound_mb = 20 * WINDOW_BYTES / 2 ** 20  # room for exactly 20 windows (of 4 batches, 32)
-    settings = FinetuneSettings(batch_size=8, shuffle_mb=bound_mb, seed=0)
+    settings = FinetuneConfig(batch_size=8, shuffle_mb=bound_mb)
     stream = _TrainingStream(_uint8_batches(24), 3, settings, "action_finetune")
     batches = [b for _, b in zip(range(12), stream)]  # 96 windows: the split 4 times over
     inputs, targets, present = batches[0]
@@ -49,14 +50,14 @@ def test_the_shuffle_buffer_holds_uint8_windows_within_its_byte_bound():
     # full before the first batch, then refilled: exactly its bound, one byte a pixel
     assert stream.peak_bytes == 20 * WINDOW_BYTES <= bound_mb * 2 ** 20
     # a bound with room to spare: 4 batches, not more (a small split's first step comes soon)
-    roomy = _TrainingStream(_uint8_batches(24), 3, FinetuneSettings(batch_size=8, seed=0),
+    roomy = _TrainingStream(_uint8_batches(24), 3, FinetuneConfig(batch_size=8),
                             "action_finetune")
     next(iter(roomy))
     assert roomy.peak_bytes == 32 * WINDOW_BYTES
     # a bound below one batch is refused, naming the setting and the room a batch needs
-    small = FinetuneSettings(batch_size=8, shuffle_mb=7 * WINDOW_BYTES / 2 ** 20)
-    with pytest.raises(ValueError, match=r"eval\.finetune_shuffle_mb=.*holds 7 windows.*"
-                                         r"eval\.finetune_batch_size=8.*at least 1\b"):
+    small = FinetuneConfig(batch_size=8, shuffle_mb=7 * WINDOW_BYTES / 2 ** 20)
+    with pytest.raises(ValueError, match=r"eval\.finetune\.shuffle_mb=.*holds 7 windows.*"
+                                         r"eval\.finetune\.batch_size=8.*at least 1\b"):
         next(iter(_TrainingStream(_uint8_batches(24), 3, small, "action_finetune")))
 
 
@@ -68,8 +69,8 @@ def test_finetuning_on_uint8_windows_learns_and_reports_its_buffer():
     train = _uint8_batches(24)
     test = _float_batches(_uint8_batches(12, seed=1))
     bound_mb = 32 * WINDOW_BYTES / 2 ** 20
-    settings = FinetuneSettings(steps=30, warmup_steps=3, batch_size=8, lr=0.01,
-                                shuffle_mb=bound_mb)
+    settings = FinetuneConfig(steps=30, warmup_steps=3, batch_size=8, lr=0.01,
+                              shuffle_mb=bound_mb)
     found = finetune_classifier(model, train, test, 3, settings)
     m = found.metrics
     assert m["top1"] >= 0.9, m  # the brightness is the class
@@ -77,17 +78,17 @@ def test_finetuning_on_uint8_windows_learns_and_reports_its_buffer():
     assert m["shuffle_buffer_peak_mb"] == pytest.approx(32 * WINDOW_BYTES / 2 ** 20, abs=0.05)
     # the uint8 windows train as their float32 equal would (the same numbers)
     same = finetune_classifier(model, _float_batches(train), test, 3,
-                               FinetuneSettings(steps=30, warmup_steps=3, batch_size=8, lr=0.01,
-                                                shuffle_mb=4 * bound_mb))
+                               FinetuneConfig(steps=30, warmup_steps=3, batch_size=8, lr=0.01,
+                                              shuffle_mb=4 * bound_mb))
     assert same.metrics["final_train_loss"] == pytest.approx(m["final_train_loss"], rel=1e-4)
 
 
 def test_shuffle_buffer_bound_is_checked_in_the_config():
     from vatt.config import ConfigError
 
-    assert load_config("tiny").eval.finetune_shuffle_mb == 1024.0
-    with pytest.raises(ConfigError, match=r"eval\.finetune_shuffle_mb=0"):
-        load_config("tiny", ["eval.finetune_shuffle_mb=0"])
+    assert load_config("tiny").eval.finetune.shuffle_mb == 1024.0
+    with pytest.raises(ConfigError, match=r"eval\.finetune\.shuffle_mb=0"):
+        load_config("tiny", ["eval.finetune.shuffle_mb=0"])
 
 
 def _dataset(root, name, source, splits, label_names=("a", "b")):

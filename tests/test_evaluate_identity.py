@@ -65,14 +65,14 @@ def test_only_the_settings_that_change_a_tasks_number_are_in_its_identity(tmp_pa
     base = _identity(tmp_path)
     # where the numbers go, how big a feature batch is, the device, and fine-tuning's settings
     # for the tasks that do not fine-tune: no number of theirs changes
-    same = _identity(tmp_path, ["eval.batch_size=7", "eval.finetune_shuffle_mb=1",
-                                "eval.finetune_steps=3", "eval.output_path=elsewhere",
-                                "eval.device=cpu", "eval.promotion_margin=0.5"])
+    same = _identity(tmp_path, ["eval.batch_size=7", "eval.finetune.shuffle_mb=1",
+                                "eval.finetune.steps=3", "eval.output_path=elsewhere",
+                                "eval.device=cpu", "eval.promotion.margin=0.5"])
     assert same["tasks"] == base["tasks"]
-    probe = _identity(tmp_path, ["eval.probe_epochs=5"])
+    probe = _identity(tmp_path, ["eval.probe.epochs=5"])
     assert probe["tasks"]["text_video_retrieval"] == base["tasks"]["text_video_retrieval"]
     assert differences(_part(probe, "action_linear"), _part(base, "action_linear")) == [
-        "eval.probe_epochs 100 -> 5"]
+        "eval.probe.epochs 100 -> 5"]
     # the captions per clip are the retrieval queries
     captions = _identity(tmp_path, ["data.num_text_candidates=2"])
     assert differences(_part(captions, "text_video_retrieval"),

@@ -21,7 +21,7 @@ def checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     cfg = load_config("tiny", OVERRIDES + [f"eval.output_path={root}/eval",
                                            f"eval.registry_path={root}/registry",
-                                           "eval.promotion_metric=action_linear.top1"])
+                                           "eval.promotion.metric=action_linear.top1"])
     torch.manual_seed(0)
     model = build_model(cfg)
     folder = root / "runs" / "exp1" / "checkpoint_00000007"
@@ -44,9 +44,9 @@ def test_evaluate_checkpoint_twice_same_numbers_and_registry(checkpoint):
     assert first.report_uri != second.report_uri  # each evaluation keeps its own report
     for outcome in (first, second):
         assert (Path(outcome.report_uri) / "results.json").is_file()
-    # the same model again is no improvement beyond the tiny preset's eval.promotion_margin
+    # the same model again is no improvement beyond the tiny preset's eval.promotion.margin
     assert first.decision.promoted and not second.decision.promoted
-    assert "eval.promotion_margin" in second.decision.reason
+    assert "eval.promotion.margin" in second.decision.reason
     assert second.decision.promoted_value == first.decision.candidate_value
     report = json.loads((root / "eval").glob("*/results.json").__next__().read_text())
     assert report["step"] == 7 and report["data_version"] == {"md5": "d41d8cd9"}
@@ -140,9 +140,9 @@ def test_evaluation_overrides_cannot_change_the_trained_model(checkpoint):
         load_checkpoint_for_eval(folder, ["model.sharing=agnostic"], ObjectStore())
     # evaluation settings, and a model key set to the value it was trained with, are fine
     same = f"model.video.drop_rate={saved.model.video.drop_rate}"
-    cfg = checkpoint_config(folder, ["eval.probe_epochs=3", same, "data.path=elsewhere"],
+    cfg = checkpoint_config(folder, ["eval.probe.epochs=3", same, "data.path=elsewhere"],
                             ObjectStore())
-    assert cfg.eval.probe_epochs == 3 and cfg.data.path == "elsewhere"
+    assert cfg.eval.probe.epochs == 3 and cfg.data.path == "elsewhere"
     assert cfg.model == saved.model
 
 
@@ -260,7 +260,7 @@ def test_a_changed_split_re_measures_the_promoted_model(checkpoint, tmp_path):
                     optimizer=torch.optim.Adam(model.parameters()), cfg=cfg,
                     data_version={"md5": "e5"})
     overrides = [f"eval.registry_path={tmp_path}/registry", f"eval.output_path={tmp_path}/eval",
-                 "eval.promotion_metric=text_video_retrieval.MRR"]
+                 "eval.promotion.metric=text_video_retrieval.MRR"]
     old, new = {"test": _batches(2, 6)}, {"test": _batches(3, 6)}
     store = ObjectStore()
 

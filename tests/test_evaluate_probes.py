@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 
-from vatt.evaluate.probes import (
-    ProbeSettings, cross_validated_probe, fit_probe, group_mean, linear_probe,
-)
+from vatt.config import ProbeConfig
+from vatt.evaluate.probes import cross_validated_probe, fit_probe, group_mean, linear_probe
 
-FAST = ProbeSettings(rank=16, lr=5e-3, epochs=30, batch_size=64, seed=0)
+FAST = ProbeConfig(rank=16, lr=5e-3, epochs=30, batch_size=64)
 
 
 def _clusters(rng, num_videos, windows, num_classes, dim=32, noise=1.0, centres=None):

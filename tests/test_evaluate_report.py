@@ -4,7 +4,8 @@ import json
 
 import numpy as np
 
-from vatt.evaluate.probes import ProbeSettings, linear_probe
+from vatt.config import ProbeConfig
+from vatt.evaluate.probes import linear_probe
 from vatt.evaluate.report import write_report
 from vatt.evaluate.retrieval import text_to_video
 from vatt.storage import ObjectStore
@@ -14,7 +15,7 @@ def test_report_folder(tmp_path):
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(60, 8)), rng.integers(0, 4, 60)
     probe = linear_probe(x, y, np.arange(60), x, y, np.arange(60), 4,
-                         settings=ProbeSettings(rank=4, epochs=3))
+                         settings=ProbeConfig(rank=4, epochs=3))
     emb = rng.normal(size=(20, 8))
     retrieval = text_to_video(emb, np.arange(20), emb + 0.1 * rng.normal(size=(20, 8)), np.arange(20))
     results = {

@@ -10,7 +10,7 @@ from vatt.evaluate.runner import evaluate_model
 from vatt.model import build_model
 
 OVERRIDES = ["model.video.num_layers=1", "model.audio.num_layers=1", "model.text.num_layers=1",
-             "eval.probe_epochs=5", "eval.probe_rank=8"]
+             "eval.probe.epochs=5", "eval.probe.rank=8"]
 
 
 def _batches(seed, num_videos, windows=2, num_classes=3, batch_size=6, with_text=True):
@@ -110,8 +110,8 @@ def test_finetuning_learns_the_classes_and_leaves_the_model_alone(setup):
     from vatt.config import replace
 
     cfg, model, data = setup
-    cfg = replace(cfg, ["eval.finetune_steps=60", "eval.finetune_warmup_steps=6",
-                        "eval.finetune_batch_size=8"])
+    cfg = replace(cfg, ["eval.finetune.steps=60", "eval.finetune.warmup_steps=6",
+                        "eval.finetune.batch_size=8"])
     before = {k: v.clone() for k, v in model.state_dict().items()}
     tasks = {"action_finetune": data}
     first = evaluate_model(model, cfg, ["action_finetune"], tasks)
@@ -131,7 +131,7 @@ def test_finetuning_learns_the_classes_and_leaves_the_model_alone(setup):
 def test_eval_device_is_checked_and_names_the_option():
     from vatt.evaluate.features import resolve_device
 
-    with pytest.raises(ConfigError, match=r"eval\.device='gpu'.*auto.*cpu.*cuda"):
+    with pytest.raises(ConfigError, match=r"eval\.device'.*'gpu'.*auto, cpu, cuda"):
         load_config("tiny", ["eval.device=gpu"])
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device("cpu") == torch.device("cpu")

@@ -14,7 +14,7 @@ from vatt.evaluate.tasks import TASKS, Task, register
 from vatt.model import build_model
 
 OVERRIDES = ["model.video.num_layers=1", "model.audio.num_layers=1", "model.text.num_layers=1",
-             "eval.probe_epochs=5", "eval.probe_rank=8"]
+             "eval.probe.epochs=5", "eval.probe.rank=8"]
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +90,8 @@ def test_audio_finetune_learns_a_multilabel_toy(setup):
     from vatt.evaluate.metrics import d_prime
 
     cfg, model = setup
-    cfg = replace(cfg, ["eval.finetune_steps=80", "eval.finetune_warmup_steps=8",
-                        "eval.finetune_batch_size=8", "eval.finetune_lr=0.05"])
+    cfg = replace(cfg, ["eval.finetune.steps=80", "eval.finetune.warmup_steps=8",
+                        "eval.finetune.batch_size=8", "eval.finetune.lr=0.05"])
     before = {k: v.clone() for k, v in model.state_dict().items()}
     data = {"audio_finetune": {"audioset": {"train": _audio_batches(1, 24),
                                             "test": _audio_batches(2, 12)}}}
@@ -130,8 +130,8 @@ def test_image_finetune_fills_one_temporal_patch(setup):
     assert model.backbones["video"].patch_embed.grid(filled.shape) == (1, 4, 4)
     with pytest.raises(ValueError, match="one frame"):
         ImageToPatch(temporal, "image_finetune")(torch.zeros(1, temporal + 1, 64, 64, 3))
-    cfg = replace(cfg, ["eval.finetune_steps=40", "eval.finetune_warmup_steps=4",
-                        "eval.finetune_batch_size=8"])
+    cfg = replace(cfg, ["eval.finetune.steps=40", "eval.finetune.warmup_steps=4",
+                        "eval.finetune.batch_size=8"])
     data = {"image_finetune": {"imagenet": {"train": _image_batches(1, 24),
                                             "test": _image_batches(2, 12)}}}
     m = evaluate_model(model, cfg, ["image_finetune"], data)["metrics"]

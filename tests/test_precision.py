@@ -83,14 +83,14 @@ def test_the_run_logs_the_precision_its_workers_will_use():
         "precision: fp32 (train.precision=fp32)"
 
 
-def test_precision_defaults_to_auto_and_old_configs_with_train_bf16_still_load():
+def test_precision_defaults_to_auto_and_an_old_train_bf16_names_it():
     cfg = load_config("tiny")
     assert cfg.train.precision is Precision.auto
-    for old, new in ((True, Precision.auto), (False, Precision.fp32)):
-        saved = to_dict(cfg)
-        del saved["train"]["precision"]
-        saved["train"]["bf16"] = old  # as written by runs before train.precision existed
-        assert from_dict(saved).train.precision is new
+    saved = to_dict(cfg)
+    del saved["train"]["precision"]
+    saved["train"]["bf16"] = True  # as written by runs before train.precision existed
+    with pytest.raises(ConfigError, match=r"train\.bf16.*set train\.precision instead"):
+        from_dict(saved)
 
 
 # --- bf16 against fp32 on the tiny model -----------------------------------------------------

@@ -105,7 +105,7 @@ def _evaluation(dataset="synthetic-msrvtt", digest="a" * 64, probe_epochs=100, c
                  "settings": {"data.eval_num_windows": 4, "data.num_text_candidates": 5},
                  "code": code}
     action = {"dataset": "synthetic-ucf101", "splits": {"train": "b" * 64, "test": "c" * 64},
-              "settings": {"eval.probe_epochs": probe_epochs}, "code": code}
+              "settings": {"eval.probe.epochs": probe_epochs}, "code": code}
     return {"tasks": {"text_video_retrieval": retrieval,
                       "text_video_retrieval@" + dataset: retrieval,
                       "action_linear": action, "action_linear@synthetic-ucf101": action}}
@@ -198,7 +198,7 @@ def test_a_failed_or_stale_re_measurement_promotes_nothing(tmp_path):
 
 
 def test_the_margin_grows_with_the_paired_noise_of_the_queries(tmp_path):
-    """MRR over a handful of queries is noisy: the margin is at least eval.promotion_noise_z
+    """MRR over a handful of queries is noisy: the margin is at least eval.promotion.noise_z
     standard errors of the two models' paired per-query difference."""
     ranks_a = [1, 2, 5, 1, 3, 8, 2, 1, 4, 6]
     ranks_b = [1, 1, 3, 2, 2, 4, 1, 1, 3, 5]  # better on most queries

@@ -51,7 +51,8 @@ from typing import Any, Iterable, Optional
 
 from ray.tune import Callback
 
-from vatt.config import Config, ConfigError, load_config, replace, to_dict, with_absolute_paths
+from vatt.config import (DEFAULT_PRESET, Config, ConfigError, load_config, replace, to_dict,
+                         with_absolute_paths)
 from vatt.train.preflight import ClusterCapacity
 from tuning.space import SCHEDULERS, Space, SpaceError, check_space, dotlist, load_space
 
@@ -284,7 +285,7 @@ def _check_cluster(base: Config, address: str) -> tuple[ClusterCapacity, str]:
     return capacity, where
 
 
-def run_sweep(space: str | Path, preset: str = "tiny", overrides: Iterable[str] = (),
+def run_sweep(space: str | Path, preset: str = DEFAULT_PRESET, overrides: Iterable[str] = (),
               samples: int = 1, out: Optional[str | Path] = None,
               scheduler: Optional[str] = None) -> SweepResult:
     """Run (or resume) the sweep of `space` over `preset` + `overrides`; write the results.

@@ -7,10 +7,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from vatt.config import DEFAULT_PRESET  # torch-free
+
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--preset", default="tiny",
+    which.add_argument("--preset", default=DEFAULT_PRESET,
                        help="config preset under configs/ (tiny, bbs, mbs, lbs, ma-medium) or a YAML path")
     which.add_argument("--config", default=None, metavar="FILE",
                        help="a whole config as YAML (e.g. the best.yaml of `vatt sweep`), "

@@ -23,6 +23,9 @@ CONFIG_DIR = (_PACKAGE_DIR / "configs" if (_PACKAGE_DIR / "configs").is_dir()
               else _PACKAGE_DIR.parent / "configs")
 
 
+DEFAULT_PRESET = "tiny"  # the preset the CLI, the flows and sweeps start from when none is named
+
+
 class ConfigError(ValueError):
     """A config that cannot be used; the message names the key and what is allowed."""
 
@@ -52,6 +55,19 @@ class EncoderConfig:
     mlp_dim: Optional[int] = None
     num_heads: Optional[int] = None
 
+    def check(self, key: str) -> None:
+        from vatt.sizes import SIZES  # torch-free, so loading a config does not import torch
+
+        if self.size not in SIZES:
+            raise ConfigError(f"{key}.size='{self.size}' is not a known size. "
+                              f"Allowed: {', '.join(SIZES)}")
+
+
+def _check_drop_rate(key: str, rate: float) -> None:
+    if not 0.0 <= rate < 1.0:
+        raise ConfigError(f"{key}.drop_rate={rate} is outside [0, 1): it is the share of tokens "
+                          "dropped (0.5 keeps half); use e.g. 0.0, 0.25, 0.5 or 0.75")
+
 
 @dataclass
 class VideoModelConfig(EncoderConfig):
@@ -59,17 +75,26 @@ class VideoModelConfig(EncoderConfig):
     patch_size: list[int] = field(default_factory=lambda: [4, 16, 16])  # (t, h, w)
     drop_rate: float = 0.5  # DropToken: share of patch tokens *dropped* in training
 
+    def check(self, key: str) -> None:
+        super().check(key)
+        _check_drop_rate(key, self.drop_rate)
+
 
 @dataclass
 class AudioModelConfig(EncoderConfig):
     size: str = "base"
     patch_size: int = 128  # waveform samples per token
     drop_rate: float = 0.5
-    # a constant gain on the waveform before the tokenizer (1 = the spec). Recorded audio sits
-    # far below full scale (the default dataset's RMS is ~0.1), so its tokens start ~10x smaller
-    # than the LayerNorm'd positions they are added to; a long run grows the tokenizer to make up
-    # for it, a CPU budget does not (BENCHMARKS.md, "Learning signal")
+    # a constant gain on the waveform before the tokenizer (1 = the spec): recorded audio sits
+    # far below full scale, so its tokens start small (BENCHMARKS.md, "Learning signal")
     input_scale: float = 1.0
+
+    def check(self, key: str) -> None:
+        super().check(key)
+        _check_drop_rate(key, self.drop_rate)
+        if not self.input_scale > 0:
+            raise ConfigError(f"{key}.input_scale={self.input_scale} must be positive: it "
+                              "multiplies the waveform before the tokenizer (1: the spec's input)")
 
 
 @dataclass
@@ -109,6 +134,10 @@ class ModelConfig:
     droptoken_sampling: DropTokenSampling = DropTokenSampling.batch
     layer_norm_eps: float = 1e-6
     init_std: float = 0.02
+
+    def check(self) -> None:
+        for name in ("video", "audio", "text", "shared"):
+            getattr(self, name).check(f"model.{name}")
 
 
 @dataclass
@@ -159,12 +188,22 @@ class IngestConfig:
     # balanced list), chosen by a stable hash of the item key, so tuning never reads `test`
     holdout_fraction: float = 0.1
     synthetic_seed: int = 0
-    # what the generated scenes' sound and captions follow: `colour` (learnable on the `tiny` CPU
-    # budget: retrieval and the audio probe learn, the motions do not) or `motion` (pairs can only
-    # be matched by the motion; at the tiny budget nothing is learned, in 300 steps or 1200:
-    # BENCHMARKS.md, "Learning signal", generator versions 4 and 5)
+    # what the generated scenes' sound and captions follow: `colour` is learnable on the `tiny`
+    # CPU budget, `motion` is not (BENCHMARKS.md, "Learning signal", versions 4 and 5)
     synthetic_cue: SyntheticCue = SyntheticCue.colour
     synthetic_scale: float = 1.0  # multiplies the default number of generated clips
+
+    def check(self) -> None:
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ConfigError(
+                f"data.ingest.holdout_fraction={self.holdout_fraction} is outside [0, 1): it is "
+                "the share of the training items held out as split val (0.1 holds out a tenth; "
+                "0 none)")
+        if not self.decode_timeout_s > 0:
+            raise ConfigError(
+                f"data.ingest.decode_timeout_s={self.decode_timeout_s} must be positive: it is how "
+                "long a raw file's decode may go without decoding anything before the file is "
+                "quarantined (300 s by default; raise it for media on a very slow filesystem)")
 
 
 @dataclass
@@ -200,6 +239,9 @@ class DataConfig:
     def audio_samples(self) -> int:
         return int(round(self.sample_rate * self.clip_seconds))
 
+    def check(self) -> None:
+        self.ingest.check()
+
 
 # ---------------------------------------------------------------------------------------------
 # Training
@@ -229,6 +271,17 @@ class ValidationConfig:
     split: str = "val"  # never "test": that is what reports and the promotion gate measure
     num_windows: int = 2  # evenly spread windows per video, averaged as in evaluation
     batch_size: int = 32
+
+    def check(self) -> None:
+        if self.every < 0 or self.num_windows < 1 or self.batch_size < 1:
+            raise ConfigError(
+                f"train.validation: every={self.every} must be >= 0 (0: no validation), "
+                f"num_windows={self.num_windows} and batch_size={self.batch_size} at least 1")
+        if self.split == "test":
+            raise ConfigError(
+                "train.validation.split='test': validation (and the sweeps that tune on it) must "
+                "not read the test split that reports and the promotion gate measure; use 'val' "
+                "(or another held-out split of train.validation.dataset)")
 
 
 class Precision(str, Enum):
@@ -265,8 +318,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     max_failures: int = 3  # worker-group restarts from the last checkpoint before giving up
     # how often Ray Train's controller polls its workers (sets RAY_TRAIN_HEALTH_CHECK_INTERVAL_S,
-    # Ray's default 2 s, for the run): the end of a run is noticed within it. 0.5 s took
-    # the default pretraining's shut-down from 4.6 s to under 1 s (BENCHMARKS.md, issue 15)
+    # Ray's default 2 s): the end of a run is noticed within it (BENCHMARKS.md, "Issue 15")
     poll_interval_s: float = 0.5
     log_every: int = 50  # steps between ray.train.report of loss, lr, clips/s, data-wait share
     # micro-batches a thread of each worker reads ahead of training, across epochs: the next
@@ -276,15 +328,116 @@ class TrainConfig:
     read_ahead_batches: int = 8
     grad_accum: int = 1  # micro-batches per optimiser step
     # autocast dtype of the backbones and heads; the losses, BatchNorm statistics and the Adam
-    # step stay fp32 (vatt.train.precision). Replaces the former `train.bf16` (true -> auto)
+    # step stay fp32 (vatt.train.precision)
     precision: Precision = Precision.auto
-    # torch.compile the model. Off: on the 2-core AVX2 CPU it did not help (step 0.98x eager for
-    # tiny, 1.09x for a width-768 backbone) and costs 35-76 s of warm-up per worker
+    # torch.compile the model: off, as on CPUs its warm-up outweighs what it saves
     # (BENCHMARKS.md, "Issue 15"); unmeasured on GPU, try it there
     compile: bool = False
     dataset: str = "synthetic-howto100m"  # ingested dataset (folder under data.path) to pretrain on
     dataset_split: str = "train"  # split of that dataset
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+    def check(self) -> None:
+        self.validation.check()
+        if self.use_tpu and self.precision == Precision.bf16:
+            raise ConfigError("train.precision=bf16 with train.use_tpu=true: bf16 autocast is "
+                              "wired for CUDA and CPU only; set train.precision=auto or fp32")
+        if self.use_tpu and self.use_gpu:
+            raise ConfigError("train.use_tpu=true and train.use_gpu=true: a run trains on one "
+                              "kind of accelerator; set one of them to false")
+        if self.use_tpu and self.num_workers > 1 and not (self.tpu_topology
+                                                          and self.tpu_accelerator_type):
+            raise ConfigError(
+                f"train.use_tpu=true with train.num_workers={self.num_workers} needs the slice: "
+                "set train.tpu_topology (e.g. 4x4) and train.tpu_accelerator_type (e.g. TPU-V6E), "
+                "as in k8s/overlays/tpu")
+
+
+class AudiosetTrain(str, Enum):
+    """The AudioSet train list `audio_finetune` reads (vatt.evaluate.tasks.AUDIOSET_TRAIN)."""
+    balanced = "balanced"  # split train
+    unbalanced = "unbalanced"  # split train_unbalanced
+    both = "both"
+
+
+class Device(str, Enum):
+    """Where feature extraction and fine-tuning run (vatt.evaluate.features.resolve_device)."""
+    auto = "auto"  # cuda when a GPU is visible, else the CPU
+    cpu = "cpu"
+    cuda = "cuda"  # the first visible GPU (CUDA_VISIBLE_DEVICES picks which)
+
+
+@dataclass
+class ProbeConfig:
+    """The linear probe (vatt.evaluate.probes): the reference's low-rank classifier, Adam."""
+
+    rank: int = 128
+    lr: float = 5e-4
+    epochs: int = 100
+    batch_size: int = 256
+    weight_decay: float = 0.0
+
+    def check(self) -> None:
+        if min(self.rank, self.epochs, self.batch_size) < 1 or not self.lr > 0:
+            raise ConfigError(
+                f"eval.probe: rank={self.rank}, epochs={self.epochs} and batch_size="
+                f"{self.batch_size} must be at least 1 and lr={self.lr} positive")
+        if self.weight_decay < 0:
+            raise ConfigError(f"eval.probe.weight_decay={self.weight_decay}: use 0 or more "
+                              "(0: no weight decay)")
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning (action_finetune, audio_finetune, image_finetune; vatt.evaluate.finetune):
+    the spec's SGD momentum 0.9, lr 0.005, 2.5k warmup then cosine to 0, batch 64, label
+    smoothing 0.1. The spec gives no step count: `steps` is this project's choice."""
+
+    steps: int = 10000
+    lr: float = 0.005
+    warmup_steps: int = 2500
+    batch_size: int = 64
+    test_crops: int = 3  # the spec's test: 4 clips (data.eval_num_windows) x 3 crops
+    # MiB of the shuffle buffer of training windows (4 batches, uint8 video as the loader gives
+    # it: 4.6 MiB a window at the spec's input, so 222 windows); it must hold a batch
+    shuffle_mb: float = 1024.0
+
+    def check(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.warmup_steps < 0 or not self.lr > 0:
+            raise ConfigError(
+                f"eval.finetune: steps={self.steps} and batch_size={self.batch_size} must be at "
+                f"least 1, warmup_steps={self.warmup_steps} 0 or more and lr={self.lr} positive")
+        if self.test_crops < 1:
+            raise ConfigError(
+                f"eval.finetune.test_crops={self.test_crops}: fine-tuning tests on at least one "
+                "crop per window (the spec's 3: left, centre, right)")
+        if not self.shuffle_mb > 0:
+            raise ConfigError(
+                f"eval.finetune.shuffle_mb={self.shuffle_mb}: fine-tuning's shuffle buffer needs "
+                "room for at least a batch of windows (default 1024 MiB)")
+
+
+@dataclass
+class PromotionConfig:
+    """The promotion gate (vatt.evaluate.registry): promote a candidate when its `metric` beats
+    the promoted model's, measured on the same clips with the same settings and code (else the
+    promoted model is re-measured on the candidate's data first), by the larger margin."""
+
+    # "<task>.<metric>" (the task's first dataset) or "<task>@<dataset>.<metric>". MRR uses
+    # every rank: R@10 saturates on small sets
+    metric: str = "text_video_retrieval.MRR"
+    # the metric's run-to-run noise between equally good training runs (benchmarks/gate_noise.py
+    # measures it for a preset); differences below it are none
+    margin: float = 0.0
+    # for metrics that are a mean over queries (MRR, R@k): at least this many standard errors
+    # of the two models' paired per-query difference on this evaluation's queries
+    noise_z: float = 2.0
+
+    def check(self) -> None:
+        for key in ("margin", "noise_z"):
+            if not getattr(self, key) >= 0:
+                raise ConfigError(f"eval.promotion.{key}={getattr(self, key)}: a margin is how "
+                                  "much better a candidate must be; use 0 or more (0: not worse)")
 
 
 @dataclass
@@ -297,51 +450,27 @@ class EvalConfig:
         "action_linear", "audio_linear", "text_video_retrieval", "video_audio_retrieval"])
     # tasks that run too when a dataset they accept is ingested (AudioSet, ImageNet; the
     # generated default dataset has both), else are listed as skipped in the results and the
-    # report; schedules of finetune_steps. `vatt evaluate --tasks` runs exactly the tasks named
+    # report; schedules of eval.finetune.steps. `vatt evaluate --tasks` runs exactly the tasks named
     tasks_if_ingested: list[str] = field(default_factory=lambda: [
         "audio_finetune", "image_finetune"])
     # task -> dataset folders under data.path to run it on, in order (the first is what the
     # flat "<task>.<metric>" keys mean); a task not named runs on every ingested dataset of a
     # source it accepts, real before generated (vatt.evaluate.data)
     datasets: dict[str, list[str]] = field(default_factory=dict)
-    # audio_finetune's train list: balanced (split train), unbalanced (train_unbalanced), both
-    audioset_train: str = "balanced"
-    # linear probe: the reference's low-rank classifier, Adam
-    probe_rank: int = 128
-    probe_lr: float = 5e-4
-    probe_epochs: int = 100
-    probe_batch_size: int = 256
-    probe_weight_decay: float = 0.0
-    # fine-tuning (action_finetune, audio_finetune, image_finetune): spec SGD momentum 0.9, lr
-    # 0.005, 2.5k warmup then cosine to 0, batch 64, label smoothing 0.1; the spec gives no
-    # step count, so finetune_steps is this project's choice
-    finetune_steps: int = 10000
-    finetune_lr: float = 0.005
-    finetune_warmup_steps: int = 2500
-    finetune_batch_size: int = 64
-    finetune_test_crops: int = 3  # the spec's test: 4 clips (data.eval_num_windows) x 3 crops
-    # fine-tuning's shuffle buffer of training windows (4 batches) holds at most this many MiB
-    # (uint8 video as the loader gives it: 4.6 MiB a window at the spec's input, so 222
-    # windows; audio 0.6 MiB); it must hold a batch
-    finetune_shuffle_mb: float = 1024.0
-    seed: int = 0
+    audioset_train: AudiosetTrain = AudiosetTrain.balanced  # audio_finetune's train list
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    promotion: PromotionConfig = field(default_factory=PromotionConfig)
+    seed: int = 0  # of the probes' and fine-tuning's initialisation and data order
     batch_size: int = 32  # clips per forward pass when extracting features
-    # where feature extraction and fine-tuning run: "auto" (cuda when a GPU is visible, else
-    # cpu), "cpu", "cuda" or "cuda:<index>"
-    device: str = "auto"
+    device: Device = Device.auto
     output_path: str = "artifacts/eval"  # reports: <output_path>/<run id>/; a folder or s3://
     registry_path: str = "artifacts/registry"  # the model registry; a folder or s3://
-    # promote when this metric is better than the promoted model's, measured on the same clips
-    # with the same settings and code (else the promoted model is re-measured on the
-    # candidate's data first), by the margin: "<task>.<metric>" (the task's first dataset) or
-    # "<task>@<dataset>.<metric>". MRR uses every rank: R@10 saturates on small sets
-    promotion_metric: str = "text_video_retrieval.MRR"
-    # the metric's run-to-run noise between equally good training runs (benchmarks/gate_noise.py
-    # measures it for a preset); differences below it are none
-    promotion_margin: float = 0.0
-    # and, for metrics that are a mean over queries (MRR, R@k), at least this many standard
-    # errors of the two models' paired per-query difference on this evaluation's queries
-    promotion_noise_z: float = 2.0
+
+    def check(self) -> None:
+        self.probe.check()
+        self.finetune.check()
+        self.promotion.check()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,6 +522,17 @@ class ClusterConfig:
     # of vatt.cluster.plan, found by the overlay's node selector
     plan_peak_tflops: Optional[float] = None
 
+    def check(self) -> None:
+        if self.poll_s <= 0 or self.timeout_s <= 0 or self.api_attempts < 1:
+            raise ConfigError(
+                f"cluster: poll_s={self.poll_s} and timeout_s={self.timeout_s} must be positive "
+                f"and api_attempts={self.api_attempts} at least 1")
+        peak = self.plan_peak_tflops
+        if not 0.0 < self.plan_mfu <= 1.0 or (peak is not None and peak <= 0):
+            raise ConfigError(
+                f"cluster.plan_mfu={self.plan_mfu} must be in (0, 1] (0.35: 35% of the peak) "
+                f"and cluster.plan_peak_tflops={peak} positive or null")
+
 
 # ---------------------------------------------------------------------------------------------
 # Storage: object store access (vatt.storage) and data versioning (vatt.data.versioning)
@@ -423,6 +563,22 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
+    def check(self) -> None:
+        """Raise a ConfigError naming the first value that cannot be used and how to fix it:
+        each section checks its own fields, this the rules between sections."""
+        for section in (self.model, self.data, self.train, self.eval, self.cluster):
+            section.check()
+        t, h, w = self.model.video.patch_size
+        if self.data.num_frames % t or self.data.frame_size % h or self.data.frame_size % w:
+            raise ConfigError(
+                f"data.num_frames={self.data.num_frames} / data.frame_size="
+                f"{self.data.frame_size} do not divide into model.video.patch_size={[t, h, w]}; "
+                "pick multiples of the patch")
+        if self.data.audio_samples % self.model.audio.patch_size:
+            raise ConfigError(
+                f"audio of {self.data.audio_samples} samples (data.sample_rate x clip length) is "
+                f"not a multiple of model.audio.patch_size={self.model.audio.patch_size}")
+
 
 # ---------------------------------------------------------------------------------------------
 # Loading
@@ -443,8 +599,26 @@ def _allowed_keys(schema: DictConfig, dotted: str) -> list[str]:
     return sorted(node.keys()) if isinstance(node, DictConfig) else []
 
 
+# the evaluation settings before they were grouped: eval.<group>_<name> -> eval.<group>.<name>
+RENAMED_KEYS: dict[str, str] = {
+    f"eval.{group}_{name}": f"eval.{group}.{name}"
+    for group, settings in (("probe", ProbeConfig), ("finetune", FinetuneConfig),
+                            ("promotion", PromotionConfig))
+    for name in settings.__dataclass_fields__}
+# keys that went -> what to do instead: a preset, config file or override that sets one fails
+# with this, and so does a saved config, but for the eval keys (from_dict)
+RETIRED_KEYS: dict[str, str] = {
+    "train.bf16": "set train.precision instead (bf16 true was auto, false was fp32)",
+    "eval.promote_incomparable": "delete it: the gate never promotes on an incomparable number",
+    "eval.finetune_cache_mb": "delete it: eval.finetune.shuffle_mb bounds fine-tuning's buffer",
+    **{old: f"set {new} instead" for old, new in RENAMED_KEYS.items()},
+}
+
+
 def _explain(err: OmegaConfBaseException, schema: DictConfig, source: str) -> ConfigError:
     key = getattr(err, "full_key", None) or "?"
+    if isinstance(err, ConfigKeyError) and key in RETIRED_KEYS:
+        return ConfigError(f"{source}: config key '{key}' is retired; {RETIRED_KEYS[key]}")
     if isinstance(err, ConfigKeyError):
         allowed = _allowed_keys(schema, key)
         return ConfigError(
@@ -458,106 +632,6 @@ def _explain(err: OmegaConfBaseException, schema: DictConfig, source: str) -> Co
     elif node is not None:
         expected = f" Expected a value of type {type(node).__name__} (default {node!r})."
     return ConfigError(f"{source}: bad value for config key '{key}': {msg}.{expected}")
-
-
-def _check_values(cfg: Config) -> None:
-    for modality in ("video", "audio"):
-        rate = getattr(cfg.model, modality).drop_rate
-        if not 0.0 <= rate < 1.0:
-            raise ConfigError(
-                f"model.{modality}.drop_rate={rate} is outside [0, 1): it is the share of "
-                "tokens dropped (0.5 keeps half); use e.g. 0.0, 0.25, 0.5 or 0.75"
-            )
-    from vatt.sizes import SIZES  # torch-free, so loading a config does not import torch
-
-    encoders = {"model.video": cfg.model.video, "model.audio": cfg.model.audio,
-                "model.text": cfg.model.text, "model.shared": cfg.model.shared}
-    for key, enc in encoders.items():
-        if enc.size not in SIZES:
-            raise ConfigError(
-                f"{key}.size='{enc.size}' is not a known size. Allowed: {', '.join(SIZES)}"
-            )
-    t, h, w = cfg.model.video.patch_size
-    if cfg.data.num_frames % t or cfg.data.frame_size % h or cfg.data.frame_size % w:
-        raise ConfigError(
-            f"data.num_frames={cfg.data.num_frames} / data.frame_size={cfg.data.frame_size} "
-            f"do not divide into model.video.patch_size={[t, h, w]}; pick multiples of the patch"
-        )
-    val = cfg.train.validation
-    if val.every < 0 or val.num_windows < 1 or val.batch_size < 1:
-        raise ConfigError(
-            f"train.validation: every={val.every} must be >= 0 (0: no validation), num_windows="
-            f"{val.num_windows} and batch_size={val.batch_size} at least 1")
-    if val.split == "test":
-        raise ConfigError(
-            "train.validation.split='test': validation (and the sweeps that tune on it) must not "
-            "read the test split that reports and the promotion gate measure; use 'val' (or "
-            "another held-out split of train.validation.dataset)")
-    train = cfg.train
-    if train.use_tpu and train.precision == Precision.bf16:
-        raise ConfigError("train.precision=bf16 with train.use_tpu=true: bf16 autocast is "
-                          "wired for CUDA and CPU only; set train.precision=auto or fp32")
-    if train.use_tpu and train.use_gpu:
-        raise ConfigError("train.use_tpu=true and train.use_gpu=true: a run trains on one kind "
-                          "of accelerator; set one of them to false")
-    if train.use_tpu and train.num_workers > 1 and not (train.tpu_topology
-                                                        and train.tpu_accelerator_type):
-        raise ConfigError(
-            f"train.use_tpu=true with train.num_workers={train.num_workers} needs the slice: set "
-            "train.tpu_topology (e.g. 4x4) and train.tpu_accelerator_type (e.g. TPU-V6E), as "
-            "in k8s/overlays/tpu")
-    if cfg.cluster.poll_s <= 0 or cfg.cluster.timeout_s <= 0 or cfg.cluster.api_attempts < 1:
-        raise ConfigError(
-            f"cluster: poll_s={cfg.cluster.poll_s} and timeout_s={cfg.cluster.timeout_s} must be "
-            f"positive and api_attempts={cfg.cluster.api_attempts} at least 1")
-    peak = cfg.cluster.plan_peak_tflops
-    if not 0.0 < cfg.cluster.plan_mfu <= 1.0 or (peak is not None and peak <= 0):
-        raise ConfigError(
-            f"cluster.plan_mfu={cfg.cluster.plan_mfu} must be in (0, 1] (0.35: 35% of the peak) "
-            f"and cluster.plan_peak_tflops={peak} positive or null")
-    holdout = cfg.data.ingest.holdout_fraction
-    if not 0.0 <= holdout < 1.0:
-        raise ConfigError(
-            f"data.ingest.holdout_fraction={holdout} is outside [0, 1): it is the share of the "
-            "training items held out as split val (0.1 holds out a tenth; 0 none)")
-    timeout = cfg.data.ingest.decode_timeout_s
-    if not timeout > 0:
-        raise ConfigError(
-            f"data.ingest.decode_timeout_s={timeout} must be positive: it is how long a raw "
-            "file's decode may go without decoding anything before the file is quarantined "
-            "(300 s by default; raise it for media on a very slow filesystem)")
-    if cfg.eval.finetune_test_crops < 1:
-        raise ConfigError(
-            f"eval.finetune_test_crops={cfg.eval.finetune_test_crops}: fine-tuning tests on at "
-            "least one crop per window (the spec's 3: left, centre, right)"
-        )
-    for key in ("promotion_margin", "promotion_noise_z"):
-        if not getattr(cfg.eval, key) >= 0:
-            raise ConfigError(f"eval.{key}={getattr(cfg.eval, key)}: a margin is how much better "
-                              "a candidate must be; use 0 or more (0: not worse)")
-    if not cfg.eval.finetune_shuffle_mb > 0:
-        raise ConfigError(
-            f"eval.finetune_shuffle_mb={cfg.eval.finetune_shuffle_mb}: fine-tuning's shuffle "
-            "buffer needs room for at least a batch of windows (default 1024 MiB)")
-    if cfg.eval.audioset_train not in ("balanced", "unbalanced", "both"):
-        raise ConfigError(
-            f"eval.audioset_train='{cfg.eval.audioset_train}': AudioSet fine-tuning trains on "
-            "balanced (split train), unbalanced (train_unbalanced) or both")
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.eval.device):
-        raise ConfigError(
-            f"eval.device='{cfg.eval.device}' is not a device evaluation can run on: use auto "
-            "(a GPU when one is visible, else the CPU), cpu, cuda or cuda:<index>"
-        )
-    if not cfg.model.audio.input_scale > 0:
-        raise ConfigError(
-            f"model.audio.input_scale={cfg.model.audio.input_scale} must be positive: it "
-            "multiplies the waveform before the tokenizer (1 keeps the spec's input)"
-        )
-    if cfg.data.audio_samples % cfg.model.audio.patch_size:
-        raise ConfigError(
-            f"audio of {cfg.data.audio_samples} samples (data.sample_rate x clip length) is not "
-            f"a multiple of model.audio.patch_size={cfg.model.audio.patch_size}"
-        )
 
 
 # Interpolations and secrets. OmegaConf resolves `${oc.env:VAR}` when the config object is built,
@@ -624,7 +698,7 @@ def _load_file(path: Path) -> DictConfig:
     return loaded
 
 
-def load_config(preset: str | Path = "tiny", overrides: list[str] | None = None) -> Config:
+def load_config(preset: str | Path = DEFAULT_PRESET, overrides: list[str] | None = None) -> Config:
     """Build the validated config: defaults <- preset YAML <- dotlist overrides.
 
     `preset` is a name under configs/ (`tiny`, `mbs`, ...) or a path to a YAML file (a whole
@@ -659,7 +733,7 @@ def load_config(preset: str | Path = "tiny", overrides: list[str] | None = None)
     except OmegaConfBaseException as err:
         raise _explain(err, schema, "override") from None
     cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    _check_values(cfg)
+    cfg.check()
     return cfg
 
 
@@ -672,32 +746,31 @@ def to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-_RETIRED_EVAL_KEYS = ("promote_incomparable", "finetune_cache_mb")
+def _saved_eval(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """A saved eval section as this version names it. Every checkpoint and promoted model
+    trained before the groups holds eval.probe_rank, ...: those values move into their group
+    (evaluation replaces them with its own settings anyway), and retired settings are dropped."""
+    section: dict[str, Any] = {}
+    for key, value in evaluation.items():
+        new = RENAMED_KEYS.get(f"eval.{key}", "")
+        if new:
+            group, name = new.split(".")[1:]
+            section.setdefault(group, {})[name] = value
+        elif f"eval.{key}" not in RETIRED_KEYS:
+            section[key] = value
+    return section
 
 
 def from_dict(data: dict[str, Any]) -> Config:
     """Inverse of `to_dict` (e.g. the config saved beside a checkpoint), validated."""
     schema = OmegaConf.structured(Config)
-    train = data.get("train")
-    if isinstance(train, dict) and "bf16" in train:
-        # configs saved before `train.precision` replaced `train.bf16` (true meant bf16 where
-        # supported, i.e. auto) must still resume
-        train = dict(train)
-        train.setdefault("precision", "auto" if train.pop("bf16") else "fp32")
-        data = {**data, "train": train}
-    evaluation = data.get("eval")
-    if isinstance(evaluation, dict) and set(evaluation) & set(_RETIRED_EVAL_KEYS):
-        # configs saved before these settings went must still load (a checkpoint evaluated
-        # again, a promoted model re-measured): promote_incomparable (the gate never promotes on
-        # an incomparable number now), finetune_cache_mb (fine-tuning reads a fresh augmented
-        # pass per epoch; eval.finetune_shuffle_mb bounds its buffer)
-        data = {**data, "eval": {k: v for k, v in evaluation.items()
-                                 if k not in _RETIRED_EVAL_KEYS}}
+    if isinstance(data.get("eval"), dict):
+        data = {**data, "eval": _saved_eval(data["eval"])}
     try:
         cfg: Config = OmegaConf.to_object(OmegaConf.merge(schema, data))  # type: ignore
     except OmegaConfBaseException as err:
         raise _explain(err, schema, "saved config") from None
-    _check_values(cfg)
+    cfg.check()
     return cfg
 
 
@@ -739,6 +812,8 @@ def with_absolute_paths(cfg: Config, root: Optional[Path] = None,
 __all__ = [
     "Config", "ConfigError", "ModelConfig", "DataConfig", "TrainConfig", "LossConfig",
     "EncoderConfig", "BackboneSharing", "DropTokenSampling", "CropStyle", "Precision",
+    "EvalConfig", "ProbeConfig", "FinetuneConfig", "PromotionConfig", "AudiosetTrain", "Device",
+    "DEFAULT_PRESET", "RENAMED_KEYS", "RETIRED_KEYS",
     "load_config", "available_presets", "to_dict", "to_yaml", "from_dict", "replace",
     "with_absolute_paths", "LOCAL_PATH_FIELDS", "StorageConfig", "ClusterConfig", "TrainingTarget",
     "Accelerator", "CleanupPolicy", "check_override", "CREDENTIALS_HINT",

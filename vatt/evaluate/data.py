@@ -381,7 +381,7 @@ def build_eval_data_and_skipped(cfg: Config, tasks: Optional[Iterable[str]] = No
     def key(task: str, dataset: str, role: str) -> tuple[str, tuple[str, ...], int, bool]:
         spec = TASKS[task]
         # video fine-tuning tests on the spec's crops per window; all else on the centre crop
-        crops = cfg.eval.finetune_test_crops if spec.multi_crop_test and role == "test" else 1
+        crops = cfg.eval.finetune.test_crops if spec.multi_crop_test and role == "test" else 1
         training = spec.needs_model and role == "train"  # fine-tuning: training windows
         return dataset, choices[task, dataset, role].names, crops, training
 

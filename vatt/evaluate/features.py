@@ -23,16 +23,19 @@ from typing import Any, Iterable, Optional
 import numpy as np
 import torch
 
+from vatt.config import Device
 from vatt.model import MODALITIES
 
 METADATA_KEYS = ("label", "labels", "video_id", "clip_id", "fold")
 ORDER_KEYS = ("clip_index", "window")  # a view's place in its split: the features' order
 
 
-def resolve_device(name: str | torch.device) -> torch.device:
-    """The torch device of `eval.device`: "auto" is cuda when a GPU is visible, else the CPU."""
+def resolve_device(name: Device | str | torch.device) -> torch.device:
+    """The torch device of `eval.device` (or a torch device name such as "cuda:1"): "auto" is
+    cuda when a GPU is visible, else the CPU."""
     if isinstance(name, torch.device):
         return name
+    name = name.value if isinstance(name, Device) else name
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)

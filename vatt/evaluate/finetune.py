@@ -10,15 +10,15 @@ pass per epoch with its shards in that epoch's seeded order and its augmentation
 same seed, so every epoch sees new crops of each clip and a second run the same ones (batches
 held in memory are permuted instead); the epochs the steps need are read in one Ray Data
 execution (`EvalSplit.passes`), not one each. The windows are mixed through a seeded shuffle buffer
-of `SHUFFLE_BATCHES` batches but at most `eval.finetune_shuffle_mb` (default 1 GiB: 222 windows
+of `SHUFFLE_BATCHES` batches but at most `eval.finetune.shuffle_mb` (default 1 GiB: 222 windows
 at the spec's input, where 4 batches of 64 would take 1.15 GiB), which holds video as the
 loader's uint8 (a quarter of float32) and turns each batch into float on the device, so memory
 grows with neither the split nor the steps: SGD with
-momentum 0.9, lr `eval.finetune_lr` (spec 0.005) with linear warmup over
-`eval.finetune_warmup_steps` (spec 2.5k) then cosine to 0, batch `eval.finetune_batch_size`
+momentum 0.9, lr `eval.finetune.lr` (spec 0.005) with linear warmup over
+`eval.finetune.warmup_steps` (spec 2.5k) then cosine to 0, batch `eval.finetune.batch_size`
 (spec 64), label smoothing 0.1, no DropToken. Test: the evaluation windows, no augmentation,
 logits averaged over each video's views, the spec's 4 clips x 3 crops
-(`data.eval_num_windows` windows x `eval.finetune_test_crops` left / centre / right crops, as
+(`data.eval_num_windows` windows x `eval.finetune.test_crops` left / centre / right crops, as
 vatt.evaluate.data reads the test split for this task).
 Multi-label (AudioSet): binary cross-entropy on the multi-hot `labels` (no label smoothing, which
 the spec gives for the softmax), scored with mAP, AUC and d-prime. Images (ImageNet): each image
@@ -40,37 +40,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vatt.config import EvalConfig
+from vatt.config import FinetuneConfig
 from vatt.data.loader import video_to_float
 from vatt.evaluate.probes import (ClassificationResult, _per_video_targets, group_mean,
                                   score_predictions)
 
-_EVAL_DEFAULTS = EvalConfig()  # the defaults live once, in the structured config
-# the shuffle buffer holds this many batches of windows unless eval.finetune_shuffle_mb holds
+# the spec's fixed values
+MOMENTUM = 0.9
+LABEL_SMOOTHING = 0.1
+# the shuffle buffer holds this many batches of windows unless eval.finetune.shuffle_mb holds
 # fewer: enough to mix a few shards; more would only delay the first step of a small split
 SHUFFLE_BATCHES = 4
-
-
-@dataclass(frozen=True)
-class FinetuneSettings:
-    """Defaults are `EvalConfig`'s (the spec's); `from_config` reads a config's `eval`.
-    Momentum and label smoothing are the spec's fixed values."""
-
-    steps: int = _EVAL_DEFAULTS.finetune_steps
-    lr: float = _EVAL_DEFAULTS.finetune_lr
-    warmup_steps: int = _EVAL_DEFAULTS.finetune_warmup_steps
-    batch_size: int = _EVAL_DEFAULTS.finetune_batch_size
-    momentum: float = 0.9
-    label_smoothing: float = 0.1
-    seed: int = _EVAL_DEFAULTS.seed
-    shuffle_mb: float = _EVAL_DEFAULTS.finetune_shuffle_mb
-
-    @classmethod
-    def from_config(cls, eval_cfg: Any) -> "FinetuneSettings":
-        return cls(steps=eval_cfg.finetune_steps, lr=eval_cfg.finetune_lr,
-                   warmup_steps=eval_cfg.finetune_warmup_steps,
-                   batch_size=eval_cfg.finetune_batch_size, seed=eval_cfg.seed,
-                   shuffle_mb=eval_cfg.finetune_shuffle_mb)
 
 
 class BackboneClassifier(nn.Module):
@@ -172,22 +152,22 @@ class _TrainingStream:
     `settings.shuffle_mb` MiB (the batch being trained, drawn from it, is on top). Labels are checked against `num_classes` as they arrive.
     `peak_bytes` is the most the buffer held."""
 
-    def __init__(self, batches: Iterable[dict], num_classes: int, settings: "FinetuneSettings",
-                 task: str, modality: str = "video", multilabel: bool = False):
+    def __init__(self, batches: Iterable[dict], num_classes: int, settings: FinetuneConfig,
+                 task: str, modality: str = "video", multilabel: bool = False, seed: int = 0):
         self.source, self.num_classes = batches, num_classes
-        self.settings, self.task = settings, task
+        self.settings, self.task, self.seed = settings, task, seed
         self.modality, self.multilabel = modality, multilabel
-        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.generator = torch.Generator().manual_seed(seed)
         self.windows_per_epoch = 0  # labelled windows in one pass (known after the first)
         self._yielded = 0  # labelled windows read so far
         self.peak_bytes = 0
 
     def _epoch_batches(self) -> Iterator[tuple[int, dict]]:
         """(epoch, batch) over the split's epochs, in order: epoch e is the split read with
-        seed settings.seed + e (`EvalSplit.shuffled`). An EvalSplit reads as many epochs as
+        seed self.seed + e (`EvalSplit.shuffled`). An EvalSplit reads as many epochs as
         the steps can still use in one Ray Data execution (`EvalSplit.passes`, the same
         windows in the same order); batches held in memory are permuted per epoch."""
-        seed, epoch = self.settings.seed, 0
+        seed, epoch = self.seed, 0
         if not hasattr(self.source, "passes"):
             while True:
                 held = _epoch(self.source, self.generator)
@@ -243,10 +223,10 @@ class _TrainingStream:
                        SHUFFLE_BATCHES * self.settings.batch_size)
         if capacity < self.settings.batch_size:
             need = self.settings.batch_size * window.nbytes / 2 ** 20
-            raise ValueError(f"{self.task}: eval.finetune_shuffle_mb={self.settings.shuffle_mb:g}"
+            raise ValueError(f"{self.task}: eval.finetune.shuffle_mb={self.settings.shuffle_mb:g}"
                              f" holds {capacity} windows of {tuple(window.inputs.shape)} "
                              f"{window.inputs.dtype}, fewer than a batch "
-                             f"(eval.finetune_batch_size={self.settings.batch_size}); raise it to "
+                             f"(eval.finetune.batch_size={self.settings.batch_size}); raise it to "
                              f"at least {math.ceil(need)} or lower the batch size")
         return capacity
 
@@ -277,7 +257,7 @@ class _TrainingStream:
                 np.array([w.has_video for w in picked], dtype=np.float32))  # (B,)
 
 
-def learning_rate(step: int, settings: FinetuneSettings) -> float:
+def learning_rate(step: int, settings: FinetuneConfig) -> float:
     """Linear warmup to settings.lr, then cosine to 0 at settings.steps."""
     if step < settings.warmup_steps:
         return settings.lr * (step + 1) / settings.warmup_steps
@@ -287,7 +267,7 @@ def learning_rate(step: int, settings: FinetuneSettings) -> float:
 
 def finetune_classifier(model: nn.Module, train_batches: Iterable[dict],
                         test_batches: Iterable[dict], num_classes: int,
-                        settings: FinetuneSettings = FinetuneSettings(), *,
+                        settings: FinetuneConfig = FinetuneConfig(), *, seed: int = 0,
                         modality: str = "video", multilabel: bool = False,
                         prepare: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
                         device: str | torch.device = "cpu",
@@ -297,17 +277,17 @@ def finetune_classifier(model: nn.Module, train_batches: Iterable[dict],
     cross-entropy, mAP/AUC/d-prime; else `label` ids, cross-entropy with label smoothing,
     top-1/top-5. `prepare` maps each input batch before the backbone (ImageToPatch). Both
     splits are read batch by batch (re-iterable sources: lists of batches or
-    vatt.evaluate.data.EvalSplit). Deterministic for `settings.seed` when the sources give the
-    same batches each time."""
-    if settings.steps < 1 or settings.batch_size < 1:
-        raise ValueError(f"{task}: eval.finetune_steps and eval.finetune_batch_size must be >= 1")
+    vatt.evaluate.data.EvalSplit). Deterministic for `seed` when the sources give the same
+    batches each time. Momentum and label smoothing are the spec's (MOMENTUM, LABEL_SMOOTHING)."""
+    settings.check()
     if modality not in model.backbones:
         raise KeyError(f"{task}: the model has no {modality} backbone ({sorted(model.backbones)})")
     device = torch.device(device)
     prepare = prepare or (lambda inputs: inputs)
     backbone = copy.deepcopy(model.backbones[modality]).to(device)
     backbone.drop_rate = 0.0  # spec: no DropToken at fine-tuning
-    stream = _TrainingStream(train_batches, num_classes, settings, task, modality, multilabel)
+    stream = _TrainingStream(train_batches, num_classes, settings, task, modality, multilabel,
+                             seed)
     net, optimizer, loss = None, None, None
     for step, (inputs, targets, present) in zip(range(settings.steps), stream):
         if inputs.dtype == torch.uint8:  # the loader's pixels: to float on the device
@@ -318,7 +298,7 @@ def finetune_classifier(model: nn.Module, train_batches: Iterable[dict],
                 feature_dim = backbone.eval()(inputs[:1]).shape[-1]
             net = BackboneClassifier(backbone, feature_dim, num_classes).to(device)
             optimizer = torch.optim.SGD(net.parameters(), lr=settings.lr,
-                                        momentum=settings.momentum)
+                                        momentum=MOMENTUM)
             net.train()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, settings)
@@ -327,7 +307,7 @@ def finetune_classifier(model: nn.Module, train_batches: Iterable[dict],
             loss = F.binary_cross_entropy_with_logits(logits, targets.float().to(device))
         else:
             loss = F.cross_entropy(logits, targets.to(device),
-                                   label_smoothing=settings.label_smoothing)
+                                   label_smoothing=LABEL_SMOOTHING)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -357,5 +337,5 @@ def finetune_classifier(model: nn.Module, train_batches: Iterable[dict],
     return result
 
 
-__all__ = ["FinetuneSettings", "BackboneClassifier", "ImageToPatch", "finetune_classifier",
-           "learning_rate"]
+__all__ = ["MOMENTUM", "LABEL_SMOOTHING", "BackboneClassifier", "ImageToPatch",
+           "finetune_classifier", "learning_rate"]

@@ -30,16 +30,18 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from omegaconf import OmegaConf
+
 from vatt.config import Config, to_dict
 
 # the settings (dotted config keys) that change a task's number, by the task's protocol
 TASK_SETTINGS: dict[str, tuple[str, ...]] = {
-    "linear": ("eval.probe_rank", "eval.probe_lr", "eval.probe_epochs", "eval.probe_batch_size",
-               "eval.probe_weight_decay", "eval.seed", "data.eval_num_windows"),
+    "linear": ("eval.probe.rank", "eval.probe.lr", "eval.probe.epochs", "eval.probe.batch_size",
+               "eval.probe.weight_decay", "eval.seed", "data.eval_num_windows"),
     # the shuffle buffer's bound decides the order of the training windows
-    "finetune": ("eval.finetune_steps", "eval.finetune_lr", "eval.finetune_warmup_steps",
-                 "eval.finetune_batch_size", "eval.finetune_test_crops",
-                 "eval.finetune_shuffle_mb", "eval.seed", "data.eval_num_windows"),
+    "finetune": ("eval.finetune.steps", "eval.finetune.lr", "eval.finetune.warmup_steps",
+                 "eval.finetune.batch_size", "eval.finetune.test_crops",
+                 "eval.finetune.shuffle_mb", "eval.seed", "data.eval_num_windows"),
     "zero-shot": ("data.eval_num_windows",),
 }
 # and those of one task beyond its protocol's
@@ -72,13 +74,9 @@ def task_settings(cfg: Config, task: str) -> dict[str, Any]:
     """{dotted key: value} of the settings that change `task`'s number."""
     from vatt.evaluate.tasks import TASKS
 
-    values = to_dict(cfg)
+    values = OmegaConf.create(to_dict(cfg))
     keys = (*TASK_SETTINGS[TASKS[task].protocol], *TASK_EXTRA_SETTINGS.get(task, ()))
-    settings = {}
-    for key in keys:
-        section, name = key.split(".")
-        settings[key] = values[section][name]
-    return settings
+    return {key: OmegaConf.select(values, key) for key in keys}
 
 
 def clips_sha256(manifest: Mapping[str, Any], splits: tuple[str, ...]) -> str:

@@ -83,7 +83,7 @@ def load_checkpoint_for_eval(checkpoint: str | Path, overrides: Iterable[str],
     """Build the model of the checkpoint's own config and load its weights (strict); each file
     of the checkpoint (folder or s3:// prefix) is read once.
 
-    `overrides` (dotlist) change evaluation settings only (e.g. eval.probe_epochs=20); the model
+    `overrides` (dotlist) change evaluation settings only (e.g. eval.probe.epochs=20); the model
     keys come from the checkpoint. Raises CheckpointError naming the missing or corrupt file.
     """
     from vatt.text import Vocabulary
@@ -238,7 +238,7 @@ def evaluate_checkpoint(checkpoint: str | LoadedCheckpoint,
                               store, promoted=promoted)
     decision = None
     if promote:
-        metric = cfg.eval.promotion_metric
+        metric = cfg.eval.promotion.metric
         champion = None
         if promoted is not None and (
                 metric not in promoted.get("metrics", {})
@@ -253,7 +253,7 @@ def evaluate_checkpoint(checkpoint: str | LoadedCheckpoint,
             decision = Registry(cfg.eval.registry_path, store).consider(
                 loaded.uri, config=to_dict(cfg), data_version=loaded.data_version,
                 metrics=results["metrics"], metric=metric, evaluation=identity,
-                margin=cfg.eval.promotion_margin, noise_z=cfg.eval.promotion_noise_z,
+                margin=cfg.eval.promotion.margin, noise_z=cfg.eval.promotion.noise_z,
                 ranks=metric_ranks(results, metric), champion=champion,
                 weights_sha256=loaded.weights_sha256)
         except RegistryError as err:  # the results are kept: say where they are

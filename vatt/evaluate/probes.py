@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vatt.config import EvalConfig
+from vatt.config import ProbeConfig
 from vatt.evaluate import metrics
 
 
@@ -37,27 +37,6 @@ class LowRankClassifier(nn.Module):
         return self.up(self.down(x))
 
 
-_EVAL_DEFAULTS = EvalConfig()  # the defaults live once, in the structured config
-
-
-@dataclass
-class ProbeSettings:
-    """Training settings of the probe; its defaults are `EvalConfig`'s (vatt.config)."""
-
-    rank: int = _EVAL_DEFAULTS.probe_rank
-    lr: float = _EVAL_DEFAULTS.probe_lr
-    epochs: int = _EVAL_DEFAULTS.probe_epochs
-    batch_size: int = _EVAL_DEFAULTS.probe_batch_size
-    weight_decay: float = _EVAL_DEFAULTS.probe_weight_decay
-    seed: int = _EVAL_DEFAULTS.seed
-
-    @classmethod
-    def from_config(cls, eval_cfg: Any) -> "ProbeSettings":
-        return cls(rank=eval_cfg.probe_rank, lr=eval_cfg.probe_lr, epochs=eval_cfg.probe_epochs,
-                   batch_size=eval_cfg.probe_batch_size,
-                   weight_decay=eval_cfg.probe_weight_decay, seed=eval_cfg.seed)
-
-
 def _float_tensor(x: Any, name: str) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(x), dtype=torch.float32)
     if t.ndim != 2:
@@ -68,7 +47,7 @@ def _float_tensor(x: Any, name: str) -> torch.Tensor:
 
 
 def fit_probe(features: Any, targets: Any, num_classes: int, *, multilabel: bool = False,
-              settings: ProbeSettings = ProbeSettings()) -> LowRankClassifier:
+              settings: ProbeConfig = ProbeConfig(), seed: int = 0) -> LowRankClassifier:
     """Train a `LowRankClassifier` on frozen features (deterministic for a given seed).
 
     features: [N, D]; targets: [N] class ids, or [N, C] multi-hot when `multilabel`.
@@ -84,9 +63,9 @@ def fit_probe(features: Any, targets: Any, num_classes: int, *, multilabel: bool
         if y.shape != (x.shape[0],) or (y < 0).any() or (y >= num_classes).any():
             raise ValueError(f"targets must be {x.shape[0]} class ids in [0, {num_classes}) "
                              "(label -1 marks an unlabelled clip: drop it before the probe)")
-    generator = torch.Generator().manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(settings.seed)
+        torch.manual_seed(seed)
         probe = LowRankClassifier(x.shape[1], num_classes, settings.rank)
     probe.feature_mean.copy_(x.mean(0))
     probe.feature_std.copy_(x.std(0, unbiased=False).clamp_min(1e-6))
@@ -176,8 +155,8 @@ def score_predictions(logits: np.ndarray, targets: np.ndarray, num_classes: int,
 
 def linear_probe(train_features: Any, train_targets: Any, train_video_ids: Any,
                  test_features: Any, test_targets: Any, test_video_ids: Any, num_classes: int,
-                 *, multilabel: bool = False, settings: ProbeSettings = ProbeSettings(),
-                 task: str = "linear probe") -> ClassificationResult:
+                 *, multilabel: bool = False, settings: ProbeConfig = ProbeConfig(),
+                 seed: int = 0, task: str = "linear probe") -> ClassificationResult:
     """Train on per-window features, test on logits averaged over each test video's windows.
 
     targets: [N] class ids, or [N, C] multi-hot when `multilabel`; *_video_ids: [N] ids grouping
@@ -186,7 +165,7 @@ def linear_probe(train_features: Any, train_targets: Any, train_video_ids: Any,
     train_targets = np.asarray(train_targets)
     _per_video_targets(train_targets, np.asarray(train_video_ids), task)
     probe = fit_probe(train_features, train_targets, num_classes, multilabel=multilabel,
-                      settings=settings)
+                      settings=settings, seed=seed)
     with torch.no_grad():
         window_logits = probe(_float_tensor(test_features, "test features")).numpy()
     ids = np.asarray(test_video_ids)
@@ -199,8 +178,8 @@ def linear_probe(train_features: Any, train_targets: Any, train_video_ids: Any,
 
 
 def cross_validated_probe(features: Any, targets: Any, video_ids: Any, folds: Any,
-                          num_classes: int, *, settings: ProbeSettings = ProbeSettings(),
-                          task: str = "linear probe") -> ClassificationResult:
+                          num_classes: int, *, settings: ProbeConfig = ProbeConfig(),
+                          seed: int = 0, task: str = "linear probe") -> ClassificationResult:
     """ESC-50 style: for each fold, train on the other folds and test on it; top-1 averaged over
     folds (also top-5). The per-class accuracy and confusion matrix pool every fold's tests."""
     x, y = np.asarray(features), np.asarray(targets)
@@ -213,7 +192,8 @@ def cross_validated_probe(features: Any, targets: Any, video_ids: Any, folds: An
     for fold in fold_values:
         test = fold_of == fold
         result = linear_probe(x[~test], y[~test], ids[~test], x[test], y[test], ids[test],
-                              num_classes, settings=settings, task=f"{task} fold {fold}")
+                              num_classes, settings=settings, seed=seed,
+                              task=f"{task} fold {fold}")
         per_fold.append(result.metrics)
         confusion += np.asarray(result.confusion)
     support = confusion.sum(1)
@@ -226,5 +206,5 @@ def cross_validated_probe(features: Any, targets: Any, video_ids: Any, folds: An
     return ClassificationResult(summary, {"accuracy": per_class_acc.tolist()}, confusion.tolist())
 
 
-__all__ = ["LowRankClassifier", "ProbeSettings", "fit_probe", "group_mean", "linear_probe",
+__all__ = ["LowRankClassifier", "fit_probe", "group_mean", "linear_probe",
            "cross_validated_probe", "score_predictions", "ClassificationResult"]

@@ -20,9 +20,9 @@ same clips, with the same settings and evaluation code (vatt.evaluate.identity);
 number of the promoted model is not comparable, the evaluation re-measures the promoted model on
 the candidate's data in the same run (vatt.evaluate.pipeline) and the gate decides on those two
 numbers. Without a comparable number for both, nothing is promoted. The margin is the larger of
-`eval.promotion_margin` (the metric's run-to-run noise between equally good training runs,
+`eval.promotion.margin` (the metric's run-to-run noise between equally good training runs,
 measured: benchmarks/gate_noise.py) and, for metrics that are a mean over queries (MRR, R@k),
-`eval.promotion_noise_z` standard errors of the paired per-query difference of the two models on
+`eval.promotion.noise_z` standard errors of the paired per-query difference of the two models on
 this evaluation's queries. Every decision is appended with both numbers and the margin, promoted
 or not.
 
@@ -128,9 +128,9 @@ def lookup_metric(metrics: dict[str, Any], name: str) -> float:
     """Value of a flat "<task>.<metric>" or "<task>@<dataset>.<metric>" name; the error lists
     what is available."""
     if name not in metrics:
-        raise RegistryError(f"promotion metric '{name}' (eval.promotion_metric) is not among the "
+        raise RegistryError(f"promotion metric '{name}' (eval.promotion.metric) is not among the "
                             f"evaluated metrics: {', '.join(sorted(metrics))}. Evaluate its task "
-                            "or set eval.promotion_metric to one of these")
+                            "or set eval.promotion.metric to one of these")
     value = float(metrics[name])
     if value != value:  # NaN
         raise RegistryError(f"promotion metric '{name}' is NaN; the evaluation is not usable")
@@ -233,7 +233,7 @@ class Registry:
         model's stored value when the metric's part of both identities is the same, else with
         `champion` (the promoted model re-measured on the candidate's data in this run); with
         neither, the candidate is not promoted and the decision says why. It must be better by
-        the margin: max(`margin` (eval.promotion_margin), `noise_z` x the paired standard error
+        the margin: max(`margin` (eval.promotion.margin), `noise_z` x the paired standard error
         of the per-query difference, for MRR and R@k with the candidate's `ranks` and the
         promoted model's).
         `weights_sha256`: the hash of the weights the caller has already read and loaded
@@ -328,9 +328,9 @@ class Registry:
                 if noise is not None and noise_z * noise > used_margin:
                     used_margin = noise_z * noise
                     margin_words = (f"{used_margin:.4f} ({noise_z:g} paired standard errors over "
-                                    f"{len(ranks or [])} queries, eval.promotion_noise_z)")
+                                    f"{len(ranks or [])} queries, eval.promotion.noise_z)")
                 else:
-                    margin_words = f"{used_margin:g} (eval.promotion_margin)"
+                    margin_words = f"{used_margin:g} (eval.promotion.margin)"
                 against = ("the promoted model" if source == "stored" else
                            "the promoted model, re-measured on this evaluation's data (its stored "
                            "number: " + "; ".join(differences(mine, theirs)) + ")")

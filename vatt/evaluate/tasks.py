@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional
 
 import numpy as np
 
+from vatt.config import AudiosetTrain
+
 if TYPE_CHECKING:
     from vatt.config import Config
     from vatt.evaluate.features import Features
@@ -39,8 +41,9 @@ TEST_SPLITS = ("test", "val", "validation")
 # (its test.csv publishes no labels); test only when a labelled one is all there is
 TEST_SPLITS_BY_SOURCE = {"kinetics": ("val", "validation", "test")}
 # eval.audioset_train -> the AudioSet train splits fine-tuning reads
-AUDIOSET_TRAIN = {"balanced": ("train",), "unbalanced": ("train_unbalanced",),
-                  "both": ("train", "train_unbalanced")}
+AUDIOSET_TRAIN = {AudiosetTrain.balanced: ("train",),
+                  AudiosetTrain.unbalanced: ("train_unbalanced",),
+                  AudiosetTrain.both: ("train", "train_unbalanced")}
 
 
 @dataclass
@@ -81,7 +84,7 @@ class Task:
     items: Mapping[str, str] = field(default_factory=dict)  # source -> item where it differs
     # the manifest splits a role reads, when not the default ("train"; TEST_SPLITS for test)
     split_names: Optional[Callable[["Config", str], tuple[str, ...]]] = None
-    # tested on eval.finetune_test_crops crops per window (the spec's video fine-tuning test);
+    # tested on eval.finetune.test_crops crops per window (the spec's video fine-tuning test);
     # audio has no crops, and an image is one view
     multi_crop_test: bool = False
 
@@ -224,14 +227,14 @@ def linear_probe_task(modality: str) -> Callable[[TaskRun], dict[str, Any]]:
         from vatt.evaluate.features import Features
 
         task, (train, test) = ctx.name, (ctx.features["train"], ctx.features["test"])
-        settings = probes.ProbeSettings.from_config(ctx.cfg.eval)
         key = f"{modality}_pooled"
         if "labels" in test.windows and "labels" in train.windows:  # multi-label (AudioSet)
             train_targets, test_targets = train.windows["labels"], test.windows["labels"]
             return _body(probes.linear_probe(
                 train.require(key, task), train_targets, train.require("video_id", task),
                 test.require(key, task), test_targets, test.require("video_id", task),
-                int(test_targets.shape[1]), multilabel=True, settings=settings, task=task))
+                int(test_targets.shape[1]), multilabel=True, settings=ctx.cfg.eval.probe,
+                seed=ctx.cfg.eval.seed, task=task))
         folds = _folds(train, test)
         if folds is not None:  # ESC-50 style: leave one fold out, over train and test together
             both = Features({name: np.concatenate([train.require(name, task),
@@ -241,14 +244,15 @@ def linear_probe_task(modality: str) -> Callable[[TaskRun], dict[str, Any]]:
             keep, labels, ids = _labelled(both, task)
             return _body(probes.cross_validated_probe(
                 both.windows[key][keep], labels, ids, folds[keep],
-                num_classes(task, labels, labels, train, test), settings=settings, task=task))
+                num_classes(task, labels, labels, train, test), settings=ctx.cfg.eval.probe,
+                seed=ctx.cfg.eval.seed, task=task))
         train_keep, train_labels, train_ids = _labelled(train, task)
         test_keep, test_labels, test_ids = _labelled(test, task)
         count = num_classes(task, train_labels, test_labels, train, test)
         return _body(probes.linear_probe(
             train.require(key, task)[train_keep], train_labels, train_ids,
             test.require(key, task)[test_keep], test_labels, test_ids, count,
-            settings=settings, task=task))
+            settings=ctx.cfg.eval.probe, seed=ctx.cfg.eval.seed, task=task))
 
     return run
 
@@ -281,7 +285,7 @@ def finetune_task(modality: str, multilabel: bool = False,
         if image:
             prepare = finetune.ImageToPatch(int(ctx.cfg.model.video.patch_size[0]), ctx.name)
         found = finetune.finetune_classifier(
-            ctx.model, train, test, count, finetune.FinetuneSettings.from_config(ctx.cfg.eval),
+            ctx.model, train, test, count, ctx.cfg.eval.finetune, seed=ctx.cfg.eval.seed,
             modality=modality, multilabel=multilabel, prepare=prepare, device=ctx.device,
             task=ctx.name)
         return _body(found)
@@ -321,7 +325,7 @@ def video_audio_retrieval(ctx: TaskRun) -> dict[str, Any]:
 def _audioset_train(cfg: "Config", role: str) -> tuple[str, ...]:
     if role != "train":
         return TEST_SPLITS
-    return AUDIOSET_TRAIN[str(cfg.eval.audioset_train)]
+    return AUDIOSET_TRAIN[cfg.eval.audioset_train]
 
 
 # in order of preference: a task's first dataset gives its flat `<task>.<metric>` keys (the

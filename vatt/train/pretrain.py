@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 # the run folder's history and vocabulary are written as a checkpoint's
 from vatt.checkpoints import HISTORY_FILE as HISTORY_JSON, VOCAB_FILE as VOCAB_JSON
-from vatt.config import Config, ConfigError, load_config, to_dict, with_absolute_paths
+from vatt.config import (DEFAULT_PRESET, Config, ConfigError, load_config, to_dict,
+                         with_absolute_paths)
 from vatt.train.checkpoint import read_history
 from vatt.train.preflight import (PreflightError, check_config, check_resources, check_storage,
                                   cluster_capacity)
@@ -328,7 +329,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m vatt.train.pretrain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny", help="config preset under configs/ or a YAML path")
+    parser.add_argument("--preset", default=DEFAULT_PRESET, help="config preset under configs/ or a YAML path")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotlist overrides, e.g. train.num_workers=2 train.run_name=exp1")
     args = parser.parse_args(argv)
