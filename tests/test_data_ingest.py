@@ -344,17 +344,17 @@ def test_streamed_clips_equal_clips_cut_from_the_whole_decoded_file(cfg, tmp_pat
     src = _howto_folder(tmp_path / "howto", 45.0)
     [summary] = ingest(cfg, "howto100m", str(src), tmp_path / "out", progress=False)
     params = ingest_params(cfg)
-    whole = load_media(src / "videos" / "long.avi", fps=params["fps"],
-                       short_side=params["short_side"], sample_rate=params["sample_rate"])
-    fps, rate = params["fps"], params["sample_rate"]
-    assert summary["clips"] == int(whole.duration / params["clip_seconds"] + 1e-3) == 14
+    whole = load_media(src / "videos" / "long.avi", fps=params.fps,
+                       short_side=params.short_side, sample_rate=params.sample_rate)
+    fps, rate = params.fps, params.sample_rate
+    assert summary["clips"] == int(whole.duration / params.clip_seconds + 1e-3) == 14
     manifest = json.loads((tmp_path / "out" / "howto100m" / "manifest.json").read_text())
     for clip in manifest["clips"]:
         members = tar_members(tmp_path / "out" / "howto100m" / clip["shard"])
         key = clip["clip_id"].split("/")[1]
         frames = whole.frames[round(clip["start"] * fps):round(clip["end"] * fps)]
         audio = whole.audio[round(clip["start"] * rate):round(clip["end"] * rate)]
-        assert members[f"{key}.mp4"] == encode_video(frames, fps, params["video_qmax"])
+        assert members[f"{key}.mp4"] == encode_video(frames, fps, params.video_qmax)
         assert members[f"{key}.wav"] == encode_wav(audio, rate)
 
 
