@@ -1,6 +1,8 @@
 """`vatt ingest`: raw sources -> WebDataset-style tar shards + manifest + report + vocabulary.
 
-Output, for a source ingested into OUT as dataset NAME (`--name`; default: the source's name, and
+OUT is the config's data.path (`vatt ingest --out DIR` is short for data.path=DIR, so the
+command, the ingest flow and training name the folder by one key). Output, for a source
+ingested into OUT as dataset NAME (`--name`; default: the source's name, and
 `synthetic-<layout>` for the generated default dataset, one per layout):
 
     OUT/NAME/shards/<split>-<NNNNNN>.tar   per clip: <key>.mp4 (MJPEG video, if any), <key>.wav (mono
@@ -867,7 +869,13 @@ def ingest(cfg: Config, source: str, src: Optional[str], out: str | Path,
     """Ingest SOURCE from SRC (local folder or s3:// prefix) into OUT/NAME (default NAME: the
     source's name; `synthetic` writes OUT/synthetic-<layout>); returns the summaries. One
     ingest at a time writes into OUT; a second one is refused while the first runs."""
+    from vatt.storage import is_s3_uri
+
     folder = dataset_name(source, name)  # a bad name or source fails before anything is written
+    if is_s3_uri(str(out)):
+        raise IngestError(f"ingestion writes a local folder, not {out} (data.path, or --out): "
+                          "ingest into a local folder, then `vatt data publish` it to "
+                          "data.versions_uri for jobs elsewhere")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with _exclusive(out):
