@@ -107,6 +107,7 @@ class IngestParams:
 
 
 def ingest_params(cfg: Config) -> IngestParams:
+    """The ingest parameters of `cfg` (its data.* and data.ingest.* settings)."""
     d, ing = cfg.data, cfg.data.ingest
     return IngestParams(format_version=FORMAT_VERSION, fps=d.fps,
                         short_side=ing.short_side or d.frame_size, sample_rate=d.sample_rate,
