@@ -54,15 +54,15 @@ def _clips(cfg, video: S.Video, item: WorkItem) -> list[Clip]:
     """Ingestion's clips of one video (vatt.data.ingest: `_cut`, then frames
     round(start * fps) to round(end * fps) and the same span of audio)."""
     params = ingest_params(cfg)
-    fps, rate = params["fps"], params["sample_rate"]
-    frames = resample_frames(video.frames, S.FPS, fps=fps, short_side=params["short_side"])
+    fps, rate = params.fps, params.sample_rate
+    frames = resample_frames(video.frames, S.FPS, fps=fps, short_side=params.short_side)
     audio = _resampled_audio(video.audio, rate)
     duration = len(video.frames) / S.FPS
     scene_ends = np.cumsum([scene.duration for scene in video.scenes])
     out = []
     for spec, _ in _cut(item, duration, params):
         end = duration if spec.end is None else min(spec.end, duration)
-        if end - spec.start < params["min_seconds"]:
+        if end - spec.start < params.min_seconds:
             continue  # ingestion reports it and stores no clip
         scene = video.scenes[min(len(video.scenes) - 1,
                                  int(np.searchsorted(scene_ends, spec.start + 1e-6,

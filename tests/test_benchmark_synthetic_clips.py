@@ -60,8 +60,8 @@ def _mad(a: np.ndarray, b: np.ndarray) -> float:
 
 def _decode(cfg, path: Path, audio: str = "required"):
     params = ingest_params(cfg)
-    return load_media(path, fps=params["fps"], short_side=params["short_side"],
-                      sample_rate=params["sample_rate"], audio=audio)
+    return load_media(path, fps=params.fps, short_side=params.short_side,
+                      sample_rate=params.sample_rate, audio=audio)
 
 
 def test_pretraining_clips_are_the_generated_videos_clips(clips_module, cfg, tmp_path,
@@ -72,7 +72,7 @@ def test_pretraining_clips_are_the_generated_videos_clips(clips_module, cfg, tmp
     (tmp_path / "caption.json").write_text(json.dumps(entry))
     clips = clips_module.pretraining_clips(cfg, 0, [3], "motion")
     params = ingest_params(cfg)
-    fps = params["fps"]
+    fps = params.fps
 
     # before the codec: the generator's frames, taken at data.fps (frame k: t = k / fps)
     raw = written.frames[0]
@@ -80,7 +80,7 @@ def test_pretraining_clips_are_the_generated_videos_clips(clips_module, cfg, tmp
     ours = np.concatenate([c.frames for c in clips])  # (64, 64, 80, 3): 12.8 s at 5 fps
     assert len(ours) == len(raw) * fps / S.FPS == 4 * 16
     at_times = resample_frames(raw[::int(S.FPS / fps)], fps, fps=fps,
-                               short_side=params["short_side"])
+                               short_side=params.short_side)
     assert np.array_equal(ours, at_times)
 
     # after it: what ingestion decodes from the file, clip by clip, with its captions
@@ -94,7 +94,7 @@ def test_pretraining_clips_are_the_generated_videos_clips(clips_module, cfg, tmp
     assert _mad(ours[1:], decoded[:-1]) > MISMATCH and _mad(ours[:-1], decoded[1:]) > MISMATCH
     audio = np.concatenate([c.audio for c in clips])
     # AAC: 0.0025 mean absolute error on a track of mean level 0.09; 1 ms off: 0.09
-    assert len(audio) == 4 * params["clip_seconds"] * params["sample_rate"]
+    assert len(audio) == 4 * params.clip_seconds * params.sample_rate
     assert _mad(audio, media.audio[:len(audio)]) < 0.01
     assert _mad(audio[:-8], media.audio[8:len(audio)]) > 0.03
     scenes = S.howto_video(0, 3, "motion").scenes
@@ -110,10 +110,10 @@ def test_labelled_clips_are_the_generated_videos_frames(clips_module, cfg, tmp_p
     [clip] = clips_module.labelled_clips(cfg, 0, [spin], "motion")
     assert clip.label == spin and clip.scene.motion == "spin"
     params = ingest_params(cfg)
-    fps = params["fps"]
+    fps = params.fps
     raw = written.frames[0]
     assert np.array_equal(clip.frames, resample_frames(raw[::int(S.FPS / fps)], fps, fps=fps,
-                                                       short_side=params["short_side"]))
+                                                       short_side=params.short_side))
     media = _decode(cfg, tmp_path / made["rel"], audio="optional")
     assert clip.frames.shape == media.frames.shape  # 4 s at 5 fps
     assert _mad(clip.frames, media.frames) < CODEC_TOLERANCE
@@ -128,7 +128,7 @@ def test_labelled_clips_are_the_generated_videos_frames(clips_module, cfg, tmp_p
     background = S.room(0, rng)
     one_by_one = np.stack([S.render(scene, background, k / fps, 1 / S.FPS, rng)[0]
                            for k in range(len(media.frames))])
-    old = resample_frames(one_by_one, fps, fps=fps, short_side=params["short_side"])
+    old = resample_frames(one_by_one, fps, fps=fps, short_side=params.short_side)
     assert np.array_equal(old[0], clip.frames[0]) and not np.array_equal(old[1:], clip.frames[1:])
 
     # the evaluation's windows of it: data.eval_num_windows of data.num_frames, evenly spread

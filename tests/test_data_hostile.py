@@ -259,7 +259,7 @@ def _imagenet(src: Path, out: Path):
     return src, {f"{train}/n01440764/n01440764_2.JPEG": "leads outside --path",
                  f"{train}/n01443537": "class folder: 'ILSVRC/Data/CLS-LOC/train/n01443537' leads",
                  "LOC_val_solution.csv:3": "leads outside --path",
-                 "LOC_val_solution.csv:4": "does not exist",
+                 "LOC_val_solution.csv:4": "no media file",
                  "LOC_val_solution.csv:5": "duplicate: ImageId",
                  "LOC_val_solution.csv:6": "not UTF-8",
                  "LOC_val_solution.csv:7": "more than the 65536"}, 2

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from vatt.config import ConfigError, load_config
-from vatt.data.ingest import _process_shard
+from vatt.data.ingest import ShardPlan, ShardResult, _process_shard
 from vatt.data.media import MediaDecoder
 from vatt.data.pool import RemoteTraceback, TimedOut, WorkerDied, map_in_processes, working_on
 
@@ -82,11 +82,11 @@ def test_an_exception_in_a_task_propagates_with_its_remote_traceback():
     assert map_in_processes(_fail_on_three, [0, 1, 2], workers=5) == [0, 1, 2]  # ordered
 
 
-def _shard_stalling_once(task: dict) -> dict:
+def _shard_stalling_once(task: ShardPlan) -> ShardResult:
     """`_process_shard`, except that the first try of shard train-000003 writes its process id
     and waits there, to be SIGKILLed from outside in the middle of its task."""
-    marker = Path(task["root"]).parent / "stalled-worker"
-    if task["shard"].endswith("train-000003.tar") and not marker.exists():
+    marker = task.root.parent / "stalled-worker"
+    if task.shard.name == "train-000003.tar" and not marker.exists():
         marker.write_text(str(os.getpid()))
         time.sleep(DEADLINE_S)
     return _process_shard(task)
@@ -199,7 +199,7 @@ class _DecoderStuckMidFile(MediaDecoder):
             yield piece
 
 
-def _shard_with_a_stuck_decode(task: dict) -> dict:
+def _shard_with_a_stuck_decode(task: ShardPlan) -> ShardResult:
     """`_process_shard` in a worker whose decoder hangs on STUCK_MEDIA."""
     import vatt.data.ingest as ingest_module
 

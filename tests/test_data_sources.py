@@ -101,7 +101,7 @@ def test_mit_splits_labels_hold_out_and_quarantine(cfg, mit, tmp_path):
     out = tmp_path / "out" / "mit"
     reasons = _reasons(out / "report.json")
     raw = "Moments_in_Time_Raw/trainingSet.csv"
-    assert "training/running/gone.mp4 does not exist" in reasons[f"{raw}:7"]
+    assert "no media file Moments_in_Time_Raw/training/running/gone.mp4 exists" in reasons[f"{raw}:7"]
     assert "malformed row" in reasons[f"{raw}:8"] and "malformed row" in reasons[f"{raw}:9"]
     assert "unreadable" in reasons["Moments_in_Time_Raw/training/running/getty-corrupt.mp4"]
     assert summary["quarantined"] == 4 and summary["clips"] == 8
@@ -189,7 +189,7 @@ def test_imagenet_with_the_val_solution_csv(cfg, tmp_path):
     train = "ILSVRC/Data/CLS-LOC/train"
     assert "unreadable image" in reasons[f"{train}/n01443537/n01443537_3.JPEG"]  # truncated
     assert "not a wnid of LOC_synset_mapping.txt" in reasons[f"{train}/n09999999/n09999999_1.JPEG"]
-    assert "ILSVRC2012_val_00000009.JPEG does not exist" in reasons["LOC_val_solution.csv:4"]
+    assert "no media file ILSVRC/Data/CLS-LOC/val/ILSVRC2012_val_00000009.JPEG exists" in reasons["LOC_val_solution.csv:4"]
     assert "must start with a wnid" in reasons["LOC_val_solution.csv:5"]
     assert "no row in LOC_val_solution.csv" in reasons[
         "ILSVRC/Data/CLS-LOC/val/ILSVRC2012_val_00000003.JPEG"]

@@ -9,6 +9,7 @@ import random
 import shutil
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -307,7 +308,7 @@ def test_the_committed_data_dvc_names_the_default_configs_generator_and_ingest()
     fails here, without a pipeline run."""
     cfg = load_config("tiny")
     expected = {"datasets": {f"synthetic-{layout}": "synthetic" for layout in LAYOUTS},
-                "ingest": ingest_params(cfg),
+                "ingest": asdict(ingest_params(cfg)),
                 "generator": {"name": "vatt.data.synthetic", **generator_stamp(cfg)}}
     committed = _data_dvc(PROJECT / "data.dvc")["meta"] or {}
     wrong = {key: (committed.get(key), value) for key, value in expected.items()

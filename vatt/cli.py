@@ -66,14 +66,21 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     from vatt.data.ingest import IngestError, ingest
     from vatt.data.versioning import VersioningError, version_ingested
 
-    cfg = load_config(args.preset, args.overrides)
+    overrides = list(args.overrides)
+    if args.out is not None:  # the ingest flow's rule: ingestion writes into data.path
+        if any(item.startswith("data.path=") for item in overrides):
+            print(f"vatt ingest: --out {args.out} and data.path= both name the output folder; "
+                  "give one of them", file=sys.stderr)
+            return 2
+        overrides.append(f"data.path={args.out}")
+    cfg = load_config(args.preset, overrides)
     try:
-        ingest(cfg, args.source, args.path, args.out, name=args.name)
+        ingest(cfg, args.source, args.path, cfg.data.path, name=args.name)
     except IngestError as err:
         print(f"vatt ingest: {err}", file=sys.stderr)
         return 1
     try:
-        print(version_ingested(args.out, cfg.storage, enabled=not args.no_version).message)
+        print(version_ingested(cfg.data.path, cfg.storage, enabled=not args.no_version).message)
     except VersioningError as err:
         print(f"vatt ingest: data ingested but not versioned: {err}", file=sys.stderr)
         return 1
@@ -396,24 +403,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = sub.add_parser("ingest", help="raw dataset (local folder or s3:// prefix) -> tar "
                                            "shards, manifest, report and vocabulary under "
-                                           "--out/NAME")
+                                           "data.path/NAME")
     _add_config_args(ingest)
     ingest.add_argument("--source", required=True, choices=SOURCES, metavar="SOURCE",
                         help="the reader: howto100m, audioset, kinetics, ucf101, esc50, msrvtt, "
                              "youcook2, mit (Moments in Time), imagenet (ILSVRC2012, each image "
                              "a one-frame clip), or synthetic (the generated default dataset)")
     ingest.add_argument("--name", default=None,
-                        help="the dataset's folder under --out (lowercase letters, digits, - "
+                        help="the dataset's folder under data.path (lowercase letters, digits, - "
                              "and _; default: the source's name), e.g. --name kinetics600 "
                              "beside an earlier kinetics400; not for synthetic, which writes "
                              "synthetic-<layout>")
     ingest.add_argument("--path", default=None,
                         help="the source folder in its published layout, or s3://bucket/prefix "
                              "(synthetic: where the raw media are generated)")
-    ingest.add_argument("--out", default="data", help="output folder (default: data)")
+    ingest.add_argument("--out", default=None, metavar="DIR",
+                        help="output folder: short for data.path=DIR (default: data.path, "
+                             "which is data)")
     ingest.add_argument("--no-version", action="store_true",
                         help="do not `dvc add` + `dvc push` the result (done by default when "
-                             "--out is the project's data/ folder)")
+                             "data.path is the project's data/ folder)")
     ingest.set_defaults(handler=_cmd_ingest)
 
     pretrain = sub.add_parser("pretrain", help="pretrain VATT with Ray Train (local Ray, or the "

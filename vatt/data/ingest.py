@@ -1,6 +1,8 @@
 """`vatt ingest`: raw sources -> WebDataset-style tar shards + manifest + report + vocabulary.
 
-Output, for a source ingested into OUT as dataset NAME (`--name`; default: the source's name, and
+OUT is the config's data.path (`vatt ingest --out DIR` is short for data.path=DIR, so the
+command, the ingest flow and training name the folder by one key). Output, for a source
+ingested into OUT as dataset NAME (`--name`; default: the source's name, and
 `synthetic-<layout>` for the generated default dataset, one per layout):
 
     OUT/NAME/shards/<split>-<NNNNNN>.tar   per clip: <key>.mp4 (MJPEG video, if any), <key>.wav (mono
@@ -51,13 +53,13 @@ import tarfile
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from vatt.config import Config, StorageConfig
+from vatt.config import Config, IngestConfig, StorageConfig
 from vatt.data.media import MediaDecoder, MediaError, encode_video, encode_wav, load_image
 from vatt.data.pool import TimedOut, WorkerDied, map_in_processes, working_on
 from vatt.data.sources import (READERS, SOURCES, ClipSpec, LayoutError, SourceIndex, UnsafePath,
@@ -90,19 +92,67 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def ingest_params(cfg: Config) -> dict[str, Any]:
-    """Everything besides the raw bytes that decides a shard's content."""
+@dataclass(frozen=True)
+class IngestParams:
+    """Everything besides the raw bytes that decides a shard's content (the manifest's
+    `params`, and data.dvc's `ingest`)."""
+    format_version: int
+    fps: float
+    short_side: int
+    sample_rate: int
+    clip_seconds: float  # pretraining clips are cut this long
+    min_seconds: float  # a shorter segment is quarantined
+    video_qmax: int
+    num_text_candidates: int
+
+
+def ingest_params(cfg: Config) -> IngestParams:
+    """The ingest parameters of `cfg` (its data.* and data.ingest.* settings)."""
     d, ing = cfg.data, cfg.data.ingest
-    return {
-        "format_version": FORMAT_VERSION,
-        "fps": d.fps,
-        "short_side": ing.short_side or d.frame_size,
-        "sample_rate": d.sample_rate,
-        "clip_seconds": ing.clip_seconds or 2 * d.clip_seconds,
-        "min_seconds": d.clip_seconds / 2,
-        "video_qmax": ing.video_qmax,
-        "num_text_candidates": d.num_text_candidates,
-    }
+    return IngestParams(format_version=FORMAT_VERSION, fps=d.fps,
+                        short_side=ing.short_side or d.frame_size, sample_rate=d.sample_rate,
+                        clip_seconds=ing.clip_seconds or 2 * d.clip_seconds,
+                        min_seconds=d.clip_seconds / 2, video_qmax=ing.video_qmax,
+                        num_text_candidates=d.num_text_candidates)
+
+
+@dataclass(frozen=True)
+class DatasetId:
+    """The dataset being ingested: `source` is the reader (e.g. kinetics), `name` its folder
+    under OUT (e.g. kinetics600)."""
+    source: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """One shard to write: the raw files `items` (under `root`) of one split into `shard`."""
+    root: Path
+    dataset: DatasetId
+    shard: Path
+    items: tuple[WorkItem, ...]
+    params: IngestParams
+    fingerprint: str  # of the items' content and the params: equal means the shard is too
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """A written (or reused) shard: its clip records and quarantine entries, as its sidecar
+    OUT/NAME/shards/<shard>.json holds them."""
+    shard: Path
+    fingerprint: str
+    sha256: str
+    clips: list[dict]
+    bad: list[dict]
+
+    def sidecar(self) -> str:
+        return json.dumps({"fingerprint": self.fingerprint, "sha256": self.sha256,
+                           "clips": self.clips, "bad": self.bad}, sort_keys=True, indent=1)
+
+
+def _quarantined_media(media: str, reason: str) -> dict:
+    """The report's entry for a raw file that gave no clip."""
+    return {"item": media, "kind": "media", "reason": reason}
 
 
 def dataset_name(source: str, name: Optional[str] = None) -> str:
@@ -136,7 +186,8 @@ def source_fingerprint(cfg: Config, source: str, src: Optional[str], out: str | 
 
     here = Path(__file__).resolve().parent
     record: dict[str, Any] = {
-        "source": source, "name": dataset_name(source, name), "params": ingest_params(cfg),
+        "source": source, "name": dataset_name(source, name),
+        "params": asdict(ingest_params(cfg)),
         "ingest": asdict(cfg.data.ingest),
         "vocab_size": cfg.data.vocab_size, "out": str(Path(out).resolve()),
         "code": [_file_sha256(here / name) for name in _INGEST_CODE],
@@ -250,38 +301,39 @@ def _nearest_captions(narration: list[tuple[float, float, str]], start: float, e
     return sorted(sorted(narration, key=distance)[:count], key=lambda n: n[0])
 
 
-def _narrated(item: WorkItem, start: float, end: float, params: dict) -> tuple[ClipSpec, list]:
+def _narrated(item: WorkItem, start: float, end: float,
+              params: IngestParams) -> tuple[ClipSpec, list]:
     """A cut clip with the narrations nearest to it as captions (and their times)."""
-    near = _nearest_captions(item.narration, start, end, params["num_text_candidates"])
+    near = _nearest_captions(item.narration, start, end, params.num_text_candidates)
     return ClipSpec(start, end, [n[2] for n in near]), [[n[0], n[1]] for n in near]
 
 
-def _cut(item: WorkItem, duration: float, params: dict) -> list[tuple[ClipSpec, list]]:
+def _cut(item: WorkItem, duration: float, params: IngestParams) -> list[tuple[ClipSpec, list]]:
     """Clip specs (with their narration windows) to cut from a media of `duration` seconds."""
     if item.clips is not None:
         return [(c, []) for c in item.clips]
-    length = params["clip_seconds"]
+    length = params.clip_seconds
     count = int(duration / length + 1e-3)  # 15.9999 s of decoded media holds five 3.2 s clips
     bounds = [(k * length, (k + 1) * length) for k in range(count)]
-    if not bounds and duration >= params["min_seconds"]:
+    if not bounds and duration >= params.min_seconds:
         bounds = [(0.0, duration)]
     return [_narrated(item, start, end, params) for start, end in bounds]
 
 
-def _settled_end(item: WorkItem, index: int, params: dict) -> float:
+def _settled_end(item: WorkItem, index: int, params: IngestParams) -> float:
     """Once the media surely lasts this long, clip `index` of `_cut`'s list is there with its
     final bounds, whatever the media's whole duration (inf: known only at the end)."""
     if item.clips is None:
-        return (index + 1) * params["clip_seconds"]
+        return (index + 1) * params.clip_seconds
     if index < len(item.clips) and item.clips[index].end is not None:
         return item.clips[index].end
     return float("inf")
 
 
-def _settled_clip(item: WorkItem, index: int, params: dict) -> tuple[ClipSpec, list]:
+def _settled_clip(item: WorkItem, index: int, params: IngestParams) -> tuple[ClipSpec, list]:
     """Clip `index` of `_cut`'s list, once its end is settled (`_settled_end`)."""
     if item.clips is None:
-        length = params["clip_seconds"]
+        length = params.clip_seconds
         return _narrated(item, index * length, (index + 1) * length, params)
     return item.clips[index], []
 
@@ -359,30 +411,52 @@ class _Spool:
         self.file.close()
 
 
-def _encode_clip(dataset: dict, item: WorkItem, index: int, spec: ClipSpec, caption_times: list,
-                 end: float, window: _Window, has_video: bool, has_audio: bool, params: dict,
-                 spool: _Spool) -> dict:
-    """Encode one clip (media time spec.start to `end`) into the spool; returns its record.
-    `dataset`: {"source": the reader, "name": the dataset's folder}."""
-    fps, rate = params["fps"], params["sample_rate"]
-    key = _safe_key(f"{item.key}_{index:04d}")
+@dataclass(frozen=True)
+class _RawFile:
+    """One raw file of a shard, with what its clips' records and encoding need."""
+    root: Path
+    dataset: DatasetId
+    item: WorkItem
+    params: IngestParams
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.item.media
+
+
+@dataclass(frozen=True)
+class _Clip:
+    """Clip `index` of a raw file's `_cut` list, from media time spec.start to `end`."""
+    index: int
+    spec: ClipSpec
+    end: float
+    caption_times: list
+
+
+def _encode_clip(file: _RawFile, clip: _Clip, window: _Window, spool: _Spool, *,
+                 has_video: bool, has_audio: bool) -> dict:
+    """Encode `clip` of `file` (its frames and samples in `window`) into the spool; returns
+    its record."""
+    item, spec, dataset = file.item, clip.spec, file.dataset
+    fps, rate = file.params.fps, file.params.sample_rate
+    key = _safe_key(f"{item.key}_{clip.index:04d}")
     record: dict[str, Any] = {
-        "clip_id": f"{dataset['name']}/{key}", "video_id": item.key,
-        "source": dataset["source"], "dataset": dataset["name"],
+        "clip_id": f"{dataset.name}/{key}", "video_id": item.key,
+        "source": dataset.source, "dataset": dataset.name,
         "split": item.split, "media": item.media, "start": round(spec.start, 4),
-        "end": round(end, 4), "fps": fps, "sample_rate": rate,
-        "captions": spec.captions, "caption_times": caption_times,
+        "end": round(clip.end, 4), "fps": fps, "sample_rate": rate,
+        "captions": spec.captions, "caption_times": clip.caption_times,
         "label": spec.label, "labels": list(spec.labels), "fold": spec.fold,
         "has_video": has_video, "has_audio": has_audio, "image": item.kind == "image",
         "num_frames": 0, "num_samples": 0,
     }
     members = []
     if has_video:
-        frames = window.video(int(round(spec.start * fps)), int(round(end * fps)))
+        frames = window.video(int(round(spec.start * fps)), int(round(clip.end * fps)))
         record["num_frames"] = len(frames)
-        members.append(("mp4", encode_video(frames, fps, params["video_qmax"])))
+        members.append(("mp4", encode_video(frames, fps, file.params.video_qmax)))
     if has_audio:
-        audio = window.audio(int(round(spec.start * rate)), int(round(end * rate)))
+        audio = window.audio(int(round(spec.start * rate)), int(round(clip.end * rate)))
         record["num_samples"] = len(audio)
         members.append(("wav", encode_wav(audio, rate)))
     members.append(("json", json.dumps(record, sort_keys=True).encode()))
@@ -392,47 +466,46 @@ def _encode_clip(dataset: dict, item: WorkItem, index: int, spec: ClipSpec, capt
     return record
 
 
-def _process_image(root: Path, dataset: dict, item: WorkItem, params: dict,
-                   tar: tarfile.TarFile) -> tuple[list[dict], list[dict]]:
+def _process_image(file: _RawFile, tar: tarfile.TarFile) -> tuple[list[dict], list[dict]]:
     """A still image -> one clip of one frame at the ingest's short side (the same MJPEG MP4 as
     video, so the loader reads it like any clip), no audio; (clip records, bad entries)."""
+    item = file.item
     try:
-        frame = load_image(root / item.media, short_side=params["short_side"])
+        frame = load_image(file.path, short_side=file.params.short_side)
     except MediaError as err:
-        return [], [{"item": item.media, "kind": "media", "reason": str(err)}]
+        return [], [_quarantined_media(item.media, str(err))]
     except Exception as err:  # a decoder fault on one file must not stop the whole run
-        return [], [{"item": item.media, "kind": "media",
-                     "reason": f"unreadable image: {type(err).__name__}: {err}"}]
+        return [], [_quarantined_media(item.media,
+                                       f"unreadable image: {type(err).__name__}: {err}")]
     window, spool = _Window(), _Spool(Path(tar.name).parent)
     try:
         window.add([frame], None)
         spec = (item.clips or [ClipSpec()])[0]
         # one frame lasts 1 / fps: the clip covers frame 0 only
-        record = _encode_clip(dataset, item, 0, ClipSpec(0.0, None, spec.captions, spec.label,
-                                                         spec.labels, spec.fold),
-                              [], 1.0 / params["fps"], window, True, False, params, spool)
+        clip = _Clip(0, replace(spec, start=0.0, end=None), 1.0 / file.params.fps, [])
+        record = _encode_clip(file, clip, window, spool, has_video=True, has_audio=False)
         spool.append_to(tar)
         return [record], []
     finally:
         spool.close()
 
 
-def _process_item(root: Path, dataset: dict, item: WorkItem, params: dict,
-                  tar: tarfile.TarFile) -> tuple[list[dict], list[dict]]:
+def _process_item(file: _RawFile, tar: tarfile.TarFile) -> tuple[list[dict], list[dict]]:
     """Decode one raw file and append its clips to `tar`: (clip records, bad entries).
 
     The decode streams: a clip is encoded as soon as its end is decoded, and the window keeps
     only what the clips not yet written need, so memory does not grow with the file's length.
     The output is what cutting the whole decoded file (`load_media`) would give."""
+    item, params = file.item, file.params
     if item.kind == "image":
-        return _process_image(root, dataset, item, params, tar)
-    fps, rate = params["fps"], params["sample_rate"]
+        return _process_image(file, tar)
+    fps, rate = params.fps, params.sample_rate
 
     def quarantined(reason: str) -> tuple[list[dict], list[dict]]:
-        return [], [{"item": item.media, "kind": "media", "reason": reason}]
+        return [], [_quarantined_media(item.media, reason)]
 
     try:
-        decoder = MediaDecoder(root / item.media, fps=fps, short_side=params["short_side"],
+        decoder = MediaDecoder(file.path, fps=fps, short_side=params.short_side,
                                sample_rate=rate, video=item.video, audio=item.audio)
     except MediaError as err:
         return quarantined(str(err))
@@ -451,14 +524,15 @@ def _process_item(root: Path, dataset: dict, item: WorkItem, params: dict,
             return False
         if not complete and decoder.has_audio and window.samples_end < int(round(end * rate)):
             return False
-        if end - spec.start < params["min_seconds"]:
+        if end - spec.start < params.min_seconds:
             short.append(done)
         else:
-            records.append(_encode_clip(dataset, item, done, spec, caption_times, end, window,
-                                        decoder.has_video, decoder.has_audio, params, spool))
+            records.append(_encode_clip(file, _Clip(done, spec, end, caption_times), window,
+                                        spool, has_video=decoder.has_video,
+                                        has_audio=decoder.has_audio))
         done += 1
         if item.clips is None:
-            first = done * params["clip_seconds"]
+            first = done * params.clip_seconds
         else:
             first = min((c.start for c in item.clips[done:]), default=float("inf"))
         if first == float("inf"):
@@ -491,7 +565,7 @@ def _process_item(root: Path, dataset: dict, item: WorkItem, params: dict,
             while done < len(final):
                 settle(final[done][0], final[done][1], ends[done], complete=True)
             bad = [{"item": f"{item.media}[{final[i][0].start:.2f}-{ends[i]:.2f}s]",
-                    "kind": "segment", "reason": f"segment shorter than {params['min_seconds']} s "
+                    "kind": "segment", "reason": f"segment shorter than {params.min_seconds} s "
                                                  f"(media lasts {duration:.2f} s)"} for i in short]
             spool.append_to(tar)
             return records, bad
@@ -522,23 +596,21 @@ def _shard_tar(path: Path) -> Iterator[tarfile.TarFile]:
     os.replace(tmp, path)
 
 
-def _process_shard(task: dict) -> dict:
+def _process_shard(plan: ShardPlan) -> ShardResult:
     """Worker: ingest the raw files of one shard, write the tar and its sidecar."""
     import torch
 
     torch.set_num_threads(1)
-    root, shard_path = Path(task["root"]), Path(task["shard"])
     records, bad = [], []
-    with _shard_tar(shard_path) as tar:
-        for item in task["items"]:
+    with _shard_tar(plan.shard) as tar:
+        for item in plan.items:
             working_on(item.media)  # the deadline (data.ingest.decode_timeout_s) is this file's
-            r, b = _process_item(root, task["dataset"], item, task["params"], tar)
+            r, b = _process_item(_RawFile(plan.root, plan.dataset, item, plan.params), tar)
             records += r
             bad += b
-    sidecar = {"fingerprint": task["fingerprint"], "sha256": _file_sha256(shard_path),
-               "clips": records, "bad": bad}
-    shard_path.with_suffix(".json").write_text(json.dumps(sidecar, sort_keys=True, indent=1))
-    return sidecar
+    result = ShardResult(plan.shard, plan.fingerprint, _file_sha256(plan.shard), records, bad)
+    plan.shard.with_suffix(".json").write_text(result.sidecar())
+    return result
 
 
 def _stuck_reason(timed_out: TimedOut) -> str:
@@ -548,16 +620,17 @@ def _stuck_reason(timed_out: TimedOut) -> str:
             "raise data.ingest.decode_timeout_s")
 
 
-def _fingerprint(root: Path, items: list[WorkItem], params: dict) -> str:
+def _fingerprint(root: Path, items: list[WorkItem], params: IngestParams) -> str:
     parts = []
     for item in items:
         # content, not mtime: the shards and their sidecars (hence the DVC hash of data/) must
         # not depend on when or where the raw files were written
         parts.append([asdict(item), _file_sha256(root / item.media)])
-    return _sha256(json.dumps([params, parts], sort_keys=True, default=str).encode())
+    return _sha256(json.dumps([asdict(params), parts], sort_keys=True, default=str).encode())
 
 
-def _reusable(shard: Path, fingerprint: str) -> Optional[dict]:
+def _reusable(shard: Path, fingerprint: str) -> Optional[ShardResult]:
+    """The shard an earlier run wrote from the same input, if it is there unchanged."""
     sidecar = shard.with_suffix(".json")
     if not (shard.exists() and sidecar.exists()):
         return None
@@ -567,7 +640,7 @@ def _reusable(shard: Path, fingerprint: str) -> Optional[dict]:
         return None
     if data.get("fingerprint") != fingerprint or data.get("sha256") != _file_sha256(shard):
         return None
-    return data
+    return ShardResult(shard, fingerprint, data["sha256"], data["clips"], data["bad"])
 
 
 def _local_source(src: str, out: Path, storage: StorageConfig) -> Path:
@@ -614,13 +687,13 @@ def _usable_items(items: list[WorkItem], root: Path) -> tuple[list[WorkItem], li
         try:
             inside(root, item.media)
         except UnsafePath as err:
-            refused.append({"item": item.media, "kind": "media", "reason": str(err)})
+            refused.append(_quarantined_media(item.media, str(err)))
             continue
         key = _safe_key(item.key)
         if key in keys:
-            refused.append({"item": item.media, "kind": "media", "reason": f"duplicate key: "
-                            f"{item.key!r} gives the clip key {key!r} that {keys[key]} has "
-                            "already; rename one of the two"})
+            refused.append(_quarantined_media(item.media, f"duplicate key: {item.key!r} gives "
+                                              f"the clip key {key!r} that {keys[key]} has "
+                                              "already; rename one of the two"))
             continue
         keys[key] = item.media
         usable.append(item)
@@ -633,123 +706,163 @@ def ingest_index(cfg: Config, index: SourceIndex, root: Path, out: Path, name: s
     """Write shards, manifest, report and vocabularies for an indexed source into dataset
     folder OUT/`name`; returns the summary. `source`: what the manifest records as the source
     (default: the reader's name, index.name); `generator`: what made generated raw input (its
-    record goes into the manifest, and from there into data.dvc). Raises IngestError when the quarantined share
-    exceeds the threshold, or when OUT/`name` holds another source's dataset."""
-    from tqdm import tqdm
-
-    from vatt.text import Vocabulary
-
+    record goes into the manifest, and from there into data.dvc). Raises IngestError when the
+    quarantined share exceeds the threshold, or when OUT/`name` holds another source's dataset."""
     started = time.perf_counter()
-    params = ingest_params(cfg)
-    source = source or index.name
-    dataset = {"source": source, "name": name}
-    target = out / name
-    _check_owner(target, source)
-    shard_dir = target / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    per_shard = max(1, cfg.data.ingest.media_per_shard)
+    dataset, target, params = DatasetId(source or index.name, name), out / name, ingest_params(cfg)
+    _check_owner(target, dataset.source)
+    (target / "shards").mkdir(parents=True, exist_ok=True)
     usable, refused = _usable_items(index.items, root)
-    items = sorted(usable, key=lambda it: (it.split, it.key))
-    tasks, reused = [], []
+    plans, reused = _plan_shards(root, dataset, usable, params, target / "shards",
+                                 cfg.data.ingest.media_per_shard)
+    written, died = _write_shards(plans, cfg.data.ingest, progress, f"ingest {name}")
+    results = sorted(reused + written, key=lambda r: r.shard.name)
+    _delete_stale_shards(target / "shards", results)
+    bad = ([{"kind": "row", **b} for b in index.bad] + refused + died
+           + [entry for result in results for entry in result.bad])
+    manifest = _manifest(dataset, params, index, results, generator)
+    total = _counted_items(index, bad)
+    summary = _summary(dataset, index, manifest, bad, total)
+    _write_report(target, summary, bad, total, cfg.data.ingest.max_bad_fraction)
+    _write_dataset(target, manifest, cfg.data.vocab_size)
+    build_vocabulary(out, cfg.data.vocab_size)
+    # what this run did stays out of report.json, which is data: re-runs must not change it
+    summary |= {"shards_written": len(plans), "shards_reused": len(reused),
+                "seconds": round(time.perf_counter() - started, 2)}
+    log.info("%s: %d clips (%.1f min) per split %s; %d quarantined; shards: %d written, %d up "
+             "to date; %s s", name, summary["clips"], summary["hours"] * 60,
+             summary["per_split"], summary["quarantined"], len(plans), len(reused),
+             summary["seconds"])
+    return summary
+
+
+def _plan_shards(root: Path, dataset: DatasetId, items: list[WorkItem], params: IngestParams,
+                 shard_dir: Path, media_per_shard: int) -> tuple[list[ShardPlan], list[ShardResult]]:
+    """The shards of `items`, up to `media_per_shard` raw files of one split each in key
+    order: (those to write, those an earlier run wrote from the same input and params)."""
+    per_shard = max(1, media_per_shard)
+    items = sorted(items, key=lambda it: (it.split, it.key))
+    plans, reused = [], []
     for split in sorted({it.split for it in items}):
         split_items = [it for it in items if it.split == split]
         for n, first in enumerate(range(0, len(split_items), per_shard)):
-            group = split_items[first:first + per_shard]
+            group = tuple(split_items[first:first + per_shard])
             shard = shard_dir / f"{split}-{n:06d}.tar"
             fingerprint = _fingerprint(root, group, params)
             done = _reusable(shard, fingerprint)
             if done is not None:
-                reused.append((shard, done))
+                reused.append(done)
             else:
-                tasks.append({"root": str(root), "dataset": dataset, "shard": str(shard),
-                              "items": group, "params": params, "fingerprint": fingerprint})
-    results = list(reused)
-    bar = tqdm(total=len(tasks), desc=f"ingest {name}", unit="shard", disable=not progress)
-    died: list[dict] = []  # items whose worker process died twice or got stuck (quarantined)
-    pending = tasks
-    while pending:  # always in worker processes: a stuck decode needs a process to kill
+                plans.append(ShardPlan(root, dataset, shard, group, params, fingerprint))
+    return plans, reused
+
+
+def _write_shards(plans: list[ShardPlan], settings: IngestConfig, progress: bool,
+                  desc: str) -> tuple[list[ShardResult], list[dict]]:
+    """Write the planned shards in worker processes (always: a stuck decode needs a process to
+    kill): (the shards written, quarantine entries of the files whose worker died twice or got
+    stuck). A shard with a stuck file is written again without it."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(plans), desc=desc, unit="shard", disable=not progress)
+    written: list[ShardResult] = []
+    died: list[dict] = []
+    pending = plans
+    while pending:
         retry = []
-        for task, sidecar in zip(pending, map_in_processes(
-                _process_shard, pending, min(cfg.data.ingest.num_workers, len(pending)),
-                done=bar.update, deadline_s=cfg.data.ingest.decode_timeout_s)):
-            if isinstance(sidecar, WorkerDied):
-                died += [{"item": item.media, "kind": "media", "reason": sidecar.reason}
-                         for item in task["items"]]
-                Path(task["shard"]).unlink(missing_ok=True)
-            elif isinstance(sidecar, TimedOut):
-                stuck = [it for it in task["items"] if it.media == sidecar.note] or task["items"]
-                died += [{"item": item.media, "kind": "media", "reason": _stuck_reason(sidecar)}
-                         for item in stuck]
-                rest = [it for it in task["items"] if it not in stuck]
-                Path(task["shard"]).unlink(missing_ok=True)
+        for plan, outcome in zip(pending, map_in_processes(
+                _process_shard, pending, min(settings.num_workers, len(pending)),
+                done=bar.update, deadline_s=settings.decode_timeout_s)):
+            if isinstance(outcome, WorkerDied):
+                died += [_quarantined_media(item.media, outcome.reason) for item in plan.items]
+                plan.shard.unlink(missing_ok=True)
+            elif isinstance(outcome, TimedOut):
+                stuck = [it for it in plan.items if it.media == outcome.note] or list(plan.items)
+                died += [_quarantined_media(item.media, _stuck_reason(outcome)) for item in stuck]
+                rest = tuple(it for it in plan.items if it not in stuck)
+                plan.shard.unlink(missing_ok=True)
                 if rest:  # the shard without the stuck file; a later run tries it whole again
-                    retry.append({**task, "items": rest,
-                                  "fingerprint": f"{task['fingerprint']}-without-stuck-files"})
+                    retry.append(replace(plan, items=rest,
+                                         fingerprint=f"{plan.fingerprint}-without-stuck-files"))
             else:
-                results.append((Path(task["shard"]), sidecar))
+                written.append(outcome)
         bar.total += len(retry)
         pending = retry
     bar.close()
-    keep = {p.name for p, _ in results} | {p.with_suffix(".json").name for p, _ in results}
-    for stale in shard_dir.iterdir():  # shards of an earlier, different input
+    return written, died
+
+
+def _delete_stale_shards(shard_dir: Path, results: list[ShardResult]) -> None:
+    """Delete the shards (and sidecars) of an earlier, different input."""
+    keep = {r.shard.name for r in results} | {r.shard.with_suffix(".json").name for r in results}
+    for stale in shard_dir.iterdir():
         if stale.name not in keep:
             stale.unlink()
-    results.sort(key=lambda r: r[0].name)
 
-    clips, bad = [], [{"kind": "row", **b} for b in index.bad] + refused + died
-    for shard, sidecar in results:
-        for record in sidecar["clips"]:
-            clips.append({**record, "shard": f"shards/{shard.name}"})
-        bad += sidecar["bad"]
+
+def _manifest(dataset: DatasetId, params: IngestParams, index: SourceIndex,
+              results: list[ShardResult], generator: Optional[dict]) -> dict:
+    """manifest.json: every clip with its shard, and per split its shards, clips and hours."""
+    clips = [{**record, "shard": f"shards/{r.shard.name}"} for r in results for record in r.clips]
     splits: dict[str, dict] = {}
-    for shard, sidecar in results:
-        split = shard.name.split("-")[0]
-        entry = splits.setdefault(split, {"shards": [], "clips": 0, "hours": 0.0})
-        entry["shards"].append(f"shards/{shard.name}")
-        for record in sidecar["clips"]:
+    for r in results:
+        entry = splits.setdefault(r.shard.name.split("-")[0],
+                                  {"shards": [], "clips": 0, "hours": 0.0})
+        entry["shards"].append(f"shards/{r.shard.name}")
+        for record in r.clips:
             entry["clips"] += 1
             entry["hours"] += (record["end"] - record["start"]) / 3600.0
     for entry in splits.values():
         entry["hours"] = round(entry["hours"], 4)
-    manifest = {"source": source, "name": name, "params": params, "label_names": index.label_names,
-                "multi_label": index.multi_label, "splits": splits, "clips": clips}
+    manifest = {"source": dataset.source, "name": dataset.name, "params": asdict(params),
+                "label_names": index.label_names, "multi_label": index.multi_label,
+                "splits": splits, "clips": clips}
     if generator is not None:
         manifest["generator"] = generator
+    return manifest
 
-    # the share counts rows and media files; a bad segment of a good file counts as one item more
-    bad_items = len(bad)
-    total = len(index.items) + len(index.bad) + sum(1 for b in bad if b.get("kind") == "segment")
-    share = bad_items / max(1, total)
-    summary = {
-        "name": name, "source": source, "clips": len(clips),
-        "hours": round(sum(s["hours"] for s in splits.values()), 4),
-        "per_split": {k: v["clips"] for k, v in sorted(splits.items())},
-        "media": len(index.items), "quarantined": bad_items, "bad_share": round(share, 4),
-    }
-    # what this run did stays out of report.json, which is data: re-runs must not change it
-    report = {"summary": dict(summary), "quarantined": bad,
-              "max_bad_fraction": cfg.data.ingest.max_bad_fraction}
-    summary |= {"shards_written": len(tasks), "shards_reused": len(reused),
-                "seconds": round(time.perf_counter() - started, 2)}
+
+def _counted_items(index: SourceIndex, bad: list[dict]) -> int:
+    # the bad share counts rows and media files; a bad segment of a good file is one item more
+    return len(index.items) + len(index.bad) + sum(1 for b in bad if b.get("kind") == "segment")
+
+
+def _summary(dataset: DatasetId, index: SourceIndex, manifest: dict, bad: list[dict],
+             total: int) -> dict:
+    splits = manifest["splits"]
+    return {"name": dataset.name, "source": dataset.source, "clips": len(manifest["clips"]),
+            "hours": round(sum(s["hours"] for s in splits.values()), 4),
+            "per_split": {k: v["clips"] for k, v in sorted(splits.items())},
+            "media": len(index.items), "quarantined": len(bad),
+            "bad_share": round(len(bad) / max(1, total), 4)}
+
+
+def _write_report(target: Path, summary: dict, bad: list[dict], total: int,
+                  max_bad_fraction: float) -> None:
+    """report.json (the summary and every quarantined item with its reason); IngestError when
+    more than `max_bad_fraction` of the `total` items were quarantined."""
+    report = {"summary": summary, "quarantined": bad, "max_bad_fraction": max_bad_fraction}
     _write_atomically(target / "report.json", json.dumps(report, sort_keys=True, indent=1))
-    if share > cfg.data.ingest.max_bad_fraction:
+    share = len(bad) / max(1, total)
+    if share > max_bad_fraction:
         # the output is not usable: no manifest (the loader refuses a dataset without one), and
         # the vocabulary is left as it was
         (target / "manifest.json").unlink(missing_ok=True)
         raise IngestError(
-            f"{name}: {bad_items} of {total} items ({share:.0%}) were quarantined, more than "
-            f"data.ingest.max_bad_fraction={cfg.data.ingest.max_bad_fraction}; the reasons are "
-            f"in {target / 'report.json'}. Fix or remove the bad input, or raise the threshold")
-    train_texts = [t for c in clips if c["split"] == "train" for t in c["captions"]]
+            f"{target.name}: {len(bad)} of {total} items ({share:.0%}) were quarantined, more "
+            f"than data.ingest.max_bad_fraction={max_bad_fraction}; the reasons are in "
+            f"{target / 'report.json'}. Fix or remove the bad input, or raise the threshold")
+
+
+def _write_dataset(target: Path, manifest: dict, vocab_size: int) -> None:
+    """The dataset's vocabulary, then its manifest: last, and in one rename, so a manifest
+    exists only for a finished, usable dataset."""
+    from vatt.text import Vocabulary
+
+    train_texts = [t for c in manifest["clips"] if c["split"] == "train" for t in c["captions"]]
     if train_texts:
-        Vocabulary.build(train_texts, cfg.data.vocab_size).save(target / "vocab.json")
-    # last, and in one rename: a manifest exists only for a finished, usable dataset
+        Vocabulary.build(train_texts, vocab_size).save(target / "vocab.json")
     _write_atomically(target / "manifest.json", json.dumps(manifest, sort_keys=True, indent=1))
-    build_vocabulary(out, cfg.data.vocab_size)
-    log.info("%s: %d clips (%.1f min) per split %s; %d quarantined; shards: %d written, %d up "
-             "to date; %s s", name, summary["clips"], summary["hours"] * 60,
-             summary["per_split"], bad_items, len(tasks), len(reused), summary["seconds"])
-    return summary
 
 
 def ingest(cfg: Config, source: str, src: Optional[str], out: str | Path,
@@ -757,7 +870,13 @@ def ingest(cfg: Config, source: str, src: Optional[str], out: str | Path,
     """Ingest SOURCE from SRC (local folder or s3:// prefix) into OUT/NAME (default NAME: the
     source's name; `synthetic` writes OUT/synthetic-<layout>); returns the summaries. One
     ingest at a time writes into OUT; a second one is refused while the first runs."""
+    from vatt.storage import is_s3_uri
+
     folder = dataset_name(source, name)  # a bad name or source fails before anything is written
+    if is_s3_uri(str(out)):
+        raise IngestError(f"ingestion writes a local folder, not {out} (data.path, or --out): "
+                          "ingest into a local folder, then `vatt data publish` it to "
+                          "data.versions_uri for jobs elsewhere")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with _exclusive(out):

@@ -131,11 +131,18 @@ def inside(root: Path, relative: str) -> Path:
     return target
 
 
-def _checked(root: Path, rel: Optional[str], where: str, bad: list[dict],
-             missing: str) -> Optional[str]:
+def _missing_media(where: str, bad: list[dict], named: str, looked_for: str) -> None:
+    """Quarantine the row `where`, which names a media file (`named`, e.g. "video 'abc'") that
+    is not there: none matches `looked_for` (a path or pattern under the source folder)."""
+    bad.append({"item": where, "reason": f"{named}: no media file {looked_for} exists under "
+                                         "the source folder"})
+
+
+def _checked(root: Path, rel: Optional[str], where: str, bad: list[dict], named: str,
+             looked_for: str) -> Optional[str]:
     """The media a row names, as a path relative to `root`, once it is known to be a file under
-    `root`; None after quarantining the row (`where`) with the reason: `missing` when `rel` is
-    None or no file, the path's fault when it leads outside."""
+    `root`; None after quarantining the row (`where`): `_missing_media` when `rel` is None or
+    no file, the path's fault when it leads outside."""
     if rel is not None:
         try:
             if inside(root, rel).is_file():
@@ -143,7 +150,7 @@ def _checked(root: Path, rel: Optional[str], where: str, bad: list[dict],
         except UnsafePath as err:
             bad.append({"item": where, "reason": str(err)})
             return None
-    bad.append({"item": where, "reason": missing})
+    _missing_media(where, bad, named, looked_for)
     return None
 
 
@@ -300,8 +307,7 @@ def read_howto100m(root: Path, cfg: IngestConfig) -> SourceIndex:
         except (KeyError, TypeError, ValueError) as err:
             bad.append({"item": where, "reason": f"malformed caption entry: {err}"})
             continue
-        rel = _checked(root, media.get(vid), where, bad, f"captions name video {vid!r} but no "
-                       f"media file {vid}.* exists under the source folder")
+        rel = _checked(root, media.get(vid), where, bad, f"video {vid!r}", f"{vid}.*")
         if rel is not None:
             items.append(WorkItem(vid, rel, "train", None, narration))
     return SourceIndex("howto100m", items, bad)
@@ -359,8 +365,7 @@ def read_kinetics(root: Path, cfg: IngestConfig) -> SourceIndex:
         key = f"{row['youtube_id']}_{start:06d}_{end:06d}"
         if _duplicate(seen, key, where, bad, "clip"):
             continue
-        rel = _checked(root, media.get(key), where, bad, f"row names clip {key!r} but no media "
-                       f"file {key}.* exists under the source folder")
+        rel = _checked(root, media.get(key), where, bad, f"clip {key!r}", f"{key}.*")
         if rel is None:
             continue
         label = index.get(row.get("label", ""), -1)
@@ -417,8 +422,7 @@ def read_ucf101(root: Path, cfg: IngestConfig) -> SourceIndex:
             file = path_parts[1]
             if _duplicate(seen, file, where, bad, "video"):
                 continue
-            rel = _checked(root, media.get(file), where, bad, f"row names video {file!r} but "
-                           "it does not exist under the source folder")
+            rel = _checked(root, media.get(file), where, bad, f"video {file!r}", file)
             if rel is None:
                 continue
             stem = Path(file).stem
@@ -453,8 +457,8 @@ def read_esc50(root: Path, cfg: IngestConfig) -> SourceIndex:
             continue
         if _duplicate(seen, row["filename"], where, bad, "file"):
             continue
-        rel = _checked(root, media.get(row["filename"]), where, bad, f"row names "
-                       f"{row['filename']!r} but it does not exist under the source folder")
+        rel = _checked(root, media.get(row["filename"]), where, bad,
+                       f"file {row['filename']!r}", row["filename"])
         if rel is None:
             continue
         split = "test" if fold == cfg.esc50_test_fold else "train"
@@ -521,8 +525,7 @@ def read_msrvtt(root: Path, cfg: IngestConfig) -> SourceIndex:
         if test_csv:
             split = "test" if vid in test_caption else "val" if split == "val" else "train"
         texts = [test_caption[vid]] if vid in test_caption else captions.get(vid, [])
-        rel = _checked(root, media.get(vid), where, bad, f"annotation names video {vid!r} but "
-                       f"no media file {vid}.* exists under the source folder")
+        rel = _checked(root, media.get(vid), where, bad, f"video {vid!r}", f"{vid}.*")
         if rel is not None:
             items.append(WorkItem(vid, rel, split, [ClipSpec(captions=texts)], audio="optional"))
     return SourceIndex("msrvtt", items, bad)
@@ -568,8 +571,7 @@ def read_youcook2(root: Path, cfg: IngestConfig) -> SourceIndex:
         except (KeyError, TypeError, ValueError, IndexError) as err:
             bad.append({"item": where, "reason": f"malformed entry: {err!r}"})
             continue
-        rel = _checked(root, media.get(vid), where, bad, f"annotations name video {vid!r} but "
-                       f"no media file {vid}.* exists under the source folder")
+        rel = _checked(root, media.get(vid), where, bad, f"video {vid!r}", f"{vid}.*")
         if rel is not None:
             items.append(WorkItem(vid, rel, split, clips, audio="optional"))
     return SourceIndex("youcook2", items, bad, recipes)
@@ -631,8 +633,7 @@ def read_audioset(root: Path, cfg: IngestConfig) -> SourceIndex:
             if _duplicate(seen, ytid, where, bad, "segment"):
                 continue
             rel = _checked(root, media.get(f"{ytid}_{start_text}") or media.get(f"Y{ytid}"),
-                           where, bad, f"row names segment {ytid!r} but no media file "
-                           f"{ytid}_{start_text}.* or Y{ytid}.* exists under the source folder")
+                           where, bad, f"segment {ytid!r}", f"{ytid}_{start_text}.* or Y{ytid}.*")
             if rel is None:
                 continue
             item_split = _train_or_val(ytid, cfg) if split == "train" else split
@@ -695,8 +696,7 @@ def read_mit(root: Path, cfg: IngestConfig) -> SourceIndex:
             rel = f"{_rel(root, base / folder)}/{cells[0]}"
             if _duplicate(seen, rel, where, bad, "video"):
                 continue
-            if _checked(root, rel, where, bad, f"row names video {cells[0]!r} but {rel} does "
-                        "not exist") is None:
+            if _checked(root, rel, where, bad, f"video {cells[0]!r}", rel) is None:
                 continue
             key = f"{folder}/{PurePosixPath(cells[0]).with_suffix('').as_posix()}"
             items.append(WorkItem(key, rel,
@@ -761,7 +761,8 @@ def read_imagenet(root: Path, cfg: IngestConfig) -> SourceIndex:
     bad: list[dict] = []
 
     def image_item(image: Path, label: int, split: str) -> None:
-        rel = _checked(root, _rel(root, image), _rel(root, image), bad, "no such image")
+        rel = _checked(root, _rel(root, image), _rel(root, image), bad, "image",
+                       _rel(root, image))
         if rel is not None:
             items.append(WorkItem(image.stem, rel, split, [ClipSpec(label=label)],
                                   audio="optional", kind="image"))
@@ -800,11 +801,12 @@ def read_imagenet(root: Path, cfg: IngestConfig) -> SourceIndex:
                 continue
             if _duplicate(labelled, image_id, where, bad, "ImageId"):
                 continue
+            looked_for = f"{_rel(root, val_dir)}/{image_id}.JPEG"
             if image_id not in loose:
-                bad.append({"item": where, "reason": f"row names image {image_id!r} but "
-                            f"{_rel(root, val_dir)}/{image_id}.JPEG does not exist"})
+                _missing_media(where, bad, f"image {image_id!r}", looked_for)
                 continue
-            rel = _checked(root, _rel(root, loose[image_id]), where, bad, "no such image")
+            rel = _checked(root, _rel(root, loose[image_id]), where, bad, f"image {image_id!r}",
+                           looked_for)
             if rel is not None:
                 items.append(WorkItem(image_id, rel, "test", [ClipSpec(label=index[first])],
                                       audio="optional", kind="image"))
