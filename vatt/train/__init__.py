@@ -7,5 +7,5 @@
   file names and reading it back for evaluation: `vatt.checkpoints`).
 - `vatt.train.preflight`: checks that fail a run before it starts.
 
-Entry for a KubeRay RayJob: `python -m vatt.train --preset tiny [KEY=VALUE ...]`.
+The command is `vatt pretrain` (vatt.cli), also what a KubeRay RayJob runs.
 """
