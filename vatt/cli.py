@@ -301,6 +301,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     import time
     from dataclasses import replace
 
+    from vatt.checkpoints import run_folder
     from vatt.cluster import jobs
     from vatt.cluster.client import ClusterError
     from vatt.cluster.render import RenderError, render_job
@@ -354,7 +355,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         return 1
     print(f"rayjob {outcome.name}: {outcome.status.deployment} in {outcome.status.elapsed_s:.0f} s"
           f"{' (deleted)' if outcome.deleted else ''}")
-    print(f"run folder: {cfg.train.storage_path.rstrip('/')}/{rendered.run_name}")
+    print(f"run folder: {run_folder(cfg.train.storage_path, rendered.run_name)}")
     return 0
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 # the run folder's history and vocabulary are written as a checkpoint's
-from vatt.checkpoints import HISTORY_FILE as HISTORY_JSON, VOCAB_FILE as VOCAB_JSON
+from vatt.checkpoints import HISTORY_FILE as HISTORY_JSON, VOCAB_FILE as VOCAB_JSON, run_folder
 from vatt.config import Config, to_dict, with_absolute_paths
-from vatt.train.checkpoint import read_history
+from vatt.train.resume import read_history
 from vatt.train.preflight import (PreflightError, check_config, check_resources, check_storage,
                                   cluster_capacity)
 
@@ -46,10 +46,10 @@ class Storage:
     filesystem: Any  # pyarrow.fs.FileSystem
 
     def run_uri(self, run_name: str) -> str:
-        return f"{self.uri.rstrip('/')}/{run_name}"
+        return run_folder(self.uri, run_name)
 
     def run_path(self, run_name: str) -> str:
-        return f"{self.path.rstrip('/')}/{run_name}"
+        return run_folder(self.path, run_name)
 
 
 def resolve_storage(cfg: Config) -> Storage:
