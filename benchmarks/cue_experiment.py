@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from vatt.losses import vatt_loss
     from vatt.model import build_model
     from vatt.text import Vocabulary
-    from vatt.train.checkpoint import seed_everything
+    from vatt.seeding import seed_everything
     from vatt.train.schedule import build_optimizer, set_learning_rate
 
     cfg = load_config(args.preset, [f"train.optim.total_steps={args.steps}", *args.overrides])

@@ -4,7 +4,7 @@
                                      [KEY=VALUE ...]
 
 Each round runs every variant once, in turn (alternating, so a noisy neighbour slows all
-alike), each as its own `python -m vatt.train.pretrain --preset tiny` process (so each pays
+alike), each as its own `vatt pretrain --preset tiny` process (`python -m vatt.cli`, so each pays
 its own Ray start, as a user's run does), `--steps` steps with a checkpoint half-way and at
 the end, on the ingested default dataset (data.path). It reads the run's `phases.json`
 (vatt.train.phases) and prints, per variant and phase, the median seconds with the min-max
@@ -50,7 +50,7 @@ def data_waits(history: list[dict], global_batch: int) -> tuple[float, float]:
 
 
 def run_once(overrides: list[str], storage: Path, name: str) -> dict[str, float]:
-    command = [sys.executable, "-m", "vatt.train.pretrain", "--preset", "tiny", *overrides,
+    command = [sys.executable, "-m", "vatt.cli", "pretrain", "--preset", "tiny", *overrides,
                f"train.storage_path={storage}", f"train.run_name={name}"]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:

@@ -24,7 +24,7 @@ def setup(tmp_path_factory):
 
     from vatt.data.ingest import ingest
     from vatt.model import build_model
-    from vatt.train.checkpoint import TrainState, save_checkpoint
+    from vatt.train.resume import TrainState, save_checkpoint
 
     started = not ray.is_initialized()
     if started:
@@ -177,7 +177,7 @@ def test_evaluation_encodes_captions_with_the_checkpoints_vocabulary(setup, tmp_
     from vatt.checkpoints import read_vocabulary
     from vatt.evaluate.pipeline import load_checkpoint_for_eval
     from vatt.model import build_model
-    from vatt.train.checkpoint import TrainState, save_checkpoint
+    from vatt.train.resume import TrainState, save_checkpoint
 
     cfg, _ = setup
     data = tmp_path / "data"

@@ -12,7 +12,7 @@ from vatt.evaluate.pipeline import evaluate_checkpoint
 from vatt.evaluate.registry import Registry, RegistryError
 from vatt.storage import ObjectStore
 from vatt.model import build_model
-from vatt.train.checkpoint import TrainState, save_checkpoint
+from vatt.train.resume import TrainState, save_checkpoint
 from test_evaluate_runner import OVERRIDES, _batches
 
 

@@ -17,9 +17,9 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from vatt.config import load_config
-from vatt.train.checkpoint import (DataPosition, TrainState, load_checkpoint, save_checkpoint,
-                                   seed_everything)
+from vatt.seeding import seed_everything
 from vatt.train.preflight import PreflightError, check_config, check_resources
+from vatt.train.resume import DataPosition, TrainState, load_checkpoint, save_checkpoint
 from vatt.train.schedule import build_optimizer, learning_rate
 from vatt.train.sync_batchnorm import GlobalBatchNorm1d, convert_batchnorm
 
@@ -80,7 +80,7 @@ def test_checkpoint_round_trip_restores_model_optimizer_rng_and_position(tmp_pat
 
 def test_resuming_with_a_model_of_another_shape_names_the_runs_config(tmp_path):
     from vatt.model import build_model
-    from vatt.train.checkpoint import CheckpointMismatchError
+    from vatt.train.resume import CheckpointMismatchError
 
     old = load_config("tiny", ["model.audio.patch_size=128", "model.audio.input_scale=1"])
     model = build_model(old)
@@ -102,7 +102,7 @@ class _RunsCodeWhenUnpickled:
 
 
 def test_run_files_are_never_unpickled(tmp_path):
-    from vatt.train.checkpoint import CheckpointMismatchError
+    from vatt.train.resume import CheckpointMismatchError
 
     cfg = load_config("tiny")
     model = nn.Linear(2, 2)

@@ -1,6 +1,7 @@
 """The checkpoint format, in one place: what a checkpoint holds, where checkpoints live, and how
-they are read back. Training writes checkpoints (vatt.train.checkpoint), evaluation and the
-model registry read them (vatt.evaluate); every file name is spelled here and nowhere else.
+they are read back. Training writes checkpoints and resumes from them (vatt.train.resume),
+evaluation and the model registry read them (vatt.evaluate); every file name is spelled here
+and nowhere else.
 
 One checkpoint is one folder (or s3:// prefix), `<train.storage_path>/<run>/checkpoint_<step:08d>/`,
 merged by Ray Train from what every worker wrote:
@@ -58,6 +59,12 @@ log = logging.getLogger("vatt.checkpoints")
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, incomplete or unreadable; the message says which file."""
+
+
+def run_folder(storage_path: str, run_name: str) -> str:
+    """A run's folder (or s3:// prefix): `<train.storage_path>/<train.run_name>`, where Ray Train
+    writes its checkpoints and pretraining its history, loss curve and phases."""
+    return f"{storage_path.rstrip('/')}/{run_name}"
 
 
 def checkpoint_dir_name(step: int) -> str:
@@ -235,7 +242,7 @@ def read_checkpoint(checkpoint: str | Path, store: "ObjectStore") -> SavedCheckp
 
 __all__ = ["MODEL_FILE", "OPTIMIZER_FILE", "STATE_FILE", "HISTORY_FILE", "CONFIG_FILE",
            "DATA_VERSION_FILE", "VOCAB_FILE", "MODEL_FILES", "CheckpointError",
-           "checkpoint_dir_name", "worker_file", "file_uri", "list_checkpoints",
+           "run_folder", "checkpoint_dir_name", "worker_file", "file_uri", "list_checkpoints",
            "resolve_checkpoint", "parse_saved_config", "read_config", "read_vocabulary",
            "parse_weights", "read_weights", "verify_checkpoint", "SavedCheckpoint",
            "read_checkpoint"]

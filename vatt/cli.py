@@ -43,8 +43,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from vatt.config import load_config
-    from vatt.train.pretrain import run_cli
+    from vatt.config import ConfigError, load_config
+    from vatt.data.loader import DataError
+    from vatt.train.preflight import PreflightError
+    from vatt.train.pretrain import pretrain
 
     cfg = load_config(args.preset, args.overrides)
     if args.data_rev is not None:  # train on a named data version: dvc pull it first
@@ -58,7 +60,22 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
         print(f"data: pulled {args.data_rev} (version {version})")
-    return run_cli(cfg)
+    try:
+        result = pretrain(cfg)
+    except ConfigError as err:
+        kind = "cannot start" if isinstance(err, PreflightError) else "config error"
+        print(f"vatt pretrain: {kind}: {err}", file=sys.stderr)
+        return 2
+    except DataError as err:  # no ingested data where data.path points
+        print(f"vatt pretrain: cannot start: {err}", file=sys.stderr)
+        return 2
+    last = result.history[-1] if result.history else {}
+    print(f"run folder: {result.run_uri}")
+    print(f"checkpoint: {result.checkpoint_uri}")
+    if last:
+        print(f"step {last['step']}: loss {last['loss_total']:.4f} "
+              f"(video-audio {last['loss_video_audio']:.4f}, video-text {last['loss_video_text']:.4f})")
+    return 0
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
@@ -293,6 +310,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     import time
     from dataclasses import replace
 
+    from vatt.checkpoints import run_folder
     from vatt.cluster import jobs
     from vatt.cluster.client import ClusterError
     from vatt.cluster.render import RenderError, render_job
@@ -341,15 +359,12 @@ def _cmd_submit(args: argparse.Namespace) -> int:
               f"with `kubectl delete rayjob {rendered.name} -n {rendered.namespace}`",
               file=sys.stderr)
         return 130  # 128 + SIGINT, as a shell reports it
-    except jobs.JobFailedError as err:
-        print(f"vatt submit: {err}", file=sys.stderr)
-        return 1
-    except ClusterError as err:
+    except ClusterError as err:  # jobs.JobFailedError too
         print(f"vatt submit: {err}", file=sys.stderr)
         return 1
     print(f"rayjob {outcome.name}: {outcome.status.deployment} in {outcome.status.elapsed_s:.0f} s"
           f"{' (deleted)' if outcome.deleted else ''}")
-    print(f"run folder: {cfg.train.storage_path.rstrip('/')}/{rendered.run_name}")
+    print(f"run folder: {run_folder(cfg.train.storage_path, rendered.run_name)}")
     return 0
 
 

@@ -12,12 +12,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from vatt.distributed import is_distributed
+
 # masked logits: finite, so that a fully masked row gives a finite value (then dropped)
 _MASKED = -1e4
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class _GatherWithGradient(torch.autograd.Function):
@@ -43,7 +41,7 @@ class _GatherWithGradient(torch.autograd.Function):
 
 def gather(x: torch.Tensor) -> torch.Tensor:
     """Concatenate `x` from every worker along dim 0; gradients flow back to each worker."""
-    if not _distributed():
+    if not is_distributed():
         return x
     return _GatherWithGradient.apply(x)
 
@@ -89,7 +87,7 @@ def mil_nce(video: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | N
 
     # mean over the clips of the global batch that have text, as a per-worker share
     global_count = all_valid.any(dim=1).sum().clamp(min=1)
-    world = dist.get_world_size() if _distributed() else 1
+    world = dist.get_world_size() if is_distributed() else 1
     return per_clip.sum() * world / global_count
 
 

@@ -345,7 +345,7 @@ def pretrain_on_cluster(cfg: Config, api_client: Any = None,
     and latest checkpoint back from train.storage_path. A local data.path is published under
     data.versions_uri first (vatt.data.publish), so the job reads exactly that version.
     Returns a PretrainResult as local pretraining does."""
-    from vatt.checkpoints import HISTORY_FILE, file_uri, list_checkpoints
+    from vatt.checkpoints import HISTORY_FILE, file_uri, list_checkpoints, run_folder
     from vatt.storage import ObjectStore, StorageNotFoundError
     from vatt.train.pretrain import PHASES_JSON, PretrainResult
 
@@ -358,7 +358,7 @@ def pretrain_on_cluster(cfg: Config, api_client: Any = None,
         log.info("%s", line)
     client = client_for(cfg, api_client)
     run_job(cfg, client, rendered, attach=True, on_status=on_status)
-    run_uri = f"{cfg.train.storage_path.rstrip('/')}/{cfg.train.run_name}"
+    run_uri = run_folder(cfg.train.storage_path, cfg.train.run_name)
     found = [uri for _, uri in list_checkpoints(cfg.train.storage_path, store)
              if uri.startswith(run_uri + "/")]
     if not found:

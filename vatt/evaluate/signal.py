@@ -38,7 +38,7 @@ EXTRA_CHANCE = {"video_audio_retrieval.R@10": "video_audio_retrieval.chance_R@10
 
 def random_model(cfg: Config) -> torch.nn.Module:
     """The model pretraining starts from: same config, same seed, no update."""
-    from vatt.train.checkpoint import seed_everything
+    from vatt.seeding import seed_everything
 
     seed_everything(cfg.train.seed)
     return build_model(cfg)

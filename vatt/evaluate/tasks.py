@@ -135,11 +135,6 @@ def register(task: Task) -> Task:
     return task
 
 
-def get_task(name: str) -> Task:
-    check_tasks([name])
-    return TASKS[name]
-
-
 def check_tasks(tasks: Iterable[str]) -> list[str]:
     from vatt.config import ConfigError
 
@@ -385,7 +380,7 @@ def paper_result(preset: Optional[str], task: str, source: Optional[str],
     return None
 
 
-__all__ = ["Task", "TaskRun", "TASKS", "register", "get_task", "check_tasks", "describe_tasks",
+__all__ = ["Task", "TaskRun", "TASKS", "register", "check_tasks", "describe_tasks",
            "paper_result", "PAPER_RESULTS", "result_key", "split_key", "TEST_SPLITS",
            "TEST_SPLITS_BY_SOURCE", "preferred_test_splits",
            "AUDIOSET_TRAIN", "num_classes"]

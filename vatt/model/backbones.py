@@ -24,7 +24,7 @@ class _PatchBackbone(nn.Module):
     """Shared recipe of video and audio: tokens -> [pre-proj] -> positions -> DropToken ->
     AGG token -> Transformer -> output at index 0 -> [post-proj]."""
 
-    def __init__(self, dim: int, grid: tuple[int, ...], transformer: Transformer,
+    def __init__(self, *, dim: int, grid: tuple[int, ...], transformer: Transformer,
                  drop_rate: float, per_sample_drop: bool, dropout: float, eps: float,
                  agnostic_output_dim: int | None):
         super().__init__()
@@ -51,9 +51,9 @@ class _PatchBackbone(nn.Module):
 class VideoBackbone(_PatchBackbone):
     """video (B, T, H, W, 3) in [-1, 1] -> pooled (B, d_out)."""
 
-    def __init__(self, patch_size: tuple[int, int, int], grid: tuple[int, int, int], dim: int,
+    def __init__(self, *, patch_size: tuple[int, int, int], grid: tuple[int, int, int], dim: int,
                  transformer: Transformer, **kwargs):
-        super().__init__(dim, grid, transformer, **kwargs)
+        super().__init__(dim=dim, grid=grid, transformer=transformer, **kwargs)
         self.patch_embed = VideoPatchEmbed(patch_size, dim)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
@@ -64,9 +64,9 @@ class AudioBackbone(_PatchBackbone):
     """audio (B, S) waveform in [-1, 1] -> pooled (B, d_out); `input_scale` multiplies the
     waveform before the tokenizer (model.audio.input_scale)."""
 
-    def __init__(self, patch_size: int, num_tokens: int, dim: int, transformer: Transformer,
+    def __init__(self, *, patch_size: int, num_tokens: int, dim: int, transformer: Transformer,
                  input_scale: float = 1.0, **kwargs):
-        super().__init__(dim, (num_tokens,), transformer, **kwargs)
+        super().__init__(dim=dim, grid=(num_tokens,), transformer=transformer, **kwargs)
         self.patch_embed = AudioPatchEmbed(patch_size, dim)
         self.input_scale = float(input_scale)
 
@@ -84,7 +84,7 @@ class TextBackbone(nn.Module):
     table, AGG token, the shared Transformer, post-projection.
     """
 
-    def __init__(self, vocab_size: int, embedding_dim: int, max_tokens: int, dim: int,
+    def __init__(self, *, vocab_size: int, embedding_dim: int, max_tokens: int, dim: int,
                  transformer: Transformer, num_heads: int, num_buckets: int, max_distance: int,
                  dropout: float, agnostic_output_dim: int | None):
         super().__init__()

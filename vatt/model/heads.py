@@ -11,7 +11,7 @@ from torch import nn
 
 
 class CommonSpaceHeads(nn.Module):
-    def __init__(self, video_dim: int, audio_dim: int, text_dim: int, va_dim: int = 512,
+    def __init__(self, video_dim: int, audio_dim: int, text_dim: int, *, va_dim: int = 512,
                  vt_dim: int = 256, bn_after_audio_text: bool = False, bn_momentum: float = 0.1,
                  bn_eps: float = 1e-5):
         super().__init__()

@@ -69,7 +69,7 @@ class Block(nn.Module):
     attention and a regular LayerNorm before the feed-forward layer.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int, dropout: float = 0.1,
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, dropout: float = 0.1,
                  attention_dropout: float = 0.1, eps: float = 1e-6, t5: bool = False):
         super().__init__()
         self.attn_norm = RMSNorm(dim, eps) if t5 else nn.LayerNorm(dim, eps=eps)
@@ -86,13 +86,14 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """A stack of blocks and the final norm."""
 
-    def __init__(self, num_layers: int, dim: int, num_heads: int, mlp_dim: int,
+    def __init__(self, num_layers: int, dim: int, num_heads: int, mlp_dim: int, *,
                  dropout: float = 0.1, attention_dropout: float = 0.1, eps: float = 1e-6,
                  t5: bool = False):
         super().__init__()
         self.dim = dim
         self.blocks = nn.ModuleList(
-            Block(dim, num_heads, mlp_dim, dropout, attention_dropout, eps, t5)
+            Block(dim, num_heads, mlp_dim, dropout=dropout, attention_dropout=attention_dropout,
+                  eps=eps, t5=t5)
             for _ in range(num_layers))
         self.norm = RMSNorm(dim, eps) if t5 else nn.LayerNorm(dim, eps=eps)
 

@@ -39,7 +39,8 @@ class VATT(nn.Module):
         def transformer(encoder_cfg, t5: bool = False) -> Transformer:
             size = resolve(encoder_cfg)
             return Transformer(size.num_layers, size.d_model, size.num_heads, size.mlp_dim,
-                               m.dropout, m.attention_dropout, m.layer_norm_eps, t5=t5)
+                               dropout=m.dropout, attention_dropout=m.attention_dropout,
+                               eps=m.layer_norm_eps, t5=t5)
 
         if agnostic:
             shared = transformer(m.shared)
@@ -56,23 +57,27 @@ class VATT(nn.Module):
         text_heads = resolve(m.shared if agnostic else m.text).num_heads
         self.backbones = nn.ModuleDict({
             "video": VideoBackbone(
-                (t, h, w), (data.num_frames // t, data.frame_size // h, data.frame_size // w),
-                encoders["video"].dim, encoders["video"], drop_rate=m.video.drop_rate,
-                **patch_kwargs),
+                patch_size=(t, h, w),
+                grid=(data.num_frames // t, data.frame_size // h, data.frame_size // w),
+                dim=encoders["video"].dim, transformer=encoders["video"],
+                drop_rate=m.video.drop_rate, **patch_kwargs),
             "audio": AudioBackbone(
-                m.audio.patch_size, data.audio_samples // m.audio.patch_size,
-                encoders["audio"].dim, encoders["audio"], drop_rate=m.audio.drop_rate,
-                input_scale=m.audio.input_scale, **patch_kwargs),
+                patch_size=m.audio.patch_size, num_tokens=data.audio_samples // m.audio.patch_size,
+                dim=encoders["audio"].dim, transformer=encoders["audio"],
+                drop_rate=m.audio.drop_rate, input_scale=m.audio.input_scale, **patch_kwargs),
             "text": TextBackbone(
-                data.vocab_size, m.text.embedding_dim, data.max_text_tokens,
-                encoders["text"].dim, encoders["text"], text_heads,
-                m.text.relative_num_buckets, m.text.relative_max_distance, m.dropout,
-                output_dim),
+                vocab_size=data.vocab_size, embedding_dim=m.text.embedding_dim,
+                max_tokens=data.max_text_tokens, dim=encoders["text"].dim,
+                transformer=encoders["text"], num_heads=text_heads,
+                num_buckets=m.text.relative_num_buckets,
+                max_distance=m.text.relative_max_distance, dropout=m.dropout,
+                agnostic_output_dim=output_dim),
         })
         self.heads = CommonSpaceHeads(
             self.backbones["video"].output_dim, self.backbones["audio"].output_dim,
-            self.backbones["text"].output_dim, m.heads.va_dim, m.heads.vt_dim,
-            m.heads.bn_after_audio_text, m.heads.bn_momentum, m.heads.bn_eps)
+            self.backbones["text"].output_dim, va_dim=m.heads.va_dim, vt_dim=m.heads.vt_dim,
+            bn_after_audio_text=m.heads.bn_after_audio_text, bn_momentum=m.heads.bn_momentum,
+            bn_eps=m.heads.bn_eps)
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:

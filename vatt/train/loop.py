@@ -28,8 +28,9 @@ from torch import nn
 
 from vatt.checkpoints import checkpoint_dir_name
 from vatt.config import Config, from_dict
-from vatt.train.checkpoint import (DataPosition, TrainState, load_checkpoint, save_checkpoint,
-                                   seed_everything)
+from vatt.distributed import is_distributed
+from vatt.seeding import seed_everything
+from vatt.train.resume import DataPosition, TrainState, load_checkpoint, save_checkpoint
 from vatt.train.precision import PrecisionChoice, autocast, resolve_precision
 from vatt.train.schedule import build_optimizer, set_learning_rate
 from vatt.train.sync_batchnorm import convert_batchnorm
@@ -49,10 +50,6 @@ def micro_batch_size(cfg: Config, world_size: int) -> int:
             f"{parts} or change train.num_workers / train.grad_accum"
         )
     return cfg.train.global_batch_size // parts
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def build_training(cfg: Config, device: torch.device,

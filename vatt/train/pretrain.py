@@ -1,7 +1,6 @@
 """Pretraining driver: config -> preflight -> Ray Data dataset -> TorchTrainer.fit() -> run folder.
 
-    python -m vatt.train.pretrain --preset tiny train.num_workers=2     # what a KubeRay RayJob runs
-    vatt pretrain --preset tiny train.run_name=exp1                    # the same, from the CLI
+    vatt pretrain --preset tiny train.run_name=exp1     # what a KubeRay RayJob runs too (vatt.cli)
 
 Ray: with RAY_ADDRESS set (or a Ray already initialised in this process) the run goes to that
 cluster; otherwise a local Ray is started for the run. The run folder is
@@ -13,21 +12,18 @@ shut-down; vatt.train.phases).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field, replace as dc_replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 # the run folder's history and vocabulary are written as a checkpoint's
-from vatt.checkpoints import HISTORY_FILE as HISTORY_JSON, VOCAB_FILE as VOCAB_JSON
-from vatt.config import (DEFAULT_PRESET, Config, ConfigError, load_config, to_dict,
-                         with_absolute_paths)
-from vatt.train.checkpoint import read_history
+from vatt.checkpoints import HISTORY_FILE as HISTORY_JSON, VOCAB_FILE as VOCAB_JSON, run_folder
+from vatt.config import Config, to_dict, with_absolute_paths
+from vatt.train.resume import read_history
 from vatt.train.preflight import (PreflightError, check_config, check_resources, check_storage,
                                   cluster_capacity)
 
@@ -50,10 +46,10 @@ class Storage:
     filesystem: Any  # pyarrow.fs.FileSystem
 
     def run_uri(self, run_name: str) -> str:
-        return f"{self.uri.rstrip('/')}/{run_name}"
+        return run_folder(self.uri, run_name)
 
     def run_path(self, run_name: str) -> str:
-        return f"{self.path.rstrip('/')}/{run_name}"
+        return run_folder(self.path, run_name)
 
 
 def resolve_storage(cfg: Config) -> Storage:
@@ -322,47 +318,3 @@ def pretrain(cfg: Config, datasets: Optional[dict[str, Any]] = None,
     return PretrainResult(run_uri=storage.run_uri(cfg.train.run_name),
                           checkpoint_uri=checkpoint_uri, history=history, config=cfg,
                           phases=phases)
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    from vatt.console import configure_console
-
-    parser = argparse.ArgumentParser(prog="python -m vatt.train.pretrain", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default=DEFAULT_PRESET, help="config preset under configs/ or a YAML path")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="dotlist overrides, e.g. train.num_workers=2 train.run_name=exp1")
-    args = parser.parse_args(argv)
-    configure_console()
-    try:
-        cfg = load_config(args.preset, args.overrides)
-    except ConfigError as err:
-        print(f"pretrain: config error: {err}", file=sys.stderr)
-        return 2
-    return run_cli(cfg, prog="pretrain")
-
-
-def run_cli(cfg: Config, prog: str = "vatt pretrain") -> int:
-    """Pretrain `cfg` and print where the run went; the exit code of the command."""
-    from vatt.data.loader import DataError
-
-    try:
-        result = pretrain(cfg)
-    except ConfigError as err:
-        kind = "cannot start" if isinstance(err, PreflightError) else "config error"
-        print(f"{prog}: {kind}: {err}", file=sys.stderr)
-        return 2
-    except DataError as err:  # no ingested data where data.path points
-        print(f"{prog}: cannot start: {err}", file=sys.stderr)
-        return 2
-    last = result.history[-1] if result.history else {}
-    print(f"run folder: {result.run_uri}")
-    print(f"checkpoint: {result.checkpoint_uri}")
-    if last:
-        print(f"step {last['step']}: loss {last['loss_total']:.4f} "
-              f"(video-audio {last['loss_video_audio']:.4f}, video-text {last['loss_video_text']:.4f})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

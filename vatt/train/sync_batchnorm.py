@@ -8,19 +8,16 @@ over every worker's batch, one autograd-aware all-reduce per layer), written for
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+from vatt.distributed import is_distributed
 
 
 class GlobalBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm1d for (N, C) inputs whose training statistics span all workers."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and _distributed()):
+        if not (self.training and is_distributed()):
             return super().forward(x)
         if x.dim() != 2:
             raise ValueError(f"GlobalBatchNorm1d expects (N, C) inputs, got shape {tuple(x.shape)}")

@@ -1,5 +1,6 @@
-"""Writing a pretraining checkpoint and restoring a run from it (the training side of the format
-that vatt.checkpoints describes and owns: file names, layout, reading for evaluation).
+"""What a pretraining run saves so that it can resume, and resuming from it: the training side
+of a checkpoint. The format itself (file names, layout) and reading a checkpoint back for
+evaluation and the registry are vatt.checkpoints'.
 
 Rank 0 writes the model, optimiser, state, history, config, data version and vocabulary; every
 rank writes its RNG states and data position (`worker_<rank>.pt`). The LR schedule is a pure
@@ -65,12 +66,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def save_checkpoint(folder: str | Path, *, rank: int, state: TrainState, model: torch.nn.Module,
