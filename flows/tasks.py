@@ -227,8 +227,7 @@ def evaluate_checkpoint(checkpoint: str, cfg: Config, overrides: list[str],
 
             summary = evaluate_on_cluster(cfg, checkpoint, overrides, tasks, promote)
         else:
-            summary = outcome_summary(run_evaluation(checkpoint, cfg, overrides, tasks,
-                                                     promote=promote))
+            summary = outcome_summary(run_evaluation(checkpoint, cfg, tasks, promote=promote))
     log.info("report: %s", summary["report"])
     if summary["decision"] is not None:
         log.info("%s", describe_decision(Decision(**summary["decision"])))

@@ -28,19 +28,23 @@ import hashlib
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional
 
 from vatt.config import Config, to_dict
+from vatt.evaluate.tasks import TASKS, Protocol
+
+if TYPE_CHECKING:
+    from vatt.evaluate.data import EvalJob
 
 # the settings (dotted config keys) that change a task's number, by the task's protocol
-TASK_SETTINGS: dict[str, tuple[str, ...]] = {
-    "linear": ("eval.probe_rank", "eval.probe_lr", "eval.probe_epochs", "eval.probe_batch_size",
+TASK_SETTINGS: dict[Protocol, tuple[str, ...]] = {
+    Protocol.linear: ("eval.probe_rank", "eval.probe_lr", "eval.probe_epochs", "eval.probe_batch_size",
                "eval.probe_weight_decay", "eval.seed", "data.eval_num_windows"),
     # the shuffle buffer's bound decides the order of the training windows
-    "finetune": ("eval.finetune_steps", "eval.finetune_lr", "eval.finetune_warmup_steps",
+    Protocol.finetune: ("eval.finetune_steps", "eval.finetune_lr", "eval.finetune_warmup_steps",
                  "eval.finetune_batch_size", "eval.finetune_test_crops",
                  "eval.finetune_shuffle_mb", "eval.seed", "data.eval_num_windows"),
-    "zero-shot": ("data.eval_num_windows",),
+    Protocol.zero_shot: ("data.eval_num_windows",),
 }
 # and those of one task beyond its protocol's
 TASK_EXTRA_SETTINGS: dict[str, tuple[str, ...]] = {
@@ -70,8 +74,6 @@ def code_version() -> str:
 
 def task_settings(cfg: Config, task: str) -> dict[str, Any]:
     """{dotted key: value} of the settings that change `task`'s number."""
-    from vatt.evaluate.tasks import TASKS
-
     values = to_dict(cfg)
     keys = (*TASK_SETTINGS[TASKS[task].protocol], *TASK_EXTRA_SETTINGS.get(task, ()))
     settings = {}
@@ -111,47 +113,40 @@ def batches_sha256(batches: list | tuple) -> str:
     return digest.hexdigest()
 
 
-def evaluation_identity(cfg: Config, data: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def evaluation_identity(cfg: Config, jobs: Iterable["EvalJob"]) -> dict[str, Any]:
     """{"tasks": {"<task>@<dataset>" and "<task>": {dataset, splits, settings, code}}} of an
-    evaluation of `data` (data[task][dataset][split], vatt.evaluate.data) under `cfg`. Batches
-    held in memory (a list) are hashed as they are; a split of neither kind (e.g. a one-shot
-    iterator) has no content hash (None): its numbers compare with no other."""
+    evaluation of `jobs` (vatt.evaluate.data.plan) under `cfg`. An EvalSplit is hashed from its
+    dataset's manifest, batches held in memory (a list) as they are; a split of neither kind
+    (e.g. a one-shot iterator) has no content hash (None): its numbers compare with no other."""
     from vatt.data.loader import DataError, read_manifest
-    from vatt.evaluate.runner import per_dataset, result_key
+    from vatt.evaluate.data import EvalSplit
 
     manifests: dict[str, Optional[dict]] = {}
 
-    def manifest(name: str) -> Optional[dict]:
-        if name not in manifests:
+    def split_sha256(dataset: str, split: Any) -> Optional[str]:
+        if isinstance(split, (list, tuple)):  # batches held in memory
+            return batches_sha256(split)
+        if not isinstance(split, EvalSplit):
+            return None
+        if dataset not in manifests:
             try:
-                manifests[name] = read_manifest(str(cfg.data.path), name, cfg.storage)
+                manifests[dataset] = read_manifest(str(cfg.data.path), dataset, cfg.storage)
             except (DataError, OSError, ValueError):
-                manifests[name] = None
-        return manifests[name]
+                manifests[dataset] = None
+        try:
+            return clips_sha256(manifests[dataset], split.splits) if manifests[dataset] else None
+        except KeyError:  # a split the manifest does not list
+            return None
 
     version = code_version()
     tasks: dict[str, Any] = {}
-    for task, datasets in per_dataset(data, list(data)).items():
-        settings = task_settings(cfg, task)
-        for index, (dataset, splits) in enumerate(datasets.items()):
-            hashes: dict[str, Optional[str]] = {}
-            folder = None
-            for role, split in splits.items():
-                folder = getattr(split, "dataset", None) or folder
-                names = getattr(split, "splits", None)
-                if isinstance(split, (list, tuple)):  # batches held in memory
-                    hashes[role] = batches_sha256(split)
-                    continue
-                found = manifest(folder) if folder and names else None
-                try:
-                    hashes[role] = clips_sha256(found, tuple(names)) if found else None
-                except KeyError:  # a split the manifest does not list
-                    hashes[role] = None
-            part = {"dataset": folder or dataset, "splits": hashes, "settings": settings,
-                    "code": version}
-            tasks[result_key(task, dataset)] = part
-            if index == 0:
-                tasks[task] = part
+    for job in jobs:
+        task = job.task.name
+        part = {"dataset": job.dataset, "settings": task_settings(cfg, task), "code": version,
+                "splits": {role: split_sha256(job.dataset, split)
+                           for role, split in job.splits.items()}}
+        tasks[job.key] = part
+        tasks.setdefault(task, part)  # the task's first job
     return {"tasks": tasks}
 
 
