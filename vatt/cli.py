@@ -424,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="downstream evaluation of a checkpoint (probes, "
                                                "zero-shot retrieval), report, promotion gate")
-    _add_config_args(evaluate)  # eval.*, data.path=... (applied to the checkpoint's config)
+    _add_config_args(evaluate)  # eval.*, data.path=... (the model is the checkpoint's)
     evaluate.add_argument("--checkpoint", default="latest",
                           help="checkpoint folder or s3:// prefix, or 'latest' (newest under "
                                "train.storage_path)")
