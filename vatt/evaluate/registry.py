@@ -101,7 +101,7 @@ class ChampionMeasure:
     error: Optional[str] = None  # set: it could not be re-measured, and why
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Candidate:
     """What the gate decides on: the evaluated checkpoint, its numbers and the gate's settings."""
 
@@ -261,8 +261,10 @@ class Registry:
         """
         if weights_sha256 is None:
             weights_sha256 = verify_checkpoint(checkpoint, self.store)
-        candidate = Candidate(checkpoint, weights_sha256, config, data_version, metrics, metric,
-                              lookup_metric(metrics, metric), evaluation, margin, noise_z, ranks)
+        candidate = Candidate(checkpoint=checkpoint, weights_sha256=weights_sha256, config=config,
+                              data_version=data_version, metrics=metrics, metric=metric,
+                              value=lookup_metric(metrics, metric), evaluation=evaluation,
+                              margin=margin, noise_z=noise_z, ranks=ranks)
         if not self.is_s3:
             with self._lock():
                 doc = self.read()
