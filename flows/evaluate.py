@@ -23,9 +23,9 @@ def evaluate(checkpoint: str = "latest", preset: Preset = "tiny", overrides: Ove
     eval.datasets.action_linear=[ucf101,kinetics400]); the model and its input are the
     checkpoint's. `tasks`: any of vatt.evaluate.tasks (default: eval.tasks, and
     eval.tasks_if_ingested where their data is ingested)."""
-    from vatt.evaluate.pipeline import check_evaluation_overrides
+    from vatt.evaluate.pipeline import note_unused_overrides
 
-    check_evaluation_overrides(overrides)
+    note_unused_overrides(overrides)
     cfg = resolve_config(preset, overrides)
     promoted = read_promoted(cfg)
     evaluated = evaluate_checkpoint(checkpoint, cfg, list(overrides), tasks, promote)

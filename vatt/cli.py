@@ -93,11 +93,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                   "action_linear=ucf101", file=sys.stderr)
             return 2
         datasets.setdefault(task, []).append(name)
-    from vatt.evaluate.pipeline import (check_evaluation_overrides, describe_decision,
+    from vatt.evaluate.pipeline import (describe_decision, note_unused_overrides,
                                         outcome_summary, run_evaluation_on_worker)
     from vatt.evaluate.registry import Decision
 
-    check_evaluation_overrides(args.overrides)  # the model and its input are the checkpoint's
+    note_unused_overrides(args.overrides)  # the model and its input are the checkpoint's
     cfg = load_config(args.preset, args.overrides)
     try:
         if args.on_worker:  # a RayJob's driver: the work goes to a worker with the accelerator

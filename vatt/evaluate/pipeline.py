@@ -29,7 +29,7 @@ import torch
 
 from vatt.checkpoints import (CONFIG_FILE, MODEL_FILE, CheckpointError, file_uri, read_checkpoint,
                               resolve_checkpoint)
-from vatt.config import Config, ConfigError, to_dict
+from vatt.config import Config, to_dict
 from vatt.evaluate.data import EvalJob
 from vatt.evaluate.identity import differences, evaluation_identity, metric_part
 from vatt.evaluate.registry import ChampionMeasure, Decision, Registry, RegistryError
@@ -52,16 +52,17 @@ FROZEN_AT_EVALUATION = ("model", "data.num_frames", "data.fps", "data.frame_size
 EVALUATION_DATA = ("path", "eval_num_windows", "num_text_candidates")
 
 
-def check_evaluation_overrides(overrides: Iterable[str]) -> None:
-    """Refuse dotlist overrides of an evaluation that would set what the checkpoint decides
-    (the model and the input it was trained on: `evaluation_config` takes them from it)."""
-    refused = [item for item in overrides if item.startswith("model.") or (
+def note_unused_overrides(overrides: Iterable[str]) -> list[str]:
+    """The dotlist overrides of an evaluation that set what the checkpoint decides (the model
+    and the input it was trained on, which `evaluation_config` takes from it), said in a
+    warning: they are not applied (a retraining's overrides are the checkpoint's already)."""
+    unused = [item for item in overrides if item.startswith("model.") or (
         item.startswith("data.") and item.split("=", 1)[0][5:] not in EVALUATION_DATA)]
-    if refused:
-        raise ConfigError(f"{', '.join(refused)}: an evaluation uses the model and input of the "
-                          "checkpoint's own config; overrides may set eval.*, storage.*, "
-                          f"{', '.join('data.' + key for key in EVALUATION_DATA)} (and "
-                          "train.storage_path, where `latest` is looked for)")
+    if unused:
+        log.warning("%s: not applied; an evaluation uses the model and input of the "
+                    "checkpoint's own config, and takes eval.*, storage.*, %s", ", ".join(unused),
+                    ", ".join("data." + key for key in EVALUATION_DATA))
+    return unused
 
 
 @dataclass
@@ -343,7 +344,7 @@ def describe_decision(decision: Decision) -> str:
             f"({decision.reason})")
 
 
-__all__ = ["load_checkpoint_for_eval", "evaluate_checkpoint", "check_evaluation_overrides",
+__all__ = ["load_checkpoint_for_eval", "evaluate_checkpoint", "note_unused_overrides",
            "run_evaluation", "describe_decision", "EVALUATION_DATA", "FROZEN_AT_EVALUATION",
            "evaluation_identity", "remeasure_champion", "evaluation_config", "metric_ranks",
            "LoadedCheckpoint", "EvaluationOutcome", "outcome_summary", "run_evaluation_on_worker"]
