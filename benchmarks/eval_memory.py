@@ -13,7 +13,7 @@ decoded and run through the model, so the work and the memory are those of N cli
 takes, not the model's, which is the same for every N.
 
 The evaluation is what `vatt evaluate` runs for action recognition, through the public API both
-before and after streaming: `build_eval_data(cfg, ["action_linear"])` then `evaluate_model`
+before and after streaming: `plan(cfg, ["action_linear"])` then `evaluate_model`
 (linear probe, eval.probe.epochs=1). Each N runs in a fresh process on a local Ray with 2 CPUs;
 two numbers of that process (the driver, where evaluation used to hold every decoded window;
 Ray's decoding workers are separate processes of fixed size): its peak resident set (ru_maxrss),
@@ -92,7 +92,7 @@ def measure(root: Path) -> dict:
     import ray
     import torch
 
-    from vatt.evaluate.data import build_eval_data
+    from vatt.evaluate.data import plan
     from vatt.evaluate.runner import evaluate_model
     from vatt.model import build_model
 
@@ -104,8 +104,8 @@ def measure(root: Path) -> dict:
     sampler = PeakPrivateMemory()
     sampler.start()
     start = time.perf_counter()
-    data = build_eval_data(cfg, ["action_linear"])
-    results = evaluate_model(model, cfg, ["action_linear"], data)
+    jobs, _ = plan(cfg, ["action_linear"])
+    results = evaluate_model(model, cfg, jobs)
     seconds = time.perf_counter() - start
     sampler.running = False
     sampler.join()

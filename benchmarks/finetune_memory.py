@@ -15,7 +15,7 @@ the point is the memory of the data path, not of a Medium backbone (which a CPU 
 this input in a benchmark's time). `--steps` optimiser steps (default 3: the buffer fills before
 the first, so every window it can hold has been held).
 
-Each task runs what `vatt evaluate --tasks <task>` runs (`build_eval_data` + `evaluate_model`)
+Each task runs what `vatt evaluate --tasks <task>` runs (`plan` + `evaluate_model`)
 in a fresh process on a local Ray with 2 CPUs, and reports for the driver (where the shuffle
 buffer and the batches live; Ray's decoding workers are separate processes of fixed size) the
 peak of its private memory (RssAnon, sampled every 20 ms) and its peak RSS (ru_maxrss, which
@@ -81,7 +81,7 @@ def measure(root: Path, task: str, steps: int, extra: list[str] = ()) -> dict:
     import ray
     import torch
 
-    from vatt.evaluate.data import build_eval_data
+    from vatt.evaluate.data import plan
     from vatt.evaluate.runner import evaluate_model
     from vatt.model import build_model
 
@@ -93,8 +93,8 @@ def measure(root: Path, task: str, steps: int, extra: list[str] = ()) -> dict:
     sampler = PeakPrivateMemory()
     sampler.start()
     start = time.perf_counter()
-    data = build_eval_data(cfg, [task], datasets={task: [DATASETS[task]]})
-    results = evaluate_model(model, cfg, [task], data)
+    jobs, _ = plan(cfg, [task], datasets={task: [DATASETS[task]]})
+    results = evaluate_model(model, cfg, jobs)
     seconds = time.perf_counter() - start
     sampler.running = False
     sampler.join()

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoints.append(result.checkpoint_uri)
     runs, ranks = [], []
     for checkpoint in checkpoints:
-        outcome = run_evaluation(checkpoint, load_config("tiny", common), common, promote=False)
+        outcome = run_evaluation(checkpoint, load_config("tiny", common), promote=False)
         runs.append(outcome.results["metrics"])
         ranks.append(metric_ranks(outcome.results, "text_video_retrieval.MRR"))
     lines = ["| metric | " + " | ".join(f"run {i + 1}" for i in range(len(runs)))

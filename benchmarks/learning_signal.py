@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from vatt.config import load_config
-    from vatt.evaluate.data import build_eval_data, describe_data
+    from vatt.evaluate.data import describe_jobs, plan
     from vatt.evaluate.pipeline import load_checkpoint_for_eval
     from vatt.evaluate.signal import compare_with_random, signal_failures, signal_table
     from vatt.storage import ObjectStore
@@ -69,11 +69,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{last['loss_total']:.4f}")
 
     start = time.perf_counter()
-    loaded = load_checkpoint_for_eval(result.checkpoint_uri, (), ObjectStore(cfg.storage))
-    eval_data = build_eval_data(loaded.config)
-    for line in describe_data(eval_data):
+    loaded = load_checkpoint_for_eval(result.checkpoint_uri, ObjectStore(cfg.storage))
+    jobs, _ = plan(loaded.config)
+    for line in describe_jobs(jobs):
         print(f"  {line}")
-    rows = compare_with_random(loaded.model, loaded.config, eval_data)
+    rows = compare_with_random(loaded.model, loaded.config, jobs)
     clock["evaluate_both_s"] = time.perf_counter() - start
     failures = signal_failures(rows)
 

@@ -22,8 +22,12 @@ def evaluate(checkpoint: str = "latest", preset: Preset = DEFAULT_PRESET, overri
              tasks: Optional[list[Task]] = None, promote: bool = True) -> dict[str, Any]:
     """`checkpoint`: a checkpoint folder or s3:// prefix, or "latest" (the newest under
     train.storage_path). `overrides` set evaluation keys (eval.*, data.path, e.g.
-    eval.datasets.action_linear=[ucf101,kinetics400]). `tasks`: any of vatt.evaluate.tasks
-    (default: eval.tasks, and eval.tasks_if_ingested where their data is ingested)."""
+    eval.datasets.action_linear=[ucf101,kinetics400]); the model and its input are the
+    checkpoint's. `tasks`: any of vatt.evaluate.tasks (default: eval.tasks, and
+    eval.tasks_if_ingested where their data is ingested)."""
+    from vatt.evaluate.pipeline import note_unused_overrides
+
+    note_unused_overrides(overrides)
     cfg = resolve_config(preset, overrides)
     promoted = read_promoted(cfg)
     evaluated = evaluate_checkpoint(checkpoint, cfg, list(overrides), tasks, promote)

@@ -208,7 +208,7 @@ def evaluate_checkpoint(checkpoint: str, cfg: Config, overrides: list[str],
         outcome = outcome_from_summary(
             evaluate_on_cluster(cfg, checkpoint, overrides, tasks, promote))
     else:
-        outcome = run_evaluation(checkpoint, cfg, overrides, tasks, promote=promote)
+        outcome = run_evaluation(checkpoint, cfg, tasks, promote=promote)
     log.info("report: %s", outcome.report_uri)
     if outcome.decision is not None:
         log.info("%s", describe_decision(outcome.decision))

@@ -46,24 +46,34 @@ def setup(tmp_path_factory):
         ray.shutdown()
 
 
+def _splits(jobs):
+    """{(task, dataset): its splits by role} of a plan's jobs."""
+    return {(job.task.name, job.dataset): job.splits for job in jobs}
+
+
 def test_tasks_read_their_datasets_sorted_with_manifest_classes(setup):
-    from vatt.evaluate.data import build_eval_data
+    from vatt.evaluate.data import plan
 
     cfg, _ = setup
-    data = build_eval_data(cfg)
+    jobs, _ = plan(cfg)
     # the generated default: every dataset a task reads, found by its manifest's source, the
     # paper's probe set first (what the flat <task>.<metric> keys mean)
-    assert {task: list(datasets) for task, datasets in data.items()} == {
-        "action_linear": ["synthetic-ucf101", "synthetic-kinetics"],
-        "audio_linear": ["synthetic-esc50", "synthetic-audioset"],
-        "text_video_retrieval": ["synthetic-msrvtt", "synthetic-youcook2"],
-        "video_audio_retrieval": ["synthetic-msrvtt", "synthetic-youcook2"]}
-    data = {task: datasets[next(iter(datasets))] for task, datasets in data.items()}
+    assert [(job.task.name, job.dataset) for job in jobs] == [
+        ("action_linear", "synthetic-ucf101"), ("action_linear", "synthetic-kinetics"),
+        ("audio_linear", "synthetic-esc50"), ("audio_linear", "synthetic-audioset"),
+        ("text_video_retrieval", "synthetic-msrvtt"),
+        ("text_video_retrieval", "synthetic-youcook2"),
+        ("video_audio_retrieval", "synthetic-msrvtt"),
+        ("video_audio_retrieval", "synthetic-youcook2")]
+    first = {}
+    for job in jobs:
+        first.setdefault(job.task.name, job)
+    data = {task: job.splits for task, job in first.items()}
     action, audio = data["action_linear"], data["audio_linear"]
     assert (action["train"].dataset, action["test"].dataset) == ("synthetic-ucf101",) * 2
     assert audio["test"].dataset == "synthetic-esc50"
     assert data["text_video_retrieval"]["test"] is data["video_audio_retrieval"]["test"]
-    assert action["test"].num_classes == 8 and audio["test"].num_classes == 8
+    assert first["action_linear"].num_classes == 8 and first["audio_linear"].num_classes == 8
     assert "video" not in next(iter(audio["train"]))  # audio-only source: no video tensor kept
     # ESC-50 layout: folds 1-4 train, 5 test; the audio probe leaves each fold out in turn
     assert {int(f) for b in audio["train"] for f in b["fold"]} == {1, 2, 3, 4}
@@ -75,12 +85,12 @@ def test_tasks_read_their_datasets_sorted_with_manifest_classes(setup):
 
 
 def test_finetuning_tests_on_windows_times_the_specs_crops(setup):
-    from vatt.evaluate.data import build_eval_data
+    from vatt.evaluate.data import plan
 
     cfg, _ = setup
-    data = build_eval_data(cfg, ["action_linear", "action_finetune"])
-    probe = data["action_linear"]["synthetic-ucf101"]
-    finetune = data["action_finetune"]["synthetic-ucf101"]
+    data = _splits(plan(cfg, ["action_linear", "action_finetune"])[0])
+    probe = data["action_linear", "synthetic-ucf101"]
+    finetune = data["action_finetune", "synthetic-ucf101"]
     # fine-tuning trains on training windows (the loader's augmentation), the probe on its own
     assert finetune["train"].training and not probe["train"].training
     assert finetune["train"].views_per_clip == 1 and probe["train"].views_per_clip == 2
@@ -93,12 +103,11 @@ def test_finetuning_trains_on_augmented_windows_and_tests_on_fixed_ones(setup):
     """The fine-tuning train split through the real loader in training mode: each epoch a new
     random window / crop / flip of every clip (uint8, as the shuffle buffer holds it), the same
     epoch again for the same seed; the test split's evaluation windows the same every time."""
-    from vatt.evaluate.data import build_eval_data
+    from vatt.evaluate.data import plan
 
     cfg, _ = setup
-    data = build_eval_data(cfg, ["action_finetune"],
-                           datasets={"action_finetune": ["synthetic-ucf101"]})
-    train, test = data["action_finetune"]["synthetic-ucf101"].values()
+    [job], _ = plan(cfg, ["action_finetune"], datasets={"action_finetune": ["synthetic-ucf101"]})
+    train, test = job.splits["train"], job.splits["test"]
 
     def per_clip(batches):
         out = {}
@@ -132,13 +141,13 @@ def test_epochs_read_in_one_execution_are_the_epochs_read_one_by_one(setup):
     (`EvalSplit.passes`): the same windows in the same order as reading each epoch on its own
     (`shuffled`: Ray Data's randomize_block_order and the epoch's seeded augmentation), so its
     numbers are those of one execution per epoch; the training stream marks the epochs."""
-    from vatt.evaluate.data import build_eval_data
     from vatt.config import FinetuneConfig
+    from vatt.evaluate.data import plan
     from vatt.evaluate.finetune import _TrainingStream
 
     cfg, _ = setup
-    train = build_eval_data(cfg, ["action_finetune"], datasets={
-        "action_finetune": ["synthetic-ucf101"]})["action_finetune"]["synthetic-ucf101"]["train"]
+    [job], _ = plan(cfg, ["action_finetune"], datasets={"action_finetune": ["synthetic-ucf101"]})
+    train = job.splits["train"]
     seeds = (2, 3, 4)  # two shards: seed 2 reads them in the manifest's order, 3 and 4 not
     one_by_one = [(seed, int(c), video) for seed in seeds for b in train.shuffled(seed)
                   for c, video in zip(b["clip_index"], b["video"])]
@@ -159,11 +168,11 @@ def test_epochs_read_in_one_execution_are_the_epochs_read_one_by_one(setup):
 
 
 def test_missing_dataset_is_a_clear_error(setup):
-    from vatt.evaluate.data import build_eval_data
+    from vatt.evaluate.data import plan
 
     cfg, _ = setup
     with pytest.raises(DataError, match="action_linear.*kinetics"):
-        build_eval_data(cfg, ["action_linear"], datasets={"action_linear": "kinetics"})
+        plan(cfg, ["action_linear"], datasets={"action_linear": "kinetics"})
 
 
 def test_evaluation_encodes_captions_with_the_checkpoints_vocabulary(setup, tmp_path):
@@ -173,7 +182,7 @@ def test_evaluation_encodes_captions_with_the_checkpoints_vocabulary(setup, tmp_
 
     from vatt.config import replace
     from vatt.data.loader import load_vocab_words
-    from vatt.evaluate.data import build_eval_data
+    from vatt.evaluate.data import plan
     from vatt.checkpoints import read_vocabulary
     from vatt.evaluate.pipeline import load_checkpoint_for_eval
     from vatt.model import build_model
@@ -191,15 +200,15 @@ def test_evaluation_encodes_captions_with_the_checkpoints_vocabulary(setup, tmp_
                     vocab_words=words)
 
     def caption_ids(vocab_words=None):
-        split = build_eval_data(moved, ["text_video_retrieval"], vocab_words=vocab_words
-                                )["text_video_retrieval"]["synthetic-msrvtt"]["test"]
+        job = plan(moved, ["text_video_retrieval"], vocab_words=vocab_words)[0][0]
+        split = job.splits["test"]
         return torch.cat([batch["text"] for batch in split])
 
     trained_with = caption_ids()
     shifted = (*words[:2], *reversed(words[2:]))  # what a re-ranked vocabulary does to the ids
     (data / "vocab.json").write_text(json.dumps({"words": list(shifted)}))
     assert read_vocabulary(folder, ObjectStore()) == words
-    assert load_checkpoint_for_eval(folder, (), ObjectStore()).vocab_words == words
+    assert load_checkpoint_for_eval(folder, ObjectStore()).vocab_words == words
     assert torch.equal(caption_ids(read_vocabulary(folder, ObjectStore())), trained_with)
     assert not torch.equal(caption_ids(), trained_with)  # the drift the checkpoint prevents
 
@@ -297,18 +306,17 @@ def test_extraction_memory_does_not_grow_with_the_split(setup, tmp_path):
 
 def test_finetuning_reads_its_splits_from_the_loader(setup):
     from vatt.config import replace
-    from vatt.evaluate.data import build_eval_data
+    from vatt.evaluate.data import plan
     from vatt.evaluate.runner import evaluate_model
     from vatt.model import build_model
 
     cfg, _ = setup
     cfg = replace(cfg, ["eval.finetune.steps=3", "eval.finetune.warmup_steps=1",
                         "eval.finetune.batch_size=4", "eval.finetune.test_crops=1"])
-    data = build_eval_data(cfg, ["action_finetune"],
-                           datasets={"action_finetune": ["synthetic-ucf101"]})
+    jobs, _ = plan(cfg, ["action_finetune"], datasets={"action_finetune": ["synthetic-ucf101"]})
     torch.manual_seed(0)
-    result = evaluate_model(build_model(cfg), cfg, ["action_finetune"], data)
-    test = data["action_finetune"]["synthetic-ucf101"]["test"]
+    result = evaluate_model(build_model(cfg), cfg, jobs)
+    test = jobs[0].splits["test"]
     m = result["metrics"]
     assert m["action_finetune.num_test_windows"] == test.num_clips * test.views_per_clip
     assert 0 <= m["action_finetune.top1"] <= 1 and m["action_finetune.steps"] == 3
@@ -319,7 +327,7 @@ def test_two_datasets_of_one_source_evaluated_in_one_run(setup, tmp_path):
     each other: one evaluation reads both through the loader and gives a row per dataset."""
     from vatt.config import replace
     from vatt.data.ingest import ingest
-    from vatt.evaluate.data import build_eval_data, describe_data
+    from vatt.evaluate.data import describe_jobs, plan
     from vatt.evaluate.runner import evaluate_model
     from vatt.model import build_model
 
@@ -332,11 +340,11 @@ def test_two_datasets_of_one_source_evaluated_in_one_run(setup, tmp_path):
 
     words = load_vocab_words(str(cfg.data.path))  # Kinetics has no captions: the model's words
     cfg = replace(cfg, [f"data.path={tmp_path}"])
-    data = build_eval_data(cfg, ["action_linear"], vocab_words=words)
-    assert sorted(data["action_linear"]) == ["kinetics400", "kinetics600"]
-    assert all(line.startswith("action_linear") for line in describe_data(data))
+    jobs, _ = plan(cfg, ["action_linear"], vocab_words=words)
+    assert [job.dataset for job in jobs] == ["kinetics400", "kinetics600"]
+    assert all(line.startswith("action_linear") for line in describe_jobs(jobs))
     torch.manual_seed(0)
-    results = evaluate_model(build_model(cfg), cfg, ["action_linear"], data)
+    results = evaluate_model(build_model(cfg), cfg, jobs)
     m = results["metrics"]
     for name in ("kinetics400", "kinetics600"):
         # tested on val, the split the paper reports for Kinetics: 8 motions x 1 val clip
@@ -353,14 +361,16 @@ def test_a_promoted_model_measured_otherwise_is_re_measured_on_the_ingested_data
     registry and evaluated on the same ingested split with the candidate's settings (its data
     built for it through the loader) before the gate decides; the same weights give the same
     number, so nothing is promoted."""
+    from vatt.config import replace
     from vatt.evaluate.pipeline import run_evaluation
 
     cfg, folder = setup
     common = [f"eval.registry_path={tmp_path / 'registry'}", f"eval.output_path={tmp_path / 'eval'}"]
     tasks, datasets = ["text_video_retrieval"], {"text_video_retrieval": ["synthetic-msrvtt"]}
-    first = run_evaluation(str(folder), cfg, common, tasks, datasets)
+    first = run_evaluation(str(folder), replace(cfg, common), tasks, datasets)
     assert first.decision.promoted
-    fewer = run_evaluation(str(folder), cfg, [*common, "data.eval_num_windows=1"], tasks, datasets)
+    fewer = run_evaluation(str(folder), replace(cfg, [*common, "data.eval_num_windows=1"]), tasks,
+                           datasets)
     decision = fewer.decision
     assert decision.promoted_value_source == "re-measured", decision.reason
     assert decision.promoted_value == pytest.approx(decision.candidate_value, abs=1e-6)

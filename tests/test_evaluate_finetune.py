@@ -107,7 +107,7 @@ def _dataset(root, name, source, splits, label_names=("a", "b")):
 
 
 def test_kinetics_is_tested_on_val_and_an_unlabelled_test_split_is_skipped(tmp_path):
-    from vatt.evaluate.data import build_eval_data_and_skipped, read_split
+    from vatt.evaluate.data import plan, read_split
 
     # Kinetics as published: val labelled, test.csv without labels
     _dataset(tmp_path, "kinetics400", "kinetics",
@@ -115,13 +115,14 @@ def test_kinetics_is_tested_on_val_and_an_unlabelled_test_split_is_skipped(tmp_p
     # a UCF101 whose test list lost its labels: passed over for val, with the reason
     _dataset(tmp_path, "ucf101", "ucf101", {"train": [0, 1], "val": [0, 1], "test": [-1, -1]})
     cfg = load_config("tiny", [f"data.path={tmp_path}"])
-    data, skipped = build_eval_data_and_skipped(cfg, ["action_finetune", "action_linear"])
-    kinetics = data["action_finetune"]["kinetics400"]
+    jobs, skipped = plan(cfg, ["action_finetune", "action_linear"])
+    data = {(job.task.name, job.dataset): job.splits for job in jobs}
+    kinetics = data["action_finetune", "kinetics400"]
     assert kinetics["test"].splits == ("val",)  # the paper's reported split
     assert kinetics["train"].training and not kinetics["test"].training
-    assert data["action_linear"]["kinetics400"]["test"].splits == ("val",)
-    assert not data["action_linear"]["kinetics400"]["train"].training  # probes: eval windows
-    assert data["action_finetune"]["ucf101"]["test"].splits == ("val",)
+    assert data["action_linear", "kinetics400"]["test"].splits == ("val",)
+    assert not data["action_linear", "kinetics400"]["train"].training  # probes: eval windows
+    assert data["action_finetune", "ucf101"]["test"].splits == ("val",)
     why = skipped["action_finetune@ucf101 split test"]
     assert "split test has a label" in why and why.endswith("evaluated on val")
     assert not any("kinetics400" in key for key in skipped)  # val is read; test never was
@@ -129,12 +130,12 @@ def test_kinetics_is_tested_on_val_and_an_unlabelled_test_split_is_skipped(tmp_p
 
     # only an unlabelled test split: that dataset is skipped with its reason, the rest runs
     _dataset(tmp_path, "kinetics600", "kinetics", {"train": [0, 1], "test": [-1, -1]})
-    data, skipped = build_eval_data_and_skipped(cfg, ["action_finetune"])
-    assert sorted(data["action_finetune"]) == ["kinetics400", "ucf101"]
+    jobs, skipped = plan(cfg, ["action_finetune"])
+    assert sorted(job.dataset for job in jobs) == ["kinetics400", "ucf101"]
     assert "no labelled test split" in skipped["action_finetune@kinetics600"]
     assert "kinetics600's split test has a label" in skipped["action_finetune@kinetics600"]
     # the task's only dataset: the task is skipped, not the evaluation
     only = replace(cfg, ["eval.datasets.action_finetune=[kinetics600]"])
-    data, skipped = build_eval_data_and_skipped(only, ["action_finetune", "action_linear"])
-    assert "action_finetune" not in data and "action_linear" in data
+    jobs, skipped = plan(only, ["action_finetune", "action_linear"])
+    assert {job.task.name for job in jobs} == {"action_linear"}
     assert "Kinetics' test.csv" in skipped["action_finetune"]

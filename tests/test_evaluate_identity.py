@@ -5,8 +5,9 @@ vatt.evaluate.data splits (nothing is decoded: the identity reads manifests only
 import json
 
 from vatt.config import load_config
-from vatt.evaluate.data import read_split
+from vatt.evaluate.data import EvalJob, read_split
 from vatt.evaluate.identity import code_version, differences, evaluation_identity, metric_part
+from vatt.evaluate.tasks import TASKS
 
 
 def _clip(split, i, content="x"):
@@ -28,9 +29,9 @@ def _write(root, name, train=4, test=3, changed_test=None, labels=("walk", "run"
 def _identity(root, overrides=()):
     cfg = load_config("tiny", [f"data.path={root}", *overrides])
     split = {role: read_split(cfg, "msrvtt", role, ["video", "text"]) for role in ("train", "test")}
-    data = {"text_video_retrieval": {"msrvtt": {"test": split["test"]}},
-            "action_linear": {"msrvtt": split}}
-    return evaluation_identity(cfg, data)
+    jobs = [EvalJob(TASKS["text_video_retrieval"], "msrvtt", {"test": split["test"]}),
+            EvalJob(TASKS["action_linear"], "msrvtt", split)]
+    return evaluation_identity(cfg, jobs)
 
 
 def _part(identity, task):

@@ -21,8 +21,8 @@ from vatt.storage import ObjectStore
 def rows(default_pipeline):
     """{metric: {trained, random, chance}} after the default pipeline (`vatt pipeline`: ingest,
     pretrain at the preset's budget, evaluate), its report against its random init."""
-    from vatt.evaluate.data import build_eval_data
-    from vatt.evaluate.pipeline import checkpoint_config
+    from vatt.checkpoints import read_config
+    from vatt.evaluate.data import plan
     from vatt.evaluate.signal import evaluate_random, signal_rows, signal_table
 
     history = json.loads((default_pipeline.checkpoint.parent / "history.json").read_text())
@@ -30,8 +30,8 @@ def rows(default_pipeline):
     assert history[-1]["step"] == load_config("tiny").train.optim.total_steps
     report = json.loads((default_pipeline.report / "results.json").read_text())
     assert Path(report["checkpoint"]).resolve() == default_pipeline.checkpoint.resolve()
-    cfg = checkpoint_config(default_pipeline.checkpoint, (), ObjectStore())
-    found = signal_rows(report["metrics"], evaluate_random(cfg, build_eval_data(cfg)))
+    cfg = read_config(default_pipeline.checkpoint, ObjectStore())
+    found = signal_rows(report["metrics"], evaluate_random(cfg, plan(cfg)[0]))
     print("\n" + signal_table(found))
     return found
 

@@ -6,14 +6,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from vatt.checkpoints import CheckpointError, resolve_checkpoint
-from vatt.config import load_config
-from vatt.evaluate.pipeline import evaluate_checkpoint
+from vatt.checkpoints import CheckpointError, read_config, resolve_checkpoint
+from vatt.config import load_config, replace
+from vatt.evaluate.pipeline import evaluate_checkpoint, load_checkpoint_for_eval
 from vatt.evaluate.registry import Registry, RegistryError
 from vatt.storage import ObjectStore
 from vatt.model import build_model
 from vatt.train.resume import TrainState, save_checkpoint
-from test_evaluate_runner import OVERRIDES, _batches
+from test_evaluate_runner import OVERRIDES, _batches, jobs_of
+
+
+def _load(folder, store=None, overrides=()):
+    """The checkpoint loaded for evaluation: its own config with its evaluation settings plus
+    `overrides` (as `vatt evaluate` gives them)."""
+    store = store or ObjectStore()
+    settings = replace(read_config(folder, store), list(overrides)) if overrides else None
+    return load_checkpoint_for_eval(str(folder), store, settings)
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +42,10 @@ def checkpoint(tmp_path_factory):
 def test_evaluate_checkpoint_twice_same_numbers_and_registry(checkpoint):
     root, folder = checkpoint
     data = {"train": _batches(1, 9), "test": _batches(2, 6)}
-    tasks = {t: data for t in ("action_linear", "text_video_retrieval")}
+    jobs = jobs_of(data, "action_linear", "text_video_retrieval")
     assert resolve_checkpoint("latest", str(root / "runs"), ObjectStore()) == str(folder)
-    first = evaluate_checkpoint(str(folder), tasks, ["action_linear", "text_video_retrieval"],
-                                store=ObjectStore())
-    second = evaluate_checkpoint(str(folder), tasks, ["action_linear", "text_video_retrieval"],
-                                 store=ObjectStore())
+    first = evaluate_checkpoint(_load(folder), jobs, store=ObjectStore())
+    second = evaluate_checkpoint(_load(folder), jobs, store=ObjectStore())
     assert first.results["metrics"] == second.results["metrics"]
     assert first.report_uri != second.report_uri  # each evaluation keeps its own report
     for outcome in (first, second):
@@ -77,9 +83,9 @@ def test_corrupt_checkpoint_is_clear_and_registry_unchanged(checkpoint, tmp_path
         (broken / name).write_bytes((folder / name).read_bytes())
     (broken / "model.pt").write_bytes((folder / "model.pt").read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="corrupt"):
-        evaluate_checkpoint(str(broken), {}, ["action_linear"], store=ObjectStore())
+        _load(broken)
     with pytest.raises(CheckpointError, match="does not exist"):
-        evaluate_checkpoint(str(tmp_path / "missing"), {}, ["action_linear"], store=ObjectStore())
+        _load(tmp_path / "missing")
     with pytest.raises(CheckpointError, match="no checkpoint"):
         resolve_checkpoint("latest", str(tmp_path / "empty"), ObjectStore())
     assert registry.path.read_bytes() == before
@@ -91,15 +97,15 @@ def test_a_task_subset_without_the_promotion_metric_keeps_its_report(checkpoint)
     registry = Registry(root / "registry", ObjectStore())
     before = registry.path.read_bytes() if registry.path.exists() else None
     with pytest.raises(RegistryError, match=r"evaluation itself is saved: .*--no-promote") as err:
-        evaluate_checkpoint(str(folder), {"text_video_retrieval": data}, ["text_video_retrieval"],
+        evaluate_checkpoint(_load(folder), jobs_of(data, "text_video_retrieval"),
                             store=ObjectStore())
     saved = str(err.value).split("evaluation itself is saved: ")[1].split(";")[0]
     results = json.loads((Path(saved) / "results.json").read_text())
     assert "text_video_retrieval.R@10" in results["metrics"]
     assert (registry.path.read_bytes() if registry.path.exists() else None) == before
     # without the gate the same subset is a plain evaluation
-    outcome = evaluate_checkpoint(str(folder), {"text_video_retrieval": data},
-                                  ["text_video_retrieval"], promote=False, store=ObjectStore())
+    outcome = evaluate_checkpoint(_load(folder), jobs_of(data, "text_video_retrieval"),
+                                  promote=False, store=ObjectStore())
     assert outcome.decision is None
 
 
@@ -126,30 +132,35 @@ def test_a_report_in_the_same_second_gets_its_own_folder(tmp_path, monkeypatch):
                        "exp1-step7-20261127T120000Z-3"]
 
 
-def test_evaluation_overrides_cannot_change_the_trained_model(checkpoint):
-    from vatt.config import ConfigError
-    from vatt.evaluate.pipeline import checkpoint_config, load_checkpoint_for_eval
+def test_an_evaluation_takes_the_model_from_the_checkpoint_and_only_its_settings(checkpoint,
+                                                                               caplog):
+    """The evaluated config is the checkpoint's model and input with the evaluation's settings
+    (eval.*, storage.*, data.path, windows and captions per clip), whatever the evaluation's
+    config says of the model; an override of the model or its input is named in a warning as
+    not applied, not silently dropped."""
+    from vatt.evaluate.pipeline import note_unused_overrides
 
     _, folder = checkpoint
-    saved = checkpoint_config(folder, (), ObjectStore())
-    for override in ("model.video.drop_rate=0.1", "model.heads.va_dim=32",
-                     "model.audio.input_scale=1.0", "data.frame_size=32"):
-        with pytest.raises(ConfigError, match=override.replace(".", r"\.")):
-            checkpoint_config(folder, [override], ObjectStore())
-    with pytest.raises(ConfigError, match="model.sharing=agnostic"):
-        load_checkpoint_for_eval(folder, ["model.sharing=agnostic"], ObjectStore())
-    # evaluation settings, and a model key set to the value it was trained with, are fine
-    same = f"model.video.drop_rate={saved.model.video.drop_rate}"
-    cfg = checkpoint_config(folder, ["eval.probe.epochs=3", same, "data.path=elsewhere"],
-                            ObjectStore())
-    assert cfg.eval.probe.epochs == 3 and cfg.data.path == "elsewhere"
-    assert cfg.model == saved.model
+    saved = read_config(folder, ObjectStore())
+    unused = ["model.video.drop_rate=0.1", "model.heads.va_dim=32", "data.frame_size=32"]
+    taken = ["eval.probe.epochs=3", "data.path=elsewhere", "data.eval_num_windows=1",
+             "train.storage_path=runs"]
+    with caplog.at_level("WARNING", logger="vatt.evaluate"):
+        assert note_unused_overrides([*taken, *unused]) == unused
+    assert "data.frame_size=32: not applied" in caplog.text
+    caplog.clear()
+    assert note_unused_overrides(taken) == [] and not caplog.text
+    settings = load_config("tiny", ["model.sharing=agnostic", "data.frame_size=32",
+                                    "eval.probe.epochs=3", "data.path=elsewhere",
+                                    "data.eval_num_windows=1"])
+    cfg = load_checkpoint_for_eval(folder, ObjectStore(), settings).config
+    assert cfg.eval == settings.eval and cfg.data.path == "elsewhere"
+    assert cfg.data.eval_num_windows == 1 and cfg.data.frame_size == saved.data.frame_size
+    assert cfg.model == saved.model and cfg.name == saved.name
 
 
 def test_a_saved_config_is_data_its_interpolations_are_refused(checkpoint, tmp_path, monkeypatch):
     import shutil
-
-    from vatt.evaluate.pipeline import checkpoint_config
 
     _, folder = checkpoint
     copy = tmp_path / "checkpoint_00000007"
@@ -159,7 +170,7 @@ def test_a_saved_config_is_data_its_interpolations_are_refused(checkpoint, tmp_p
     (copy / "config.yaml").write_text(
         text.replace("output_path: ", "output_path: ${oc.env:VATT_TEST_SECRET}", 1))
     with pytest.raises(CheckpointError, match=r"interpolations at eval\.output_path") as refused:
-        checkpoint_config(copy, (), ObjectStore())
+        read_config(copy, ObjectStore())
     assert "hunter2" not in str(refused.value)
 
 
@@ -168,8 +179,6 @@ def test_a_promoted_model_outlives_its_runs_checkpoints(checkpoint, tmp_path):
     registry keeps its own copy of what it promoted."""
     import shutil
 
-    from vatt.evaluate.pipeline import load_checkpoint_for_eval
-
     _, folder = checkpoint
     run = tmp_path / "runs" / "exp2" / "checkpoint_00000007"
     shutil.copytree(folder, run)
@@ -177,11 +186,11 @@ def test_a_promoted_model_outlives_its_runs_checkpoints(checkpoint, tmp_path):
     decision = registry.consider(run, config={"name": "tiny"}, data_version={"md5": "d41d8cd9"},
                                  metrics={"action_linear.top1": 0.5}, metric="action_linear.top1")
     assert decision.promoted
-    expected = load_checkpoint_for_eval(run, (), ObjectStore()).model.state_dict()
+    expected = load_checkpoint_for_eval(run, ObjectStore()).model.state_dict()
     shutil.rmtree(run)  # rotated away by the run's later checkpoints
     promoted = registry.promoted
     assert promoted["source_checkpoint"] == str(run)
-    loaded = load_checkpoint_for_eval(promoted["checkpoint"], (), ObjectStore())
+    loaded = load_checkpoint_for_eval(promoted["checkpoint"], ObjectStore())
     assert loaded.step == 7
     for name, tensor in loaded.model.state_dict().items():
         assert torch.equal(tensor, expected[name])
@@ -205,14 +214,13 @@ def test_an_evaluation_reads_each_checkpoint_file_once(checkpoint):
 
     store = CountingStore()
     data = {"test": _batches(2, 6)}
-    outcome = evaluate_checkpoint(str(folder), {"text_video_retrieval": data},
-                                  ["text_video_retrieval"], promote=False, store=store)
+    outcome = evaluate_checkpoint(load_checkpoint_for_eval(str(folder), store),
+                                  jobs_of(data, "text_video_retrieval"), promote=False,
+                                  store=store)
     assert outcome.results["step"] == 7
     assert store.reads["model.pt"] == 1 and store.reads["config.yaml"] == 1
     assert max(store.reads.values()) == 1, store.reads
-    from vatt.evaluate.pipeline import load_checkpoint_for_eval
-
-    loaded = load_checkpoint_for_eval(folder, (), ObjectStore())
+    loaded = load_checkpoint_for_eval(folder, ObjectStore())
     assert loaded.weights_sha256 == hashlib.sha256((folder / "model.pt").read_bytes()).hexdigest()
 
 
@@ -234,11 +242,11 @@ def test_an_s3_checkpoint_is_evaluated_through_the_configured_store(checkpoint, 
                                       connect_timeout_s=1))
     found = resolve_checkpoint("latest", f"{prefix}/runs", store)
     assert found == f"{prefix}/runs/exp1/checkpoint_00000007"
-    outcome = evaluate_checkpoint(found, {"action_linear": {"train": _batches(1, 9),
-                                                            "test": _batches(2, 6)}},
-                                  ["action_linear"], store=store,
-                                  overrides=[f"eval.output_path={prefix}/eval",
-                                             f"eval.registry_path={prefix}/registry"])
+    loaded = _load(found, store, [f"eval.output_path={prefix}/eval",
+                                  f"eval.registry_path={prefix}/registry"])
+    outcome = evaluate_checkpoint(loaded, jobs_of({"train": _batches(1, 9),
+                                                   "test": _batches(2, 6)}, "action_linear"),
+                                  store=store)
     assert outcome.report_uri.startswith(f"{prefix}/eval/exp1-step7-")
     assert store.exists(f"{outcome.report_uri}/results.json")
     promoted = Registry(f"{prefix}/registry", store).promoted
@@ -265,8 +273,8 @@ def test_a_changed_split_re_measures_the_promoted_model(checkpoint, tmp_path):
     store = ObjectStore()
 
     def evaluate(checkpoint, data, promote=True):
-        return evaluate_checkpoint(str(checkpoint), {"text_video_retrieval": data},
-                                   ["text_video_retrieval"], overrides, promote, store=store)
+        return evaluate_checkpoint(_load(checkpoint, store, overrides),
+                                   jobs_of(data, "text_video_retrieval"), promote, store=store)
 
     assert evaluate(folder, old).decision.promoted  # the first model
     champion_on_new = evaluate(folder, new, promote=False).results["metrics"]

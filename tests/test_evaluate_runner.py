@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from vatt.config import ConfigError, load_config
+from vatt.evaluate.data import EvalJob
 from vatt.evaluate.features import extract_features
 from vatt.evaluate.runner import evaluate_model
+from vatt.evaluate.tasks import TASKS
 from vatt.model import build_model
 
 OVERRIDES = ["model.video.num_layers=1", "model.audio.num_layers=1", "model.text.num_layers=1",
@@ -35,6 +37,11 @@ def _batches(seed, num_videos, windows=2, num_classes=3, batch_size=6, with_text
     return batches
 
 
+def jobs_of(splits, *tasks, dataset="batches"):
+    """One job per task on the same batches held in memory (their features extracted once)."""
+    return [EvalJob(TASKS[task], dataset, splits) for task in tasks]
+
+
 @pytest.fixture(scope="module")
 def setup():
     cfg = load_config("tiny", OVERRIDES)
@@ -52,9 +59,9 @@ def test_features_one_caption_per_video(setup):
 
 def test_evaluate_model_all_tasks_deterministic(setup):
     cfg, model, data = setup
-    tasks = {t: data for t in cfg.eval.tasks}
-    first = evaluate_model(model, cfg, data=tasks)
-    second = evaluate_model(model, cfg, data=tasks)
+    jobs = jobs_of(data, *cfg.eval.tasks)
+    first = evaluate_model(model, cfg, jobs)
+    second = evaluate_model(model, cfg, jobs)
     assert first == second  # the same model evaluated twice gives the same numbers
     m = first["metrics"]
     for name in ("action_linear.top1", "action_linear.top5", "audio_linear.top1",
@@ -73,16 +80,15 @@ def test_multilabel_and_folds(setup):
     multi = [dict(b, labels=torch.nn.functional.one_hot(b["label"], 3).float()) for b in data["test"]]
     multi_train = [dict(b, labels=torch.nn.functional.one_hot(b["label"], 3).float())
                    for b in data["train"]]
-    result = evaluate_model(model, cfg, ["audio_linear"],
-                            {"audio_linear": {"train": multi_train, "test": multi}})
+    result = evaluate_model(model, cfg,
+                            jobs_of({"train": multi_train, "test": multi}, "audio_linear"))
     assert {"audio_linear.mAP", "audio_linear.AUC", "audio_linear.d_prime"} <= set(result["metrics"])
     # ESC-50 style: the train split holds folds 1-4, the test split fold 5; the probe leaves
     # each of the five folds out in turn over both splits and averages top-1
     train = [dict(b, fold=np.array([int(v.split("_")[1]) % 4 + 1 for v in b["video_id"]]))
              for b in data["train"]]
     test = [dict(b, fold=np.full(len(b["video_id"]), 5)) for b in data["test"]]
-    result = evaluate_model(model, cfg, ["audio_linear"],
-                            {"audio_linear": {"train": train, "test": test}})
+    result = evaluate_model(model, cfg, jobs_of({"train": train, "test": test}, "audio_linear"))
     assert result["metrics"]["audio_linear.num_folds"] == 5
     per_fold = result["tasks"]["audio_linear@batches"]["metrics"]["top1_per_fold"]
     assert len(per_fold) == 5 and result["metrics"]["audio_linear.top1"] == np.mean(per_fold)
@@ -90,20 +96,22 @@ def test_multilabel_and_folds(setup):
     assert np.asarray(result["tasks"]["audio_linear@batches"]["confusion"]).sum() == 20
     # without folds (0 = none) the train -> test protocol applies
     plain = [dict(b, fold=np.zeros(len(b["video_id"]), dtype=np.int64)) for b in data["test"]]
-    result = evaluate_model(model, cfg, ["audio_linear"],
-                            {"audio_linear": {"train": data["train"], "test": plain}})
+    result = evaluate_model(model, cfg,
+                            jobs_of({"train": data["train"], "test": plain}, "audio_linear"))
     assert "audio_linear.num_folds" not in result["metrics"]
 
 
 def test_clear_errors(setup):
     cfg, model, data = setup
+    from vatt.evaluate.data import plan
+
     with pytest.raises(ConfigError, match="allowed"):
-        evaluate_model(model, cfg, ["action_finetune_typo"], {})
+        plan(cfg, ["action_finetune_typo"])
     no_text = {"test": _batches(3, 4, with_text=False)}
     with pytest.raises(ValueError, match="no caption"):
-        evaluate_model(model, cfg, ["text_video_retrieval"], {"text_video_retrieval": no_text})
+        evaluate_model(model, cfg, jobs_of(no_text, "text_video_retrieval"))
     with pytest.raises(KeyError, match="needs split 'train'"):
-        evaluate_model(model, cfg, ["action_linear"], {"action_linear": no_text})
+        jobs_of(no_text, "action_linear")
 
 
 def test_finetuning_learns_the_classes_and_leaves_the_model_alone(setup):
@@ -113,9 +121,9 @@ def test_finetuning_learns_the_classes_and_leaves_the_model_alone(setup):
     cfg = replace(cfg, ["eval.finetune.steps=60", "eval.finetune.warmup_steps=6",
                         "eval.finetune.batch_size=8"])
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    tasks = {"action_finetune": data}
-    first = evaluate_model(model, cfg, ["action_finetune"], tasks)
-    second = evaluate_model(model, cfg, ["action_finetune"], tasks)
+    jobs = jobs_of(data, "action_finetune")
+    first = evaluate_model(model, cfg, jobs)
+    second = evaluate_model(model, cfg, jobs)
     assert first["metrics"] == second["metrics"]  # seeded: same numbers twice
     m = first["metrics"]
     # the windows' pixels follow the class: the fine-tuned backbone separates the 8 test videos
@@ -125,7 +133,7 @@ def test_finetuning_learns_the_classes_and_leaves_the_model_alone(setup):
     with pytest.raises(ValueError, match="through evaluate_model"):
         from vatt.evaluate.runner import evaluate_features
 
-        evaluate_features({"action_finetune": {}}, cfg, ["action_finetune"])
+        evaluate_features(jobs, cfg)
 
 
 def test_eval_device_is_checked_and_names_the_option():

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from vatt.config import load_config, replace
+from vatt.evaluate.data import EvalJob
 from vatt.evaluate.features import Features
 from vatt.evaluate.runner import evaluate_features, evaluate_model
-from vatt.evaluate.tasks import TASKS, Task, register
+from vatt.evaluate.tasks import TASKS, Labels, Protocol, Task, register
 from vatt.model import build_model
 
 OVERRIDES = ["model.video.num_layers=1", "model.audio.num_layers=1", "model.text.num_layers=1",
@@ -24,7 +25,7 @@ def setup():
     return cfg, build_model(cfg)
 
 
-def _segments(source):
+def _segments():
     """Two videos of two annotated segments each, two windows per segment, each segment's
     caption its own clip's embedding. Video B's segments average to e2, which is segment a2's
     picture: per video, a2's caption finds video B; per segment, it finds its own segment."""
@@ -38,16 +39,17 @@ def _segments(source):
                 "video_id": np.array([c.split("/")[0] for c in segments]),
                 "clip_id": np.array(list(segments)),
                 "text_key": np.array(["t1", "t2", "t3", "t4"])}
-    features = Features(windows, captions)
-    features.source = source  # what an EvalSplit of that dataset says
-    return {"test": features}
+    return {"test": Features(windows, captions)}
+
+
+def _retrieval(dataset, splits):
+    return EvalJob(TASKS["text_video_retrieval"], dataset, splits, source=dataset)
 
 
 def test_youcook2_retrieval_counts_segments_as_items(setup):
     cfg, _ = setup
-    results = evaluate_features({"text_video_retrieval": {"youcook2": _segments("youcook2"),
-                                                          "msrvtt": _segments("msrvtt")}},
-                                cfg, ["text_video_retrieval"])
+    results = evaluate_features([_retrieval("youcook2", _segments()),
+                                 _retrieval("msrvtt", _segments())], cfg)
     m = results["metrics"]
     # YouCook2: 4 segment items, every caption finds its own segment
     assert m["text_video_retrieval@youcook2.num_items"] == 4
@@ -63,10 +65,9 @@ def test_youcook2_retrieval_counts_segments_as_items(setup):
 
 def test_per_video_retrieval_merges_a_caption_shared_by_clips(setup):
     cfg, _ = setup
-    split = _segments("msrvtt")
+    split = _segments()
     split["test"].captions["text_key"] = np.array(["same", "same", "t3", "t4"])  # A's clips
-    m = evaluate_features({"text_video_retrieval": {"msrvtt": split}}, cfg,
-                          ["text_video_retrieval"])["metrics"]
+    m = evaluate_features([_retrieval("msrvtt", split)], cfg)["metrics"]
     assert m["text_video_retrieval.num_queries"] == 3  # one query per (video, caption)
 
 
@@ -93,9 +94,9 @@ def test_audio_finetune_learns_a_multilabel_toy(setup):
     cfg = replace(cfg, ["eval.finetune.steps=80", "eval.finetune.warmup_steps=8",
                         "eval.finetune.batch_size=8", "eval.finetune.lr=0.05"])
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    data = {"audio_finetune": {"audioset": {"train": _audio_batches(1, 24),
-                                            "test": _audio_batches(2, 12)}}}
-    result = evaluate_model(model, cfg, ["audio_finetune"], data)
+    job = EvalJob(TASKS["audio_finetune"], "audioset", {"train": _audio_batches(1, 24),
+                                                        "test": _audio_batches(2, 12)})
+    result = evaluate_model(model, cfg, [job])
     m = result["metrics"]
     # the tones are the labels: the fine-tuned audio backbone ranks every class nearly right
     assert m["audio_finetune.mAP"] >= 0.9 and m["audio_finetune.AUC"] >= 0.9, m
@@ -132,9 +133,9 @@ def test_image_finetune_fills_one_temporal_patch(setup):
         ImageToPatch(temporal, "image_finetune")(torch.zeros(1, temporal + 1, 64, 64, 3))
     cfg = replace(cfg, ["eval.finetune.steps=40", "eval.finetune.warmup_steps=4",
                         "eval.finetune.batch_size=8"])
-    data = {"image_finetune": {"imagenet": {"train": _image_batches(1, 24),
-                                            "test": _image_batches(2, 12)}}}
-    m = evaluate_model(model, cfg, ["image_finetune"], data)["metrics"]
+    job = EvalJob(TASKS["image_finetune"], "imagenet", {"train": _image_batches(1, 24),
+                                                        "test": _image_batches(2, 12)})
+    m = evaluate_model(model, cfg, [job])["metrics"]
     assert m["image_finetune.top1"] >= 0.9 and m["image_finetune.num_test_windows"] == 12, m
 
 
@@ -156,29 +157,19 @@ def _action_batches(seed, num_videos, num_classes=3, windows=2, batch_size=6):
              "video_id": ids[s:s + batch_size]} for s in range(0, len(labels), batch_size)]
 
 
-class _Named(list):
-    """Batches held in memory that carry a manifest's class names, as an EvalSplit does."""
-
-    def __init__(self, batches, names, source):
-        super().__init__(batches)
-        self.label_names, self.source = names, source
-
-    @property
-    def num_classes(self):
-        return len(self.label_names)
-
-
 def test_action_on_two_datasets_gives_two_rows(setup, tmp_path):
     from vatt.evaluate.report import result_rows, write_report_folder
 
     cfg, model = setup
     names = ["archery", "bowling", "surfing"]
-    ucf = {"train": _Named(_action_batches(1, 12), names, "ucf101"),
-           "test": _Named(_action_batches(2, 6), names, "ucf101")}
-    kinetics = {"train": _Named(_action_batches(3, 12), names, "kinetics"),
-                "test": _Named(_action_batches(4, 9), names, "kinetics")}
-    results = evaluate_model(model, cfg, ["action_linear"],
-                             {"action_linear": {"ucf101": ucf, "kinetics400": kinetics}})
+    # jobs of batches held in memory with a manifest's class names and source, as plan makes
+    ucf = EvalJob(TASKS["action_linear"], "ucf101", {"train": _action_batches(1, 12),
+                                                     "test": _action_batches(2, 6)},
+                  source="ucf101", label_names=tuple(names))
+    kinetics = EvalJob(TASKS["action_linear"], "kinetics400", {"train": _action_batches(3, 12),
+                                                               "test": _action_batches(4, 9)},
+                       source="kinetics", label_names=tuple(names))
+    results = evaluate_model(model, cfg, [ucf, kinetics])
     m = results["metrics"]
     assert results["datasets"] == {"action_linear": ["ucf101", "kinetics400"]}
     assert m["action_linear@ucf101.num_test_videos"] == 6
@@ -256,13 +247,14 @@ def test_adding_a_task_is_one_entry(setup):
         return {"metrics": {"mean_norm": float(np.linalg.norm(pooled, axis=1).mean()),
                             "windows": len(pooled)}}
 
-    register(Task("toy_norm", "mean feature norm", ("video",), ("ucf101",), ("test",),
-                  "zero-shot", ("mean_norm",), "none", mean_norm))
+    register(Task(name="toy_norm", description="mean feature norm", modalities=("video",),
+                  sources=("ucf101",), splits=("test",), protocol=Protocol.zero_shot,
+                  metrics=("mean_norm",), labels=Labels.none, run=mean_norm))
     try:
         batches = _action_batches(5, 4)
-        result = evaluate_model(model, cfg, ["toy_norm", "action_linear"],
-                                {"toy_norm": {"test": batches},
-                                 "action_linear": {"train": batches, "test": batches}})
+        result = evaluate_model(model, cfg, [
+            EvalJob(TASKS["toy_norm"], "batches", {"test": batches}),
+            EvalJob(TASKS["action_linear"], "batches", {"train": batches, "test": batches})])
         with torch.no_grad():
             model.eval()
             expected = torch.cat([model.backbones["video"](b["video"]) for b in batches])
@@ -274,3 +266,41 @@ def test_adding_a_task_is_one_entry(setup):
             register(TASKS["toy_norm"])
     finally:
         TASKS.pop("toy_norm", None)
+
+
+def _labelled_manifest(folder, source, splits, labelled=True):
+    """A manifest of one clip per split (no media: planning reads the manifest only)."""
+    clips = [{"clip_id": f"{split}0", "video_id": f"{split}0", "shard": f"{split}-0.tar",
+              "label": 0 if labelled or split == "train" else -1} for split in splits]
+    _manifest(folder, source, label_names=["archery", "bowling"],
+              splits={split: {"shards": [f"{split}-0.tar"]} for split in splits}, clips=clips)
+
+
+def test_plan_is_a_flat_list_of_jobs_and_what_was_skipped(tmp_path):
+    """plan: one job per (task, dataset) with its splits by role, its source and class names;
+    a split read by several jobs is one object (its features are extracted once); a task
+    without data, and a dataset without a labelled test split, are skipped with the reason."""
+    from vatt.evaluate.data import EvalSplit, plan
+
+    _labelled_manifest(tmp_path / "ucf101", "ucf101", ("train", "test"))
+    _labelled_manifest(tmp_path / "ucf101-nolabels", "ucf101", ("train", "test"), labelled=False)
+    _labelled_manifest(tmp_path / "synthetic-msrvtt", "synthetic-msrvtt", ("test",))
+    cfg = load_config("tiny", [f"data.path={tmp_path}"])
+    jobs, skipped = plan(cfg, ["action_linear", "text_video_retrieval", "video_audio_retrieval",
+                               "audio_finetune"], optional=["audio_finetune"])
+    assert [(j.task.name, j.dataset, tuple(j.splits), j.source) for j in jobs] == [
+        ("action_linear", "ucf101", ("train", "test"), "ucf101"),
+        ("text_video_retrieval", "synthetic-msrvtt", ("test",), "msrvtt"),
+        ("video_audio_retrieval", "synthetic-msrvtt", ("test",), "msrvtt")]
+    assert jobs[0].key == "action_linear@ucf101" and jobs[0].num_classes == 2
+    assert jobs[0].label_names == ("archery", "bowling")
+    assert all(isinstance(s, EvalSplit) for j in jobs for s in j.splits.values())
+    # the retrieval jobs read the same test split: one EvalSplit with both tasks' columns
+    shared = jobs[1].splits["test"]
+    assert shared is jobs[2].splits["test"] and {"video", "audio", "text"} <= shared.columns
+    assert set(skipped) == {"audio_finetune", "action_linear@ucf101-nolabels"}
+    assert "no ingested dataset of source audioset" in skipped["audio_finetune"]
+    assert skipped["action_linear@ucf101-nolabels"].startswith("no labelled test split")
+    # the same, asked for the unlabelled dataset alone: the task itself is skipped
+    jobs, skipped = plan(cfg, ["action_linear"], {"action_linear": ["ucf101-nolabels"]})
+    assert jobs == [] and list(skipped) == ["action_linear"]

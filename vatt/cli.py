@@ -119,18 +119,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                   "action_linear=ucf101", file=sys.stderr)
             return 2
         datasets.setdefault(task, []).append(name)
-    from vatt.evaluate.pipeline import (describe_decision, outcome_summary,
-                                        run_evaluation_on_worker)
+    from vatt.evaluate.pipeline import (describe_decision, note_unused_overrides,
+                                        outcome_summary, run_evaluation_on_worker)
     from vatt.evaluate.registry import Decision
 
+    note_unused_overrides(args.overrides)  # the model and its input are the checkpoint's
     cfg = load_config(args.preset, args.overrides)
     try:
         if args.on_worker:  # a RayJob's driver: the work goes to a worker with the accelerator
-            summary = run_evaluation_on_worker(args.checkpoint, cfg, args.overrides, args.tasks,
-                                               datasets, promote=not args.no_promote)
+            summary = run_evaluation_on_worker(args.checkpoint, cfg, args.tasks, datasets,
+                                               promote=not args.no_promote)
         else:
-            summary = outcome_summary(run_evaluation(args.checkpoint, cfg, args.overrides,
-                                                     args.tasks, datasets,
+            summary = outcome_summary(run_evaluation(args.checkpoint, cfg, args.tasks, datasets,
                                                      promote=not args.no_promote))
     except (CheckpointError, RegistryError, DataError) as err:
         print(f"vatt evaluate: {err}", file=sys.stderr)
@@ -450,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="downstream evaluation of a checkpoint (probes, "
                                                "zero-shot retrieval), report, promotion gate")
-    _add_config_args(evaluate)  # eval.*, data.path=... (applied to the checkpoint's config)
+    _add_config_args(evaluate)  # eval.*, data.path=... (the model is the checkpoint's)
     evaluate.add_argument("--checkpoint", default="latest",
                           help="checkpoint folder or s3:// prefix, or 'latest' (newest under "
                                "train.storage_path)")

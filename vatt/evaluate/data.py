@@ -1,7 +1,10 @@
-"""Evaluation data: the ingested datasets -> `data[task][dataset][split]` for `evaluate_model`.
+"""Evaluation data: the ingested datasets -> a flat plan of jobs for `evaluate_model`.
 
-    data = build_eval_data(cfg, tasks)                 # reads cfg.data.path (local or s3://)
-    outcome = evaluate_checkpoint(loaded, data, tasks, store=store)
+    jobs, skipped = plan(cfg, tasks)        # reads cfg.data.path (local or s3://)
+    outcome = evaluate_checkpoint(loaded, jobs, store=store, skipped=skipped)
+
+A job (`EvalJob`) is one task on one dataset: the task, the dataset folder, its splits by role
+and the manifest's source and class names.
 
 Which datasets feed a task: every dataset folder `vatt ingest` wrote under data.path (a
 `manifest.json`) whose manifest `source` (the reader that wrote it: kinetics, ucf101, mit,
@@ -40,10 +43,10 @@ needs video (audio_linear, audio_finetune) is read without decoding it: the load
 frames and their crop and jitter, and every other column, training noise included, is what a
 read with video gives (a split shared with a video task decodes it).
 
-A split is an `EvalSplit`: re-iterable batches that also carry the dataset's `num_classes`,
-`label_names` and `source` from its manifest, which the probes use instead of "largest label
-seen + 1", and its size (`num_clips`, `views_per_clip`) without reading it. A train role may
-read several manifest splits one after the other (AudioSet balanced + unbalanced).
+A split is an `EvalSplit`: re-iterable batches that know their size (`num_clips`,
+`views_per_clip`) without reading them. A train role may read several manifest splits one after
+the other (AudioSet balanced + unbalanced). The job carries the manifest's class names, which
+the probes use instead of "largest label seen + 1".
 """
 
 from __future__ import annotations
@@ -80,8 +83,7 @@ def dataset_source(manifest: dict, folder: str) -> tuple[str, bool]:
 
 class EvalSplit:
     """One dataset split (or several, read one after the other), read through the loader each
-    time it is iterated (see the module doc), with the manifest's class vocabulary, source and
-    the split's size."""
+    time it is iterated (see the module doc), with the split's size."""
 
     def __init__(self, cfg: Config, dataset: str, split: str | tuple[str, ...],
                  columns: Iterable[str], num_windows: int, num_crops: int, batch_size: int,
@@ -96,18 +98,12 @@ class EvalSplit:
             self.columns.add("text_mask")
         self.num_windows, self.num_crops, self.batch_size = num_windows, num_crops, batch_size
         self.vocab_words = vocab_words
-        self.label_names = list(manifest.get("label_names") or [])
-        self.source, self.generated = dataset_source(manifest, dataset)
         shards = {s for name in self.splits for s in manifest["splits"][name]["shards"]}
         clips = [c for c in manifest["clips"] if c.get("shard") in shards]
         self.num_clips = len(clips)
         self.num_videos = len({c.get("video_id", c.get("clip_id")) for c in clips})
         # training: one window per clip and pass, its place and crop drawn by the loader
         self.views_per_clip = 1 if training else num_windows * num_crops
-
-    @property
-    def num_classes(self) -> Optional[int]:
-        return len(self.label_names) or None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self.batches()
@@ -318,108 +314,117 @@ def read_split(cfg: Config, dataset: str, split: str | tuple[str, ...], columns:
                      num_crops, batch_size or cfg.eval.batch_size, vocab_words, manifest)
 
 
-def build_eval_data(cfg: Config, tasks: Optional[Iterable[str]] = None,
-                    datasets: Optional[Mapping[str, Iterable[str] | str]] = None,
-                    num_windows: Optional[int] = None,
-                    vocab_words: Optional[tuple[str, ...]] = None,
-                    optional: Iterable[str] = ()) -> dict[str, dict[str, dict[str, EvalSplit]]]:
-    """data[task][dataset][split] for `tasks` (default cfg.eval.tasks) on the datasets
-    `choose_datasets` picks. A (dataset, splits, crops) used by several tasks is read once,
-    with every column they need, and shared (so evaluate_model extracts its features once).
-    Captions are encoded with `vocab_words`, the evaluated checkpoint's vocabulary (default:
-    the data's vocab.json). Tasks of `optional` without data are left out (see
-    `choose_datasets`; `skipped_tasks` says why)."""
-    data, _ = build_eval_data_and_skipped(cfg, tasks, datasets, num_windows, vocab_words,
-                                          optional)
-    return data
+@dataclass(frozen=True)
+class EvalJob:
+    """One task on one dataset: what the runner runs, the identity hashes and the report names.
+    `splits` maps each role the task reads ("train", "test") to re-iterable batches: an
+    EvalSplit, batches held in memory (a list), or extracted Features (`evaluate_features`).
+    Jobs reading the same split share its object, so its features are extracted once."""
+
+    task: Task
+    dataset: str  # the dataset folder (a name of one's own for batches held in memory)
+    splits: Mapping[str, Any]
+    source: Optional[str] = None  # the manifest's source (the reader), None when unknown
+    label_names: tuple[str, ...] = ()  # the manifest's class names
+
+    def __post_init__(self) -> None:
+        for role in self.task.splits:
+            if role not in self.splits:
+                raise KeyError(f"task '{self.task.name}' needs split '{role}' of {self.dataset}; "
+                               f"got {sorted(self.splits)}")
+
+    @property
+    def key(self) -> str:
+        """"<task>@<dataset>": the job's key in the results."""
+        return result_key(self.task.name, self.dataset)
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        return len(self.label_names) or None
 
 
-def build_eval_data_and_skipped(cfg: Config, tasks: Optional[Iterable[str]] = None,
-                                datasets: Optional[Mapping[str, Iterable[str] | str]] = None,
-                                num_windows: Optional[int] = None,
-                                vocab_words: Optional[tuple[str, ...]] = None,
-                                optional: Iterable[str] = ()
-                                ) -> tuple[dict[str, dict[str, dict[str, EvalSplit]]],
-                                           dict[str, str]]:
-    """`build_eval_data` and {what was skipped: why}: a task without data (see
-    `choose_datasets`), a task's dataset without a labelled test split ("<task>@<dataset>"; the
-    task itself when that was its only dataset) and a test split passed over for lack of labels
-    ("<task>@<dataset> split <name>"). A fine-tuning task's train split is read in training
-    mode (the loader's augmentation), so it is not shared with a probe's."""
+def plan(cfg: Config, tasks: Optional[Iterable[str]] = None,
+         datasets: Optional[Mapping[str, Iterable[str] | str]] = None, *,
+         num_windows: Optional[int] = None, vocab_words: Optional[tuple[str, ...]] = None,
+         optional: Iterable[str] = ()) -> tuple[list[EvalJob], dict[str, str]]:
+    """(the jobs, {what was skipped: why}) of evaluating `tasks` (default cfg.eval.tasks) on
+    the datasets `choose_datasets` picks: a job per (task, dataset), in the order of `tasks`
+    and then of the task's datasets (the first is the one the flat keys mean). A (dataset,
+    splits, crops) read by several jobs is one EvalSplit, read with every column they need (so
+    evaluate_model extracts its features once); a fine-tuning task's train split is read in
+    training mode (the loader's augmentation), so it is not shared with a probe's. Captions
+    are encoded with `vocab_words`, the evaluated checkpoint's vocabulary (default: the data's
+    vocab.json). Skipped: a task of `optional` without data, a task's dataset without a
+    labelled test split ("<task>@<dataset>"; the task itself when that was its only dataset)
+    and a test split passed over for lack of labels ("<task>@<dataset> split <name>")."""
     tasks = check_tasks(tasks or cfg.eval.tasks)
     chosen, skipped = choose_datasets(cfg, tasks, datasets, optional)
     manifests = {name: read_manifest(str(cfg.data.path), name, cfg.storage)
                  for names in chosen.values() for name in names}
 
-    def choice(task: str, dataset: str, role: str) -> SplitChoice:
-        spec = TASKS[task]
+    def choice(spec: Task, dataset: str, role: str) -> SplitChoice:
         needed_by = spec.name + (" (eval.audioset_train picks balanced / unbalanced / both)"
                                  if spec.split_names is not None else "")
         source, _ = dataset_source(manifests[dataset], dataset)
         return _split_names(manifests[dataset], spec.manifest_splits(cfg, role, source), role,
                             dataset, needed_by, needs_labels=spec.needs_labels)
 
-    choices = {(task, dataset, role): choice(task, dataset, role) for task, names in
-               chosen.items() for dataset in names for role in TASKS[task].splits}
-    for task in list(chosen):
-        for dataset in list(chosen[task]):
-            test = choices.get((task, dataset, "test"))
-            if test is None:
+    # (task, dataset) -> {role: (dataset, manifest splits, crops, training)}: what it reads
+    reads: dict[tuple[str, str], dict[str, tuple[str, tuple[str, ...], int, bool]]] = {}
+    for task, names in chosen.items():
+        spec, kept = TASKS[task], []
+        for index, dataset in enumerate(names):
+            roles = {role: choice(spec, dataset, role) for role in spec.splits}
+            test = roles.get("test")
+            if test is not None and not test.names:  # the task's only dataset: the task
+                others = kept + names[index + 1:]
+                skipped[result_key(task, dataset) if others else task] = \
+                    f"no labelled test split: {'; '.join(test.passed_over.values())}"
                 continue
-            reasons = "; ".join(test.passed_over.values())
-            if test.names:
+            if test is not None:
                 skipped.update({f"{result_key(task, dataset)} split {name}":
                                 f"{why}; evaluated on {test.names[0]}"
                                 for name, why in test.passed_over.items()})
-                continue
-            chosen[task].remove(dataset)
-            skipped[result_key(task, dataset) if chosen[task] else task] = \
-                f"no labelled test split: {reasons}"
-        if not chosen[task]:
-            del chosen[task]
-
-    def key(task: str, dataset: str, role: str) -> tuple[str, tuple[str, ...], int, bool]:
-        spec = TASKS[task]
-        # video fine-tuning tests on the spec's crops per window; all else on the centre crop
-        crops = cfg.eval.finetune.test_crops if spec.multi_crop_test and role == "test" else 1
-        training = spec.needs_model and role == "train"  # fine-tuning: training windows
-        return dataset, choices[task, dataset, role].names, crops, training
-
+            kept.append(dataset)
+            # video fine-tuning tests on the spec's crops per window; all else on the centre
+            # crop; fine-tuning trains on training windows
+            reads[task, dataset] = {
+                role: (dataset, found.names,
+                       cfg.eval.finetune.test_crops if spec.multi_crop_test and role == "test"
+                       else 1, spec.needs_model and role == "train")
+                for role, found in roles.items()}
     columns: dict[tuple[str, tuple[str, ...], int, bool], set[str]] = {}
-    for task, names in chosen.items():
-        for dataset in names:
-            for role in TASKS[task].splits:
-                columns.setdefault(key(task, dataset, role), set()).update(TASKS[task].modalities)
-    read = {k: EvalSplit(cfg, k[0], k[1], cols, num_windows or cfg.data.eval_num_windows, k[2],
-                         cfg.eval.batch_size, vocab_words, manifests[k[0]], training=k[3])
-            for k, cols in sorted(columns.items())}
-    data = {task: {dataset: {role: read[key(task, dataset, role)]
-                             for role in TASKS[task].splits} for dataset in names}
-            for task, names in chosen.items()}
-    return data, skipped
+    for (task, _), roles in reads.items():
+        for key in roles.values():
+            columns.setdefault(key, set()).update(TASKS[task].modalities)
+    read = {key: EvalSplit(cfg, key[0], key[1], cols, num_windows or cfg.data.eval_num_windows,
+                           key[2], cfg.eval.batch_size, vocab_words, manifests[key[0]],
+                           training=key[3])
+            for key, cols in sorted(columns.items())}
+    jobs = [EvalJob(TASKS[task], dataset, {role: read[key] for role, key in roles.items()},
+                    source=dataset_source(manifests[dataset], dataset)[0],
+                    label_names=tuple(manifests[dataset].get("label_names") or ()))
+            for (task, dataset), roles in reads.items()]
+    return jobs, skipped
 
 
-def describe_data(data: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """One line per (task, dataset): which dataset and splits feed it, how many videos and
-    windows (an EvalSplit says so from its manifest; batches held in memory are counted)."""
-    from vatt.evaluate.runner import per_dataset
-
+def describe_jobs(jobs: Iterable[EvalJob]) -> list[str]:
+    """One line per job: which dataset and splits feed it, how many videos and windows (an
+    EvalSplit says so from its manifest; batches held in memory are counted)."""
     lines = []
-    for task, datasets in per_dataset(data, list(data)).items():
-        for dataset, splits in datasets.items():
-            parts = []
-            for split, source in splits.items():
-                if isinstance(source, EvalSplit):
-                    videos, windows = source.num_videos, source.num_clips * source.views_per_clip
-                else:
-                    windows = sum(len(b["video_id"]) for b in source)
-                    videos = len({v for b in source for v in b["video_id"]})
-                parts.append(f"{split}={dataset}/{getattr(source, 'split', split)}"
-                             f" ({videos} videos, {windows} windows)")
-            lines.append(f"{task}: {', '.join(parts)}")
+    for job in jobs:
+        parts = []
+        for role, split in job.splits.items():
+            if isinstance(split, EvalSplit):
+                name, videos = split.split, split.num_videos
+                windows = split.num_clips * split.views_per_clip
+            else:
+                name, windows = role, sum(len(b["video_id"]) for b in split)
+                videos = len({v for b in split for v in b["video_id"]})
+            parts.append(f"{role}={job.dataset}/{name} ({videos} videos, {windows} windows)")
+        lines.append(f"{job.task.name}: {', '.join(parts)}")
     return lines
 
 
-__all__ = ["build_eval_data", "build_eval_data_and_skipped", "read_split", "choose_datasets",
-           "default_datasets", "ingested_datasets", "dataset_source", "describe_data",
-           "EvalSplit"]
+__all__ = ["plan", "EvalJob", "read_split", "choose_datasets", "default_datasets",
+           "ingested_datasets", "dataset_source", "describe_jobs", "EvalSplit"]

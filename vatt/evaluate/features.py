@@ -57,8 +57,6 @@ class Features:
 
     windows: dict[str, np.ndarray] = field(default_factory=dict)
     captions: dict[str, np.ndarray] = field(default_factory=dict)
-    # classes of the source's label vocabulary (its manifest); None: unknown
-    num_classes: Optional[int] = None
 
     def __len__(self) -> int:
         return len(self.windows.get("video_id", ()))

@@ -28,21 +28,26 @@ import hashlib
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional
 
 from omegaconf import OmegaConf
 
 from vatt.config import Config, to_dict
+from vatt.evaluate.tasks import TASKS, Protocol
+
+if TYPE_CHECKING:
+    from vatt.evaluate.data import EvalJob
 
 # the settings (dotted config keys) that change a task's number, by the task's protocol
-TASK_SETTINGS: dict[str, tuple[str, ...]] = {
-    "linear": ("eval.probe.rank", "eval.probe.lr", "eval.probe.epochs", "eval.probe.batch_size",
-               "eval.probe.weight_decay", "eval.seed", "data.eval_num_windows"),
+TASK_SETTINGS: dict[Protocol, tuple[str, ...]] = {
+    Protocol.linear: ("eval.probe.rank", "eval.probe.lr", "eval.probe.epochs",
+                      "eval.probe.batch_size", "eval.probe.weight_decay", "eval.seed",
+                      "data.eval_num_windows"),
     # the shuffle buffer's bound decides the order of the training windows
-    "finetune": ("eval.finetune.steps", "eval.finetune.lr", "eval.finetune.warmup_steps",
-                 "eval.finetune.batch_size", "eval.finetune.test_crops",
-                 "eval.finetune.shuffle_mb", "eval.seed", "data.eval_num_windows"),
-    "zero-shot": ("data.eval_num_windows",),
+    Protocol.finetune: ("eval.finetune.steps", "eval.finetune.lr", "eval.finetune.warmup_steps",
+                        "eval.finetune.batch_size", "eval.finetune.test_crops",
+                        "eval.finetune.shuffle_mb", "eval.seed", "data.eval_num_windows"),
+    Protocol.zero_shot: ("data.eval_num_windows",),
 }
 # and those of one task beyond its protocol's
 TASK_EXTRA_SETTINGS: dict[str, tuple[str, ...]] = {
@@ -72,8 +77,6 @@ def code_version() -> str:
 
 def task_settings(cfg: Config, task: str) -> dict[str, Any]:
     """{dotted key: value} of the settings that change `task`'s number."""
-    from vatt.evaluate.tasks import TASKS
-
     values = OmegaConf.create(to_dict(cfg))
     keys = (*TASK_SETTINGS[TASKS[task].protocol], *TASK_EXTRA_SETTINGS.get(task, ()))
     return {key: OmegaConf.select(values, key) for key in keys}
@@ -109,47 +112,40 @@ def batches_sha256(batches: list | tuple) -> str:
     return digest.hexdigest()
 
 
-def evaluation_identity(cfg: Config, data: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def evaluation_identity(cfg: Config, jobs: Iterable["EvalJob"]) -> dict[str, Any]:
     """{"tasks": {"<task>@<dataset>" and "<task>": {dataset, splits, settings, code}}} of an
-    evaluation of `data` (data[task][dataset][split], vatt.evaluate.data) under `cfg`. Batches
-    held in memory (a list) are hashed as they are; a split of neither kind (e.g. a one-shot
-    iterator) has no content hash (None): its numbers compare with no other."""
+    evaluation of `jobs` (vatt.evaluate.data.plan) under `cfg`. An EvalSplit is hashed from its
+    dataset's manifest, batches held in memory (a list) as they are; a split of neither kind
+    (e.g. a one-shot iterator) has no content hash (None): its numbers compare with no other."""
     from vatt.data.loader import DataError, read_manifest
-    from vatt.evaluate.runner import per_dataset, result_key
+    from vatt.evaluate.data import EvalSplit
 
     manifests: dict[str, Optional[dict]] = {}
 
-    def manifest(name: str) -> Optional[dict]:
-        if name not in manifests:
+    def split_sha256(dataset: str, split: Any) -> Optional[str]:
+        if isinstance(split, (list, tuple)):  # batches held in memory
+            return batches_sha256(split)
+        if not isinstance(split, EvalSplit):
+            return None
+        if dataset not in manifests:
             try:
-                manifests[name] = read_manifest(str(cfg.data.path), name, cfg.storage)
+                manifests[dataset] = read_manifest(str(cfg.data.path), dataset, cfg.storage)
             except (DataError, OSError, ValueError):
-                manifests[name] = None
-        return manifests[name]
+                manifests[dataset] = None
+        try:
+            return clips_sha256(manifests[dataset], split.splits) if manifests[dataset] else None
+        except KeyError:  # a split the manifest does not list
+            return None
 
     version = code_version()
     tasks: dict[str, Any] = {}
-    for task, datasets in per_dataset(data, list(data)).items():
-        settings = task_settings(cfg, task)
-        for index, (dataset, splits) in enumerate(datasets.items()):
-            hashes: dict[str, Optional[str]] = {}
-            folder = None
-            for role, split in splits.items():
-                folder = getattr(split, "dataset", None) or folder
-                names = getattr(split, "splits", None)
-                if isinstance(split, (list, tuple)):  # batches held in memory
-                    hashes[role] = batches_sha256(split)
-                    continue
-                found = manifest(folder) if folder and names else None
-                try:
-                    hashes[role] = clips_sha256(found, tuple(names)) if found else None
-                except KeyError:  # a split the manifest does not list
-                    hashes[role] = None
-            part = {"dataset": folder or dataset, "splits": hashes, "settings": settings,
-                    "code": version}
-            tasks[result_key(task, dataset)] = part
-            if index == 0:
-                tasks[task] = part
+    for job in jobs:
+        task = job.task.name
+        part = {"dataset": job.dataset, "settings": task_settings(cfg, task), "code": version,
+                "splits": {role: split_sha256(job.dataset, split)
+                           for role, split in job.splits.items()}}
+        tasks[job.key] = part
+        tasks.setdefault(task, part)  # the task's first job
     return {"tasks": tasks}
 
 

@@ -1,12 +1,19 @@
 """Checkpoint -> evaluation -> report -> promotion decision, the whole `vatt evaluate` job.
 
     store = ObjectStore.from_config(cfg.storage)
-    loaded = load_checkpoint_for_eval(resolve_checkpoint("latest", storage_path, store), (), store)
-    outcome = evaluate_checkpoint(loaded, data, tasks, store=store)   # data[task][split]: batches
+    loaded = load_checkpoint_for_eval(resolve_checkpoint("latest", storage_path, store), store, cfg)
+    jobs, skipped = plan(loaded.config, tasks, vocab_words=loaded.vocab_words)
+    outcome = evaluate_checkpoint(loaded, jobs, store=store, skipped=skipped)
 
 A checkpoint is a folder or s3:// prefix written by vatt.train; vatt.checkpoints owns its format
 and reads it. One evaluation reads the checkpoint's config, vocabulary and weights once: the
 weights' SHA-256 (from the same read) is what the registry records and checks its copy against.
+
+What is evaluated with which config: the checkpoint's config decides the model and the input
+it was trained on, the evaluation's config (the command's preset and overrides) everything the
+evaluation chooses (`evaluation_config`: eval.*, storage.*, and where the data is, windows and
+captions per clip). The same rule measures the candidate and the promoted model it is compared
+with.
 """
 
 from __future__ import annotations
@@ -19,11 +26,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 import torch
-from omegaconf import OmegaConf
 
 from vatt.checkpoints import (CONFIG_FILE, MODEL_FILE, CheckpointError, file_uri, read_checkpoint,
-                              read_config, resolve_checkpoint)
-from vatt.config import Config, ConfigError, replace, to_dict
+                              resolve_checkpoint)
+from vatt.config import Config, to_dict
+from vatt.evaluate.data import EvalJob
 from vatt.evaluate.identity import differences, evaluation_identity, metric_part
 from vatt.evaluate.registry import ChampionMeasure, Decision, Registry, RegistryError
 from vatt.evaluate.report import write_report
@@ -40,29 +47,28 @@ FROZEN_AT_EVALUATION = ("model", "data.num_frames", "data.fps", "data.frame_size
                         "data.sample_rate", "data.max_text_tokens", "data.vocab_size")
 
 
-def with_eval_overrides(cfg: Config, overrides: Iterable[str], where: Any) -> Config:
-    """`cfg` with evaluation overrides applied; an override that would change the model or the
-    input it was trained on (FROZEN_AT_EVALUATION) is refused, one equal to it is a no-op."""
-    overrides = list(overrides)
-    if not overrides:
-        return cfg
-    changed = replace(cfg, overrides)
-    before, after = OmegaConf.create(to_dict(cfg)), OmegaConf.create(to_dict(changed))
-    refused = []
-    for key in FROZEN_AT_EVALUATION:
-        if OmegaConf.select(before, key) != OmegaConf.select(after, key):
-            refused += [item for item in overrides if item.split("=", 1)[0].startswith(key)]
-    if refused:
-        raise ConfigError(f"{', '.join(refused)}: an evaluation uses the model and input of the "
-                          f"checkpoint's own config ({where}); overrides may set eval.*, "
-                          "data.path and storage.*, not the model's architecture or input")
-    return changed
+# the data settings an evaluation chooses (beside eval.* and storage.*): where the data is,
+# windows and captions per clip; the rest of data.* is the input the model was trained on
+EVALUATION_DATA = ("path", "eval_num_windows", "num_text_candidates")
+
+
+def note_unused_overrides(overrides: Iterable[str]) -> list[str]:
+    """The dotlist overrides of an evaluation that set what the checkpoint decides (the model
+    and the input it was trained on, which `evaluation_config` takes from it), said in a
+    warning: they are not applied (a retraining's overrides are the checkpoint's already)."""
+    unused = [item for item in overrides if item.startswith("model.") or (
+        item.startswith("data.") and item.split("=", 1)[0][5:] not in EVALUATION_DATA)]
+    if unused:
+        log.warning("%s: not applied; an evaluation uses the model and input of the "
+                    "checkpoint's own config, and takes eval.*, storage.*, %s", ", ".join(unused),
+                    ", ".join("data." + key for key in EVALUATION_DATA))
+    return unused
 
 
 @dataclass
 class LoadedCheckpoint:
     model: torch.nn.Module  # in eval mode, on the CPU
-    config: Config  # the checkpoint's own, plus the evaluation's overrides
+    config: Config  # the checkpoint's own, with the evaluation's settings (evaluation_config)
     data_version: Any
     step: Optional[int]
     vocab_words: Optional[tuple[str, ...]]  # None: a checkpoint from before they had one
@@ -70,26 +76,16 @@ class LoadedCheckpoint:
     weights_sha256: str  # of the weights file the model was loaded from
 
 
-def checkpoint_config(checkpoint: str | Path, overrides: Iterable[str],
-                      store: ObjectStore) -> Config:
-    """The config a checkpoint (folder or s3:// prefix) was trained with, plus `overrides`.
-    Raises CheckpointError naming the missing or unusable config file."""
-    return with_eval_overrides(read_config(checkpoint, store), overrides,
-                               file_uri(checkpoint, CONFIG_FILE))
-
-
-def load_checkpoint_for_eval(checkpoint: str | Path, overrides: Iterable[str],
-                             store: ObjectStore) -> LoadedCheckpoint:
+def load_checkpoint_for_eval(checkpoint: str | Path, store: ObjectStore,
+                             settings: Optional[Config] = None) -> LoadedCheckpoint:
     """Build the model of the checkpoint's own config and load its weights (strict); each file
-    of the checkpoint (folder or s3:// prefix) is read once.
-
-    `overrides` (dotlist) change evaluation settings only (e.g. eval.probe.epochs=20); the model
-    keys come from the checkpoint. Raises CheckpointError naming the missing or corrupt file.
-    """
+    of the checkpoint (folder or s3:// prefix) is read once. Its config is the checkpoint's with
+    the evaluation's `settings` (`evaluation_config`; None: the checkpoint's own). Raises
+    CheckpointError naming the missing or corrupt file."""
     from vatt.text import Vocabulary
 
     saved = read_checkpoint(checkpoint, store)
-    cfg = with_eval_overrides(saved.config, overrides, file_uri(checkpoint, CONFIG_FILE))
+    cfg = saved.config if settings is None else evaluation_config(saved.config, settings)
     vocabulary = Vocabulary(saved.vocab_words) if saved.vocab_words is not None else None
     model = build_model(cfg, vocabulary)
     try:
@@ -117,10 +113,9 @@ def _new_report_folder(cfg: Config, checkpoint: str, step: Optional[int],
     return folder
 
 
-# builds the evaluation data of one (task, dataset) for a model: (its config, its vocabulary,
-# task, dataset) -> data[task][dataset][split]
-DataBuilder = Callable[[Config, Optional[tuple[str, ...]], str, str],
-                       Mapping[str, Mapping[str, Any]]]
+# plans the evaluation of one (task, dataset) for a model: (its config, its vocabulary, task,
+# dataset) -> its jobs
+DataBuilder = Callable[[Config, Optional[tuple[str, ...]], str, str], list[EvalJob]]
 
 
 def metric_ranks(results: Mapping[str, Any], metric: str) -> Optional[list[int]]:
@@ -134,58 +129,57 @@ def metric_ranks(results: Mapping[str, Any], metric: str) -> Optional[list[int]]
 
 
 def evaluation_config(model_cfg: Config, evaluation_cfg: Config) -> Config:
-    """A model's own config (its architecture and input) with another evaluation's settings:
-    eval.*, storage.*, and the data settings an evaluation chooses (where the data is, windows
-    and captions per clip). How the promoted model is re-measured on a candidate's data."""
-    data = dataclasses.replace(model_cfg.data, path=evaluation_cfg.data.path,
-                               eval_num_windows=evaluation_cfg.data.eval_num_windows,
-                               num_text_candidates=evaluation_cfg.data.num_text_candidates)
+    """A model's own config (its architecture and input) with an evaluation's settings:
+    eval.*, storage.*, and the data settings an evaluation chooses (EVALUATION_DATA). How a
+    candidate is evaluated, and the promoted model re-measured on the candidate's data."""
+    data = dataclasses.replace(model_cfg.data, **{key: getattr(evaluation_cfg.data, key)
+                                                  for key in EVALUATION_DATA})
     return dataclasses.replace(model_cfg, data=data, eval=evaluation_cfg.eval,
                                storage=evaluation_cfg.storage)
 
 
 def remeasure_champion(promoted: Mapping[str, Any], cfg: Config, metric: str,
-                       data: Mapping[str, Mapping[str, Any]], *, store: ObjectStore,
+                       jobs: Iterable[EvalJob], *, store: ObjectStore,
                        data_for: Optional[DataBuilder] = None,
                        vocab_words: Optional[tuple[str, ...]] = None,
                        device: Optional[str | torch.device] = None) -> ChampionMeasure:
     """The promoted model (the registry's copy of its weights) evaluated on the candidate's
-    data of `metric`'s task with the candidate's evaluation settings (`cfg`), so the gate has
+    job of `metric`'s task with the candidate's evaluation settings (`cfg`), so the gate has
     two comparable numbers. Its own architecture, input and vocabulary are kept: `data_for`
-    builds its data (captions in its vocabulary); without it, the candidate's `data` is reused
-    when the model reads the same input and vocabulary (`vocab_words`, the candidate's). Never raises: a failure is the
-    measure's `error`, which the gate records."""
-    from vatt.evaluate.runner import per_dataset
-    from vatt.evaluate.tasks import TASKS, split_key
+    plans its job (captions in its vocabulary); without it, the candidate's job is reused when
+    the model reads the same input and vocabulary (`vocab_words`, the candidate's). Never
+    raises: a failure is the measure's `error`, which the gate records."""
+    from vatt.evaluate.tasks import split_key
 
     task, dataset, _ = split_key(metric)
     expected = str(promoted.get("weights_sha256"))
     try:
-        if task not in data:
-            raise ValueError(f"this evaluation did not run {task}")
-        dataset = dataset or next(iter(per_dataset(data, [task])[task]))
-        champion = load_checkpoint_for_eval(promoted["checkpoint"], (), store)
+        job = next((j for j in jobs if j.task.name == task and dataset in (None, j.dataset)),
+                   None)
+        if job is None:
+            raise ValueError(f"this evaluation did not run {task}"
+                             + (f" on {dataset}" if dataset else ""))
+        champion = load_checkpoint_for_eval(promoted["checkpoint"], store, cfg)
         if champion.weights_sha256 != expected:
             raise CheckpointError(f"{promoted['checkpoint']} no longer holds the promoted weights "
                                   f"(SHA-256 {champion.weights_sha256[:12]}, the registry says "
                                   f"{expected[:12]}); restore them or start a new registry")
-        champion_cfg = evaluation_config(champion.config, cfg)
         if data_for is not None:
-            own = data_for(champion_cfg, champion.vocab_words, task, dataset)
+            own = data_for(champion.config, champion.vocab_words, task, job.dataset)
         else:
             frozen = [key for key in FROZEN_AT_EVALUATION if key.startswith("data.") and
-                      getattr(champion_cfg.data, key[5:]) != getattr(cfg.data, key[5:])]
-            if champion.vocab_words != vocab_words and "text" in TASKS[task].modalities:
+                      getattr(champion.config.data, key[5:]) != getattr(cfg.data, key[5:])]
+            if champion.vocab_words != vocab_words and "text" in job.task.modalities:
                 frozen.append("its vocabulary")
             if frozen:
                 raise ValueError(f"it reads other input ({', '.join(frozen)}), so it needs data "
                                  "of its own: evaluate through run_evaluation")
-            own = {task: {dataset: per_dataset(data, [task])[task][dataset]}}
-        results = evaluate_model(champion.model, champion_cfg, [task], own, device=device)
+            own = [job]
+        results = evaluate_model(champion.model, champion.config, own, device=device)
         prefix = metric.rpartition(".")[0] + "."
         return ChampionMeasure(expected, {k: v for k, v in results["metrics"].items()
                                           if k.startswith(prefix)},
-                               evaluation_identity(champion_cfg, own),
+                               evaluation_identity(champion.config, own),
                                metric_ranks(results, metric))
     except Exception as err:  # noqa: BLE001 - recorded in the decision, not lost
         log.warning("re-measuring the promoted model %s failed", promoted.get("checkpoint"),
@@ -200,33 +194,21 @@ class EvaluationOutcome:
     decision: Optional[Decision]
 
 
-def evaluate_checkpoint(checkpoint: str | LoadedCheckpoint,
-                        data: Mapping[str, Mapping[str, Iterable[dict]]],
-                        tasks: Optional[Iterable[str]] = None, overrides: Iterable[str] = (),
-                        promote: bool = True, *, store: ObjectStore,
-                        device: Optional[str | torch.device] = None,
+def evaluate_checkpoint(loaded: LoadedCheckpoint, jobs: Iterable[EvalJob], promote: bool = True,
+                        *, store: ObjectStore, device: Optional[str | torch.device] = None,
                         skipped: Optional[Mapping[str, str]] = None,
                         data_for: Optional[DataBuilder] = None) -> EvaluationOutcome:
-    """Evaluate a checkpoint (a folder or s3:// prefix, loaded here with `overrides`, or one
-    `load_checkpoint_for_eval` has loaded), write the report to <eval.output_path>/<run id>/
-    and, if `promote`, put the result through the registry's promotion gate. `store` (built
-    from cfg.storage by the caller) reads the checkpoint and writes the report and registry;
-    the model runs on `device` (default: the evaluated config's eval.device). `tasks` default:
-    every task of `data`; `skipped` ({task: why}) is recorded in the results and the report.
-    When the promoted model's stored number of the gate metric is not comparable with this
-    evaluation's, the promoted model is re-measured on this evaluation's data first
-    (`remeasure_champion`, with `data_for`)."""
-    if isinstance(checkpoint, LoadedCheckpoint):
-        if list(overrides):
-            raise ValueError("evaluate_checkpoint: a loaded checkpoint already has its overrides; "
-                             "pass them to load_checkpoint_for_eval")
-        loaded = checkpoint
-    else:
-        loaded = load_checkpoint_for_eval(checkpoint, overrides, store)
-    cfg = loaded.config
-    tasks = list(tasks or data)
-    results = evaluate_model(loaded.model, cfg, tasks, data, device=device)
-    identity = evaluation_identity(cfg, data)
+    """Evaluate a loaded checkpoint (`load_checkpoint_for_eval`) on `jobs` with its config,
+    write the report to <eval.output_path>/<run id>/ and, if `promote`, put the result
+    through the registry's promotion gate. `store` (built from cfg.storage by the caller) reads
+    the checkpoint and writes the report and registry; the model runs on `device` (default:
+    the evaluated config's eval.device). `skipped` ({what: why}) is recorded in the results
+    and the report. When the promoted model's stored number of the gate metric is not
+    comparable with this evaluation's, the promoted model is re-measured on this evaluation's
+    job first (`remeasure_champion`, with `data_for`)."""
+    cfg, jobs = loaded.config, list(jobs)
+    results = evaluate_model(loaded.model, cfg, jobs, device=device)
+    identity = evaluation_identity(cfg, jobs)
     results.update(checkpoint=loaded.uri, step=loaded.step, config_name=cfg.name,
                    data_version=loaded.data_version, evaluation=identity,
                    skipped=dict(skipped or {}))
@@ -246,7 +228,7 @@ def evaluate_checkpoint(checkpoint: str | LoadedCheckpoint,
                                metric_part(promoted.get("evaluation"), metric))):
             log.info("the promoted model's %s is not comparable with this evaluation's: "
                      "re-measuring it on the same data", metric)
-            champion = remeasure_champion(promoted, cfg, metric, data, store=store,
+            champion = remeasure_champion(promoted, cfg, metric, jobs, store=store,
                                           data_for=data_for, vocab_words=loaded.vocab_words,
                                           device=device)
         try:
@@ -262,22 +244,21 @@ def evaluate_checkpoint(checkpoint: str | LoadedCheckpoint,
     return EvaluationOutcome(results, report_uri, decision)
 
 
-def run_evaluation(checkpoint: str, cfg: Config, overrides: Iterable[str] = (),
-                   tasks: Optional[Iterable[str]] = None,
+def run_evaluation(checkpoint: str, cfg: Config, tasks: Optional[Iterable[str]] = None,
                    datasets: Optional[Mapping[str, Iterable[str] | str]] = None,
                    promote: bool = True) -> EvaluationOutcome:
     """The `vatt evaluate` job: resolve `checkpoint` ("latest" looks under cfg.train.storage_path),
-    load it with its own config (+ `overrides`: eval.*, data.path, ...), build
-    data[task][dataset][split] from the ingested datasets (vatt.evaluate.data) and evaluate,
-    report and (if `promote`) gate it. `tasks` given: exactly those, each needing its data;
-    default: eval.tasks plus those of eval.tasks_if_ingested whose data is ingested (the others
-    are listed as skipped). `datasets`: {task: [folder, ...]} over eval.datasets. The
+    load it with its own config and the evaluation's settings of `cfg` (`evaluation_config`),
+    plan its jobs from the ingested datasets (vatt.evaluate.data.plan) and evaluate, report and
+    (if `promote`) gate it. `tasks` given: exactly those, each needing its data; default:
+    eval.tasks plus those of eval.tasks_if_ingested whose data is ingested (the others are
+    listed as skipped). `datasets`: {task: [folder, ...]} over eval.datasets. The
     checkpoint's files are read once, through the store `cfg.storage` configures."""
-    from vatt.evaluate.data import build_eval_data_and_skipped, describe_data
+    from vatt.evaluate.data import describe_jobs, plan
 
     store = ObjectStore.from_config(cfg.storage)  # the endpoint, region and timeouts configured
     folder = resolve_checkpoint(checkpoint, cfg.train.storage_path, store)
-    loaded = load_checkpoint_for_eval(folder, overrides, store)
+    loaded = load_checkpoint_for_eval(folder, store, cfg)
     optional: list[str] = []
     if tasks:
         tasks = list(tasks)
@@ -289,21 +270,19 @@ def run_evaluation(checkpoint: str, cfg: Config, overrides: Iterable[str] = (),
 
     init_ray()  # the loader reads through Ray Data
     # captions encoded with the checkpoint's own vocabulary, not whatever data.path holds now
-    data, skipped = build_eval_data_and_skipped(loaded.config, [*tasks, *optional], datasets,
-                                                vocab_words=loaded.vocab_words,
-                                                optional=optional)
-    for line in describe_data(data):
+    jobs, skipped = plan(loaded.config, [*tasks, *optional], datasets,
+                         vocab_words=loaded.vocab_words, optional=optional)
+    for line in describe_jobs(jobs):
         log.info("  %s", line)
     for task, why in skipped.items():
         log.info("  %s: skipped, %s", task, why)
 
     def data_for(model_cfg: Config, vocab_words: Optional[tuple[str, ...]], task: str,
-                 dataset: str) -> Mapping[str, Mapping[str, Any]]:
-        return build_eval_data_and_skipped(model_cfg, [task], {task: [dataset]},
-                                           vocab_words=vocab_words)[0]
+                 dataset: str) -> list[EvalJob]:
+        return plan(model_cfg, [task], {task: [dataset]}, vocab_words=vocab_words)[0]
 
-    return evaluate_checkpoint(loaded, data, list(data), promote=promote, store=store,
-                               skipped=skipped, data_for=data_for)
+    return evaluate_checkpoint(loaded, jobs, promote=promote, store=store, skipped=skipped,
+                               data_for=data_for)
 
 
 def outcome_summary(outcome: EvaluationOutcome) -> dict[str, Any]:
@@ -332,7 +311,7 @@ def outcome_from_summary(summary: dict[str, Any]) -> EvaluationOutcome:
     return EvaluationOutcome(results=results, report_uri=summary["report"], decision=decision)
 
 
-def run_evaluation_on_worker(checkpoint: str, cfg: Config, overrides: Iterable[str] = (),
+def run_evaluation_on_worker(checkpoint: str, cfg: Config,
                              tasks: Optional[Iterable[str]] = None,
                              datasets: Optional[Mapping[str, Iterable[str] | str]] = None,
                              promote: bool = True) -> dict[str, Any]:
@@ -353,7 +332,7 @@ def run_evaluation_on_worker(checkpoint: str, cfg: Config, overrides: Iterable[s
 
     @ray.remote(max_retries=0)  # a failure is reported, not silently repeated (the gate!)
     def evaluate_remotely() -> dict[str, Any]:
-        return outcome_summary(run_evaluation(checkpoint, cfg, list(overrides), tasks, datasets,
+        return outcome_summary(run_evaluation(checkpoint, cfg, tasks, datasets,
                                               promote=promote))
 
     log.info("evaluating on a Ray worker (%s)", ", ".join(f"{k}={v}" for k, v in resources.items()))
@@ -374,8 +353,8 @@ def describe_decision(decision: Decision) -> str:
             f"({decision.reason})")
 
 
-__all__ = ["load_checkpoint_for_eval", "evaluate_checkpoint", "checkpoint_config",
-           "run_evaluation", "describe_decision", "with_eval_overrides", "FROZEN_AT_EVALUATION",
+__all__ = ["load_checkpoint_for_eval", "evaluate_checkpoint", "note_unused_overrides",
+           "run_evaluation", "describe_decision", "EVALUATION_DATA", "FROZEN_AT_EVALUATION",
            "evaluation_identity", "remeasure_champion", "evaluation_config", "metric_ranks",
            "LoadedCheckpoint", "EvaluationOutcome", "outcome_summary", "outcome_from_summary",
            "run_evaluation_on_worker"]

@@ -101,6 +101,23 @@ class ChampionMeasure:
     error: Optional[str] = None  # set: it could not be re-measured, and why
 
 
+@dataclass(frozen=True, kw_only=True)
+class Candidate:
+    """What the gate decides on: the evaluated checkpoint, its numbers and the gate's settings."""
+
+    checkpoint: str | Path
+    weights_sha256: str
+    config: dict[str, Any]
+    data_version: Any
+    metrics: dict[str, Any]  # the flat "<task>.<metric>" dict of the evaluation
+    metric: str  # the gate's metric (eval.promotion.metric)
+    value: float  # the candidate's value of it
+    evaluation: Optional[dict[str, Any]]  # its identity (vatt.evaluate.identity)
+    margin: float  # eval.promotion.margin
+    noise_z: float  # eval.promotion.noise_z
+    ranks: Optional[list[int]]  # per query, for retrieval metrics
+
+
 def paired_noise(metric: str, candidate: Optional[list], champion: Optional[list]) -> Optional[float]:
     """Standard error of the mean per-query difference between two models ranked on the same
     queries (1-based ranks, in the same order), for metrics that are a mean over queries: MRR
@@ -244,21 +261,20 @@ class Registry:
         """
         if weights_sha256 is None:
             weights_sha256 = verify_checkpoint(checkpoint, self.store)
-        value = lookup_metric(metrics, metric)
-        decide = dict(checkpoint=checkpoint, weights_sha256=weights_sha256, config=config,
-                      data_version=data_version, metrics=metrics, metric=metric, value=value,
-                      evaluation=evaluation, margin=margin, noise_z=noise_z, ranks=ranks,
-                      champion=champion)
+        candidate = Candidate(checkpoint=checkpoint, weights_sha256=weights_sha256, config=config,
+                              data_version=data_version, metrics=metrics, metric=metric,
+                              value=lookup_metric(metrics, metric), evaluation=evaluation,
+                              margin=margin, noise_z=noise_z, ranks=ranks)
         if not self.is_s3:
             with self._lock():
                 doc = self.read()
-                decision = self._decide(doc, **decide)
+                decision = self._decide(doc, candidate, champion)
                 self._write(doc)
             return decision
         for _ in range(CAS_ATTEMPTS):
             raw, etag = self.store.read_versioned(self.path)
             doc = self._parse(raw) if raw is not None else {"promoted": None, "decisions": []}
-            decision = self._decide(doc, **decide)
+            decision = self._decide(doc, candidate, champion)
             body = json.dumps(doc, indent=1, sort_keys=True).encode()
             if self.store.write_if_unchanged(self.path, body, etag):
                 return decision
@@ -275,12 +291,12 @@ class Registry:
             raise RegistryError(f"registry {self.path} lacks the 'promoted'/'decisions' keys")
         return doc
 
-    def _decide(self, doc: dict[str, Any], *, checkpoint: str | Path, weights_sha256: str,
-                config: dict[str, Any], data_version: Any, metrics: dict[str, Any], metric: str,
-                value: float, evaluation: Optional[dict[str, Any]], margin: float,
-                noise_z: float, ranks: Optional[list[int]],
+    def _decide(self, doc: dict[str, Any], candidate: Candidate,
                 champion: Optional[ChampionMeasure]) -> Decision:
         """Decide against `doc`'s promoted model and record the decision in `doc`."""
+        metric, value, evaluation = candidate.metric, candidate.value, candidate.evaluation
+        margin, noise_z, ranks = candidate.margin, candidate.noise_z, candidate.ranks
+        checkpoint, weights_sha256 = candidate.checkpoint, candidate.weights_sha256
         current = doc["promoted"]
         current_value: Optional[float] = None
         source: Optional[str] = None
@@ -358,8 +374,9 @@ class Registry:
             kept = self.keep(checkpoint, weights_sha256)
             key = metric.rpartition(".")[0]
             doc["promoted"] = {"checkpoint": kept, "source_checkpoint": str(checkpoint),
-                               "weights_sha256": weights_sha256, "config": config,
-                               "data_version": data_version, "metrics": metrics,
+                               "weights_sha256": weights_sha256, "config": candidate.config,
+                               "data_version": candidate.data_version,
+                               "metrics": candidate.metrics,
                                "promotion_metric": metric, "evaluation": evaluation,
                                "ranks": {key: ranks} if ranks else {},
                                "promoted_at": now}
@@ -388,5 +405,5 @@ def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
 
 
-__all__ = ["Registry", "Decision", "ChampionMeasure", "RegistryError", "CheckpointError",
+__all__ = ["Registry", "Decision", "Candidate", "ChampionMeasure", "RegistryError", "CheckpointError",
            "lookup_metric", "paired_noise"]

@@ -1,8 +1,8 @@
 """The learning-signal check of issue 5: a pretrained model against a randomly initialised model
 of the same config, evaluated the same way on the same data, and both against chance.
 
-    rows = compare_with_random(trained_model, cfg, data, tasks)   # {metric: {trained, random, chance}}
-    rows = signal_rows(report_metrics, evaluate_random(cfg, data))  # the trained model's measured
+    rows = compare_with_random(trained_model, cfg, jobs)   # {metric: {trained, random, chance}}
+    rows = signal_rows(report_metrics, evaluate_random(cfg, jobs))  # the trained model's measured
     failures = signal_failures(rows)                              # [] when the signal is there
     print(signal_table(rows))                                     # Markdown, for BENCHMARKS.md
 
@@ -14,13 +14,16 @@ from either model's metrics) is a failure that names it, never a pass.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional
 
 import torch
 
 from vatt.config import Config
 from vatt.evaluate.runner import evaluate_model
 from vatt.model import build_model
+
+if TYPE_CHECKING:
+    from vatt.evaluate.data import EvalJob
 
 # metric -> (its chance key in the results, min x chance, min x random)
 RANDOM_MARGIN = 1.5  # the probes' "clearly above the random model's" of the criterion
@@ -44,23 +47,19 @@ def random_model(cfg: Config) -> torch.nn.Module:
     return build_model(cfg)
 
 
-def compare_with_random(trained: torch.nn.Module, cfg: Config,
-                        data: Mapping[str, Mapping[str, Iterable[dict]]],
-                        tasks: Optional[Iterable[str]] = None,
+def compare_with_random(trained: torch.nn.Module, cfg: Config, jobs: Iterable["EvalJob"],
                         random: Optional[torch.nn.Module] = None) -> dict[str, dict[str, Any]]:
     """{metric: {"trained", "random", "chance"}} for the criteria's and the extra metrics
     (retrieval chance for R@k: k / number of videos)."""
-    tasks = list(tasks or cfg.eval.tasks)
-    return signal_rows(evaluate_model(trained, cfg, tasks, data)["metrics"],
-                       evaluate_random(cfg, data, tasks, random))
+    jobs = list(jobs)
+    return signal_rows(evaluate_model(trained, cfg, jobs)["metrics"],
+                       evaluate_random(cfg, jobs, random))
 
 
-def evaluate_random(cfg: Config, data: Mapping[str, Mapping[str, Iterable[dict]]],
-                    tasks: Optional[Iterable[str]] = None,
+def evaluate_random(cfg: Config, jobs: Iterable["EvalJob"],
                     random: Optional[torch.nn.Module] = None) -> dict[str, Any]:
-    """The metrics of the random init (`random_model(cfg)` unless `random`) on `data`."""
-    tasks = list(tasks or cfg.eval.tasks)
-    return evaluate_model(random or random_model(cfg), cfg, tasks, data)["metrics"]
+    """The metrics of the random init (`random_model(cfg)` unless `random`) on `jobs`."""
+    return evaluate_model(random or random_model(cfg), cfg, jobs)["metrics"]
 
 
 def signal_rows(trained: Mapping[str, Any], random: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

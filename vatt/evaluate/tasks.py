@@ -21,6 +21,7 @@ tasks (CLI help, config checks) stays cheap.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional
 
 import numpy as np
@@ -31,8 +32,24 @@ if TYPE_CHECKING:
     from vatt.config import Config
     from vatt.evaluate.features import Features
 
-PROTOCOLS = ("linear", "finetune", "zero-shot")
-LABEL_KINDS = ("single", "multi", "none")
+
+
+class Protocol(str, Enum):
+    """How a task measures a model (see the module doc)."""
+
+    linear = "linear"
+    finetune = "finetune"
+    zero_shot = "zero-shot"
+
+
+class Labels(str, Enum):
+    """A task's kind of label: one class per clip, several (multi-hot), or none (retrieval)."""
+
+    single = "single"
+    multi = "multi"
+    none = "none"
+
+
 ITEMS = ("video", "clip")  # a retrieval item: a video (its clips averaged) or one clip/segment
 # the split names a test split may have in a manifest, in order of preference (MiT, ImageNet
 # and YouCook2 evaluate on their official validation set, which ingest writes as `test`)
@@ -58,6 +75,7 @@ class TaskRun:
     model: Any = None  # the model (finetune tasks; left untouched)
     device: Any = "cpu"
     source: Optional[str] = None  # the manifest's source (reader), None when unknown
+    num_classes: Optional[int] = None  # the manifest's class count, None when unknown
 
     @property
     def name(self) -> str:
@@ -69,16 +87,16 @@ class TaskRun:
         return self.task.items.get(self.source or "", self.task.item)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Task:
     name: str
     description: str  # one line, for the CLI and the report
     modalities: tuple[str, ...]  # what its batches must carry
     sources: tuple[str, ...]  # manifest sources it accepts, in order of preference
     splits: tuple[str, ...]  # the roles it reads: "train" and/or "test"
-    protocol: str  # one of PROTOCOLS
+    protocol: Protocol
     metrics: tuple[str, ...]  # the headline metrics (a report row), in order
-    labels: str  # one of LABEL_KINDS
+    labels: Labels
     run: Callable[[TaskRun], dict[str, Any]]
     item: str = "video"  # default retrieval item (ITEMS)
     items: Mapping[str, str] = field(default_factory=dict)  # source -> item where it differs
@@ -89,9 +107,6 @@ class Task:
     multi_crop_test: bool = False
 
     def __post_init__(self) -> None:
-        if self.protocol not in PROTOCOLS or self.labels not in LABEL_KINDS:
-            raise ValueError(f"task {self.name}: protocol {self.protocol!r} / labels "
-                             f"{self.labels!r} must be one of {PROTOCOLS} / {LABEL_KINDS}")
         bad = [i for i in (self.item, *self.items.values()) if i not in ITEMS]
         if bad or not set(self.splits) <= {"train", "test"}:
             raise ValueError(f"task {self.name}: items {bad} not in {ITEMS}, or splits "
@@ -100,7 +115,7 @@ class Task:
     @property
     def needs_model(self) -> bool:
         """Trains (a copy of) the model on raw batches instead of reading extracted features."""
-        return self.protocol == "finetune"
+        return self.protocol is Protocol.finetune
 
     def manifest_splits(self, cfg: "Config", role: str,
                         source: Optional[str] = None) -> tuple[str, ...]:
@@ -113,7 +128,7 @@ class Task:
 
     @property
     def needs_labels(self) -> bool:
-        return self.labels != "none"
+        return self.labels is not Labels.none
 
 
 def preferred_test_splits(source: Optional[str]) -> tuple[str, ...]:
@@ -161,7 +176,7 @@ def split_key(name: str) -> tuple[str, Optional[str], str]:
 
 def describe_tasks() -> list[str]:
     """One line per registered task: name, protocol, datasets (sources), metrics."""
-    return [f"{t.name:22s} {t.protocol:9s} on {', '.join(t.sources)}: {', '.join(t.metrics)}"
+    return [f"{t.name:22s} {t.protocol.value:9s} on {', '.join(t.sources)}: {', '.join(t.metrics)}"
             f" ({t.description})" for t in TASKS.values()]
 
 
@@ -179,21 +194,16 @@ def _labelled(features: "Features", task: str) -> tuple[np.ndarray, np.ndarray, 
 
 
 def num_classes(task: str, train_labels: np.ndarray, test_labels: np.ndarray,
-                *sources: Any) -> int:
-    """The dataset's class count (its manifest's label names) when the source says it, else
-    the largest class id seen + 1 (classes are numbered 0..C-1)."""
+                declared: Optional[int]) -> int:
+    """The dataset's class count `declared` by its manifest's label names when it has them,
+    else the largest class id seen + 1 (classes are numbered 0..C-1)."""
     seen = int(max(train_labels.max(), test_labels.max())) + 1
-    declared = {n for n in (getattr(s, "num_classes", None) for s in sources) if n}
     if not declared:
         return seen
-    if len(declared) > 1:
-        raise ValueError(f"{task}: train and test splits declare different class counts "
-                         f"{sorted(declared)}; they must come from the same dataset")
-    (count,) = declared
-    if seen > count:
-        raise ValueError(f"{task}: label {seen - 1} is outside the dataset's {count} classes "
+    if seen > declared:
+        raise ValueError(f"{task}: label {seen - 1} is outside the dataset's {declared} classes "
                          "(manifest label_names); re-ingest the dataset")
-    return count
+    return declared
 
 
 def _folds(train: "Features", test: "Features") -> Optional[np.ndarray]:
@@ -234,16 +244,15 @@ def linear_probe_task(modality: str) -> Callable[[TaskRun], dict[str, Any]]:
         if folds is not None:  # ESC-50 style: leave one fold out, over train and test together
             both = Features({name: np.concatenate([train.require(name, task),
                                                    test.require(name, task)])
-                             for name in (key, "label", "video_id")},
-                            num_classes=test.num_classes)
+                             for name in (key, "label", "video_id")})
             keep, labels, ids = _labelled(both, task)
             return _body(probes.cross_validated_probe(
                 both.windows[key][keep], labels, ids, folds[keep],
-                num_classes(task, labels, labels, train, test), settings=ctx.cfg.eval.probe,
+                num_classes(task, labels, labels, ctx.num_classes), settings=ctx.cfg.eval.probe,
                 seed=ctx.cfg.eval.seed, task=task))
         train_keep, train_labels, train_ids = _labelled(train, task)
         test_keep, test_labels, test_ids = _labelled(test, task)
-        count = num_classes(task, train_labels, test_labels, train, test)
+        count = num_classes(task, train_labels, test_labels, ctx.num_classes)
         return _body(probes.linear_probe(
             train.require(key, task)[train_keep], train_labels, train_ids,
             test.require(key, task)[test_keep], test_labels, test_ids, count,
@@ -268,14 +277,10 @@ def finetune_task(modality: str, multilabel: bool = False,
                 raise KeyError(f"{ctx.name}: the batches carry no multi-hot 'labels'; it needs "
                                "a multi-label dataset (AudioSet)")
             count = int(np.asarray(first["labels"]).shape[1])
-        else:
-            declared = {n for n in (getattr(s, "num_classes", None) for s in (train, test)) if n}
-            if len(declared) == 1:  # the manifest's count; fine-tuning checks every label
-                (count,) = declared
-            else:  # batches held in memory: their labels are at hand
-                labels = {name: np.concatenate([np.asarray(b["label"]) for b in split])
-                          for name, split in (("train", train), ("test", test))}
-                count = num_classes(ctx.name, labels["train"], labels["test"], train, test)
+        else:  # the manifest's count (fine-tuning checks every label), else the labels'
+            count = ctx.num_classes or num_classes(
+                ctx.name, *(np.concatenate([np.asarray(b["label"]) for b in split])
+                            for split in (train, test)), None)
         prepare = None
         if image:
             prepare = finetune.ImageToPatch(int(ctx.cfg.model.video.patch_size[0]), ctx.name)
@@ -331,29 +336,45 @@ CLASSIFICATION = ("top1", "top5")
 MULTILABEL = ("mAP", "AUC", "d_prime")
 RETRIEVAL = ("R@1", "R@5", "R@10", "MedR")
 
-register(Task("action_linear", "linear probe on pooled video features", ("video",),
-              ACTION_SOURCES, ("train", "test"), "linear", CLASSIFICATION, "single",
-              linear_probe_task("video")))
-register(Task("action_finetune", "the video backbone fine-tuned with a linear layer",
-              ("video",), ("kinetics", "ucf101", "mit"), ("train", "test"), "finetune",
-              CLASSIFICATION, "single", finetune_task("video"), multi_crop_test=True))
-register(Task("audio_linear", "linear probe on pooled audio features (AudioSet multi-label; "
-              "ESC-50 leave-one-fold-out)", ("audio",), ("esc50", "audioset"),
-              ("train", "test"), "linear", (*MULTILABEL, *CLASSIFICATION), "single",
-              linear_probe_task("audio")))
-register(Task("audio_finetune", "the audio backbone fine-tuned on AudioSet (multi-label, BCE; "
-              "train list eval.audioset_train)", ("audio",), ("audioset",), ("train", "test"),
-              "finetune", MULTILABEL, "multi", finetune_task("audio", multilabel=True),
-              split_names=_audioset_train))
-register(Task("image_finetune", "the video backbone fine-tuned on images, each one frame "
-              "filling one temporal patch", ("video",), ("imagenet",), ("train", "test"),
-              "finetune", CLASSIFICATION, "single", finetune_task("video", image=True)))
-register(Task("text_video_retrieval", "zero-shot captions (S_vt) -> videos (S_vt); YouCook2 "
-              "per annotated segment", ("video", "text"), ("msrvtt", "youcook2"), ("test",),
-              "zero-shot", RETRIEVAL, "none", text_video_retrieval, items={"youcook2": "clip"}))
-register(Task("video_audio_retrieval", "zero-shot videos (S_va) -> audio (S_va)",
-              ("video", "audio"), ("msrvtt", "youcook2"), ("test",), "zero-shot", RETRIEVAL,
-              "none", video_audio_retrieval, items={"youcook2": "clip"}))
+TRAIN_TEST = ("train", "test")
+register(Task(name="action_linear", description="linear probe on pooled video features",
+              modalities=("video",), sources=ACTION_SOURCES, splits=TRAIN_TEST,
+              protocol=Protocol.linear, metrics=CLASSIFICATION, labels=Labels.single,
+              run=linear_probe_task("video")))
+register(Task(name="action_finetune",
+              description="the video backbone fine-tuned with a linear layer",
+              modalities=("video",), sources=("kinetics", "ucf101", "mit"), splits=TRAIN_TEST,
+              protocol=Protocol.finetune, metrics=CLASSIFICATION, labels=Labels.single,
+              run=finetune_task("video"), multi_crop_test=True))
+register(Task(name="audio_linear",
+              description="linear probe on pooled audio features (AudioSet multi-label; "
+              "ESC-50 leave-one-fold-out)",
+              modalities=("audio",), sources=("esc50", "audioset"), splits=TRAIN_TEST,
+              protocol=Protocol.linear, metrics=(*MULTILABEL, *CLASSIFICATION),
+              labels=Labels.single, run=linear_probe_task("audio")))
+register(Task(name="audio_finetune",
+              description="the audio backbone fine-tuned on AudioSet (multi-label, BCE; "
+              "train list eval.audioset_train)",
+              modalities=("audio",), sources=("audioset",), splits=TRAIN_TEST,
+              protocol=Protocol.finetune, metrics=MULTILABEL, labels=Labels.multi,
+              run=finetune_task("audio", multilabel=True), split_names=_audioset_train))
+register(Task(name="image_finetune",
+              description="the video backbone fine-tuned on images, each one frame filling "
+              "one temporal patch",
+              modalities=("video",), sources=("imagenet",), splits=TRAIN_TEST,
+              protocol=Protocol.finetune, metrics=CLASSIFICATION, labels=Labels.single,
+              run=finetune_task("video", image=True)))
+register(Task(name="text_video_retrieval",
+              description="zero-shot captions (S_vt) -> videos (S_vt); YouCook2 per annotated "
+              "segment",
+              modalities=("video", "text"), sources=("msrvtt", "youcook2"), splits=("test",),
+              protocol=Protocol.zero_shot, metrics=RETRIEVAL, labels=Labels.none,
+              run=text_video_retrieval, items={"youcook2": "clip"}))
+register(Task(name="video_audio_retrieval",
+              description="zero-shot videos (S_va) -> audio (S_va)",
+              modalities=("video", "audio"), sources=("msrvtt", "youcook2"), splits=("test",),
+              protocol=Protocol.zero_shot, metrics=RETRIEVAL, labels=Labels.none,
+              run=video_audio_retrieval, items={"youcook2": "clip"}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,7 +401,7 @@ def paper_result(preset: Optional[str], task: str, source: Optional[str],
     return None
 
 
-__all__ = ["Task", "TaskRun", "TASKS", "register", "check_tasks", "describe_tasks",
+__all__ = ["Task", "TaskRun", "Protocol", "Labels", "TASKS", "register", "check_tasks", "describe_tasks",
            "paper_result", "PAPER_RESULTS", "result_key", "split_key", "TEST_SPLITS",
            "TEST_SPLITS_BY_SOURCE", "preferred_test_splits",
            "AUDIOSET_TRAIN", "num_classes"]
