@@ -11,6 +11,6 @@ Deployments (scheduled retraining, the others on demand) are declared in the pro
 ephemeral API. The library's `vatt.*` log records reach each run's logs in the Prefect UI.
 """
 
-from flows.logs import attach_library_logs
+from vatt_flows.logs import attach_library_logs
 
 attach_library_logs()

@@ -23,7 +23,7 @@ from prefect.artifacts import (create_link_artifact, create_markdown_artifact,
                                create_table_artifact)
 from prefect.cache_policies import NO_CACHE
 
-from flows.tasks import transient_retries
+from vatt_flows.tasks import transient_retries
 from vatt.config import Config
 from vatt.storage import ObjectStore
 
@@ -254,7 +254,7 @@ __all__ = ["publish_ingest", "publish_training", "publish_evaluation", "publish_
 def publish_sweep(swept: dict[str, Any]) -> None:
     """The sweep's table (one row per trial), its results.md with the trade-off plot inline, and
     a link to best.yaml."""
-    from tuning.results import RESULTS_MD, TRADEOFF_PNG
+    from vatt_tuning.results import RESULTS_MD, TRADEOFF_PNG
 
     files = {name: Path(path) for name, path in swept["files"].items()}
     rows = [{key: _fmt(value) for key, value in row.items()} for row in swept["rows"]]

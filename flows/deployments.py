@@ -76,7 +76,7 @@ def pool_entries(pool: str = DEFAULT_POOL, path: Path = PREFECT_YAML) -> list[di
 
 
 def load_flow(entrypoint: str):
-    """The flow object of an entrypoint: a module path (`flows.retrain.retrain`, as prefect.yaml
+    """The flow object of an entrypoint: a module path (`vatt_flows.retrain.retrain`, as prefect.yaml
     names them) or `path/to/file.py:flow` (imported as a module of this project)."""
     if ":" in entrypoint:
         file_part, name = entrypoint.rsplit(":", 1)
@@ -85,7 +85,7 @@ def load_flow(entrypoint: str):
         module_name, name = entrypoint.rsplit(".", 1)
     else:
         raise DeploymentError(f"entrypoint {entrypoint!r} is neither a module path "
-                              "('flows.retrain.retrain') nor 'path/to/file.py:flow'")
+                              "('vatt_flows.retrain.retrain') nor 'path/to/file.py:flow'")
     module = importlib.import_module(module_name)
     try:
         return getattr(module, name)

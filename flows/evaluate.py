@@ -7,9 +7,9 @@ from typing import Any, Literal, Optional
 
 from prefect import flow
 
-from flows.artifacts import publish_evaluation
-from flows.params import Overrides, Preset
-from flows.tasks import evaluate_checkpoint, read_promoted, resolve_config
+from vatt_flows.artifacts import publish_evaluation
+from vatt_flows.params import Overrides, Preset
+from vatt_flows.tasks import evaluate_checkpoint, read_promoted, resolve_config
 from vatt.config import DEFAULT_PRESET
 from vatt.evaluate.pipeline import outcome_summary
 from vatt.evaluate.tasks import TASKS

@@ -15,9 +15,9 @@ from typing import Any, Optional
 
 from prefect import flow
 
-from flows.artifacts import publish_data_version, publish_ingest
-from flows.params import DatasetName, Overrides, Preset, Source
-from flows.tasks import (fingerprint_source, ingest_source, ingested_data, publish_data,
+from vatt_flows.artifacts import publish_data_version, publish_ingest
+from vatt_flows.params import DatasetName, Overrides, Preset, Source
+from vatt_flows.tasks import (fingerprint_source, ingest_source, ingested_data, publish_data,
                          resolve_config, version_data)
 from vatt.config import DEFAULT_PRESET, Config
 

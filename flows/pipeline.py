@@ -23,7 +23,7 @@ def pipeline_parameters(preset: str = DEFAULT_PRESET, overrides: Optional[list[s
     ParameterTypeError says which is wrong). `preset` is a preset name or the path of a YAML
     config (`--preset PATH.yaml`, `--config FILE`): a path becomes the flow's `config`, made
     absolute so the run's record names the file."""
-    from flows.retrain import retrain
+    from vatt_flows.retrain import retrain
 
     parameters: dict[str, Any] = {"overrides": list(overrides or []), "source": source,
                                   "source_path": source_path, "promote": promote}
@@ -45,7 +45,7 @@ def run_pipeline(preset: str = DEFAULT_PRESET, overrides: Optional[list[str]] = 
                                   PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
                                   temporary_settings)
 
-    from flows.retrain import retrain
+    from vatt_flows.retrain import retrain
 
     started = time.perf_counter()
     parameters = pipeline_parameters(preset, overrides, source, source_path, promote)

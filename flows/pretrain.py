@@ -8,9 +8,9 @@ from typing import Any, Optional
 
 from prefect import flow
 
-from flows.artifacts import publish_training
-from flows.params import ConfigFile, Overrides, Preset, RunName
-from flows.tasks import pretrain_model, resolve_config
+from vatt_flows.artifacts import publish_training
+from vatt_flows.params import ConfigFile, Overrides, Preset, RunName
+from vatt_flows.tasks import pretrain_model, resolve_config
 from vatt.config import DEFAULT_PRESET
 
 

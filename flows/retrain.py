@@ -20,12 +20,12 @@ from typing import Any, Optional
 
 from prefect import flow
 
-from flows.artifacts import (publish_data_version, publish_evaluation, publish_timing,
+from vatt_flows.artifacts import (publish_data_version, publish_evaluation, publish_timing,
                              publish_training)
-from flows.ingest import ingest_data
-from flows.params import ConfigFile, GitRev, Overrides, Preset, RunName, Source
-from flows.pretrain import pinned_run_name
-from flows.tasks import (evaluate_checkpoint, pretrain_model, publish_data, pull_data,
+from vatt_flows.ingest import ingest_data
+from vatt_flows.params import ConfigFile, GitRev, Overrides, Preset, RunName, Source
+from vatt_flows.pretrain import pinned_run_name
+from vatt_flows.tasks import (evaluate_checkpoint, pretrain_model, publish_data, pull_data,
                          read_promoted, resolve_config)
 from vatt.config import DEFAULT_PRESET, TrainingTarget, replace
 

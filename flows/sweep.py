@@ -1,5 +1,5 @@
 """The `sweep` flow: a Ray Tune sweep of pretraining runs over a search space of tuning/
-(tuning.sweep.run_sweep), with its table, trade-off plot and best config as artifacts.
+(vatt_tuning.sweep.run_sweep), with its table, trade-off plot and best config as artifacts.
 
 The sweep's folder is pinned to the flow run (`sweeps/<space>-<flow run name>`, or `out`, which
 may be s3://bucket/prefix as `vatt sweep --out` takes it: the way to sweep on a Ray cluster), so a
@@ -13,9 +13,9 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field, StringConstraints
 
-from flows.artifacts import publish_sweep
-from flows.params import Overrides, Preset
-from tuning.space import SPACE_DIR
+from vatt_flows.artifacts import publish_sweep
+from vatt_flows.params import Overrides, Preset
+from vatt_tuning.space import SPACE_DIR
 from vatt.config import DEFAULT_PRESET
 
 SpaceName = Literal[tuple(sorted(p.stem for p in SPACE_DIR.glob("*.yaml")))]  # type: ignore[valid-type]
@@ -35,7 +35,7 @@ def run_sweep_task(space: str, preset: str, overrides: list[str], samples: int,
                    out: str, scheduler: Optional[str] = None) -> dict[str, Any]:
     """Tune runs the trials (each a Ray Train run); a trial whose workers fail is restarted by
     Ray Train, a failed trial once by Tune; the task itself is not retried."""
-    from tuning.sweep import run_sweep
+    from vatt_tuning.sweep import run_sweep
 
     result = run_sweep(space, preset=preset, overrides=overrides, samples=samples, out=out,
                        scheduler=scheduler)

@@ -4,7 +4,7 @@ Retries are declared here, on the decorators: tasks that talk to an object store
 or an API retry transient faults (vatt.faults.is_transient) with exponential backoff and
 jitter; a bad config, missing data or a failed training is not retried. Each task returns the
 library's result (`PretrainResult`, `EvaluationOutcome`, `VersionRecord`, ...); how long each
-took is Prefect's record of the task run (flows.artifacts.publish_timing).
+took is Prefect's record of the task run (vatt_flows.artifacts.publish_timing).
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class Ingested:
 def _ingest_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     # what determines the output, nothing else (not Prefect's per-run default); the data the
     # cached run wrote is in its result (`Ingested.data`), checked against the folder on a hit
-    # (flows.ingest.ingest_data): a key over the folder's content before the run could not
+    # (vatt_flows.ingest.ingest_data): a key over the folder's content before the run could not
     # hit on the run after, as the run itself changes it. "v2": results cached before were
     # dicts, not `Ingested`
     return f"vatt-ingest-v2-{parameters['fingerprint']}"

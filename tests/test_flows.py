@@ -114,7 +114,7 @@ def test_ingest_is_cached_on_its_input_and_redone_when_its_output_is_gone_or_cha
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from flows.ingest import ingest
+    from vatt_flows.ingest import ingest
 
     overrides = [f"data.path={default_pipeline.data}"]
 
@@ -159,7 +159,7 @@ def test_the_timing_table_is_prefects_record_of_the_task_runs():
 
     from prefect.client.schemas.objects import TaskRun
 
-    from flows.artifacts import timing_rows
+    from vatt_flows.artifacts import timing_rows
 
     start = datetime(2026, 1, 1, tzinfo=timezone.utc)
     runs = [TaskRun(name=name, task_key=name, dynamic_key="0", flow_run_id=uuid4(),
@@ -186,7 +186,7 @@ def test_every_deployment_loads_its_flow_and_its_parameters_are_typed():
     entrypoint, and the flow's own parameter check refuses what the API refuses."""
     from prefect.exceptions import ParameterTypeError
 
-    from flows.deployments import (build_deployments, build_pool_deployments, load_flow,
+    from vatt_flows.deployments import (build_deployments, build_pool_deployments, load_flow,
                                    served_entries)
 
     spec = served_entries()
@@ -204,13 +204,13 @@ def test_every_deployment_loads_its_flow_and_its_parameters_are_typed():
         ("evaluate", "cluster")}
     for deployment in cluster:
         assert deployment.work_pool_name == "vatt-k8s" and deployment.enforce_parameter_schema
-        assert deployment.entrypoint == f"flows.{deployment.flow_name}.{deployment.flow_name}"
+        assert deployment.entrypoint == f"vatt_flows.{deployment.flow_name}.{deployment.flow_name}"
         overrides = deployment.parameters["overrides"]
         assert any(item.startswith("data.versions_uri=s3://") for item in overrides)
         if deployment.flow_name != "ingest":
             assert "cluster.target=kubernetes" in overrides
             load_config("tiny", overrides)  # every override names a real key
-    retrain = flows["flows.retrain.retrain"]
+    retrain = flows["vatt_flows.retrain.retrain"]
     for parameters in BAD_PARAMETERS:
         with pytest.raises(ParameterTypeError):
             retrain.validate_parameters(parameters)
@@ -220,7 +220,7 @@ def test_every_deployment_loads_its_flow_and_its_parameters_are_typed():
     assert retrain.validate_parameters({"overrides": ["data.path=s3://b/$x$"],
                                         "config": "sweeps/x/best.yaml"})["config"] == \
         "sweeps/x/best.yaml"
-    pretrain = flows["flows.pretrain.pretrain"]
+    pretrain = flows["vatt_flows.pretrain.pretrain"]
     assert pretrain.validate_parameters({"config": "best.yml"})["config"] == "best.yml"
     for flow in (retrain, pretrain):  # in process the refusal says how to pass the value
         with pytest.raises(ParameterTypeError, match=r"eval\.output_path=VALUE.*AWS_SECRET_ACCESS_KEY"):
@@ -232,7 +232,7 @@ def test_vatt_pipeline_takes_a_config_file_and_refuses_bad_input_before_prefect_
     """`vatt pipeline --config FILE` and `--preset PATH.yaml` become the retrain flow's `config`
     (absolute: the run's record names the file); a missing or broken file, or an interpolation,
     is refused before Prefect starts."""
-    from flows.pipeline import pipeline_parameters
+    from vatt_flows.pipeline import pipeline_parameters
     from vatt.cli import main
     from vatt.config import to_yaml
 
@@ -264,7 +264,7 @@ def test_locations_are_links_only_when_a_browser_opens_them(prefect_api, tmp_pat
     from prefect import flow, get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from flows.artifacts import publish_location
+    from vatt_flows.artifacts import publish_location
 
     local = tmp_path / "run `odd`" / "checkpoint_00000300"
     cases = {"vatt-test-http": "https://store.example/vatt/report/index.html",
@@ -302,7 +302,7 @@ def test_schedules_edited_in_the_ui_survive_a_restart_of_serve(prefect_api, tmp_
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.exceptions import ObjectNotFound
 
-    from flows.deployments import PREFECT_YAML, build_deployments, register, served_entries
+    from vatt_flows.deployments import PREFECT_YAML, build_deployments, register, served_entries
 
     spec = yaml.safe_load(PREFECT_YAML.read_text())
     spec["deployments"] = [dict(entry, name=f"{entry['name']}-schedules-test")
@@ -359,9 +359,9 @@ def test_bad_parameters_are_rejected_before_any_work(prefect_api, tmp_path):
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.exceptions import PrefectHTTPStatusError
 
-    from flows.deployments import build_deployments
-    from flows.pretrain import pretrain
-    from flows.retrain import retrain
+    from vatt_flows.deployments import build_deployments
+    from vatt_flows.pretrain import pretrain
+    from vatt_flows.retrain import retrain
 
     deployment = next(d for d in build_deployments(schedules=False) if d.name == "weekly")
     assert deployment.enforce_parameter_schema and deployment.concurrency_limit == 1
@@ -400,7 +400,7 @@ def test_transient_object_store_fault_is_retried_and_the_run_succeeds(
         prefect_api, default_pipeline, s3_env, tmp_path):
     """The registry's bucket stops answering (the S3 server is paused) when the evaluate flow
     starts: its first S3 task times out, is retried with backoff, and the run completes."""
-    from flows.evaluate import evaluate
+    from vatt_flows.evaluate import evaluate
 
     registry = "s3://vatt-data/flow-test-registry"
     overrides = [f"data.path={default_pipeline.data}", f"eval.output_path={tmp_path / 'eval'}",

@@ -49,7 +49,7 @@ def served(prefect_server, default_pipeline) -> Iterator[Served]:
                                 env=prefect_server.env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
-    from flows.deployments import load_flow, served_entries
+    from vatt_flows.deployments import load_flow, served_entries
 
     declared = sorted((load_flow(entry["entrypoint"]).name, entry["name"])
                       for entry in served_entries())

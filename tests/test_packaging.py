@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGE_ROOTS = ("vatt", "flows", "tuning")
+# source folder -> the package it installs as (flows/ and tuning/ under names of their own, so
+# that no other distribution's `flows` or `tuning` can collide with them)
+PACKAGE_ROOTS = {"vatt": "vatt", "flows": "vatt_flows", "tuning": "vatt_tuning"}
 
 
 def _source_files() -> list[str]:
@@ -49,16 +51,18 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_wheel_holds_every_package_the_presets_and_the_search_spaces(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     # every package of the source tree: pyproject.toml lists them by hand
-    for root in PACKAGE_ROOTS:
+    for root, package in PACKAGE_ROOTS.items():
         for init in (REPO / root).rglob("__init__.py"):
-            assert init.relative_to(REPO).as_posix() in names, (
+            installed = Path(package, init.relative_to(REPO / root)).as_posix()
+            assert installed in names, (
                 f"{init.parent.relative_to(REPO)} is not in the wheel: add it to "
                 "[tool.setuptools] packages in pyproject.toml")
     presets = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
     assert presets, "no presets under configs/"
     for preset in presets:
         assert f"vatt/configs/{preset}" in names, f"preset {preset} is not in the wheel"
-    assert "tuning/droptoken_sharing.yaml" in names
+    assert "vatt_tuning/droptoken_sharing.yaml" in names
+    assert not any(name.startswith(("flows/", "tuning/")) for name in names)
 
 
 def test_installed_wheel_runs_vatt_info_outside_the_source_tree(wheel: Path, tmp_path: Path) -> None:
@@ -82,6 +86,12 @@ def test_installed_wheel_runs_vatt_info_outside_the_source_tree(wheel: Path, tmp
     assert module_file.is_relative_to(env_dir), f"vatt imported from {module_file}, not the wheel"
     assert config_dir.is_relative_to(env_dir), f"presets read from {config_dir}, not the wheel"
     assert presets == sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
+    # the flows and the search spaces import under their installed names, from the wheel
+    found = subprocess.run(
+        [str(python), "-c", "import vatt_flows, vatt_tuning; print(vatt_flows.__file__); "
+                            "print(vatt_tuning.__file__)"],
+        cwd=elsewhere, env=env, check=True, capture_output=True, text=True).stdout.splitlines()
+    assert all(Path(file).is_relative_to(env_dir) for file in found), found
 
     info = subprocess.run([str(vatt), "info", "--preset", "tiny"], cwd=elsewhere, env=env,
                           capture_output=True, text=True, timeout=300)

@@ -48,7 +48,7 @@ def prefect_records() -> list[str]:
 
 def test_nothing_the_pipeline_or_a_flow_wrote_holds_a_secret_of_its_environment(
         default_pipeline, prefect_api, monkeypatch):
-    from flows.retrain import retrain
+    from vatt_flows.retrain import retrain
 
     # an override that would resolve the secret in this process is refused before it is
     monkeypatch.setenv(SECRET_CANARY_VARS[1], SECRET_CANARY)

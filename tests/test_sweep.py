@@ -149,7 +149,7 @@ def test_best_yaml_trains_as_is_through_the_pretrain_flow(swept, prefect_api, mo
     top; the run is named after the file. Runs go to a folder of their own so that `vatt
     evaluate --checkpoint latest` (test_readme_commands.py) still finds the pipeline's
     checkpoint under runs/."""
-    from flows.pretrain import pretrain
+    from vatt_flows.pretrain import pretrain
 
     project = swept["project"]
     monkeypatch.chdir(project)
@@ -172,7 +172,7 @@ def test_the_sweep_flow_publishes_the_table_and_plot(swept, prefect_api, monkeyp
     the plot and the link to best.yaml."""
     from prefect.client.orchestration import get_client
 
-    from flows.sweep import sweep
+    from vatt_flows.sweep import sweep
 
     monkeypatch.chdir(swept["project"])
     state = sweep(space=str(SPACE_FILE), overrides=FAST,
@@ -196,7 +196,7 @@ def test_the_sweep_flow_publishes_the_table_and_plot(swept, prefect_api, monkeyp
 
 
 def test_bad_spaces_are_refused_before_any_trial(tmp_path):
-    from tuning.space import SpaceError, check_space, load_space
+    from vatt_tuning.space import SpaceError, check_space, load_space
     from vatt.config import load_config
 
     base = load_config("tiny")
@@ -227,7 +227,7 @@ def test_bad_spaces_are_refused_before_any_trial(tmp_path):
 
 
 def test_the_default_space_is_the_papers_question():
-    from tuning.space import load_space
+    from vatt_tuning.space import load_space
 
     space = load_space("droptoken_sharing")
     assert space.params["model.video.drop_rate"] == ("grid", [0.0, 0.5, 0.25, 0.75])
@@ -237,10 +237,10 @@ def test_the_default_space_is_the_papers_question():
 
 
 def test_trial_rows_make_the_table_the_plot_and_a_best_yaml_that_loads(tmp_path):
-    """tuning.results on rows as Tune's results give them (no Ray): a stopped-early trial is
+    """vatt_tuning.results on rows as Tune's results give them (no Ray): a stopped-early trial is
     never the best while a finished one reported the metric; best.yaml is the whole config."""
-    from tuning.results import best_yaml, markdown_table, select_best, trial_row, tradeoff_png
-    from tuning.space import load_space
+    from vatt_tuning.results import best_yaml, markdown_table, select_best, trial_row, tradeoff_png
+    from vatt_tuning.space import load_space
     from vatt.config import from_dict, load_config
 
     space = load_space("droptoken_sharing")
@@ -272,8 +272,8 @@ def test_trial_rows_make_the_table_the_plot_and_a_best_yaml_that_loads(tmp_path)
 def test_trials_fit_the_cluster_validate_and_keep_their_own_run():
     """The driver's arithmetic (no Ray): how many trials fit, the validation every trial
     reports for the scheduler, each trial's own run name and folder, its label."""
-    from tuning.space import load_space
-    from tuning.sweep import max_concurrent_trials, sweep_base, trial_config, trial_label
+    from vatt_tuning.space import load_space
+    from vatt_tuning.sweep import max_concurrent_trials, sweep_base, trial_config, trial_label
     from vatt.config import load_config, to_dict
 
     cfg = load_config("tiny")  # 2 workers x 0.5 CPU, + 1 CPU for the trial's data
@@ -295,7 +295,7 @@ def test_the_cluster_is_counted_at_the_most_its_autoscaler_may_grow_it_to():
     """The preflight's and the concurrency's arithmetic on resource dicts as Ray reports them
     (no Ray): ray.cluster_resources(), the head node's, and the worker groups' maximum that
     Ray reads from the autoscaler's cluster config (tests/test_sweep_cluster.py plays it)."""
-    from tuning.sweep import max_concurrent_trials
+    from vatt_tuning.sweep import max_concurrent_trials
     from vatt.config import load_config
     from vatt.train.preflight import ClusterCapacity, PreflightError, check_resources
 

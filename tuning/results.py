@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from vatt.config import Config, replace, to_yaml
-from tuning.space import Space, dotlist
+from vatt_tuning.space import Space, dotlist
 
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"

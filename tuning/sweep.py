@@ -21,7 +21,7 @@ that maximum) runs before anything is written to the output: a refused sweep lea
 
 The output (`--out`, a folder or s3://bucket/prefix) holds `sweep.json` (the arguments), `tune/`
 (Tune's experiment state), `runs/trial-<trial id>/` (each trial's Train run: checkpoints,
-history) and the results (tuning.results): `results.csv`, `results.md`, `tradeoff.png`,
+history) and the results (vatt_tuning.results): `results.csv`, `results.md`, `tradeoff.png`,
 `best.yaml`. Other nodes of a cluster cannot see a local folder: there the output is s3://, and
 a local copy of the results and Tune's console output (`tune.log`) is kept in the temp folder.
 
@@ -54,7 +54,7 @@ from ray.tune import Callback
 from vatt.config import (DEFAULT_PRESET, Config, ConfigError, load_config, replace, to_dict,
                          with_absolute_paths)
 from vatt.train.preflight import ClusterCapacity
-from tuning.space import SCHEDULERS, Space, SpaceError, check_space, dotlist, load_space
+from vatt_tuning.space import SCHEDULERS, Space, SpaceError, check_space, dotlist, load_space
 
 SWEEP_JSON = "sweep.json"
 TUNE_DIR = "tune"
@@ -72,7 +72,7 @@ class SweepError(ValueError):
 class SweepResult:
     out: Path  # the local copy of the results (for s3:// a cache in the temp folder)
     uri: str  # where the sweep lives (--out: a folder or s3://bucket/prefix)
-    rows: list[dict[str, Any]]  # one per trial (tuning.results.trial_row)
+    rows: list[dict[str, Any]]  # one per trial (vatt_tuning.results.trial_row)
     best: Optional[dict[str, Any]]  # the selected row, None when no trial reported the metric
     resumed: bool
     files: dict[str, Path]  # results.csv, results.md, tradeoff.png, best.yaml (local copies)
@@ -293,7 +293,7 @@ def run_sweep(space: str | Path, preset: str = DEFAULT_PRESET, overrides: Iterab
     `out` is a folder or s3://bucket/prefix (default sweeps/<space name>)."""
     from ray import tune
 
-    from tuning.results import write_results
+    from vatt_tuning.results import write_results
     from vatt.console import init_ray
     from vatt.storage import ObjectStore, StorageError
 

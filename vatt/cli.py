@@ -181,7 +181,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     load_config(args.preset, args.overrides)  # a bad key fails here, before Prefect starts
     from prefect.exceptions import ParameterTypeError
 
-    from flows.pipeline import pipeline_parameters, run_pipeline
+    from vatt_flows.pipeline import pipeline_parameters, run_pipeline
 
     try:  # what the flow would refuse is refused before Prefect starts too
         pipeline_parameters(args.preset, args.overrides, source=args.source,
@@ -203,7 +203,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
 def _prefect_yaml(given: str | None) -> Path:
     """--file, else ./prefect.yaml (a project folder, or the image's home), else the checkout's."""
-    from flows.deployments import PREFECT_YAML
+    from vatt_flows.deployments import PREFECT_YAML
 
     if given:
         return Path(given)
@@ -211,7 +211,7 @@ def _prefect_yaml(given: str | None) -> Path:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from flows.deployments import DeploymentError, serve_deployments
+    from vatt_flows.deployments import DeploymentError, serve_deployments
 
     try:
         serve_deployments(_prefect_yaml(args.file), limit=args.limit,
@@ -223,7 +223,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
-    from flows.deployments import DeploymentError, deploy_to_pool
+    from vatt_flows.deployments import DeploymentError, deploy_to_pool
 
     try:
         names = deploy_to_pool(args.pool, _prefect_yaml(args.file))
@@ -284,8 +284,8 @@ def _cmd_data_publish(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from tuning.space import SpaceError
-    from tuning.sweep import SweepError, run_sweep
+    from vatt_tuning.space import SpaceError
+    from vatt_tuning.sweep import SweepError, run_sweep
 
     try:
         result = run_sweep(args.space, preset=args.preset, overrides=args.overrides,
@@ -293,7 +293,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     except (SpaceError, SweepError) as err:
         print(f"vatt sweep: {err}", file=sys.stderr)
         return 2
-    from tuning.results import RESULTS_MD
+    from vatt_tuning.results import RESULTS_MD
 
     print(result.files[RESULTS_MD].read_text())
     for name in result.files:
