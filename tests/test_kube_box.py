@@ -81,10 +81,11 @@ def _kubectl_env() -> dict[str, str]:
 
 def test_box_venv_imports_the_wheel_not_the_checkout(box_venv: BoxVenv, tmp_path: Path):
     """The image installs the wheel (`pip install /tmp/vatt-src[k8s]`, source removed): in the
-    box venv, vatt, flows and tuning come from its site-packages, the checkout's editable
-    finder is not loaded, and `vatt`, `ray`, `prefect` and `dvc` are scripts of that venv."""
-    probe = ("import sys, vatt, flows, tuning; "
-             "print(vatt.__file__, flows.__file__, tuning.__file__); "
+    box venv, vatt, vatt_flows and vatt_tuning come from its site-packages, the checkout's
+    editable finder is not loaded, and `vatt`, `ray`, `prefect` and `dvc` are scripts of that
+    venv."""
+    probe = ("import sys, vatt, vatt_flows, vatt_tuning; "
+             "print(vatt.__file__, vatt_flows.__file__, vatt_tuning.__file__); "
              "print(any('__editable__' in name for name in sys.modules))")
     done = subprocess.run([str(box_venv.python), "-c", probe], cwd=tmp_path, env={
         "PATH": f"{box_venv.bin}:/usr/bin:/bin"}, capture_output=True, text=True, check=True)
