@@ -703,8 +703,17 @@ def test_ctrl_c_stops_following_not_the_job(kube_api, rbac, s3_server, tmp_path)
                "train.storage_path=s3://vatt-data/runs",
                f"data.versions_uri=s3://{s3_server.bucket}/datasets-{run}"]
     env = {**os.environ, **s3_server.env, "KUBECONFIG": str(kubeconfig)}
+
+    def as_a_shell_starts_it() -> None:
+        # a shell starts a foreground command with Ctrl-C's default disposition; this test
+        # process may not have it (a library it loaded may ignore or block SIGINT, and a child
+        # inherits both: Python then never raises KeyboardInterrupt)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+
     process = subprocess.Popen(command, cwd=tmp_path, env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               preexec_fn=as_a_shell_starts_it)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
     reader.start()
@@ -712,7 +721,12 @@ def test_ctrl_c_stops_following_not_the_job(kube_api, rbac, s3_server, tmp_path)
     poll(lambda: any(f"rayjob {name}: waiting for the operator" in line for line in lines),
          "vatt submit to follow the RayJob", 120, process)
     process.send_signal(signal.SIGINT)
-    process.wait(timeout=60)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        reader.join(10)
+        pytest.fail("vatt submit still ran 60 s after Ctrl-C:\n" + "".join(lines))
     reader.join(30)
     output = "".join(lines)
     assert process.returncode == 130, output
