@@ -10,7 +10,8 @@ from pathlib import Path
 from vatt.config import DEFAULT_PRESET  # torch-free
 
 
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
+def _add_config_args(parser: argparse.ArgumentParser,
+                     example: str = "model.video.drop_rate=0.25") -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--preset", default=DEFAULT_PRESET,
                        help="config preset under configs/ (tiny, bbs, mbs, lbs, ma-medium) or a YAML path")
@@ -21,7 +22,7 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
                        help="a whole config as YAML in this environment variable (how a "
                             "RayJob of `vatt submit` carries its config)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="dotlist overrides, e.g. model.video.drop_rate=0.25 (literal values: "
+                        help=f"dotlist overrides, e.g. {example} (literal values: "
                              "${...} interpolations are refused; credentials come from the "
                              "environment, e.g. AWS_SECRET_ACCESS_KEY)")
 
@@ -450,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="downstream evaluation of a checkpoint (probes, "
                                                "zero-shot retrieval), report, promotion gate")
-    _add_config_args(evaluate)  # eval.*, data.path=... (the model is the checkpoint's)
+    # eval.*, data.path=... (the model is the checkpoint's)
+    _add_config_args(evaluate, example="eval.probe.epochs=20")
     evaluate.add_argument("--checkpoint", default="latest",
                           help="checkpoint folder or s3:// prefix, or 'latest' (newest under "
                                "train.storage_path)")
