@@ -252,18 +252,20 @@ __all__ = ["publish_ingest", "publish_training", "publish_evaluation", "publish_
 
 @task(name="publish-sweep", cache_policy=NO_CACHE)
 def publish_sweep(swept: dict[str, Any]) -> None:
-    """The sweep's table (one row per trial), its results.md with the trade-off plot inline, and
-    a link to best.yaml."""
-    from vatt_tuning.results import RESULTS_MD, TRADEOFF_PNG
+    """The sweep's table (one row per trial), its results.md with the trade-off and curves plots
+    inline, and a link to best.yaml."""
+    from vatt_tuning.results import CURVES_PNG, RESULTS_MD, TRADEOFF_PNG
 
     files = {name: Path(path) for name, path in swept["files"].items()}
     rows = [{key: _fmt(value) for key, value in row.items()} for row in swept["rows"]]
     create_table_artifact(key=KEYS["sweep"], table=rows,
                           description=f"Sweep trials, selected on {swept['metric']} "
                                       f"(validation split): {swept['out']}")
-    png = base64.b64encode(files[TRADEOFF_PNG].read_bytes()).decode()
-    markdown = files[RESULTS_MD].read_text() + (
-        f"\n![the metric and the step time per trial](data:image/png;base64,{png})\n")
+    markdown = files[RESULTS_MD].read_text()
+    for name, alt in ((TRADEOFF_PNG, "the metric and the step time per trial"),
+                      (CURVES_PNG, "the losses and the metric against the step")):
+        png = base64.b64encode(files[name].read_bytes()).decode()
+        markdown += f"\n![{alt}](data:image/png;base64,{png})\n"
     create_markdown_artifact(key=KEYS["sweep_report"], markdown=markdown,
                              description="Sweep results and the speed/accuracy trade-off")
     if "best.yaml" in files:

@@ -269,6 +269,55 @@ def test_trial_rows_make_the_table_the_plot_and_a_best_yaml_that_loads(tmp_path)
     assert cfg.train.optim.total_steps == 4
 
 
+def test_a_space_over_seeds_reports_each_configuration_with_its_noise(tmp_path):
+    """vatt_tuning.results on trials as Tune gives them (no Ray), for the space that repeats
+    the deciding points over 3 seeds: one row per configuration with each seed's value, mean and
+    std; the pooled noise and the difference it takes to tell two configurations apart; the
+    best configuration by its mean, not by its luckiest seed; both plots drawn."""
+    from vatt_tuning.results import (CURVES_PNG, RESULTS_MD, TRADEOFF_PNG, config_rows,
+                                     seed_noise, trial_row, write_results)
+    from vatt_tuning.space import load_space
+    from vatt.config import load_config
+
+    space = load_space("droptoken_sharing_seeds")
+    assert space.grid_size() == 12 and space.scheduler == {"type": "fifo"}
+    base = load_config("tiny", ["train.optim.total_steps=20"])
+    scores = {(0.0, "specific"): [0.40, 0.36, 0.38], (0.5, "specific"): [0.45, 0.30, 0.33],
+              (0.0, "agnostic"): [0.20, 0.24, 0.22], (0.5, "agnostic"): [0.11, 0.12, 0.10]}
+    trials = []
+    for (drop, sharing), values in scores.items():
+        for seed, value in enumerate(values):
+            history = [{"step": step, "clips_per_s": 30.0 / (1 + drop), "val_MRR": value * step / 20,
+                        "loss_video_audio": 4.2 - step / 20, "loss_video_text": 4.1 - step / 40}
+                       for step in (10, 20)]
+            config = {"model.video.drop_rate": drop, "model.sharing": sharing, "train.seed": seed}
+            last = history[-1] | {"trial_id": f"{sharing}-{drop}-{seed}"}
+            trials.append((trial_row(space, base, config, last, history, None), history))
+    summary = config_rows(space, [row for row, _ in trials], "val_MRR")
+    by = {(r["model.video.drop_rate"], r["model.sharing"]): r for r in summary}
+    assert by[(0.0, "specific")]["val_MRR mean"] == pytest.approx(0.38)
+    assert by[(0.0, "specific")]["val_MRR std"] == pytest.approx(0.02)
+    assert by[(0.0, "specific")]["val_MRR per seed"] == "0.400 (0) / 0.360 (1) / 0.380 (2)"
+    assert by[(0.5, "agnostic")]["finished"] == "3 of 3" and by[(0.5, "agnostic")]["seeds"] == 3
+    pooled, seeds = seed_noise(summary, "val_MRR")
+    assert seeds == 3 and pooled == pytest.approx(
+        (sum(by[key]["val_MRR std"] ** 2 for key in by) / 4) ** 0.5)
+
+    rows, best, files = write_results(tmp_path, space, base, trials)
+    # the luckiest trial (0.45, drop 0.5, seed 0) is not the best: its configuration's mean is
+    # 0.36 against drop 0's 0.38; the best is drop 0's best seed
+    assert (best["model.video.drop_rate"], best["model.sharing"], best["train.seed"]) == (
+        0.0, "specific", 0)
+    report = files[RESULTS_MD].read_text()
+    assert "## Per configuration, over its seeds" in report
+    assert f"pooled standard deviation of `val_MRR` within a configuration {pooled:.3f}" in report
+    assert f"{2 * pooled * (2 / 3) ** 0.5:.3f}" in report
+    for name in (TRADEOFF_PNG, CURVES_PNG):
+        assert files[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    best_cfg = yaml.safe_load(files["best.yaml"].read_text())
+    assert best_cfg["train"]["seed"] == 0 and best_cfg["model"]["video"]["drop_rate"] == 0.0
+
+
 def test_trials_fit_the_cluster_validate_and_keep_their_own_run():
     """The driver's arithmetic (no Ray): how many trials fit, the validation every trial
     reports for the scheduler, each trial's own run name and folder, its label."""

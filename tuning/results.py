@@ -9,12 +9,20 @@ median over the trial's reports after its first, which holds start-up), and the 
 the best *finished* trial (a trial stopped early was compared at fewer steps; if none finished,
 the best of all), with the run name and run folder of the base config, so that
 `vatt pretrain --config best.yaml` trains it as is.
+
+A space that sweeps `train.seed` (REPLICATE_KEYS) repeats each configuration: results.md adds one
+row per configuration (each seed's metric, their mean and standard deviation, the mean step time)
+and says how far apart two configurations' means must be to differ beyond the seeds' noise; the
+best is then the configuration with the best mean (best.yaml: its best seed), and the plot
+draws means with the seeds' spread. `curves.png` draws the losses and the metric against the
+step, one line per configuration.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 import statistics
 from pathlib import Path
 from typing import Any, Optional
@@ -25,8 +33,12 @@ from vatt_tuning.space import Space, dotlist
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
 TRADEOFF_PNG = "tradeoff.png"
+CURVES_PNG = "curves.png"
 BEST_YAML = "best.yaml"
 SCORE_KEYS = ("val_MRR", "val_tv_MRR", "val_va_MRR", "val_tv_R@1", "val_tv_R@10")
+# swept keys that repeat a configuration rather than change it
+REPLICATE_KEYS = ("train.seed",)
+CURVE_KEYS = ("loss_video_audio", "loss_video_text")
 
 
 def _step_seconds(history: list[dict[str, Any]], batch_size: int) -> tuple[Optional[float], Optional[float]]:
@@ -65,13 +77,62 @@ def trial_row(space: Space, base: Config, config: dict[str, Any], last: dict[str
     return row
 
 
-def select_best(rows: list[dict[str, Any]], metric: str, mode: str) -> Optional[dict[str, Any]]:
+def config_keys(space: Space) -> list[str]:
+    """The swept keys that make a configuration (every one but the replicates, e.g. the seed)."""
+    return [key for key in space.keys if key not in REPLICATE_KEYS]
+
+
+def _by_config(space: Space, rows: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[key] for key in config_keys(space)), []).append(row)
+    return groups
+
+
+def select_best(rows: list[dict[str, Any]], metric: str, mode: str,
+                space: Optional[Space] = None) -> Optional[dict[str, Any]]:
+    """The best finished trial (if none finished, the best of all); with a space that repeats
+    configurations over seeds, the best trial of the configuration with the best mean."""
     scored = [r for r in rows if r.get(metric) is not None]
     finished = [r for r in scored if r["status"] == "finished"]
     pool = finished or scored
     if not pool:
         return None
-    return (max if mode == "max" else min)(pool, key=lambda r: r[metric])
+    pick = max if mode == "max" else min
+    if space is not None and len(config_keys(space)) < len(space.keys):
+        groups = _by_config(space, pool)
+        pool = pick(groups.values(), key=lambda group: statistics.fmean(r[metric] for r in group))
+    return pick(pool, key=lambda r: r[metric])
+
+
+def config_rows(space: Space, rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """One row per configuration of a space that repeats them over seeds: how many trials
+    finished, each seed's metric, their mean and (sample) standard deviation, the mean step."""
+    replicate = [key for key in space.keys if key in REPLICATE_KEYS]
+    summary = []
+    for values, group in _by_config(space, rows).items():
+        scored = [r for r in group if r.get(metric) is not None]
+        scores = [r[metric] for r in scored]
+        steps = [r["step_s"] for r in group if r.get("step_s")]
+        summary.append(dict(zip(config_keys(space), values)) | {
+            "finished": f"{sum(r['status'] == 'finished' for r in group)} of {len(group)}",
+            "seeds": len(scores),
+            f"{metric} per seed": " / ".join(
+                f"{_fmt(r[metric])} ({', '.join(str(r[k]) for k in replicate)})" for r in scored),
+            f"{metric} mean": statistics.fmean(scores) if scores else None,
+            f"{metric} std": statistics.stdev(scores) if len(scores) > 1 else None,
+            "step_s mean": statistics.fmean(steps) if steps else None})
+    return summary
+
+
+def seed_noise(summary: list[dict[str, Any]], metric: str) -> Optional[tuple[float, int]]:
+    """The pooled standard deviation of the metric between seeds of one configuration, and the
+    fewest seeds a configuration has (None without two seeds of any configuration)."""
+    stds = [row[f"{metric} std"] for row in summary if row[f"{metric} std"] is not None]
+    if not stds:
+        return None
+    seeds = min(row["seeds"] for row in summary if row[f"{metric} std"] is not None)
+    return math.sqrt(statistics.fmean(std ** 2 for std in stds)), seeds
 
 
 def _fmt(value: Any) -> str:
@@ -102,36 +163,48 @@ def tradeoff_png(space: Space, rows: list[dict[str, Any]]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    numeric = [k for k in space.params
-               if all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
-                      for r in rows)]
+    numeric = [k for k in config_keys(space) if k in space.params
+               and all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
+                       for r in rows)]
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     if numeric and rows:
         x_key = numeric[0]
-        group_keys = [k for k in space.params if k != x_key]
+        group_keys = [k for k in config_keys(space) if k in space.params and k != x_key]
         groups: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
-            label = ", ".join(f"{k.rsplit('.', 1)[-1]}={row[k]}" for k in group_keys) or "all"
-            groups.setdefault(label, []).append(row)
+            groups.setdefault(_label(row, group_keys) or "all", []).append(row)
         for label, members in groups.items():
-            members = sorted(members, key=lambda r: r[x_key])
-            xs = [r[x_key] for r in members]
-            scored = [(r[x_key], r[space.metric]) for r in members if r.get(space.metric) is not None]
-            if scored:
-                left.plot(*zip(*scored), marker="o", label=label)
+            at: dict[float, list[dict[str, Any]]] = {}
+            for row in members:
+                at.setdefault(row[x_key], []).append(row)
+            xs = sorted(at)
+            scores = {x: [r[space.metric] for r in at[x] if r.get(space.metric) is not None]
+                      for x in xs}
+            scored = [x for x in xs if scores[x]]
+            if scored:  # the mean over seeds, with each seed's value as a dot
+                line = left.errorbar(scored, [statistics.fmean(scores[x]) for x in scored],
+                                     yerr=[statistics.stdev(scores[x]) if len(scores[x]) > 1 else 0
+                                           for x in scored],
+                                     marker="o", capsize=3, label=label)
+                if any(len(scores[x]) > 1 for x in scored):
+                    dots = [(x, value) for x in scored for value in scores[x]]
+                    left.scatter(*zip(*dots), s=10, alpha=0.5, color=line[0].get_color())
             early = [(r[x_key], r[space.metric]) for r in members
                      if r.get(space.metric) is not None and r["status"] != "finished"]
             if early:
                 left.scatter(*zip(*early), marker="x", color="black", zorder=3)
-            timed = [(x, r["step_s"]) for x, r in zip(xs, members) if r.get("step_s")]
+            timed = [(x, statistics.fmean(r["step_s"] for r in at[x] if r.get("step_s")))
+                     for x in xs if any(r.get("step_s") for r in at[x])]
             if timed:
                 right.plot(*zip(*timed), marker="o", label=label)
         for axis in (left, right):
             axis.set_xlabel(x_key)
             axis.legend()
-        left.set_title(f"{space.metric} on the validation split (x: stopped early)")
+        seeds = " (mean, bars: std over seeds)" if len(config_keys(space)) < len(space.keys) else ""
+        left.set_title(f"{space.metric} on the validation split{seeds} (x: stopped early)",
+                       fontsize=9)
     else:
-        labels = [" ".join(f"{k.rsplit('.', 1)[-1]}={r[k]}" for k in space.params) for r in rows]
+        labels = [_label(r, list(space.params)) for r in rows]
         left.bar(range(len(rows)), [r.get(space.metric) or 0 for r in rows])
         right.bar(range(len(rows)), [r.get("step_s") or 0 for r in rows])
         for axis in (left, right):
@@ -148,6 +221,58 @@ def tradeoff_png(space: Space, rows: list[dict[str, Any]]) -> bytes:
     return buffer.getvalue()
 
 
+def _label(row: dict[str, Any], keys: list[str]) -> str:
+    return ", ".join(f"{key.rsplit('.', 1)[-1]}={row[key]}" for key in keys)
+
+
+def curves_png(space: Space, rows: list[dict[str, Any]],
+               histories: list[list[dict[str, Any]]]) -> bytes:
+    """The two contrastive losses and the selection metric against the step, one colour per
+    configuration: its mean over seeds as a line, each seed's own curve faint beside it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [*CURVE_KEYS, space.metric]
+    titles = {"loss_video_audio": "video-audio NCE loss (training)",
+              "loss_video_text": "video-text MIL-NCE loss (training)",
+              space.metric: f"{space.metric} (validation split)"}
+    figure, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4.2))
+    groups: dict[str, list[list[dict[str, Any]]]] = {}
+    for row, history in zip(rows, histories):
+        label = _label(row, [key for key in config_keys(space) if key in space.params])
+        groups.setdefault(label or "all", []).append(history)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (label, members) in enumerate(groups.items()):
+        colour = colours[index % len(colours)]
+        for axis, key in zip(axes, keys):
+            points: dict[int, list[float]] = {}
+            for history in members:
+                curve = sorted({int(h["step"]): float(h[key]) for h in history
+                                if h.get(key) is not None and h.get("step") is not None}.items())
+                if curve and len(members) > 1:
+                    axis.plot(*zip(*curve), color=colour, alpha=0.25, linewidth=0.8)
+                for step, value in curve:
+                    points.setdefault(step, []).append(value)
+            if points:
+                steps = sorted(points)
+                axis.plot(steps, [statistics.fmean(points[s]) for s in steps], color=colour,
+                          label=label if key == keys[0] else None)
+    for axis, key in zip(axes, keys):
+        axis.set_xlabel("training step")
+        axis.set_title(titles[key], fontsize=10)
+    axes[0].legend(fontsize=8)
+    figure.suptitle(f"sweep {space.path.stem}: curves per configuration"
+                    + (" (mean over seeds; faint: each seed)"
+                       if len(config_keys(space)) < len(space.keys) else ""))
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
 def best_yaml(space: Space, base: Config, best: dict[str, Any]) -> str:
     cfg = replace(base, dotlist(space.assignment(best)))
     header = (f"# the best trial of sweep {space.path.name} ({best['trial']}): {space.metric}="
@@ -157,10 +282,26 @@ def best_yaml(space: Space, base: Config, best: dict[str, Any]) -> str:
     return header + to_yaml(cfg)
 
 
-def write_results(out: Path, space: Space, base: Config, grid: Any
-                  ) -> tuple[list[dict[str, Any]], Optional[dict[str, Any]], dict[str, Path]]:
-    """From a Tune ResultGrid: the rows, the best row and the files written under `out`."""
-    rows = []
+def _seeds_section(space: Space, rows: list[dict[str, Any]]) -> str:
+    summary = config_rows(space, rows, space.metric)
+    text = ("\n## Per configuration, over its seeds\n\n"
+            + markdown_table(summary))
+    noise = seed_noise(summary, space.metric)
+    if noise is not None:
+        std, seeds = noise
+        text += (f"\nThe seeds' noise: pooled standard deviation of `{space.metric}` within a "
+                 f"configuration {std:.3f}; two configurations' means of {seeds} seeds differ "
+                 f"beyond it when they are more than 2 standard errors of their difference "
+                 f"apart, {2 * std * math.sqrt(2 / seeds):.3f}.\n")
+    return text
+
+
+Trial = tuple[dict[str, Any], list[dict[str, Any]]]  # its row, its reports in order
+
+
+def trials_from_grid(space: Space, base: Config, grid: Any) -> list[Trial]:
+    """Each started trial of a Tune ResultGrid: its row and its history of reports."""
+    trials = []
     for result in grid:
         if not all(key in (result.config or {}) for key in space.params):
             continue  # a trial Tune created but never started (a sweep stopped before it)
@@ -168,11 +309,19 @@ def write_results(out: Path, space: Space, base: Config, grid: Any
         if result.metrics_dataframe is not None:
             history = result.metrics_dataframe.to_dict("records")
         error = str(result.error) if result.error is not None else None
-        rows.append(trial_row(space, base, result.config or {}, result.metrics or {}, history, error))
-    rows.sort(key=lambda r: [str(r[k]) for k in space.params])
-    best = select_best(rows, space.metric, space.mode)
+        trials.append((trial_row(space, base, result.config or {}, result.metrics or {}, history,
+                                 error), history))
+    return trials
+
+
+def write_results(out: Path, space: Space, base: Config, trials: list[Trial]
+                  ) -> tuple[list[dict[str, Any]], Optional[dict[str, Any]], dict[str, Path]]:
+    """The rows, the best row and the files written under `out`."""
+    trials = sorted(trials, key=lambda trial: [str(trial[0][k]) for k in space.params])
+    rows = [row for row, _ in trials]
+    best = select_best(rows, space.metric, space.mode, space)
     files = {RESULTS_CSV: out / RESULTS_CSV, RESULTS_MD: out / RESULTS_MD,
-             TRADEOFF_PNG: out / TRADEOFF_PNG}
+             TRADEOFF_PNG: out / TRADEOFF_PNG, CURVES_PNG: out / CURVES_PNG}
     with open(files[RESULTS_CSV], "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["trial"])
         writer.writeheader()
@@ -181,16 +330,20 @@ def write_results(out: Path, space: Space, base: Config, grid: Any
                f"{base.train.optim.total_steps} steps each; selected on `{space.metric}` "
                f"({space.mode}) on the validation split `{base.train.validation.dataset}/"
                f"{base.train.validation.split}`.\n\n" + markdown_table(rows, best))
+    if len(config_keys(space)) < len(space.keys):
+        summary += _seeds_section(space, rows)
     if best is not None:
         summary += (f"\nBest: `{' '.join(dotlist(space.assignment(best)))}` ({space.metric} "
                     f"{_fmt(best[space.metric])}); its config: `{BEST_YAML}`.\n")
     files[RESULTS_MD].write_text(summary)
     files[TRADEOFF_PNG].write_bytes(tradeoff_png(space, rows))
+    files[CURVES_PNG].write_bytes(curves_png(space, rows, [history for _, history in trials]))
     if best is not None:
         files[BEST_YAML] = out / BEST_YAML
         files[BEST_YAML].write_text(best_yaml(space, base, best))
     return rows, best, files
 
 
-__all__ = ["write_results", "trial_row", "select_best", "markdown_table", "tradeoff_png",
-           "best_yaml", "RESULTS_CSV", "RESULTS_MD", "TRADEOFF_PNG", "BEST_YAML"]
+__all__ = ["write_results", "trials_from_grid", "Trial", "trial_row", "select_best", "markdown_table", "tradeoff_png",
+           "curves_png", "config_rows", "seed_noise", "config_keys", "best_yaml", "RESULTS_CSV",
+           "RESULTS_MD", "TRADEOFF_PNG", "CURVES_PNG", "BEST_YAML", "REPLICATE_KEYS"]

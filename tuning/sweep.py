@@ -293,7 +293,7 @@ def run_sweep(space: str | Path, preset: str = DEFAULT_PRESET, overrides: Iterab
     `out` is a folder or s3://bucket/prefix (default sweeps/<space name>)."""
     from ray import tune
 
-    from vatt_tuning.results import write_results
+    from vatt_tuning.results import trials_from_grid, write_results
     from vatt.console import init_ray
     from vatt.storage import ObjectStore, StorageError
 
@@ -384,7 +384,8 @@ def run_sweep(space: str | Path, preset: str = DEFAULT_PRESET, overrides: Iterab
     # Tune prints its own banner and tables on stdout whatever its verbosity: into a log file
     with open(place.local / TUNE_LOG, "a") as tune_log, contextlib.redirect_stdout(tune_log):
         grid = tuner.fit()
-    rows, best, files = write_results(place.local, parsed, base, grid)
+    rows, best, files = write_results(place.local, parsed, base,
+                                      trials_from_grid(parsed, base, grid))
     if place.is_s3:
         store.upload_files([(path, place.join(name)) for name, path in files.items()])
     return SweepResult(out=place.local, uri=place.uri, rows=rows, best=best, resumed=resumed,
