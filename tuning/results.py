@@ -201,8 +201,8 @@ def tradeoff_png(space: Space, rows: list[dict[str, Any]]) -> bytes:
             axis.set_xlabel(x_key)
             axis.legend()
         seeds = " (mean, bars: std over seeds)" if len(config_keys(space)) < len(space.keys) else ""
-        left.set_title(f"{space.metric} on the validation split{seeds} (x: stopped early)",
-                       fontsize=9)
+        stopped = " (x: stopped early)" if any(r["status"] != "finished" for r in rows) else ""
+        left.set_title(f"{space.metric} on the validation split{seeds}{stopped}", fontsize=9)
     else:
         labels = [_label(r, list(space.params)) for r in rows]
         left.bar(range(len(rows)), [r.get(space.metric) or 0 for r in rows])
